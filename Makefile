@@ -1,0 +1,62 @@
+# The two commands: `make demo` and `make test`. Both set up everything they need on a fresh machine:
+# system packages (scripts/install-system-deps.sh), a virtualenv with the package, and the Go-built
+# etcd / kube-apiserver / kubectl (cached in ~/.cache/modelrollout, built once).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: help deps venv binaries lint test test-unit test-integration demo dev-up dev-down dev-env clean
+
+help:
+	@echo "make demo              bring the local environment up (Ctrl-C tears it down)"
+	@echo "make test              lint, type-check, import contracts, all test tiers"
+	@echo "make test-unit         the pure unit tier only (no servers)"
+	@echo "make test-integration  the tiers that run against the real control plane and Prometheus"
+	@echo "make dev-up|dev-env|dev-down  a detached local environment for your shell"
+
+deps:
+	@bash scripts/install-system-deps.sh
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/.installed
+
+binaries: deps venv
+	$(BIN)/modelrollout dev build
+
+lint: venv
+	$(BIN)/ruff check operator tests
+	$(BIN)/ruff format --check operator tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: binaries lint
+	$(BIN)/pytest tests $(PYTEST_ARGS)
+
+test-unit: venv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: binaries
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+demo: binaries
+	$(BIN)/modelrollout dev up --foreground
+
+dev-up: binaries
+	$(BIN)/modelrollout dev up
+
+dev-env: venv
+	@$(BIN)/modelrollout dev env
+
+dev-down: venv
+	$(BIN)/modelrollout dev down
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .import_linter_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
