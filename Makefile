@@ -7,11 +7,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help deps venv binaries lint test test-unit test-integration demo dev-up dev-down dev-env clean
+.PHONY: help deps venv binaries crds lint test test-unit test-integration demo dev-up dev-down dev-env clean
 
 help:
 	@echo "make demo              bring the local environment up (Ctrl-C tears it down)"
 	@echo "make test              lint, type-check, import contracts, all test tiers"
+	@echo "make crds              regenerate crds/ from operator/modelrollout/api.py"
 	@echo "make test-unit         the pure unit tier only (no servers)"
 	@echo "make test-integration  the tiers that run against the real control plane and Prometheus"
 	@echo "make dev-up|dev-env|dev-down  a detached local environment for your shell"
@@ -30,7 +31,11 @@ venv: $(BIN)/.installed
 binaries: deps venv
 	$(BIN)/modelrollout dev build
 
+crds: venv
+	$(BIN)/modelrollout crds --output-dir crds
+
 lint: venv
+	$(BIN)/modelrollout crds --output-dir crds --check
 	$(BIN)/ruff check operator tests
 	$(BIN)/ruff format --check operator tests
 	$(BIN)/mypy
@@ -45,8 +50,11 @@ test-unit: venv
 test-integration: binaries
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
+SAMPLES := manifests/samples
 demo: binaries
-	$(BIN)/modelrollout dev up --foreground
+	@echo "# The sample rollout is applied; in another shell: eval \"\$$($(BIN)/modelrollout dev env)\"; kubectl get mro -A"
+	$(BIN)/modelrollout dev up --foreground --apply crds \
+		--apply $(SAMPLES)/services.yaml --apply $(SAMPLES)/virtualservice.yaml --apply $(SAMPLES)/modelrollout.yaml
 
 dev-up: binaries
 	$(BIN)/modelrollout dev up

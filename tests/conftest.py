@@ -72,6 +72,17 @@ def kubectl(env_state: EnvironmentState) -> Kubectl:
     return run
 
 
+@pytest.fixture(scope="session")
+def modelrollout_crd(kubectl: Kubectl) -> str:
+    """The generated ModelRollout CRD from crds/, installed once per session and served."""
+    crd = Path(__file__).resolve().parents[1] / "crds" / "modelrollout.io_modelrollouts.yaml"
+    applied = kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+    assert applied.returncode == 0, applied.stderr
+    established = kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crd))
+    assert established.returncode == 0, established.stderr
+    return str(crd)
+
+
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest, api_client: client.ApiClient) -> Iterator[str]:
     """A namespace of its own for each test. Without a controller-manager a deleted namespace is never

@@ -5,9 +5,29 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from modelrollout import __version__
+from modelrollout import __version__, crdgen
 from modelrollout.devenv import commands as dev_commands
+
+
+def write_crds(args: argparse.Namespace) -> int:
+    """Generate the CRD from the models; with --check, fail when the file on disk differs."""
+    target: Path = args.output_dir / crdgen.CRD_FILE
+    rendered = crdgen.render_crd()
+    if args.check:
+        current = target.read_text() if target.exists() else ""
+        if current != rendered:
+            print(
+                f"{target} is out of date with operator/modelrollout/api.py: run `make crds`", file=sys.stderr
+            )
+            return 1
+        print(f"{target} is up to date")
+        return 0
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    target.write_text(rendered)
+    print(f"wrote {target}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"modelrollout {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     dev_commands.add_parser(subparsers)
+    crds = subparsers.add_parser("crds", help="generate the ModelRollout CRD from the API models")
+    crds.add_argument("--output-dir", type=Path, default=Path("crds"))
+    crds.add_argument("--check", action="store_true", help="fail if the CRD on disk is out of date")
+    crds.set_defaults(handler=write_crds)
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -14,7 +15,13 @@ from types import FrameType
 
 from modelrollout.devenv.binaries import BinariesError, resolve_binaries
 from modelrollout.devenv.controlplane import StartError
-from modelrollout.devenv.environment import DevEnvironment, load_state, running_state, runs_root
+from modelrollout.devenv.environment import (
+    DevEnvironment,
+    EnvironmentState,
+    load_state,
+    running_state,
+    runs_root,
+)
 from modelrollout.devenv.istio import istio_crds_path
 
 
@@ -37,6 +44,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     up.add_argument(
         "--foreground", action="store_true", help="stay attached and tear everything down on Ctrl-C / SIGTERM"
     )
+    up.add_argument(
+        "--apply",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help="kubectl apply this file or folder once the environment is up (repeatable, in order)",
+    )
     actions.add_parser("down", help="stop every process of the environment, by pid")
     actions.add_parser("env", help="print the shell exports for a running environment")
     actions.add_parser("status", help="print the environment's state as JSON")
@@ -47,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir or runs_root() / "dev"
     actions: dict[str, Callable[[], int]] = {
         "build": _build,
-        "up": lambda: _up(run_dir, foreground=args.foreground),
+        "up": lambda: _up(run_dir, foreground=args.foreground, apply=args.apply),
         "down": lambda: _down(run_dir),
         "env": lambda: _env(run_dir),
         "status": lambda: _status(run_dir),
@@ -84,7 +99,20 @@ def _status(run_dir: Path) -> int:
     return 0 if running else 1
 
 
-def _up(run_dir: Path, *, foreground: bool) -> int:
+def _apply(state: EnvironmentState, paths: list[Path]) -> None:
+    for path in paths:
+        argv = [state.kubectl, f"--kubeconfig={state.kubeconfig}", "apply", "--server-side", "-f", str(path)]
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise StartError(f"kubectl apply -f {path} failed:\n{result.stderr}")
+        print(result.stdout, end="")
+        if "customresourcedefinition" in result.stdout:
+            # The next file may hold objects of these kinds: wait until they are served.
+            wait = [*argv[:2], "wait", "--for=condition=Established", "--timeout=60s", "-f", str(path)]
+            subprocess.run(wait, capture_output=True, text=True, check=True)
+
+
+def _up(run_dir: Path, *, foreground: bool, apply: list[Path]) -> int:
     if not foreground and (state := running_state(run_dir)) is not None:
         _log(f"already running in {run_dir}")
         print(state.exports())
@@ -93,11 +121,16 @@ def _up(run_dir: Path, *, foreground: bool) -> int:
     environment.stop()  # whatever a previous `up` left behind in this run directory
     _log(f"starting in {run_dir}")
     state = environment.start(_log)
+    try:
+        _apply(state, apply)
+    except StartError:
+        environment.stop()
+        raise
     timings = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in state.started_seconds.items())
     _log(f"up ({timings}); binaries {state.binaries_source}")
     print(state.exports())
     print(f"# API server {state.api_url}, Prometheus {state.prometheus_url}, logs in {run_dir / 'logs'}")
-    print("# try: kubectl get crd; kubectl api-resources --api-group=networking.istio.io")
+    print("# try: kubectl get crd; kubectl get modelrollouts -A -o wide")
     if not foreground:
         print("# stop with: modelrollout dev down")
         return 0

@@ -1,0 +1,305 @@
+"""One table of spec edits on both sides of every API rule, used by the unit tier (the pydantic models) and
+the integration tier (the real API server with the generated CRD), so the two can never drift apart."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "samples"
+
+Spec = dict[str, Any]
+
+
+def sample_rollout() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((SAMPLES / "modelrollout.yaml").read_text())
+    return loaded
+
+
+def sample_spec() -> Spec:
+    return copy.deepcopy(sample_rollout()["spec"])
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    edit: Callable[[Spec], None]
+    field: str = ""  # the field both the API server and the models must name (invalid cases)
+    api_says: str = ""  # a fragment of the API server's message
+    model_says: str = ""  # a fragment of the models' message
+
+
+def _set(path: str, value: Any) -> Callable[[Spec], None]:
+    def edit(spec: Spec) -> None:
+        node: Any = spec
+        keys = [int(k) if k.isdigit() else k for k in path.split(".")]
+        for key in keys[:-1]:
+            node = node.setdefault(key, {}) if isinstance(key, str) else node[key]
+        node[keys[-1]] = value
+
+    return edit
+
+
+def _delete(path: str) -> Callable[[Spec], None]:
+    def edit(spec: Spec) -> None:
+        node: Any = spec
+        keys = [int(k) if k.isdigit() else k for k in path.split(".")]
+        for key in keys[:-1]:
+            node = node[key]
+        del node[keys[-1]]
+
+    return edit
+
+
+def _stages(*weights: int) -> Callable[[Spec], None]:
+    return _set("stages", [{"weight": w, "duration": "1m"} for w in weights])
+
+
+INVALID = [
+    Case(
+        "weight-0",
+        _set("stages.0.weight", 0),
+        "spec.stages[0].weight",
+        "greater than or equal to 1",
+        "greater than or equal to 1",
+    ),
+    Case(
+        "weight-101",
+        _set("stages.5.weight", 101),
+        "spec.stages[5].weight",
+        "less than or equal to 100",
+        "less than or equal to 100",
+    ),
+    Case(
+        "weight-not-integer",
+        _set("stages.0.weight", 1.5),
+        "spec.stages[0].weight",
+        "must be of type integer",
+        "valid integer",
+    ),
+    Case(
+        "weights-repeat",
+        _stages(1, 5, 5, 100),
+        "spec.stages",
+        "stage weights must be strictly increasing",
+        "stage weights must be strictly increasing",
+    ),
+    Case(
+        "weights-decrease",
+        _stages(10, 5, 100),
+        "spec.stages",
+        "stage weights must be strictly increasing",
+        "stage weights must be strictly increasing",
+    ),
+    Case(
+        "last-not-100",
+        _stages(1, 5, 50),
+        "spec.stages",
+        "the last stage must have weight 100",
+        "the last stage must have weight 100",
+    ),
+    Case("no-stages", _set("stages", []), "spec.stages", "should have at least 1 items", "at least 1 item"),
+    Case(
+        "duration-words",
+        _set("stages.0.duration", "2 hours"),
+        "spec.stages[0].duration",
+        "should match",
+        "not a duration",
+    ),
+    Case(
+        "duration-days",
+        _set("stages.0.duration", "1d"),
+        "spec.stages[0].duration",
+        "should match",
+        "not a duration",
+    ),
+    Case(
+        "interval-500ms",
+        _set("analysis.interval", "500ms"),
+        "spec.analysis.interval",
+        "must be at least 1s",
+        "must be at least 1s",
+    ),
+    Case(
+        "interval-0s",
+        _set("analysis.interval", "0s"),
+        "spec.analysis.interval",
+        "must be at least 1s",
+        "must be at least 1s",
+    ),
+    Case(
+        "gate-template-and-query",
+        _set("analysis.gates.0.query", "up"),
+        "spec.analysis.gates[0]",
+        "exactly one of template and query",
+        "exactly one of template and query",
+    ),
+    Case(
+        "gate-neither-template-nor-query",
+        _delete("analysis.gates.0.template"),
+        "spec.analysis.gates[0]",
+        "exactly one of template and query",
+        "exactly one of template and query",
+    ),
+    Case(
+        "gate-no-bound",
+        _delete("analysis.gates.0.max"),
+        "spec.analysis.gates[0]",
+        "at least one of min and max",
+        "at least one of min and max",
+    ),
+    Case(
+        "gate-min-above-max",
+        _set("analysis.gates.0.min", 0.5),
+        "spec.analysis.gates[0]",
+        "min must not be greater than max",
+        "min must not be greater than max",
+    ),
+    Case(
+        "template-unknown",
+        _set("analysis.gates.0.template", "istio-latency-p95"),
+        "spec.analysis.gates[0].template",
+        "Unsupported value",
+        "istio-error-rate",
+    ),
+    Case(
+        "gate-names-repeat",
+        _set("analysis.gates.1.name", "error-rate"),
+        "spec.analysis.gates",
+        "Duplicate value",
+        "gate names must be unique: error-rate",
+    ),
+    Case(
+        "canary-same-host",
+        _set("canary.host", "llm-gpt4o"),
+        "spec.canary",
+        "canary must differ from stable",
+        "canary must differ from stable",
+    ),
+    Case(
+        "canary-same-host-and-subset",
+        lambda s: (s["stable"].update(host="llm", subset="v1"), s["canary"].update(host="llm", subset="v1")),
+        "spec.canary",
+        "canary must differ from stable",
+        "canary must differ from stable",
+    ),
+    Case(
+        "canary-same-host-one-subset",
+        lambda s: s["canary"].update(host="llm-gpt4o", subset="v2"),
+        "spec.canary",
+        "canary must differ from stable",
+        "canary must differ from stable",
+    ),
+    Case(
+        "host-not-dns", _set("stable.host", "LLM_GPT4o"), "spec.stable.host", "should match", "should match"
+    ),
+    Case(
+        "host-empty", _set("canary.host", ""), "spec.canary.host", "at least 1 chars", "at least 1 character"
+    ),
+    Case(
+        "failure-limit-negative",
+        _set("analysis.failureLimit", -1),
+        "spec.analysis.failureLimit",
+        "greater than or equal to 0",
+        "greater than or equal to 0",
+    ),
+    Case(
+        "error-limit-negative",
+        _set("analysis.errorLimit", -1),
+        "spec.analysis.errorLimit",
+        "greater than or equal to 0",
+        "greater than or equal to 0",
+    ),
+    Case(
+        "inconclusive-limit-negative",
+        _set("analysis.inconclusiveLimit", -1),
+        "spec.analysis.inconclusiveLimit",
+        "greater than or equal to 0",
+        "greater than or equal to 0",
+    ),
+    Case(
+        "min-requests-negative",
+        _set("analysis.minRequests", -5),
+        "spec.analysis.minRequests",
+        "greater than or equal to 0",
+        "greater than or equal to 0",
+    ),
+    Case(
+        "route-empty",
+        _set("trafficRouting.istio.routes", ["primary", ""]),
+        "spec.trafficRouting.istio.routes[1]",
+        "at least 1 chars",
+        "at least 1 character",
+    ),
+    Case(
+        "prometheus-ftp",
+        _set("analysis.prometheus.address", "ftp://prometheus:9090"),
+        "spec.analysis.prometheus.address",
+        "must be an http or https URL",
+        "must be an http or https URL",
+    ),
+    Case(
+        "prometheus-no-scheme",
+        _set("analysis.prometheus.address", "prometheus.monitoring:9090"),
+        "spec.analysis.prometheus.address",
+        "must be an http or https URL",
+        "must be an http or https URL",
+    ),
+    Case(
+        "on-error-unknown",
+        _set("analysis.onError", "Ignore"),
+        "spec.analysis.onError",
+        "Unsupported value",
+        "'Rollback' or 'Hold'",
+    ),
+    Case(
+        "approval-unknown",
+        _set("stages.2.approval", "Maybe"),
+        "spec.stages[2].approval",
+        "Unsupported value",
+        "'Auto' or 'Manual'",
+    ),
+]
+
+# The other side of each edge: specs that must be accepted.
+VALID = [
+    Case("sample", lambda s: None),
+    Case("single-stage-100", _stages(100)),
+    Case("weights-1-and-100", _stages(1, 100)),
+    Case("duration-compound", _set("stages.0.duration", "1h30m")),
+    Case("duration-milliseconds", _set("stages.0.duration", "1500ms")),
+    Case("stage-without-duration", _delete("stages.0.duration")),
+    Case("interval-1s", _set("analysis.interval", "1s")),
+    Case(
+        "gate-min-only",
+        lambda s: (s["analysis"]["gates"][0].pop("max"), s["analysis"]["gates"][0].update(min=0)),
+    ),
+    Case("gate-min-equals-max", _set("analysis.gates.0.min", 0.02)),
+    Case("gate-query-only", _set("analysis.gates", [{"name": "up", "query": "up", "min": 1}])),
+    Case("no-gates", _set("analysis.gates", [])),
+    Case(
+        "same-host-other-subsets",
+        lambda s: (s["stable"].update(host="llm", subset="v1"), s["canary"].update(host="llm", subset="v2")),
+    ),
+    Case("host-fqdn", _set("stable.host", "llm-gpt4o.llm.svc.cluster.local")),
+    Case(
+        "limits-zero",
+        lambda s: s["analysis"].update(failureLimit=0, errorLimit=0, inconclusiveLimit=0, minRequests=0),
+    ),
+    Case("routes-omitted", _delete("trafficRouting.istio.routes")),
+    Case("prometheus-https", _set("analysis.prometheus.address", "https://prom.example.com/prometheus")),
+    Case("prometheus-omitted", _delete("analysis.prometheus")),
+    Case("analysis-omitted", _delete("analysis")),
+    Case("istio-v1beta1", _set("trafficRouting.istio.apiVersion", "networking.istio.io/v1beta1")),
+]
+
+
+def edited(case: Case) -> Spec:
+    spec = sample_spec()
+    case.edit(spec)
+    return spec
