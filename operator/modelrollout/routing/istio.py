@@ -1,0 +1,312 @@
+"""Pure transforms of an Istio VirtualService, as the plain dict the Kubernetes API returns.
+
+The VirtualService belongs to the user: these functions change only the weights of the managed routes (and add
+the canary destination where it is missing) and the ownership annotation. Every function that returns a
+VirtualService returns a new dict and leaves its input untouched, so the caller can compare and skip no-op
+writes. No I/O, no Kubernetes client: the import-linter contract keeps it that way.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from modelrollout.routing.router import Backend, RoutingConflict, RoutingProblem
+
+MANAGED_BY = "modelrollout.io/managed-by"
+
+_CLUSTER_SUFFIX = "svc.cluster.local"
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+VirtualService = dict[str, Any]
+
+
+def virtual_service_ref(vs: VirtualService) -> str:
+    metadata = vs.get("metadata") or {}
+    name = metadata.get("name", "?")
+    namespace = metadata.get("namespace")
+    return f"{namespace}/{name}" if namespace else str(name)
+
+
+def _http_routes(vs: VirtualService) -> list[dict[str, Any]]:
+    return list((vs.get("spec") or {}).get("http") or [])
+
+
+def _route_label(vs: VirtualService, index: int) -> str:
+    name = _http_routes(vs)[index].get("name")
+    return f"route {name!r}" if name else f"route http[{index}]"
+
+
+# ---- route selection ----
+
+
+def managed_route_indexes(vs: VirtualService, routes: list[str] | None) -> list[int]:
+    """Indexes into spec.http of the routes to manage, in ascending order.
+
+    Without names the VirtualService must have exactly one http route: guessing among several could move
+    traffic the user meant to pin (a header route to the canary, say)."""
+    http = _http_routes(vs)
+    where = f"VirtualService {virtual_service_ref(vs)}"
+    if not routes:
+        if len(http) == 1:
+            return [0]
+        if not http:
+            raise RoutingProblem("RouteNotFound", f"{where} has no http route")
+        raise RoutingProblem(
+            "AmbiguousRoute",
+            f"{where} has {len(http)} http routes; set spec.trafficRouting.istio.routes to name the ones "
+            "this rollout manages",
+        )
+    indexes: list[int] = []
+    missing: list[str] = []
+    for wanted in dict.fromkeys(routes):
+        found = [index for index, route in enumerate(http) if route.get("name") == wanted]
+        if not found:
+            missing.append(wanted)
+        elif len(found) > 1:
+            raise RoutingProblem("AmbiguousRoute", f"{where} has {len(found)} http routes named {wanted!r}")
+        else:
+            indexes.append(found[0])
+    if missing:
+        names = [route["name"] for route in http if route.get("name")]
+        present = f"its named http routes are {', '.join(map(repr, names))}" if names else "it names no route"
+        raise RoutingProblem(
+            "RouteNotFound",
+            f"{where} has no http route named {', '.join(map(repr, missing))} ({present})",
+        )
+    return sorted(indexes)
+
+
+# ---- host matching ----
+
+
+def canonical_host(host: str, namespace: str | None) -> str:
+    """The FQDN a Service host stands for, as seen from the VirtualService's namespace.
+
+    `llm`, `llm.NS`, `llm.NS.svc` and `llm.NS.svc.cluster.local` all name the same Service; any other name
+    (another namespace, an external host) stands for itself."""
+    host = host.lower().rstrip(".")
+    if not namespace:
+        return host
+    if "." not in host:
+        return f"{host}.{namespace}.{_CLUSTER_SUFFIX}"
+    for suffix in (f".{namespace}", f".{namespace}.svc"):
+        short = host.removesuffix(suffix)
+        if short != host and short and "." not in short:
+            return f"{short}.{namespace}.{_CLUSTER_SUFFIX}"
+    return host
+
+
+def hosts_match(a: str, b: str, namespace: str | None) -> bool:
+    return canonical_host(a, namespace) == canonical_host(b, namespace)
+
+
+def destination_matches(backend: Backend, destination: dict[str, Any], namespace: str | None) -> bool:
+    """Whether a route destination is this backend: same Service, same subset, and the backend's port if
+    it names one."""
+    if not hosts_match(backend.host, str(destination.get("host", "")), namespace):
+        return False
+    if backend.subset != (destination.get("subset") or None):
+        return False
+    if backend.port is None:
+        return True
+    port = destination.get("port") or {}
+    return bool(port.get("number") == backend.port)
+
+
+def _describe_destination(destination: dict[str, Any]) -> str:
+    text = str(destination.get("host", "<no host>"))
+    if destination.get("subset"):
+        text += f" subset {destination['subset']}"
+    port = (destination.get("port") or {}).get("number")
+    if port is not None:
+        text += f" port {port}"
+    return text
+
+
+def _describe_backend(backend: Backend) -> str:
+    return _describe_destination(_destination_of(backend))
+
+
+def _destination_of(backend: Backend) -> dict[str, Any]:
+    destination: dict[str, Any] = {"host": backend.host}
+    if backend.subset is not None:
+        destination["subset"] = backend.subset
+    if backend.port is not None:
+        destination["port"] = {"number": backend.port}
+    return destination
+
+
+# ---- weights ----
+
+
+@dataclass(frozen=True)
+class _Split:
+    """Where the stable and canary destinations sit in one managed route's destination list."""
+
+    destinations: list[dict[str, Any]]
+    stable: int
+    canary: int | None
+
+
+def _split(vs: VirtualService, index: int, stable: Backend, canary: Backend) -> _Split:
+    namespace = (vs.get("metadata") or {}).get("namespace")
+    route = _http_routes(vs)[index]
+    destinations: list[dict[str, Any]] = route.get("route") or []
+    where = f"{_route_label(vs, index)} of VirtualService {virtual_service_ref(vs)}"
+    stable_at: int | None = None
+    canary_at: int | None = None
+    unexpected: list[str] = []
+    for position, entry in enumerate(destinations):
+        destination = entry.get("destination") or {}
+        is_stable = destination_matches(stable, destination, namespace)
+        is_canary = destination_matches(canary, destination, namespace)
+        if is_stable and is_canary:
+            raise RoutingProblem(
+                "UnexpectedDestination",
+                f"{where}: destination {_describe_destination(destination)} matches both the stable "
+                f"{_describe_backend(stable)} and the canary {_describe_backend(canary)}",
+            )
+        if is_stable and stable_at is None:
+            stable_at = position
+        elif is_canary and canary_at is None:
+            canary_at = position
+        else:
+            unexpected.append(_describe_destination(destination))
+    if stable_at is None:
+        routed = [_describe_destination(entry.get("destination") or {}) for entry in destinations]
+        raise RoutingProblem(
+            "HostNotInRoute",
+            f"{where} has no destination for the stable host {_describe_backend(stable)} "
+            f"(it routes to: {', '.join(routed) or 'nothing'})",
+        )
+    if unexpected:
+        raise RoutingProblem(
+            "UnexpectedDestination",
+            f"{where} also routes to {', '.join(unexpected)}, which is neither the stable "
+            f"{_describe_backend(stable)} nor the canary {_describe_backend(canary)} "
+            "(or is one of them a second time)",
+        )
+    return _Split(destinations, stable_at, canary_at)
+
+
+def _weight(destinations: list[dict[str, Any]], position: int | None) -> int:
+    if position is None:
+        return 0
+    # Istio: a lone destination receives all traffic whatever its weight; among several, no weight is 0.
+    if len(destinations) == 1:
+        return 100
+    weight = destinations[position].get("weight")
+    return int(weight) if weight is not None else 0
+
+
+def read_canary_weight(
+    vs: VirtualService, indexes: list[int], stable: Backend, canary: Backend
+) -> tuple[int, bool]:
+    """(canary weight, consistent). Not consistent when the managed routes disagree or a route's stable and
+    canary weights do not sum to 100; the weight is then the largest canary weight seen."""
+    if not indexes:
+        raise ValueError("no managed route to read")
+    canary_weights: list[int] = []
+    consistent = True
+    for index in indexes:
+        split = _split(vs, index, stable, canary)
+        stable_weight = _weight(split.destinations, split.stable)
+        canary_weight = _weight(split.destinations, split.canary)
+        consistent = consistent and stable_weight + canary_weight == 100
+        canary_weights.append(canary_weight)
+    consistent = consistent and len(set(canary_weights)) == 1
+    return max(canary_weights), consistent
+
+
+def with_canary_weight(
+    vs: VirtualService, indexes: list[int], stable: Backend, canary: Backend, canary_weight: int
+) -> tuple[VirtualService, bool]:
+    """A copy of the VirtualService with stable at 100 - canary_weight and canary at canary_weight in every
+    managed route, and whether that differs from the input. A missing canary destination is added right
+    after the stable one; weights are always written explicitly so the split never depends on Istio's
+    implicit single-destination rule."""
+    if isinstance(canary_weight, bool) or not isinstance(canary_weight, int) or not 0 <= canary_weight <= 100:
+        raise ValueError(f"canary weight must be an integer in 0..100, not {canary_weight!r}")
+    result = copy.deepcopy(vs)
+    for index in indexes:
+        split = _split(result, index, stable, canary)
+        split.destinations[split.stable]["weight"] = 100 - canary_weight
+        if split.canary is None:
+            split.destinations.insert(
+                split.stable + 1, {"destination": _destination_of(canary), "weight": canary_weight}
+            )
+        else:
+            split.destinations[split.canary]["weight"] = canary_weight
+    return result, result != vs
+
+
+# ---- ownership annotation ----
+
+
+def owner_of(vs: VirtualService) -> str | None:
+    annotations = (vs.get("metadata") or {}).get("annotations") or {}
+    owner = annotations.get(MANAGED_BY)
+    return str(owner) if owner else None
+
+
+def with_owner(vs: VirtualService, owner: str) -> tuple[VirtualService, bool]:
+    """A copy marked as managed by `owner`. Never takes a VirtualService from another owner."""
+    current = owner_of(vs)
+    result = copy.deepcopy(vs)
+    if current == owner:
+        return result, False
+    if current is not None:
+        raise RoutingConflict(
+            current,
+            f"VirtualService {virtual_service_ref(vs)} is managed by ModelRollout {current}, not {owner}",
+        )
+    metadata = result.setdefault("metadata", {})
+    annotations = dict(metadata.get("annotations") or {})
+    annotations[MANAGED_BY] = owner
+    metadata["annotations"] = annotations
+    return result, True
+
+
+def without_owner(vs: VirtualService, owner: str) -> tuple[VirtualService, bool]:
+    """A copy without our mark; another owner's mark stays."""
+    result = copy.deepcopy(vs)
+    if owner_of(vs) != owner:
+        return result, False
+    metadata = result["metadata"]
+    del metadata["annotations"][MANAGED_BY]
+    if not metadata["annotations"]:
+        del metadata["annotations"]
+    return result, True
+
+
+# ---- who last wrote the spec ----
+
+
+def _written_at(entry: dict[str, Any]) -> datetime:
+    try:
+        written = datetime.fromisoformat(str(entry["time"]))
+    except (KeyError, ValueError):
+        return _NEVER
+    return written if written.tzinfo else written.replace(tzinfo=UTC)
+
+
+def last_spec_writer(vs: VirtualService, own_field_manager: str) -> str | None:
+    """The field manager, other than ours, that most recently wrote the spec: who to name when a weight
+    drifted.
+
+    managedFields times have one-second resolution, so on a tie the manager that owns spec.http wins: Istio's
+    route lists are atomic, so whoever last changed a weight owns the whole of spec.http."""
+    best: tuple[datetime, bool] | None = None
+    writer: str | None = None
+    for entry in (vs.get("metadata") or {}).get("managedFields") or []:
+        manager = entry.get("manager")
+        spec_fields = (entry.get("fieldsV1") or {}).get("f:spec")
+        if not manager or manager == own_field_manager or spec_fields is None:
+            continue
+        key = (_written_at(entry), "f:http" in spec_fields)
+        if best is None or key > best:
+            best, writer = key, str(manager)
+    return writer
