@@ -1,0 +1,474 @@
+"""Gate query templates: the exact PromQL of the built-ins, the variables, and rendering that no value can
+break out of. Also the pure pieces of the Prometheus provider: result parsing and Secret credentials."""
+
+from __future__ import annotations
+
+import base64
+import math
+from datetime import timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modelrollout import api
+from modelrollout.metrics.prometheus import PrometheusAuth, auth_from_secret_data, samples_from_result
+from modelrollout.metrics.provider import MetricsError, Sample
+from modelrollout.metrics.templates import (
+    KNOWN_VARIABLES,
+    TargetVariables,
+    TemplateError,
+    TemplateVariables,
+    escape_promql_string,
+    render,
+    render_gate_query,
+    request_count_query,
+    validate_template,
+)
+
+# ---- a PromQL string-literal reader written from Prometheus' lexer rules, independent of the code under test
+
+
+class LexError(ValueError):
+    pass
+
+
+_SIMPLE = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\"}
+
+
+def read_string(text: str, start: int) -> tuple[str, int]:
+    """The value of the quoted string opening at `start`, and the offset after its closing quote."""
+    quote = text[start]
+    out: list[str] = []
+    i = start + 1
+    while True:
+        if i >= len(text):
+            raise LexError("unterminated quoted string")
+        char = text[i]
+        if char == "\n":
+            raise LexError("unterminated quoted string (raw newline)")
+        if char == "\ufffd":
+            raise LexError("invalid UTF-8 rune")  # what Prometheus' lexer makes of a literal U+FFFD
+        if char == quote:
+            return "".join(out), i + 1
+        if char != "\\":
+            out.append(char)
+            i += 1
+            continue
+        kind = text[i + 1 : i + 2]
+        if kind in _SIMPLE or kind == quote:
+            out.append(_SIMPLE.get(kind, quote))
+            i += 2
+        elif kind in ("x", "u", "U") or kind.isdigit():
+            digits, base, skip = {"x": (2, 16, 2), "u": (4, 16, 2), "U": (8, 16, 2)}.get(kind, (3, 8, 1))
+            chunk = text[i + skip : i + skip + digits]
+            if len(chunk) != digits:
+                raise LexError("escape sequence not terminated")
+            code = int(chunk, base)
+            if code > 0x10FFFF or 0xD800 <= code < 0xE000:
+                raise LexError("escape sequence is an invalid Unicode code point")
+            out.append(chr(code))
+            i += skip + digits
+        else:
+            raise LexError(f"unknown escape sequence {kind!r}")
+
+
+def split_promql(query: str) -> tuple[list[str], list[str]]:
+    """The query as (code between strings, string values), comments included in the code parts."""
+    code, strings, piece = [], [], []
+    i = 0
+    comment = False
+    while i < len(query):
+        char = query[i]
+        if comment:
+            comment = char != "\n"
+        elif char == "#":
+            comment = True
+        elif char in "\"'":
+            value, i = read_string(query, i)
+            code.append("".join(piece))
+            strings.append(value)
+            piece = []
+            continue
+        piece.append(char)
+        i += 1
+    code.append("".join(piece))
+    return code, strings
+
+
+def test_reader_knows_prometheus_escapes() -> None:
+    assert split_promql(r'a{b="x\"y\\z\n\u00e9\x41\101\U0001F600"}') == (["a{b=", "}"], ['x"y\\z\néAA😀'])
+    for broken in ['a{b="x\ny"}', 'a{b="\ufffd"}', r'a{b="\q"}', r'a{b="\ud800"}', 'a{b="x']:
+        with pytest.raises(LexError):
+            split_promql(broken)
+
+
+# ---- fixtures
+
+STABLE = api.Target(host="llm-gpt4o", model="gpt-4o", prompt_version="v12")
+CANARY = api.Target(
+    host="llm-claude.models.svc.cluster.local",
+    subset="v2",
+    port=8080,
+    model="claude-opus-4-8",
+    prompt_version="v13",
+)
+
+
+def variables(window: timedelta = timedelta(minutes=2), **target: str | int | None) -> TemplateVariables:
+    built = TemplateVariables.for_rollout(
+        stable=STABLE, canary=CANARY, rollout_name="chat", rollout_namespace="llm", window=window
+    )
+    if target:
+        values = {"host": "llm-claude", "service": "llm-claude", "namespace": "models", **target}
+        built = TemplateVariables(
+            target=TargetVariables(**values),  # type: ignore[arg-type]
+            stable=built.stable,
+            canary=built.canary,
+            window=built.window,
+            rollout_name=built.rollout_name,
+            rollout_namespace=built.rollout_namespace,
+        )
+    return built
+
+
+def gate(**fields: object) -> api.Gate:
+    return api.Gate.model_validate({"name": "g", "max": 1, **fields})
+
+
+SELECTOR = (
+    'reporter="destination", destination_service_name="llm-claude", destination_service_namespace="models"'
+)
+
+
+# ---- the built-in templates, exactly
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        (
+            "istio-error-rate",
+            f'(sum(rate(istio_requests_total{{{SELECTOR}, response_code=~"5.."}}[2m])) or vector(0))'
+            f" / sum(rate(istio_requests_total{{{SELECTOR}}}[2m]))",
+        ),
+        (
+            "istio-latency-p99",
+            "histogram_quantile(0.99, sum by (le) "
+            f"(rate(istio_request_duration_milliseconds_bucket{{{SELECTOR}}}[2m])))",
+        ),
+        ("istio-request-count", f"sum(increase(istio_requests_total{{{SELECTOR}}}[2m]))"),
+    ],
+)
+def test_builtin_template_renders_exact_promql(template: str, expected: str) -> None:
+    assert render_gate_query(gate(template=template), variables()) == expected
+
+
+def test_request_count_query_is_the_request_count_template() -> None:
+    assert request_count_query(variables()) == f"sum(increase(istio_requests_total{{{SELECTOR}}}[2m]))"
+    assert request_count_query(variables(window=timedelta(seconds=90))).endswith("[1m30s]))")
+
+
+def test_every_builtin_template_targets_the_stable_when_asked() -> None:
+    stable = variables().targeting("stable")
+    for template in api.GateTemplate:
+        query = render_gate_query(gate(template=template.value), stable)
+        assert 'destination_service_name="llm-gpt4o", destination_service_namespace="llm"' in query
+        assert "llm-claude" not in query
+
+
+# ---- variables
+
+
+@pytest.mark.parametrize(
+    ("host", "service", "namespace"),
+    [
+        ("llm-claude", "llm-claude", "llm"),  # short name: the rollout's namespace
+        ("llm-claude.models", "llm-claude", "models"),
+        ("llm-claude.models.svc", "llm-claude", "models"),
+        ("llm-claude.models.svc.cluster.local", "llm-claude", "models"),
+        ("a.b.c.d.e", "a", "b"),
+    ],
+)
+def test_service_and_namespace_come_from_the_host(host: str, service: str, namespace: str) -> None:
+    target = TargetVariables.of(api.Target(host=host), rollout_namespace="llm")
+    assert (target.host, target.service, target.namespace) == (host, service, namespace)
+
+
+def test_every_known_variable_renders() -> None:
+    template = "x{" + ", ".join(f'v{i}="{{{{ {name} }}}}"' for i, name in enumerate(KNOWN_VARIABLES)) + "}"
+    _, strings = split_promql(render(template, variables()))
+    assert dict(zip(KNOWN_VARIABLES, strings, strict=True)) == {
+        "target.host": "llm-claude.models.svc.cluster.local",
+        "target.service": "llm-claude",
+        "target.namespace": "models",
+        "target.subset": "v2",
+        "target.port": "8080",
+        "target.model": "claude-opus-4-8",
+        "target.promptVersion": "v13",
+        "stable.host": "llm-gpt4o",
+        "stable.service": "llm-gpt4o",
+        "stable.namespace": "llm",
+        "stable.subset": "",  # a missing optional value is the empty string
+        "stable.port": "",
+        "stable.model": "gpt-4o",
+        "stable.promptVersion": "v12",
+        "canary.host": "llm-claude.models.svc.cluster.local",
+        "canary.service": "llm-claude",
+        "canary.namespace": "models",
+        "canary.subset": "v2",
+        "canary.port": "8080",
+        "canary.model": "claude-opus-4-8",
+        "canary.promptVersion": "v13",
+        "window": "2m",
+        "rollout.name": "chat",
+        "rollout.namespace": "llm",
+    }
+
+
+@pytest.mark.parametrize("spelling", ["{{target.host}}", "{{ target.host }}", "{{   target.host\t}}"])
+def test_whitespace_inside_the_braces_is_optional(spelling: str) -> None:
+    assert render(f'x{{h="{spelling}"}}', variables()) == 'x{h="llm-claude.models.svc.cluster.local"}'
+
+
+def test_custom_query_renders_with_escaping_and_the_default_window() -> None:
+    query = (
+        'sum(rate(llm_refusals_total{service="{{ target.host }}", model="{{ target.model }}"}[{{ window }}]))'
+        ' / sum(rate(llm_requests_total{service="{{ target.host }}"}[{{window}}]))'
+    )
+    rendered = render_gate_query(gate(query=query), variables(model='gpt "4o"'))
+    assert rendered == (
+        'sum(rate(llm_refusals_total{service="llm-claude", model="gpt \\"4o\\""}[2m]))'
+        ' / sum(rate(llm_requests_total{service="llm-claude"}[2m]))'
+    )
+
+
+@pytest.mark.parametrize(
+    ("window", "rendered"),
+    [(None, "[2m]"), ("30s", "[30s]"), ("1h30m", "[1h30m]"), ("90s", "[1m30s]")],
+)
+def test_a_gate_window_overrides_the_default(window: str | None, rendered: str) -> None:
+    for source in ({"template": "istio-error-rate"}, {"query": 'up{job="{{ rollout.name }}"}[{{ window }}]'}):
+        query = render_gate_query(gate(window=window, **source), variables())
+        assert rendered in query
+        assert ("[2m]" in query) == (window is None)
+
+
+def test_a_zero_window_is_refused() -> None:
+    with pytest.raises(TemplateError, match="window"):
+        variables(window=timedelta(0))
+
+
+# ---- hostile values
+
+HOSTILE = [
+    '"',
+    "\\",
+    '\\"',
+    "abc\\",
+    '"} or vector(1) #',
+    '\\"} or vector(1) #',
+    '"}[5m])) or on() vector(1) #',
+    'x", job=~".+',
+    "x'} or vector(1) #",
+    "a\nb",
+    "a\r\nb",
+    "tab\there",
+    "\x00\x01\x1b\x7f",
+    "`raw`",
+    "# comment",
+    "{{ target.host }}",  # a value is never expanded again
+    "}}{{",
+    "é中文😀",
+    "\ufffd",
+    "zero\u200bwidth\u2028line",
+    "\u0085next-line",
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_a_hostile_value_stays_inside_its_string(value: str) -> None:
+    template = 'sum(rate(x{a="{{ target.model }}", b=~"{{ target.host }}.*"}[{{ window }}]))'
+    code, strings = split_promql(render(template, variables(model=value, host=value)))
+    assert strings == [value, f"{value}.*"]
+    assert code == ["sum(rate(x{a=", ", b=~", "}[2m]))"]
+
+
+@given(st.text())
+def test_escaping_round_trips_any_text(value: str) -> None:
+    assert split_promql(f'"{escape_promql_string(value)}"') == (["", ""], [value])
+
+
+def test_escaped_values_have_no_raw_newline_or_replacement_char() -> None:
+    escaped = escape_promql_string("a\nb\ufffdc\u200b")
+    assert escaped == "a\\nb\\ufffdc\\u200b"
+
+
+def test_a_lone_surrogate_is_refused() -> None:
+    with pytest.raises(TemplateError, match="lone surrogate"):
+        render('x{m="{{ target.model }}"}', variables(model="a\ud800b"))
+
+
+# ---- placeholders where escaping cannot protect them
+
+
+@pytest.mark.parametrize(
+    ("template", "where"),
+    [
+        ("x{m={{ target.model }}}", "outside any string"),
+        ("x{m='{{ target.model }}'}", "single-quoted"),
+        ("x{m=`{{ target.model }}`}", "backtick"),
+        ('x # model="{{ target.model }}"\n', "comment"),
+        ("x # [{{ window }}]\n", "comment"),
+        ("sum(x) by ({{ target.service }})", "outside any string"),
+        ("x offset {{ rollout.name }}", "outside any string"),
+    ],
+)
+def test_a_placeholder_outside_a_double_quoted_string_is_refused(template: str, where: str) -> None:
+    name = template.split("{{ ", maxsplit=1)[1].split(" }}", maxsplit=1)[0]
+    with pytest.raises(TemplateError, match=where) as refused:
+        render(template, variables())
+    assert f"{{{{ {name} }}}}" in str(refused.value)
+    with pytest.raises(TemplateError):
+        validate_template(template)
+
+
+def test_quotes_in_comments_and_escaped_quotes_do_not_fool_the_scanner() -> None:
+    # The quote in the comment opens nothing; the placeholder after it is really outside a string.
+    with pytest.raises(TemplateError, match="outside any string"):
+        render('x # "\n{m={{ target.model }}}', variables())
+    # An escaped quote does not close the string: the placeholder is still inside it.
+    assert render('x{m="\\"{{ target.model }}"}', variables(model="m")) == 'x{m="\\"m"}'
+    with pytest.raises(TemplateError, match="follows a backslash"):
+        render('x{m="\\{{ target.model }}"}', variables())
+
+
+def test_window_may_stand_bare_or_quoted() -> None:
+    assert render('x[{{ window }}] or label_replace(y, "w", "{{ window }}", "", "")', variables()) == (
+        'x[2m] or label_replace(y, "w", "2m", "", "")'
+    )
+
+
+def test_an_unknown_variable_is_named_with_the_known_ones() -> None:
+    with pytest.raises(TemplateError) as refused:
+        render('x{m="{{ target.modelName }}"}', variables())
+    message = str(refused.value)
+    assert "{{ target.modelName }}" in message
+    for known in ("target.model", "canary.promptVersion", "window", "rollout.namespace"):
+        assert known in message
+
+
+@pytest.mark.parametrize(
+    "template", ['x{m="{{ target.model | upper }}"}', 'x{m="{{ }}"}', 'x{m="{{ target.model"}', 'x{m="a}']
+)
+def test_malformed_templates_are_refused(template: str) -> None:
+    with pytest.raises(TemplateError):
+        validate_template(template)
+
+
+def test_the_sample_gate_queries_are_valid_templates() -> None:
+    refusal = (
+        'sum(rate(llm_refusals_total{service="{{ target.host }}"}[{{ window }}])) / '
+        'sum(rate(llm_requests_total{service="{{ target.host }}"}[{{ window }}]))'
+    )
+    validate_template(refusal)
+
+
+# ---- result parsing (the pure half of the Prometheus provider)
+
+
+def test_vector_results_become_samples() -> None:
+    raw = [
+        {"metric": {"pod": "a"}, "value": [1700000000.1, "0.25"]},
+        {"metric": {"pod": "b"}, "value": [1700000000.1, "+Inf"]},
+        {"metric": {}, "value": [1700000000.1, "-Inf"]},
+    ]
+    assert samples_from_result("q", raw) == [
+        Sample(labels={"pod": "a"}, value=0.25),
+        Sample(labels={"pod": "b"}, value=math.inf),
+        Sample(labels={}, value=-math.inf),
+    ]
+
+
+def test_nan_and_scalars_and_empty_vectors() -> None:
+    [nan] = samples_from_result("q", [{"metric": {}, "value": [1.0, "NaN"]}])
+    assert math.isnan(nan.value)
+    assert samples_from_result("q", [1700000000.5, "42"]) == [Sample(labels={}, value=42.0)]
+    assert samples_from_result("q", []) == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ([{"metric": {}, "values": [[1.0, "1"]]}], "range vector"),
+        ([{"metric": {}, "value": [1.0, "lots"]}], "non-numeric"),
+        ([{"metric": {}, "value": [1.0, "inf"]}], "non-numeric"),
+        ({"resultType": "vector"}, "unexpected result"),
+        ([{"metric": {}, "histogram": [1.0, {}]}], "neither a vector nor a scalar"),
+    ],
+)
+def test_unexpected_results_are_metrics_errors(raw: object, reason: str) -> None:
+    with pytest.raises(MetricsError, match=reason) as failed:
+        samples_from_result("up[1m]", raw)
+    assert failed.value.query == "up[1m]"
+    assert "up[1m]" in str(failed.value)
+
+
+def test_metrics_error_names_query_and_reason() -> None:
+    error = MetricsError('sum(x{a="b"})', "connection refused")
+    assert (error.query, error.reason) == ('sum(x{a="b"})', "connection refused")
+    assert 'sum(x{a="b"})' in str(error)
+    assert "connection refused" in str(error)
+
+
+# ---- Secret credentials
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"token": b64("abc.def")}, PrometheusAuth(bearer_token="abc.def")),
+        ({"token": b64("abc.def\n")}, PrometheusAuth(bearer_token="abc.def")),  # --from-file newline
+        (
+            {"username": b64("sre"), "password": b64("p@ss word")},
+            PrometheusAuth(basic_auth=("sre", "p@ss word")),
+        ),
+        ({"token": b64("t"), "ca.crt": b64("PEM")}, PrometheusAuth(bearer_token="t")),
+    ],
+)
+def test_secret_data_gives_credentials(data: dict[str, str], expected: PrometheusAuth) -> None:
+    assert auth_from_secret_data(data) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "keys found: none"),
+        (None, "keys found: none"),
+        ({"username": b64("sre")}, "keys found: username"),
+        ({"password": b64("x")}, "keys found: password"),
+        (
+            {"token": b64("t"), "username": b64("u"), "password": b64("p")},
+            "keys found: password, token, username",
+        ),
+        ({"bearer": b64("t")}, "keys found: bearer"),
+    ],
+)
+def test_unusable_secret_data_names_the_expected_keys(data: dict[str, str] | None, message: str) -> None:
+    with pytest.raises(ValueError, match="`token`") as refused:
+        auth_from_secret_data(data)
+    assert "`username` and `password`" in str(refused.value)
+    assert message in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [({"token": "not base64!"}, "'token' is not base64"), ({"token": b64("\n")}, "'token' is empty")],
+)
+def test_bad_secret_values_are_named(data: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        auth_from_secret_data(data)
