@@ -207,9 +207,17 @@ class Stage(ApiModel):
     )
 
 
+class LocalObjectReference(ApiModel):
+    name: DnsName
+
+
 class PrometheusConfig(ApiModel):
     address: HttpUrl = Field(description="Prometheus base URL, e.g. http://prometheus.monitoring:9090.")
     timeout: PositiveDuration = Field(timedelta(seconds=10), description="Per-query timeout. Default 10s.")
+    secret_ref: LocalObjectReference | None = Field(
+        None,
+        description="Secret in the rollout's namespace with `token` (bearer) or `username` and `password`.",
+    )
 
 
 class Gate(ApiModel):
@@ -400,9 +408,18 @@ class ActionRecord(StatusModel):
     result: str
 
 
+class Hold(StrEnum):
+    """Why a rollout stopped advancing until a human says `resume`."""
+
+    INCONCLUSIVE = "Inconclusive"
+    METRICS_UNAVAILABLE = "MetricsUnavailable"
+    DRIFT_LIMIT = "DriftLimit"
+
+
 class ModelRolloutStatus(StatusModel):
     observed_generation: int | None = None
     phase: Phase = Phase.PENDING
+    reason: str | None = Field(None, description="Why the rollout is in its phase, e.g. AwaitingApproval.")
     stage: int = 0
     stage_count: int | None = None
     progress: str | None = Field(None, description="Stage as shown by kubectl get, e.g. 3/6.")
@@ -411,6 +428,11 @@ class ModelRolloutStatus(StatusModel):
     pair_hash: str | None = Field(
         None, description="Identity of the stable/canary pair this rollout is about."
     )
+    stable: Target | None = Field(None, description="The stable this rollout started from.")
+    canary: Target | None = Field(None, description="The canary this rollout is about.")
+    rollout_started_at: datetime | None = None
+    hold: Hold | None = None
+    drift_corrections: list[datetime] = Field(default_factory=list, description="Recent weight corrections.")
     failed_checks: int = 0
     consecutive_errors: int = 0
     consecutive_inconclusive: int = 0

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from modelrollout import __version__, crdgen
+from modelrollout import __version__, crdgen, run
 from modelrollout.devenv import commands as dev_commands
 
 
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--output-dir", type=Path, default=Path("crds"))
     crds.add_argument("--check", action="store_true", help="fail if the CRD on disk is out of date")
     crds.set_defaults(handler=write_crds)
+    run.add_parser(subparsers)
     return parser
 
 

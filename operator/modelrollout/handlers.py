@@ -1,0 +1,106 @@
+"""kopf glue only: settings, one driver (daemon) per ModelRollout, the deletion finalizer. Every decision is
+made in `engine`, every effect in `reconciler`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from modelrollout import api
+from modelrollout.kube import ACTION_ANNOTATION
+from modelrollout.reconciler import OperatorConfig, Reconciler
+
+FINALIZER = f"{api.GROUP}/finalizer"
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Set by the `run` command before kopf starts."""
+
+    config = OperatorConfig()
+    tick_seconds = 5.0
+
+
+def _api_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Our own names on the objects, so nothing collides with another kopf operator in the cluster.
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=api.GROUP, key="last-handled-configuration"
+    )
+    # kopf's own per-handler Events are noise next to ours; keep only its warnings and errors.
+    settings.posting.level = logging.WARNING
+    # Watches reconnect well before load balancers drop idle streams.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    memo.reconciler = Reconciler(await asyncio.to_thread(_api_client), Runtime.config)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    reconciler: Reconciler | None = getattr(memo, "reconciler", None)
+    if reconciler is not None:
+        reconciler.close()
+
+
+def _wakeup(memo: kopf.Memo) -> asyncio.Event:
+    if not hasattr(memo, "wakeup"):
+        memo.wakeup = asyncio.Event()
+    wakeup: asyncio.Event = memo.wakeup
+    return wakeup
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+async def wake(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """An action or a spec edit is acted on now, not at the next tick. Our own status writes also arrive
+    here; they must not wake the driver, or every write would trigger the next one."""
+    pending_action = ACTION_ANNOTATION in body.metadata.annotations
+    new_spec = body.metadata.get("generation") != body.status.get("observedGeneration")
+    if pending_action or new_spec:
+        _wakeup(memo).set()
+
+
+@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=30)
+async def drive(
+    body: kopf.Body,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    """The one driver of this rollout: reconcile, then wait for the next tick or a change."""
+    reconciler: Reconciler = memo.reconciler
+    wakeup = _wakeup(memo)
+    while not stopped:
+        wakeup.clear()
+        try:
+            await reconciler.reconcile(body)
+        except Exception:  # a failed tick is retried at the next one; state lives in status, not here
+            logger.exception("reconcile failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wakeup.wait(), timeout=Runtime.tick_seconds)
+
+
+@kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL)
+async def release(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    reconciler: Reconciler = memo.reconciler
+    try:
+        await reconciler.on_delete(body)
+    except Exception as error:
+        raise kopf.TemporaryError(f"could not return traffic to stable: {error}", delay=2) from error

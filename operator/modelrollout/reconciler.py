@@ -1,0 +1,252 @@
+"""One reconciliation of one ModelRollout: observe (VirtualService, gates, action), decide (engine), apply.
+
+The order of applying is what keeps traffic safe and the status true:
+- a return to stable (rollback, abort, a new pair) records the pending rollback in status without claiming
+  it, writes the VirtualService and reads it back (the router verifies), and only then writes the status;
+- an advance writes the status first and the VirtualService second, so a restart in between finishes the
+  advance instead of repeating the stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kubernetes import client
+
+from modelrollout import api, engine
+from modelrollout.analysis import CheckMeasurement, CheckResult, GateMeasurement, evaluate_check
+from modelrollout.durations import format_duration
+from modelrollout.kube import ACTION_ANNOTATION, Kube, RolloutRef
+from modelrollout.metrics.prometheus import PrometheusProvider, auth_from_secret_data
+from modelrollout.metrics.provider import MetricsError, MetricsProvider
+from modelrollout.metrics.templates import (
+    TemplateError,
+    TemplateVariables,
+    render_gate_query,
+    request_count_query,
+)
+from modelrollout.routing.istio_router import IstioRouter
+from modelrollout.routing.router import Backend, RoutingConflict, RoutingProblem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OperatorConfig:
+    prometheus_url: str | None = None
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    request_timeout: float = 10.0
+
+
+def _backend(target: api.Target) -> Backend:
+    return Backend(host=target.host, subset=target.subset, port=target.port)
+
+
+def _ref(body: Mapping[str, Any]) -> RolloutRef:
+    meta = body["metadata"]
+    return RolloutRef(namespace=meta["namespace"], name=meta["name"], uid=meta.get("uid", ""))
+
+
+class Reconciler:
+    def __init__(self, api_client: client.ApiClient, config: OperatorConfig) -> None:
+        self.api_client = api_client
+        self.config = config
+        self.kube = Kube(api_client, config.request_timeout)
+        self._providers: dict[
+            tuple[str, timedelta, str | None, tuple[str, str] | None], PrometheusProvider
+        ] = {}
+
+    def router(self, spec: api.ModelRolloutSpec, ref: RolloutRef) -> IstioRouter:
+        istio = spec.traffic_routing.istio
+        return IstioRouter(
+            self.api_client,
+            namespace=istio.virtual_service.namespace or ref.namespace,
+            name=istio.virtual_service.name,
+            api_version=istio.api_version.value,
+            routes=istio.routes,
+            stable=_backend(spec.stable),
+            canary=_backend(spec.canary),
+            owner=f"{ref.namespace}/{ref.name}",
+            field_manager=engine.FIELD_MANAGER,
+            request_timeout=self.config.request_timeout,
+        )
+
+    async def reconcile(self, body: Mapping[str, Any]) -> engine.Decision:
+        ref = _ref(body)
+        now = datetime.now(UTC)
+        generation = body["metadata"].get("generation")
+        status = api.ModelRolloutStatus.model_validate(body.get("status") or {})
+        raw_spec = body.get("spec") or {}
+        errors = api.spec_errors(raw_spec)
+        if errors:
+            decision = engine.invalid_spec(status, errors, now, generation)
+            await self._apply(ref, status, decision, None)
+            return decision
+        spec = api.parse_spec(raw_spec)
+        router = self.router(spec, ref)
+        routing = await self._observe_routing(router)
+
+        action = (body["metadata"].get("annotations") or {}).get(ACTION_ANNOTATION)
+        if action is not None and not await self.kube.consume_action(ref, action):
+            action = None  # changed or removed meanwhile: the next tick sees the new value
+
+        usable = routing.problem is None and routing.conflict_owner is None
+        check = None
+        if usable and engine.analysis_due(spec, status, now, self.config.started_at):
+            check = await self.measure(spec, ref, now)
+        observation = engine.Observation(
+            now=now,
+            generation=generation,
+            operator_started_at=self.config.started_at,
+            routing=routing,
+            check=check,
+            action=action,
+        )
+        decision = engine.decide(spec, status, observation)
+        await self._apply(ref, status, decision, router)
+        return decision
+
+    async def _observe_routing(self, router: IstioRouter) -> engine.RoutingView:
+        try:
+            state = await router.read()
+        except RoutingConflict as conflict:
+            return engine.RoutingView(conflict_owner=conflict.owner)
+        except RoutingProblem as problem:
+            return engine.RoutingView(problem_reason=problem.reason, problem=str(problem))
+        return engine.RoutingView(
+            canary_weight=state.canary_weight, consistent=state.consistent, last_writer=state.last_writer
+        )
+
+    async def _apply(
+        self,
+        ref: RolloutRef,
+        before: api.ModelRolloutStatus,
+        decision: engine.Decision,
+        router: IstioRouter | None,
+    ) -> None:
+        weight = decision.canary_weight
+        if router is not None and weight is not None and decision.write_first:
+            if decision.status.rollback is not None and decision.status.phase in (
+                api.Phase.ROLLED_BACK,
+                api.Phase.ABORTED,
+            ):
+                await self.kube.patch_status(ref, engine.pending_return(before, decision.status))
+            try:
+                await router.write(weight)
+            except (RoutingProblem, RoutingConflict, Exception) as error:  # any failure: retry
+                # The status keeps what the VirtualService really shows; the next tick tries again.
+                await self.kube.emit_event(
+                    ref, "Warning", "WriteFailed", f"could not set the canary weight to {weight}%: {error}"
+                )
+                log.warning("%s/%s: VirtualService write failed: %s", ref.namespace, ref.name, error)
+                return
+        if decision.status != before:
+            await self.kube.patch_status(ref, decision.status)
+        if router is not None and weight is not None and not decision.write_first:
+            try:
+                await router.write(weight)
+            except Exception as error:  # the next tick sees the difference and writes again
+                await self.kube.emit_event(
+                    ref, "Warning", "WriteFailed", f"could not set the canary weight to {weight}%: {error}"
+                )
+        for event in decision.events:
+            await self.kube.emit_event(ref, event.type, event.reason, event.message)
+
+    async def _provider(self, spec: api.ModelRolloutSpec, namespace: str) -> MetricsProvider:
+        config = spec.analysis.prometheus
+        address = config.address if config else self.config.prometheus_url
+        if not address:
+            raise MetricsError(
+                "",
+                "no Prometheus address: set spec.analysis.prometheus.address or "
+                "the operator's --prometheus-url",
+            )
+        timeout = config.timeout if config else timedelta(seconds=10)
+        token, basic = None, None
+        if config and config.secret_ref:
+            try:
+                data = await self.kube.read_secret_data(namespace, config.secret_ref.name)
+                auth = auth_from_secret_data(data)
+            except Exception as error:  # reported as the reason every query failed
+                raise MetricsError(
+                    "", f"Prometheus credentials from Secret {config.secret_ref.name}: {error}"
+                ) from None
+            token, basic = auth.bearer_token, auth.basic_auth
+        key = (address, timeout, token, basic)
+        if key not in self._providers:
+            self._providers[key] = PrometheusProvider(
+                address, timeout=timeout, bearer_token=token, basic_auth=basic
+            )
+        return self._providers[key]
+
+    async def measure(self, spec: api.ModelRolloutSpec, ref: RolloutRef, now: datetime) -> CheckResult:
+        analysis = spec.analysis
+        variables = TemplateVariables.for_rollout(
+            stable=spec.stable,
+            canary=spec.canary,
+            rollout_name=ref.name,
+            rollout_namespace=ref.namespace,
+            window=analysis.window,
+        )
+        try:
+            provider = await self._provider(spec, ref.namespace)
+        except MetricsError as error:
+            gates = tuple(
+                GateMeasurement(g, format_duration(g.window or analysis.window), error=error.reason)
+                for g in analysis.gates
+            )
+            return evaluate_check(CheckMeasurement(now, gates, None, error.reason), analysis.min_requests)
+
+        async def gate(g: api.Gate) -> GateMeasurement:
+            window = format_duration(g.window or analysis.window)
+            try:
+                samples = await provider.query(render_gate_query(g, variables))
+            except (MetricsError, TemplateError) as error:
+                return GateMeasurement(g, window, error=str(error))
+            return GateMeasurement(g, window, values=tuple(s.value for s in samples))
+
+        async def requests() -> tuple[float | None, str | None]:
+            try:
+                samples = await provider.query(request_count_query(variables))
+            except (MetricsError, TemplateError) as error:
+                return None, str(error)
+            values = [s.value for s in samples if not math.isnan(s.value)]
+            return (sum(values) if values else 0.0), None  # no series at all: no traffic, 0 requests
+
+        measured, (count, count_error) = await asyncio.gather(
+            asyncio.gather(*(gate(g) for g in analysis.gates)), requests()
+        )
+        measurement = CheckMeasurement(now, tuple(measured), count, count_error)
+        return evaluate_check(measurement, analysis.min_requests)
+
+    async def on_delete(self, body: Mapping[str, Any]) -> None:
+        """A rollout deleted mid-way returns traffic to stable; after Promoted the canary keeps it. Either way
+        the VirtualService stops being marked as ours."""
+        ref = _ref(body)
+        errors = api.spec_errors(body.get("spec") or {})
+        if errors:
+            return
+        spec = api.parse_spec(body["spec"])
+        status = api.ModelRolloutStatus.model_validate(body.get("status") or {})
+        router = self.router(spec, ref)
+        try:
+            if status.pair_hash is not None and status.phase != api.Phase.PROMOTED:
+                await router.write(0)
+                log.info("%s/%s deleted mid-rollout: traffic returned to stable", ref.namespace, ref.name)
+            await router.release()
+        except RoutingConflict:
+            return  # never ours
+        except RoutingProblem as problem:
+            # Nothing of ours left to put back (the VirtualService or its route is gone): do not hold the
+            # deletion hostage. API errors, in contrast, propagate and the deletion is retried.
+            log.warning("%s/%s deleted; VirtualService not restored: %s", ref.namespace, ref.name, problem)
+
+    def close(self) -> None:
+        for provider in self._providers.values():
+            provider.close()

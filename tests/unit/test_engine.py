@@ -1,0 +1,513 @@
+"""Every transition of the rollout state machine, tick by tick, with plain inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from modelrollout import api, engine
+from modelrollout.analysis import CheckResult
+from modelrollout.engine import Decision, Observation, RoutingView
+
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+STARTED = T0 - timedelta(hours=1)  # the operator's start, before everything below
+
+
+def make_spec(**analysis: Any) -> api.ModelRolloutSpec:
+    raw: dict[str, Any] = {
+        "stable": {"host": "llm-gpt4o", "model": "gpt-4o"},
+        "canary": {"host": "llm-claude", "model": "claude-opus-4-8"},
+        "trafficRouting": {"istio": {"virtualService": {"name": "llm"}}},
+        "stages": [
+            {"weight": 1, "duration": "1m"},
+            {"weight": 10, "duration": "1m", "approval": "Manual"},
+            {"weight": 50, "duration": "1m"},
+            {"weight": 100},
+        ],
+        "analysis": {
+            "interval": "10s",
+            "gates": [{"name": "error-rate", "template": "istio-error-rate", "max": 0.02}],
+            **analysis,
+        },
+    }
+    return api.parse_spec(raw)
+
+
+def check(verdict: api.Verdict, at: datetime, value: float = 0.004) -> CheckResult:
+    gate = api.GateResult(
+        name="error-rate",
+        verdict=verdict,
+        value=value,
+        max=0.02,
+        window="2m",
+        message=f"{value} vs <= 0.02",
+        requests=500,
+    )
+    return CheckResult(
+        at=at, verdict=verdict, gates=(gate,), canary_requests=500, summary=f"error-rate {value}"
+    )
+
+
+@dataclass
+class Rollout:
+    """Feeds decisions back as the next status and plays the VirtualService: what is written is live."""
+
+    spec: api.ModelRolloutSpec = field(default_factory=make_spec)
+    status: api.ModelRolloutStatus = field(default_factory=api.ModelRolloutStatus)
+    live: int = 0
+    now: datetime = T0
+    started: datetime = STARTED
+    last: Decision | None = None
+
+    def tick(
+        self,
+        after: timedelta = timedelta(0),
+        *,
+        verdict: api.Verdict | None = None,
+        value: float = 0.004,
+        action: str | None = None,
+        routing: RoutingView | None = None,
+    ) -> Decision:
+        self.now += after
+        obs = Observation(
+            now=self.now,
+            generation=1,
+            operator_started_at=self.started,
+            routing=routing or RoutingView(canary_weight=self.live, last_writer=engine.FIELD_MANAGER),
+            check=check(verdict, self.now, value) if verdict else None,
+            action=action,
+        )
+        decision = engine.decide(self.spec, self.status, obs)
+        self.status, self.last = decision.status, decision
+        if decision.canary_weight is not None:
+            self.live = decision.canary_weight
+        return decision
+
+    def reasons(self) -> list[str]:
+        return [e.reason for e in (self.last.events if self.last else ())]
+
+    def at_stage(self, stage: int) -> None:
+        """Walk from the start to `stage` the normal way (promoting through the manual gate)."""
+        self.tick()
+        while self.status.stage < stage:
+            if self.status.reason == "AwaitingApproval":
+                self.tick(action="promote")
+            else:
+                self.tick(timedelta(minutes=1), verdict=api.Verdict.PASS)
+        assert self.status.stage == stage
+
+
+P, F, INC, E = api.Verdict.PASS, api.Verdict.FAIL, api.Verdict.INCONCLUSIVE, api.Verdict.ERROR
+
+
+def test_first_tick_starts_stage_one() -> None:
+    r = Rollout()
+    d = r.tick()
+    assert (d.status.phase, d.status.stage, d.status.progress, d.canary_weight) == (
+        api.Phase.PROGRESSING,
+        0,
+        "1/4",
+        1,
+    )
+    assert d.write_first is True  # a new pair: the VirtualService shows it before the status claims it
+    assert r.reasons() == ["RolloutStarted"]
+    assert d.status.pair_hash == engine.pair_hash(r.spec)
+    assert d.status.stable == r.spec.stable
+
+
+def test_no_advance_before_the_soak_even_with_a_pass() -> None:
+    r = Rollout()
+    r.tick()
+    d = r.tick(timedelta(seconds=59), verdict=P)
+    assert (d.status.stage, d.canary_weight) == (0, None)
+    assert "soaking, 1s left" in d.status.message
+
+
+def test_no_advance_after_the_soak_without_a_check() -> None:
+    r = Rollout()
+    r.tick()
+    d = r.tick(timedelta(minutes=5))
+    assert d.status.stage == 0
+
+
+def test_soak_and_a_pass_in_this_stage_advance() -> None:
+    r = Rollout()
+    r.tick()
+    d = r.tick(timedelta(minutes=1), verdict=P)
+    assert (d.status.stage, d.status.progress, d.canary_weight) == (1, "2/4", 10)
+    assert d.write_first is False  # more canary traffic: the status goes first
+    assert r.reasons() == ["StageAdvanced"]
+    assert d.status.stage_started_at == r.now
+
+
+def test_a_pass_made_before_the_operator_restarted_does_not_advance() -> None:
+    r = Rollout()
+    r.tick()
+    r.tick(timedelta(seconds=30), verdict=P)
+    r.started = r.now + timedelta(seconds=1)  # the operator restarts after that check
+    d = r.tick(timedelta(minutes=1))
+    assert d.status.stage == 0
+    assert engine.analysis_due(r.spec, r.status, r.now, r.started)
+    d = r.tick(timedelta(seconds=1), verdict=P)
+    assert d.status.stage == 1
+
+
+def test_inconclusive_or_error_checks_never_advance() -> None:
+    for verdict in (INC, E):
+        r = Rollout()
+        r.tick()
+        d = r.tick(timedelta(minutes=2), verdict=verdict)
+        assert d.status.stage == 0, verdict
+
+
+def test_failure_limit_tolerates_then_rolls_back() -> None:
+    r = Rollout()
+    r.at_stage(2)
+    d = r.tick(timedelta(seconds=10), verdict=F, value=0.05)
+    assert (d.status.phase, d.status.failed_checks, d.canary_weight) == (api.Phase.PROGRESSING, 1, None)
+    assert r.reasons() == ["AnalysisFailed"]
+    d = r.tick(timedelta(seconds=10), verdict=F, value=0.06)
+    assert (d.status.phase, d.canary_weight, d.write_first, d.rolled_back) == (
+        api.Phase.ROLLED_BACK,
+        0,
+        True,
+        True,
+    )
+    rollback = d.status.rollback
+    assert rollback is not None
+    assert (rollback.gate, rollback.value, rollback.threshold, rollback.window) == (
+        "error-rate",
+        0.06,
+        "<= 0.02",
+        "2m",
+    )
+    assert r.reasons() == ["AnalysisFailed", "RolledBack"]
+    assert "rolled back at stage 3/4" in d.status.message
+    conditions = {c.type: c.status for c in d.status.conditions}
+    assert (conditions["Ready"], conditions["Stalled"]) == ("False", "True")
+
+
+def test_failure_limit_zero_rolls_back_on_the_first_failure() -> None:
+    r = Rollout(spec=make_spec(failureLimit=0))
+    r.at_stage(0)
+    d = r.tick(timedelta(seconds=10), verdict=F, value=0.5)
+    assert d.status.phase == api.Phase.ROLLED_BACK
+
+
+def test_failures_count_across_stages_of_one_rollout() -> None:
+    r = Rollout()
+    r.tick()
+    r.tick(timedelta(seconds=10), verdict=F)
+    r.tick(timedelta(minutes=1), verdict=P)
+    assert r.status.stage == 1
+    assert r.tick(timedelta(seconds=10), verdict=F).status.phase == api.Phase.ROLLED_BACK
+
+
+@pytest.mark.parametrize(
+    ("on_error", "phase"), [("Rollback", api.Phase.ROLLED_BACK), ("Hold", api.Phase.PAUSED)]
+)
+def test_error_limit_applies_on_error(on_error: str, phase: api.Phase) -> None:
+    r = Rollout(spec=make_spec(errorLimit=2, onError=on_error))
+    r.tick()
+    d = r.tick(timedelta(seconds=10), verdict=E)
+    assert "MetricsUnavailable" in r.reasons()
+    assert {c.type: c.status for c in d.status.conditions}["MetricsUnavailable"] == "True"
+    d = r.tick(timedelta(seconds=10), verdict=E)
+    assert r.reasons() == []  # one event when metrics go away, not one per check
+    assert d.status.phase == api.Phase.PROGRESSING
+    d = r.tick(timedelta(seconds=10), verdict=E)
+    assert d.status.phase == phase
+    if phase == api.Phase.PAUSED:
+        assert (d.status.reason, d.status.hold, d.canary_weight) == (
+            "MetricsUnavailable",
+            api.Hold.METRICS_UNAVAILABLE,
+            None,
+        )
+        # metrics come back: still held (a human decides), the condition clears
+        d = r.tick(timedelta(minutes=2), verdict=P)
+        assert (d.status.phase, d.status.stage) == (api.Phase.PAUSED, 0)
+        assert {c.type: c.status for c in d.status.conditions}["MetricsUnavailable"] == "False"
+        d = r.tick(action="resume")
+        assert d.status.hold is None
+        assert r.tick(timedelta(seconds=10), verdict=P).status.stage == 1
+    else:
+        assert d.status.rollback is not None
+        assert d.status.rollback.reason == "MetricsUnavailable"
+
+
+def test_an_error_between_errors_resets_nothing_but_a_pass_does() -> None:
+    r = Rollout(spec=make_spec(errorLimit=1))
+    r.tick()
+    r.tick(timedelta(seconds=10), verdict=E)
+    r.tick(timedelta(seconds=10), verdict=P)
+    assert r.status.consecutive_errors == 0
+    assert r.tick(timedelta(seconds=10), verdict=E).status.phase == api.Phase.PROGRESSING
+
+
+@pytest.mark.parametrize(
+    ("policy", "phase"), [("Hold", api.Phase.PAUSED), ("Rollback", api.Phase.ROLLED_BACK)]
+)
+def test_inconclusive_limit_applies_on_inconclusive(policy: str, phase: api.Phase) -> None:
+    r = Rollout(spec=make_spec(inconclusiveLimit=2, onInconclusive=policy))
+    r.tick()
+    for _ in range(2):
+        assert r.tick(timedelta(seconds=10), verdict=INC).status.phase == api.Phase.PROGRESSING
+    d = r.tick(timedelta(seconds=10), verdict=INC)
+    assert d.status.phase == phase
+    if phase == api.Phase.PAUSED:
+        assert d.status.reason == "Inconclusive"
+
+
+def test_manual_gate_waits_then_promote_advances() -> None:
+    r = Rollout()
+    r.at_stage(1)
+    d = r.tick(timedelta(minutes=1), verdict=P)
+    assert (d.status.phase, d.status.reason, d.status.stage) == (api.Phase.PAUSED, "AwaitingApproval", 1)
+    assert r.reasons() == ["AwaitingApproval"]
+    d = r.tick(timedelta(seconds=10), verdict=P)
+    assert r.reasons() == []  # no repeated event while waiting
+    assert "awaiting approval" in d.status.message
+    d = r.tick(action="promote")
+    assert (d.status.stage, d.canary_weight, d.status.phase) == (2, 50, api.Phase.PROGRESSING)
+    assert d.status.last_action is not None
+    assert d.status.last_action.result == "advanced to stage 3/4"
+
+
+def test_a_breach_while_awaiting_approval_rolls_back() -> None:
+    r = Rollout(spec=make_spec(failureLimit=0))
+    r.at_stage(1)
+    r.tick(timedelta(minutes=1), verdict=P)
+    assert r.status.reason == "AwaitingApproval"
+    d = r.tick(timedelta(seconds=10), verdict=F, value=0.3)
+    assert (d.status.phase, d.canary_weight) == (api.Phase.ROLLED_BACK, 0)
+
+
+def test_last_stage_passing_promotes() -> None:
+    r = Rollout()
+    r.at_stage(3)
+    assert r.live == 100
+    d = r.tick(timedelta(seconds=10), verdict=P)
+    assert (d.status.phase, d.status.canary_weight) == (api.Phase.PROMOTED, 100)
+    assert r.reasons() == ["Promoted"]
+    conditions = {c.type: c.status for c in d.status.conditions}
+    assert (conditions["Ready"], conditions["Reconciling"], conditions["Stalled"]) == (
+        "True",
+        "False",
+        "False",
+    )
+    assert not engine.analysis_due(r.spec, r.status, r.now + timedelta(hours=1), r.started)
+
+
+def test_promote_full_goes_to_100_and_is_still_analysed() -> None:
+    r = Rollout()
+    r.tick()
+    d = r.tick(action="promote-full")
+    assert (d.status.stage, d.canary_weight, d.status.phase) == (3, 100, api.Phase.PROGRESSING)
+    d = r.tick(timedelta(seconds=10), verdict=F)
+    d = r.tick(timedelta(seconds=10), verdict=F)
+    assert (d.status.phase, d.canary_weight) == (api.Phase.ROLLED_BACK, 0)
+
+
+def test_abort_then_retry() -> None:
+    r = Rollout()
+    r.at_stage(2)
+    d = r.tick(action="abort")
+    assert (d.status.phase, d.canary_weight, d.write_first) == (api.Phase.ABORTED, 0, True)
+    assert r.reasons() == ["Aborted"]
+    d = r.tick(timedelta(minutes=5), verdict=P)
+    assert (d.status.phase, d.canary_weight) == (api.Phase.ABORTED, None)  # stays on stable
+    d = r.tick(action="retry")
+    assert (d.status.phase, d.status.stage, d.canary_weight, d.status.failed_checks) == (
+        api.Phase.PROGRESSING,
+        0,
+        1,
+        0,
+    )
+    assert "Retried" in r.reasons()
+
+
+@pytest.mark.parametrize(
+    ("action", "why"),
+    [
+        ("retry", "retry restarts an aborted or rolled-back rollout"),
+        ("resume", "nothing is on hold"),
+        ("rollback-now", "unknown action"),
+    ],
+)
+def test_actions_in_the_wrong_state_are_ignored_and_said(action: str, why: str) -> None:
+    r = Rollout()
+    r.tick()
+    d = r.tick(action=action)
+    assert d.status.last_action is not None
+    assert why in d.status.last_action.result
+    assert "ActionIgnored" in r.reasons()
+    assert (d.status.stage, d.canary_weight) == (0, None)
+
+
+def test_promote_after_promoted_is_ignored() -> None:
+    r = Rollout()
+    r.at_stage(3)
+    r.tick(timedelta(seconds=10), verdict=P)
+    d = r.tick(action="promote")
+    assert d.status.phase == api.Phase.PROMOTED
+    assert "ActionIgnored" in r.reasons()
+
+
+def test_spec_paused_freezes_but_a_breach_still_rolls_back() -> None:
+    r = Rollout(spec=make_spec(failureLimit=0).model_copy(update={"paused": True}))
+    r.tick()
+    d = r.tick(timedelta(minutes=5), verdict=P)
+    assert (d.status.phase, d.status.reason, d.status.stage) == (api.Phase.PAUSED, "Paused", 0)
+    d = r.tick(timedelta(seconds=10), verdict=F)
+    assert d.status.phase == api.Phase.ROLLED_BACK
+
+
+def test_a_new_canary_restarts_from_stage_one() -> None:
+    r = Rollout()
+    r.at_stage(2)
+    r.spec = r.spec.model_copy(
+        update={"canary": api.Target(host="llm-claude", model="claude-opus-4-8", prompt_version="v14")}
+    )
+    d = r.tick()
+    assert (d.status.stage, d.canary_weight, d.write_first) == (0, 1, True)
+    assert r.reasons() == ["RolloutStarted"]
+    assert d.status.canary is not None
+    assert d.status.canary.prompt_version == "v14"
+
+
+def test_the_gitops_cycle_after_promotion_warns_only_when_stable_is_not_what_served() -> None:
+    r = Rollout()
+    r.at_stage(3)
+    r.tick(timedelta(seconds=10), verdict=P)
+    assert r.status.phase == api.Phase.PROMOTED
+    promoted = r.spec.canary
+    # the usual commit: the promoted model becomes stable, a new canary comes
+    r.spec = r.spec.model_copy(update={"stable": promoted, "canary": api.Target(host="llm-next")})
+    r.tick()
+    assert r.reasons() == ["RolloutStarted"]
+    # a commit whose stable is not what serves 100% now
+    r.spec = r.spec.model_copy(
+        update={"stable": api.Target(host="llm-old"), "canary": api.Target(host="llm-x")}
+    )
+    r.tick()
+    assert r.reasons() == ["StableChanged", "RolloutStarted"]
+
+
+def test_other_spec_edits_take_effect_without_restarting() -> None:
+    r = Rollout()
+    r.at_stage(2)
+    r.spec = make_spec(failureLimit=5)
+    d = r.tick(timedelta(seconds=10), verdict=P)
+    assert (d.status.stage, d.canary_weight) == (2, None)
+
+
+def test_a_weight_changed_by_someone_else_is_put_back() -> None:
+    r = Rollout()
+    r.at_stage(2)
+    d = r.tick(routing=RoutingView(canary_weight=80, last_writer="kubectl-edit"))
+    assert d.canary_weight == 50
+    assert d.write_first is True  # back down from 80: the VirtualService first
+    assert r.reasons() == ["DriftCorrected"]
+    assert "set by kubectl-edit put back to 50%" in d.events[0].message
+
+
+def test_our_own_unrecorded_write_is_finished_quietly() -> None:
+    r = Rollout()
+    r.at_stage(2)
+    d = r.tick(routing=RoutingView(canary_weight=10, last_writer=engine.FIELD_MANAGER))
+    assert (d.canary_weight, r.reasons()) == (50, [])
+
+
+def test_drift_past_the_limit_holds_in_degraded() -> None:
+    r = Rollout()
+    r.at_stage(2)
+    for _ in range(engine.DRIFT_LIMIT):
+        r.tick(timedelta(seconds=5), routing=RoutingView(canary_weight=0, last_writer="argocd-controller"))
+        assert r.reasons() == ["DriftCorrected"]
+    d = r.tick(timedelta(seconds=5), routing=RoutingView(canary_weight=0, last_writer="argocd-controller"))
+    assert (d.canary_weight, d.status.phase, d.status.hold) == (
+        None,
+        api.Phase.DEGRADED,
+        api.Hold.DRIFT_LIMIT,
+    )
+    assert r.reasons() == ["DriftLimit"]
+    d = r.tick(action="resume")
+    assert d.status.hold is None
+
+
+def test_a_missing_virtual_service_degrades_without_writes_and_recovers() -> None:
+    r = Rollout()
+    r.at_stage(2)
+    missing = RoutingView(problem_reason="VirtualServiceNotFound", problem="VirtualService llm/llm not found")
+    d = r.tick(timedelta(minutes=2), verdict=P, routing=missing)
+    assert (d.status.phase, d.status.reason, d.canary_weight) == (
+        api.Phase.DEGRADED,
+        "VirtualServiceNotFound",
+        None,
+    )
+    assert d.status.stage == 2
+    assert {c.type: c.reason for c in d.status.conditions}["Degraded"] == "VirtualServiceNotFound"
+    assert r.reasons() == ["VirtualServiceNotFound"]
+    assert r.tick(timedelta(seconds=10), routing=missing).events == ()
+    d = r.tick(timedelta(seconds=10), routing=RoutingView(canary_weight=0, last_writer="kubectl-create"))
+    assert d.status.phase == api.Phase.PROGRESSING
+    assert d.canary_weight == 50  # the recreated VirtualService gets the stage's weight back
+    assert "Recovered" in r.reasons()
+
+
+def test_a_conflict_changes_nothing() -> None:
+    r = Rollout()
+    d = r.tick(routing=RoutingView(conflict_owner="llm/first"))
+    assert (d.status.phase, d.status.reason, d.canary_weight) == (api.Phase.DEGRADED, "Conflict", None)
+    assert d.status.pair_hash is None  # not even started
+    assert {c.type: c.status for c in d.status.conditions}["Conflict"] == "True"
+    assert r.reasons() == ["Conflict"]
+
+
+def test_a_terminal_rollout_keeps_its_phase_when_the_vs_goes_missing() -> None:
+    r = Rollout()
+    r.at_stage(3)
+    r.tick(timedelta(seconds=10), verdict=P)
+    missing = RoutingView(problem_reason="VirtualServiceNotFound", problem="gone")
+    d = r.tick(routing=missing)
+    assert d.status.phase == api.Phase.PROMOTED
+    assert {c.type: c.status for c in d.status.conditions}["Degraded"] == "True"
+
+
+def test_invalid_spec_is_reported_not_acted_on() -> None:
+    d = engine.invalid_spec(
+        api.ModelRolloutStatus(), ["spec.stages: the last stage must have weight 100"], T0, 2
+    )
+    assert (d.status.phase, d.status.reason, d.canary_weight) == (api.Phase.DEGRADED, "InvalidSpec", None)
+    assert "spec.stages: the last stage must have weight 100" in d.status.message
+    assert d.status.observed_generation == 2
+
+
+def test_analysis_is_due_every_interval_and_at_once_in_a_new_stage() -> None:
+    r = Rollout()
+    assert not engine.analysis_due(r.spec, r.status, r.now, r.started)  # not started yet
+    r.tick()
+    assert engine.analysis_due(r.spec, r.status, r.now, r.started)  # no check yet
+    r.tick(timedelta(seconds=1), verdict=P)
+    assert not engine.analysis_due(r.spec, r.status, r.now + timedelta(seconds=9), r.started)
+    assert engine.analysis_due(r.spec, r.status, r.now + timedelta(seconds=10), r.started)
+
+
+@pytest.mark.parametrize(
+    ("cause", "phase"), [("rollback", api.Phase.ROLLED_BACK), ("abort", api.Phase.ABORTED)]
+)
+def test_an_unconfirmed_return_to_stable_is_finished_after_a_restart(cause: str, phase: api.Phase) -> None:
+    r = Rollout(spec=make_spec(failureLimit=0))
+    r.at_stage(2)
+    before = r.status
+    decided = r.tick(timedelta(seconds=10), verdict=F) if cause == "rollback" else r.tick(action="abort")
+    assert decided.write_first
+    # The operator recorded the pending return, then died before the VirtualService write.
+    r.status, r.live = engine.pending_return(before, decided.status), 50
+    assert r.status.phase == api.Phase.PROGRESSING  # the status does not claim what the VS does not show
+    r.started = r.now + timedelta(seconds=1)
+    d = r.tick(timedelta(seconds=5), verdict=P)  # even a passing check does not undo it
+    assert (d.status.phase, d.canary_weight, d.write_first) == (phase, 0, True)
