@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -372,6 +373,15 @@ def _soak_left(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, now: 
     return max(timedelta(0), started + duration - now)
 
 
+def _countdown(left: timedelta) -> str:
+    """Whole minutes while more than two remain: the message (and so the status) then changes once a minute,
+    not at every tick, sparing every watcher of the object (Argo CD included) a stream of updates."""
+    seconds = left.total_seconds()
+    if seconds > 120:
+        return format_duration(timedelta(minutes=math.ceil(seconds / 60)))
+    return format_duration(timedelta(seconds=math.ceil(seconds)))
+
+
 def _passed_here(status: api.ModelRolloutStatus, operator_started_at: datetime) -> bool:
     last = status.last_analysis
     return bool(
@@ -436,9 +446,7 @@ def _settle_phase(draft: _Draft, spec: api.ModelRolloutSpec, obs: Observation) -
         phase = api.Phase.PROGRESSING
         reason = reason if reason in ("StageAdvanced", "RolloutStarted", "Retried") else "Analysing"
         left = _soak_left(spec, status, obs.now)
-        soak = (
-            f"soaking, {format_duration(timedelta(seconds=round(left.total_seconds())))} left" if left else ""
-        )
+        soak = f"soaking, {_countdown(left)} left" if left else ""
         verdict = (
             f"last check {last.verdict.value}"
             if last and last.stage == status.stage

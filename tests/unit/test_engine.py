@@ -511,3 +511,18 @@ def test_an_unconfirmed_return_to_stable_is_finished_after_a_restart(cause: str,
     r.started = r.now + timedelta(seconds=1)
     d = r.tick(timedelta(seconds=5), verdict=P)  # even a passing check does not undo it
     assert (d.status.phase, d.canary_weight, d.write_first) == (phase, 0, True)
+
+
+def test_the_soak_countdown_changes_once_a_minute_while_long() -> None:
+    r = Rollout(
+        spec=make_spec().model_copy(
+            update={"stages": [api.Stage(weight=10, duration=timedelta(hours=2)), api.Stage(weight=100)]}
+        )
+    )
+    r.tick()
+    first = r.tick(timedelta(seconds=5), verdict=P).status.message
+    assert "soaking, 2h left" in first
+    assert r.tick(timedelta(seconds=20), verdict=P).status.message == first
+    assert "1h59m left" in r.tick(timedelta(seconds=50), verdict=P).status.message
+    r.tick(timedelta(hours=2) - timedelta(seconds=100))
+    assert "soaking, 25s left" in r.tick(timedelta(seconds=0), verdict=P).status.message

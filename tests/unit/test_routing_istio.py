@@ -217,6 +217,19 @@ def test_a_third_destination_is_unexpected() -> None:
         with_canary_weight(three, [0], STABLE, CANARY, 10)
 
 
+def test_a_previous_stable_left_at_weight_zero_is_tolerated_and_untouched() -> None:
+    """The GitOps cycle after a promotion: the promoted model becomes stable, the old one stays at 0."""
+    after_promotion = vs({"route": [dest("llm-old", 0), dest("llm-gpt4o", 100)]})
+    assert read_canary_weight(after_promotion, [0], STABLE, CANARY) == (0, True)
+    written, changed = with_canary_weight(after_promotion, [0], STABLE, CANARY, 10)
+    assert changed
+    assert written["spec"]["http"][0]["route"] == [
+        dest("llm-old", 0),
+        dest("llm-gpt4o", 90),
+        {"destination": {"host": "llm-claude"}, "weight": 10},
+    ]
+
+
 def test_a_destination_of_another_subset_is_unexpected() -> None:
     subsets = vs({"route": [dest("llm", 90, "v1"), dest("llm", 10, "v3")]})
     with pytest.raises(RoutingProblem) as problem:

@@ -173,6 +173,10 @@ def _split(vs: VirtualService, index: int, stable: Backend, canary: Backend) -> 
             stable_at = position
         elif is_canary and canary_at is None:
             canary_at = position
+        elif len(destinations) > 1 and not entry.get("weight"):
+            # A destination at weight 0 carries no traffic: typically the previous stable, left in the route
+            # after the promoted model became the new stable. It stays as the user wrote it.
+            continue
         else:
             unexpected.append(_describe_destination(destination))
     if stable_at is None:
