@@ -65,6 +65,9 @@ dev-env: venv
 dev-down: venv
 	$(BIN)/modelrollout dev down
 
+# Areas keep their own targets in mk/*.mk (deployment, simulator, ...).
+-include mk/*.mk
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .import_linter_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

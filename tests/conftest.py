@@ -11,7 +11,7 @@ import os
 import re
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,9 @@ from kubernetes import client, config
 
 from modelrollout.devenv.environment import DevEnvironment, EnvironmentState, runs_root
 from modelrollout.devenv.prometheus import PrometheusServer
+from scenario_support import Kubectl
 
 _started: dict[str, Any] = {}
-
-Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from conftest import Kubectl
 from modelrollout.devenv.binaries import kubernetes_version
 from modelrollout.devenv.environment import EnvironmentState
+from scenario_support import Kubectl
 
 pytestmark = pytest.mark.integration
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from conftest import Kubectl
 from modelrollout.routing.istio import MANAGED_BY
 from modelrollout.routing.istio_router import IstioRouter
 from modelrollout.routing.router import Backend, RouteState, RoutingConflict, RoutingProblem
+from scenario_support import Kubectl
 
 pytestmark = pytest.mark.integration
 

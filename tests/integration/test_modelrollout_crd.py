@@ -13,8 +13,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from conftest import Kubectl
 from modelrollout import api
+from scenario_support import Kubectl
 from spec_cases import INVALID, SAMPLES, VALID, Case, edited, sample_rollout
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("modelrollout_crd")]

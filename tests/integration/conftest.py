@@ -1,0 +1,50 @@
+"""Fixtures of the tiers that run the operator for real (see scenario_support for the pieces)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client
+
+from istio_exporter import IstioTrafficExporter
+from modelrollout.devenv.environment import EnvironmentState
+from modelrollout.devenv.prometheus import PrometheusServer
+from scenario_support import CANARY, RPS, STABLE, Kubectl, OperatorProcess, Rollout
+
+
+@pytest.fixture(scope="module")
+def exporter(prometheus: PrometheusServer) -> Iterator[IstioTrafficExporter]:
+    serving = IstioTrafficExporter()
+    prometheus.set_targets("scenario-istio", [serving.address])
+    prometheus.wait_for_job_up("scenario-istio")
+    yield serving
+    prometheus.remove_targets("scenario-istio")
+    serving.close()
+
+
+@pytest.fixture(scope="module")
+def operator(
+    env_state: EnvironmentState, prometheus: PrometheusServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(env_state, prometheus.url, tmp_path_factory.mktemp("operator"))
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def rollout(
+    api_client: client.ApiClient,
+    kubectl: Kubectl,
+    namespace: str,
+    exporter: IstioTrafficExporter,
+    operator: OperatorProcess,
+) -> Iterator[Rollout]:
+    exporter.set_traffic(CANARY, namespace, rps=RPS, error_ratio=0.0, latency_ms=200)
+    exporter.set_traffic(STABLE, namespace, rps=RPS, error_ratio=0.0, latency_ms=200)
+    subject = Rollout(api_client, kubectl, namespace)
+    subject.create_vs()
+    yield subject
+    exporter.stop_traffic(CANARY, namespace)
+    exporter.stop_traffic(STABLE, namespace)

@@ -1,0 +1,202 @@
+"""Shared pieces of the tiers that run the operator for real: the operator as a process, the synthetic Istio
+exporter registered with the session's Prometheus, and a handle on one ModelRollout with its VirtualService.
+Fixtures are imported by the test modules that use them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from modelrollout import api
+from modelrollout.devenv.environment import EnvironmentState
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+STABLE, CANARY = "llm-gpt4o", "llm-claude"
+RPS = 40.0
+
+
+class OperatorProcess:
+    def __init__(self, env_state: EnvironmentState, prometheus_url: str, log_dir: Path) -> None:
+        self.env = {**os.environ, "KUBECONFIG": env_state.kubeconfig}
+        self.prometheus_url = prometheus_url
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "modelrollout.cli",
+                "run",
+                "--liveness",
+                "off",
+                "--tick",
+                "0.5",
+                "--prometheus-url",
+                self.prometheus_url,
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+class Rollout:
+    """One ModelRollout and its VirtualService in a namespace of its own."""
+
+    def __init__(
+        self, api_client: client.ApiClient, kubectl: Kubectl, namespace: str, name: str = "chat"
+    ) -> None:
+        self.objects = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.kubectl = kubectl
+        self.namespace = namespace
+        self.name = name
+
+    def create_vs(self) -> None:
+        vs = {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": "llm", "namespace": self.namespace},
+            "spec": {
+                "hosts": ["llm"],
+                "http": [
+                    {
+                        "name": "eval-pinned",
+                        "match": [{"headers": {"x-llm-eval": {"exact": "canary"}}}],
+                        "route": [{"destination": {"host": CANARY}}],
+                    },
+                    {
+                        "name": "primary",
+                        "timeout": "120s",
+                        "retries": {"attempts": 2, "perTryTimeout": "60s"},
+                        "route": [{"destination": {"host": STABLE}, "weight": 100}],
+                    },
+                ],
+            },
+        }
+        self.objects.create_namespaced_custom_object(
+            "networking.istio.io", "v1", self.namespace, "virtualservices", vs
+        )
+
+    def create(self, stages: list[dict[str, Any]] | None = None, **analysis: Any) -> None:
+        spec = {
+            "stable": {"host": STABLE, "model": "gpt-4o"},
+            "canary": {"host": CANARY, "model": "claude-opus-4-8"},
+            "trafficRouting": {"istio": {"virtualService": {"name": "llm"}, "routes": ["primary"]}},
+            "stages": stages
+            or [{"weight": 10, "duration": "2s"}, {"weight": 50, "duration": "2s"}, {"weight": 100}],
+            "analysis": {
+                "interval": "1s",
+                "window": "5s",
+                "minRequests": 20,
+                "failureLimit": 0,
+                "inconclusiveLimit": 60,
+                "gates": [
+                    {"name": "error-rate", "template": "istio-error-rate", "max": 0.02},
+                    {"name": "p99-latency-ms", "template": "istio-latency-p99", "max": 1000},
+                ],
+                **analysis,
+            },
+        }
+        body = {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": spec,
+        }
+        self.objects.create_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace, api.PLURAL, body)
+
+    def get(self) -> dict[str, Any]:
+        got: dict[str, Any] = self.objects.get_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.PLURAL, self.name
+        )
+        return got
+
+    def status(self) -> dict[str, Any]:
+        return self.get().get("status") or {}
+
+    def vs(self) -> dict[str, Any]:
+        got: dict[str, Any] = self.objects.get_namespaced_custom_object(
+            "networking.istio.io", "v1", self.namespace, "virtualservices", "llm"
+        )
+        return got
+
+    def weights(self) -> tuple[int, int]:
+        route = self.vs()["spec"]["http"][1]["route"]
+        by_host = {d["destination"]["host"]: d.get("weight", 100 if len(route) == 1 else 0) for d in route}
+        return by_host.get(STABLE, 0), by_host.get(CANARY, 0)
+
+    def events(self) -> list[tuple[str, str, str]]:
+        listed = self.core.list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={self.name}"
+        )
+        # Event timestamps have one-second resolution; etcd's revision orders them exactly.
+        ordered = sorted(listed.items, key=lambda e: int(e.metadata.resource_version))
+        return [(e.type, e.reason, e.message) for e in ordered]
+
+    def reasons(self) -> list[str]:
+        return [reason for _, reason, _ in self.events()]
+
+    def wait_status(
+        self, what: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0
+    ) -> dict[str, Any]:
+        def matching() -> dict[str, Any] | None:
+            current = self.status()
+            return current if predicate(current) else None
+
+        result: dict[str, Any] = wait_for(what, matching, timeout)
+        return result
+
+    def wait_phase(self, phase: str, timeout: float = 30.0) -> dict[str, Any]:
+        return self.wait_status(f"phase {phase}", lambda s: s.get("phase") == phase, timeout)
+
+    def act(self, action: str) -> None:
+        done = self.kubectl(
+            "-n",
+            self.namespace,
+            "annotate",
+            "--overwrite",
+            "modelrollout",
+            self.name,
+            f"modelrollout.io/action={action}",
+        )
+        assert done.returncode == 0, done.stderr
