@@ -32,25 +32,30 @@ class OperatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self) -> None:
+    def start(self, *extra_args: str) -> None:
+        """Start `modelrollout run`; flags in `extra_args` override the defaults (e.g. a metrics port)."""
         self.starts += 1
         log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "modelrollout.cli",
-                "run",
-                "--liveness",
-                "off",
-                "--tick",
-                "0.5",
-                "--prometheus-url",
-                self.prometheus_url,
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        argv = [
+            sys.executable,
+            "-m",
+            "modelrollout.cli",
+            "run",
+            "--liveness",
+            "off",
+            "--tick",
+            "0.5",
+            "--prometheus-url",
+            self.prometheus_url,
+            "--metrics-port",
+            "0",
+            *extra_args,
+        ]
+        self.proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def log_text(self) -> str:
+        return "".join(
+            path.read_text(errors="replace") for path in sorted(self.log_dir.glob("operator-*.log"))
         )
 
     def kill(self) -> None:

@@ -13,6 +13,7 @@ from kubernetes import client, config
 
 from modelrollout import api
 from modelrollout.kube import ACTION_ANNOTATION
+from modelrollout.notify import Notifier, NotifyTargets
 from modelrollout.reconciler import OperatorConfig, Reconciler
 
 FINALIZER = f"{api.GROUP}/finalizer"
@@ -49,14 +50,33 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
-    memo.reconciler = Reconciler(await asyncio.to_thread(_api_client), Runtime.config)
+    reconciler = Reconciler(await asyncio.to_thread(_api_client), Runtime.config)
+    memo.reconciler = reconciler
+    if Runtime.config.metrics_port:
+        reconciler.telemetry.serve(Runtime.config.metrics_port)
+    if Runtime.config.notify_secret:
+        secret_namespace, _slash, secret_name = Runtime.config.notify_secret.partition("/")
+        try:
+            targets = NotifyTargets.from_secret_data(
+                await reconciler.kube.read_secret_data(secret_namespace, secret_name)
+            )
+        except Exception as error:  # notifications are a courtesy: the operator runs without them
+            log.error("notifications off: Secret %s unusable: %s", Runtime.config.notify_secret, error)
+        else:
+            reconciler.notifier = Notifier(targets)
+            memo.notifier_task = asyncio.create_task(reconciler.notifier.run())
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     reconciler: Reconciler | None = getattr(memo, "reconciler", None)
     if reconciler is not None:
+        if reconciler.notifier is not None:
+            await reconciler.notifier.drain(5)
         reconciler.close()
+    task: asyncio.Task[None] | None = getattr(memo, "notifier_task", None)
+    if task is not None:
+        task.cancel()
 
 
 def _wakeup(memo: kopf.Memo) -> asyncio.Event:

@@ -31,8 +31,10 @@ from modelrollout.metrics.templates import (
     render_gate_query,
     request_count_query,
 )
+from modelrollout.notify import NOTIFIED_REASONS, Notification, Notifier, now_text
 from modelrollout.routing.istio_router import IstioRouter
 from modelrollout.routing.router import Backend, RoutingConflict, RoutingProblem
+from modelrollout.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class OperatorConfig:
     prometheus_url: str | None = None
+    metrics_port: int = 0  # 0: no /metrics endpoint
+    notify_secret: str | None = None  # "namespace/name" of the Secret with the webhook URLs
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     request_timeout: float = 10.0
 
@@ -58,6 +62,8 @@ class Reconciler:
         self.api_client = api_client
         self.config = config
         self.kube = Kube(api_client, config.request_timeout)
+        self.telemetry = Telemetry()
+        self.notifier: Notifier | None = None
         self._providers: dict[
             tuple[str, timedelta, str | None, tuple[str, str] | None], PrometheusProvider
         ] = {}
@@ -78,6 +84,10 @@ class Reconciler:
         )
 
     async def reconcile(self, body: Mapping[str, Any]) -> engine.Decision:
+        with self.telemetry.reconcile_seconds.time():
+            return await self._reconcile(body)
+
+    async def _reconcile(self, body: Mapping[str, Any]) -> engine.Decision:
         ref = _ref(body)
         now = datetime.now(UTC)
         generation = body["metadata"].get("generation")
@@ -110,7 +120,35 @@ class Reconciler:
         )
         decision = engine.decide(spec, status, observation)
         await self._apply(ref, status, decision, router)
+        self.telemetry.record(ref.namespace, ref.name, decision.status, check, decision.rolled_back)
+        self._notify(ref, spec, decision)
         return decision
+
+    def _notify(self, ref: RolloutRef, spec: api.ModelRolloutSpec, decision: engine.Decision) -> None:
+        if self.notifier is None:
+            return
+        status = decision.status
+        rollback = status.rollback
+        for event in decision.events:
+            if event.reason not in NOTIFIED_REASONS:
+                continue
+            details = rollback if event.reason in ("RolledBack", "Aborted") and rollback else None
+            self.notifier.submit(
+                Notification(
+                    event=event.reason,
+                    namespace=ref.namespace,
+                    name=ref.name,
+                    message=event.message,
+                    stage=status.progress,
+                    canary=spec.canary.model or spec.canary.host,
+                    stable=spec.stable.model or spec.stable.host,
+                    gate=details.gate if details else None,
+                    value=details.value if details else None,
+                    threshold=details.threshold if details else None,
+                    window=details.window if details else None,
+                    at=now_text(),
+                )
+            )
 
     async def _observe_routing(self, router: IstioRouter) -> engine.RoutingView:
         try:
@@ -229,6 +267,7 @@ class Reconciler:
         """A rollout deleted mid-way returns traffic to stable; after Promoted the canary keeps it. Either way
         the VirtualService stops being marked as ours."""
         ref = _ref(body)
+        self.telemetry.forget(ref.namespace, ref.name)
         errors = api.spec_errors(body.get("spec") or {})
         if errors:
             return

@@ -35,6 +35,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="kopf's liveness endpoint (URL), or 'off'",
     )
     run.add_argument(
+        "--metrics-port", type=int, default=9090, help="port of the operator's own /metrics (0: off)"
+    )
+    run.add_argument(
+        "--notify-secret",
+        default=os.environ.get("MODELROLLOUT_NOTIFY_SECRET"),
+        metavar="NAMESPACE/NAME",
+        help="Secret with `webhook-url` and/or `slack-webhook-url` for notifications (default "
+        "$MODELROLLOUT_NOTIFY_SECRET)",
+    )
+    run.add_argument(
         "--tick",
         type=float,
         default=5.0,
@@ -53,7 +63,9 @@ def run_operator(args: argparse.Namespace) -> int:
     if not args.verbose:
         # kopf reports every successful handler call; the rollouts' own Events and logs say what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    handlers.Runtime.config = OperatorConfig(prometheus_url=args.prometheus_url)
+    handlers.Runtime.config = OperatorConfig(
+        prometheus_url=args.prometheus_url, metrics_port=args.metrics_port, notify_secret=args.notify_secret
+    )
     handlers.Runtime.tick_seconds = args.tick
     kopf.run(
         standalone=True,  # no peering objects: one replica with `strategy: Recreate`

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
 
 from istio_exporter import IstioTrafficExporter
+from modelrollout import api
 from modelrollout.devenv.environment import EnvironmentState
 from modelrollout.devenv.prometheus import PrometheusServer
 from scenario_support import CANARY, RPS, STABLE, Kubectl, OperatorProcess, Rollout
@@ -48,3 +50,29 @@ def rollout(
     yield subject
     exporter.stop_traffic(CANARY, namespace)
     exporter.stop_traffic(STABLE, namespace)
+    remove_rollouts(api_client, namespace)
+
+
+def remove_rollouts(api_client: client.ApiClient, namespace: str) -> None:
+    """Delete what a test left, so the next module's operator does not keep driving it (a namespace is never
+    finalized here). The operator still running finishes the finalizers; any it could not are dropped."""
+    objects = client.CustomObjectsApi(api_client)
+    listed = objects.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL)
+    for item in listed["items"]:
+        objects.delete_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, item["metadata"]["name"]
+        )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not objects.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL)["items"]:
+            return
+        time.sleep(0.2)
+    for item in objects.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL)["items"]:
+        objects.patch_namespaced_custom_object(
+            api.GROUP,
+            api.VERSION,
+            namespace,
+            api.PLURAL,
+            item["metadata"]["name"],
+            {"metadata": {"finalizers": []}},
+        )

@@ -1,0 +1,96 @@
+"""The operator's own Prometheus metrics: where every rollout stands, what its gates read against their
+thresholds, how checks come out, and how long reconciliations take. Served on /metrics (`--metrics-port`)."""
+
+from __future__ import annotations
+
+import math
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from modelrollout import api
+from modelrollout.analysis import CheckResult
+
+
+class Telemetry:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        labels = ("namespace", "name")
+        self.phase = Gauge(
+            "modelrollout_phase",
+            "1 for the phase the rollout is in, 0 for the others",
+            (*labels, "phase"),
+            registry=self.registry,
+        )
+        self.canary_weight = Gauge(
+            "modelrollout_canary_weight_percent", "Canary share of traffic", labels, registry=self.registry
+        )
+        self.stage = Gauge(
+            "modelrollout_stage", "Index of the current stage (0-based)", labels, registry=self.registry
+        )
+        self.gate_value = Gauge(
+            "modelrollout_gate_value", "Last value a gate read", (*labels, "gate"), registry=self.registry
+        )
+        self.gate_threshold = Gauge(
+            "modelrollout_gate_threshold",
+            "A gate's bound",
+            (*labels, "gate", "bound"),
+            registry=self.registry,
+        )
+        self.checks = Counter(
+            "modelrollout_checks_total", "Checks by verdict", (*labels, "verdict"), registry=self.registry
+        )
+        self.rollbacks = Counter(
+            "modelrollout_rollbacks_total",
+            "Returns to stable by reason",
+            (*labels, "reason"),
+            registry=self.registry,
+        )
+        self.reconcile_seconds = Histogram(
+            "modelrollout_reconcile_duration_seconds",
+            "Time of one reconciliation (gate queries included)",
+            registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from inside the pod network
+        start_http_server(port, addr=address, registry=self.registry)
+
+    def record(
+        self,
+        namespace: str,
+        name: str,
+        status: api.ModelRolloutStatus,
+        check: CheckResult | None,
+        rolled_back: bool,
+    ) -> None:
+        for phase in api.Phase:
+            self.phase.labels(namespace, name, phase.value).set(1 if status.phase == phase else 0)
+        self.canary_weight.labels(namespace, name).set(status.canary_weight)
+        self.stage.labels(namespace, name).set(status.stage)
+        if check is not None:
+            self.checks.labels(namespace, name, check.verdict.value).inc()
+            for gate in check.gates:
+                # No reading is NaN, not the last number: a dashboard must not show a stale value as current.
+                value = gate.value if gate.value is not None else math.nan
+                self.gate_value.labels(namespace, name, gate.name).set(value)
+                for bound, threshold in (("min", gate.min), ("max", gate.max)):
+                    if threshold is not None:
+                        self.gate_threshold.labels(namespace, name, gate.name, bound).set(threshold)
+        if rolled_back:
+            reason = status.rollback.reason if status.rollback else "Unknown"
+            self.rollbacks.labels(namespace, name, reason).inc()
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop a deleted rollout's series, so they do not linger as if it still existed."""
+        for metric in (
+            self.phase,
+            self.canary_weight,
+            self.stage,
+            self.gate_value,
+            self.gate_threshold,
+            self.checks,
+            self.rollbacks,
+        ):
+            for labels in list(metric._metrics):
+                if labels[:2] == (namespace, name):
+                    metric.remove(*labels)

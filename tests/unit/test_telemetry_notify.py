@@ -1,0 +1,112 @@
+"""The operator's metrics and notification payloads, from plain inputs."""
+
+from __future__ import annotations
+
+import base64
+import math
+from datetime import UTC, datetime
+
+import pytest
+
+from modelrollout import api
+from modelrollout.analysis import CheckResult
+from modelrollout.notify import Notification, NotifyTargets
+from modelrollout.telemetry import Telemetry
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+def _check(value: float | None, verdict: api.Verdict) -> CheckResult:
+    gate = api.GateResult(name="error-rate", verdict=verdict, value=value, max=0.02, window="2m")
+    return CheckResult(at=NOW, verdict=verdict, gates=(gate,), canary_requests=500, summary="")
+
+
+def test_record_sets_phase_weight_gates_and_counts() -> None:
+    telemetry = Telemetry()
+    status = api.ModelRolloutStatus(phase=api.Phase.PROGRESSING, stage=2, canary_weight=25)
+    telemetry.record("llm", "chat", status, _check(0.004, api.Verdict.PASS), rolled_back=False)
+    sample = telemetry.registry.get_sample_value
+    assert sample("modelrollout_canary_weight_percent", {"namespace": "llm", "name": "chat"}) == 25
+    assert sample("modelrollout_stage", {"namespace": "llm", "name": "chat"}) == 2
+    assert sample("modelrollout_phase", {"namespace": "llm", "name": "chat", "phase": "Progressing"}) == 1
+    assert sample("modelrollout_phase", {"namespace": "llm", "name": "chat", "phase": "Promoted"}) == 0
+    assert (
+        sample("modelrollout_gate_value", {"namespace": "llm", "name": "chat", "gate": "error-rate"}) == 0.004
+    )
+    assert (
+        sample(
+            "modelrollout_gate_threshold",
+            {"namespace": "llm", "name": "chat", "gate": "error-rate", "bound": "max"},
+        )
+        == 0.02
+    )
+    assert sample("modelrollout_checks_total", {"namespace": "llm", "name": "chat", "verdict": "Pass"}) == 1
+
+
+def test_a_gate_without_a_reading_is_nan_not_stale() -> None:
+    telemetry = Telemetry()
+    status = api.ModelRolloutStatus(phase=api.Phase.PROGRESSING)
+    telemetry.record("llm", "chat", status, _check(0.004, api.Verdict.PASS), rolled_back=False)
+    telemetry.record("llm", "chat", status, _check(None, api.Verdict.ERROR), rolled_back=False)
+    value = telemetry.registry.get_sample_value(
+        "modelrollout_gate_value", {"namespace": "llm", "name": "chat", "gate": "error-rate"}
+    )
+    assert value is not None
+    assert math.isnan(value)
+
+
+def test_rollbacks_are_counted_by_reason_and_forgotten_on_delete() -> None:
+    telemetry = Telemetry()
+    status = api.ModelRolloutStatus(
+        phase=api.Phase.ROLLED_BACK, rollback=api.Rollback(at=NOW, reason="AnalysisFailed")
+    )
+    telemetry.record("llm", "chat", status, None, rolled_back=True)
+    labels = {"namespace": "llm", "name": "chat", "reason": "AnalysisFailed"}
+    assert telemetry.registry.get_sample_value("modelrollout_rollbacks_total", labels) == 1
+    telemetry.forget("llm", "chat")
+    assert telemetry.registry.get_sample_value("modelrollout_rollbacks_total", labels) is None
+    assert (
+        telemetry.registry.get_sample_value(
+            "modelrollout_canary_weight_percent", {"namespace": "llm", "name": "chat"}
+        )
+        is None
+    )
+
+
+def test_payloads_carry_gate_value_and_threshold() -> None:
+    note = Notification(
+        event="RolledBack",
+        namespace="llm",
+        name="chat",
+        message="error-rate 0.05 > 0.02",
+        stage="2/6",
+        canary="claude",
+        stable="gpt-4o",
+        gate="error-rate",
+        value=0.05,
+        threshold="<= 0.02",
+        window="2m",
+        at="2026-11-23T10:00:00+00:00",
+    )
+    payload = note.payload()
+    assert (payload["source"], payload["event"], payload["gate"], payload["value"], payload["threshold"]) == (
+        "modelrollout",
+        "RolledBack",
+        "error-rate",
+        0.05,
+        "<= 0.02",
+    )
+    text = note.slack_payload()["text"]
+    assert "*RolledBack* `llm/chat`" in text
+    assert "gate `error-rate` = 0.05 (threshold <= 0.02, window 2m)" in text
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_targets_come_from_the_secret() -> None:
+    targets = NotifyTargets.from_secret_data({"webhook-url": _b64("http://127.0.0.1:1/hook\n")})
+    assert (targets.webhook_url, targets.slack_url) == ("http://127.0.0.1:1/hook", None)
+    with pytest.raises(ValueError, match="neither 'webhook-url' nor 'slack-webhook-url'"):
+        NotifyTargets.from_secret_data({"url": _b64("x")})
