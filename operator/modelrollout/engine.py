@@ -136,8 +136,12 @@ class _Draft:
     def summarize(self, phase: api.Phase, reason: str, message: str) -> None:
         """Set phase, reason and message, and the kstatus conditions that follow from them."""
         message = message[:1024]
+        # Every condition was evaluated against this generation, also the ones that did not change.
+        current = [
+            c.model_copy(update={"observed_generation": self.generation}) for c in self.status.conditions
+        ]
         conditions = summary_conditions(
-            self.status.conditions,
+            current,
             phase,
             reason=reason,
             message=message,
@@ -236,6 +240,12 @@ def _promote_done(draft: _Draft, spec: api.ModelRolloutSpec, why: str) -> None:
     draft.event("Normal", "Promoted", f"{_describe(spec.canary)} serves 100%: {why}")
 
 
+def _ignore_action(draft: _Draft, raw: str, why: str) -> None:
+    result = f"ignored: {why}"
+    draft.update(last_action=api.ActionRecord(action=raw, at=draft.now, result=result))
+    draft.event("Warning", "ActionIgnored", f"{raw}: {result}")
+
+
 def _apply_action(draft: _Draft, spec: api.ModelRolloutSpec, raw: str) -> None:
     status = draft.status
     last = len(spec.stages) - 1
@@ -262,6 +272,9 @@ def _apply_action(draft: _Draft, spec: api.ModelRolloutSpec, raw: str) -> None:
     elif action == Action.ABORT:
         if status.phase in (api.Phase.ABORTED, api.Phase.ROLLED_BACK):
             result = f"ignored: traffic is already on stable ({status.phase.value})"
+        elif status.phase == api.Phase.PROMOTED:
+            # The promoted model serves 100% and is the baseline now; going back is a new rollout from Git.
+            result = "ignored: the rollout is Promoted; to go back, roll out the previous model as the canary"
         else:
             aborted = api.Rollback(at=draft.now, reason="Aborted", message="aborted by a human")
             draft.update(
@@ -453,6 +466,15 @@ def _settle_phase(draft: _Draft, spec: api.ModelRolloutSpec, obs: Observation) -
             else "first check pending"
         )
         message = f"{where}: {', '.join(p for p in (soak, verdict) if p)}{gates}"
+    drift_hold = status.hold == api.Hold.DRIFT_LIMIT
+    draft.condition(
+        "Degraded",
+        "True" if drift_hold else "False",
+        "DriftLimit" if drift_hold else "Resolved",
+        message if drift_hold else "",
+    )
+    if phase in TERMINAL:
+        draft.condition_flip("MetricsUnavailable", False, "", "")  # no analysis runs any more
     draft.summarize(phase, reason, message)
 
 
@@ -477,18 +499,23 @@ def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Obse
             f"the VirtualService is already managed by {routing.conflict_owner}; "
             "this rollout changes nothing",
         )
-    if draft.condition_flip(
-        "Degraded", routing.problem is not None, routing.problem_reason or "", routing.problem or ""
+    if routing.problem is not None and draft.condition_flip(
+        "Degraded", True, routing.problem_reason or "", routing.problem
     ):
-        draft.event("Warning", routing.problem_reason or "Degraded", routing.problem or "")
+        draft.event("Warning", routing.problem_reason or "Degraded", routing.problem)
     if routing.conflict_owner is not None or routing.problem is not None:
-        if status.phase not in TERMINAL:
+        text = (
+            f"the VirtualService is managed by {routing.conflict_owner}"
+            if routing.conflict_owner
+            else routing.problem or ""
+        )
+        if obs.action:
+            _ignore_action(draft, obs.action, f"the VirtualService cannot be used: {text}")
+        if status.phase in TERMINAL:
+            # The phase stands (traffic is where it was left); the conditions still speak for this generation.
+            draft.summarize(status.phase, status.reason or status.phase.value, status.message)
+        else:
             why = "Conflict" if routing.conflict_owner else routing.problem_reason or "Degraded"
-            text = (
-                f"the VirtualService is managed by {routing.conflict_owner}"
-                if routing.conflict_owner
-                else routing.problem or ""
-            )
             draft.summarize(api.Phase.DEGRADED, why, text)
         return Decision(status=draft.status, events=tuple(draft.events))
     if status.phase == api.Phase.DEGRADED and status.reason in (
@@ -514,6 +541,8 @@ def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Obse
                 f"100% before ({_describe(serving)})",
             )
         _start(draft, spec, "RolloutStarted")
+        if obs.action:
+            _ignore_action(draft, obs.action, "a new rollout (a new stable/canary pair) started instead")
         draft.event(
             "Normal",
             "RolloutStarted",

@@ -38,6 +38,8 @@ from modelrollout.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
+BEFORE_WRITE_REASONS = ("StableChanged",)
+
 
 @dataclass
 class OperatorConfig:
@@ -169,6 +171,10 @@ class Reconciler:
         router: IstioRouter | None,
     ) -> None:
         weight = decision.canary_weight
+        # Warnings about what is about to happen go out before traffic moves, the rest after.
+        early = [e for e in decision.events if e.reason in BEFORE_WRITE_REASONS]
+        for event in early:
+            await self.kube.emit_event(ref, event.type, event.reason, event.message)
         if router is not None and weight is not None and decision.write_first:
             if decision.status.rollback is not None and decision.status.phase in (
                 api.Phase.ROLLED_BACK,
@@ -194,7 +200,8 @@ class Reconciler:
                     ref, "Warning", "WriteFailed", f"could not set the canary weight to {weight}%: {error}"
                 )
         for event in decision.events:
-            await self.kube.emit_event(ref, event.type, event.reason, event.message)
+            if event not in early:
+                await self.kube.emit_event(ref, event.type, event.reason, event.message)
 
     async def _provider(self, spec: api.ModelRolloutSpec, namespace: str) -> MetricsProvider:
         config = spec.analysis.prometheus

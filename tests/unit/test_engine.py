@@ -526,3 +526,33 @@ def test_the_soak_countdown_changes_once_a_minute_while_long() -> None:
     assert "1h59m left" in r.tick(timedelta(seconds=50), verdict=P).status.message
     r.tick(timedelta(hours=2) - timedelta(seconds=100))
     assert "soaking, 25s left" in r.tick(timedelta(seconds=0), verdict=P).status.message
+
+
+def test_an_action_on_an_unusable_virtual_service_is_recorded_as_ignored() -> None:
+    r = Rollout()
+    r.at_stage(1)
+    d = r.tick(action="promote", routing=RoutingView(problem_reason="VirtualServiceNotFound", problem="gone"))
+    assert d.status.last_action is not None
+    assert d.status.last_action.result.startswith("ignored: the VirtualService cannot be used")
+    assert "ActionIgnored" in r.reasons()
+    assert d.status.stage == 1
+
+
+def test_an_action_arriving_with_a_new_pair_is_recorded_as_ignored() -> None:
+    r = Rollout()
+    r.at_stage(1)
+    r.spec = r.spec.model_copy(update={"canary": api.Target(host="llm-next")})
+    d = r.tick(action="promote")
+    assert d.status.stage == 0
+    assert d.status.last_action is not None
+    assert "a new rollout" in d.status.last_action.result
+
+
+def test_abort_after_promotion_is_refused() -> None:
+    r = Rollout()
+    r.at_stage(3)
+    r.tick(timedelta(seconds=10), verdict=P)
+    d = r.tick(action="abort")
+    assert (d.status.phase, d.canary_weight) == (api.Phase.PROMOTED, None)
+    assert d.status.last_action is not None
+    assert "the rollout is Promoted" in d.status.last_action.result

@@ -1,0 +1,149 @@
+"""`kubectl modelrollout` against the real operator, API server and Prometheus: a manual gate driven end to
+end with the plugin, called in-process (`plugin.main`) with the session's kubeconfig.
+
+With MODELROLLOUT_WRITE_EXAMPLES=1 the test also saves the status screen it saw to
+docs/plugin-status-example.txt."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelrollout import plugin
+from modelrollout.devenv.environment import EnvironmentState
+from modelrollout.kube import ACTION_ANNOTATION
+from scenario_support import Rollout
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("modelrollout_crd")]
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "plugin-status-example.txt"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = plugin.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_a_manual_gate_driven_with_the_plugin(
+    rollout: Rollout, env_state: EnvironmentState, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = ["--kubeconfig", env_state.kubeconfig, "-n", rollout.namespace]
+    rollout.create(stages=[{"weight": 10, "duration": "5s", "approval": "Manual"}, {"weight": 100}])
+    rollout.wait_phase("Progressing")
+
+    # retry only restarts a rolled-back or aborted rollout: refused, and nothing is sent
+    code, out, err = run(capsys, "retry", "chat", *where)
+    assert (code, out) == (1, "")
+    assert err == (
+        'error: cannot retry modelrollout "chat": retry restarts a rolled-back or aborted rollout; '
+        "this one is Progressing\n"
+    )
+    assert ACTION_ANNOTATION not in (rollout.get()["metadata"].get("annotations") or {})
+
+    rollout.wait_status("awaiting approval", lambda s: s.get("reason") == "AwaitingApproval", timeout=30)
+    code, out, err = run(capsys, "resume", "chat", *where)
+    assert (code, err) == (1, 'error: cannot resume modelrollout "chat": nothing is on hold\n')
+
+    code, listed, err = run(capsys, "list", *where)
+    assert (code, err) == (0, "")
+    header, row = listed.splitlines()
+    assert header.split() == ["NAME", "PHASE", "STAGE", "WEIGHT", "VERDICT", "AGE", "MESSAGE"]
+    assert row.split()[:5] == ["chat", "Paused", "1/2", "10%", "Pass"]
+
+    code, screen, err = run(capsys, "status", "chat", *where)
+    assert (code, err) == (0, "")
+    if os.environ.get("MODELROLLOUT_WRITE_EXAMPLES") == "1":
+        EXAMPLE.write_text(screen)
+    lines = screen.splitlines()
+    assert "Phase:        Paused (AwaitingApproval)" in lines
+    assert "Stable:       gpt-4o -> llm-gpt4o" in lines
+    assert "Canary:       claude-opus-4-8 -> llm-claude" in lines
+    assert "Traffic:      canary 10%, stable 90% (status); VirtualService llm: canary 10% live" in lines
+    stages = lines[lines.index("Stages:") + 1 : lines.index("Stages:") + 4]
+    assert stages[0].split() == ["#", "WEIGHT", "DURATION", "APPROVAL", "STATE"]
+    assert stages[1].split()[:5] == [">", "1", "10%", "5s", "Manual"]
+    assert "awaiting approval" in stages[1]
+    assert stages[2].split() == ["2", "100%", "-", "Auto"]
+    gates = {
+        line.split()[0]: line.split() for line in lines if line.startswith(("  error-rate", "  p99-latency"))
+    }
+    assert gates["error-rate"][2:5] == ["<=", "0.02", "Pass"]
+    assert gates["p99-latency-ms"][2:5] == ["<=", "1000", "Pass"]
+    assert float(gates["error-rate"][1]) <= 0.02
+    assert "Actions:      promote, promote --full, abort (kubectl modelrollout ACTION chat)" in lines
+    events = "\n".join(lines[next(i for i, line in enumerate(lines) if line.startswith("Events")) :])
+    assert "RolloutStarted" in events
+    assert "AwaitingApproval" in events
+
+    # promote: accepted, sent, and the operator's result reported
+    code, out, err = run(capsys, "promote", "chat", *where)
+    assert (code, err) == (0, "")
+    assert re.fullmatch(
+        r'modelrollout "chat" promote: advanced to stage 2/2 \(phase (Progressing|Promoted), stage 2/2\)\n',
+        out,
+    ), out
+    assert ACTION_ANNOTATION not in (rollout.get()["metadata"].get("annotations") or {})
+    assert rollout.status()["lastAction"]["action"] == "promote"
+
+    # the rollout advances: --watch redraws until the phase is terminal, then returns
+    code, frames, err = run(capsys, "status", "chat", *where, "--watch", "--interval", "0.2")
+    assert (code, err) == (0, "")
+    last_frame = frames.split("-" * 40 + "\n")[-2]
+    assert "Phase:        Promoted (Promoted)" in last_frame
+    assert rollout.weights() == (0, 100)
+
+    code, out, err = run(capsys, "promote", "chat", *where)
+    assert (code, out) == (1, "")
+    assert err == (
+        'error: cannot promote modelrollout "chat": the rollout is already Promoted: the canary serves 100%\n'
+    )
+
+
+def test_abort_without_waiting_then_retry(
+    rollout: Rollout, env_state: EnvironmentState, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = ["--kubeconfig", env_state.kubeconfig, "-n", rollout.namespace]
+    rollout.create(stages=[{"weight": 10, "duration": "60s"}, {"weight": 100}])
+    rollout.wait_phase("Progressing")
+    code, out, err = run(capsys, "abort", "chat", "--no-wait", *where)
+    assert (code, err) == (0, "")
+    assert out == f"modelrollout.modelrollout.io/chat annotated: {ACTION_ANNOTATION}=abort\n"
+    rollout.wait_phase("Aborted")
+    assert rollout.weights() == (100, 0)
+    code, out, err = run(capsys, "retry", "chat", *where)
+    assert (code, err) == (0, "")
+    assert out.startswith('modelrollout "chat" retry: restarted from stage 1 (phase Progressing, stage 1/2)')
+
+
+def test_a_missing_rollout_is_an_error(
+    namespace: str, env_state: EnvironmentState, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = ["--kubeconfig", env_state.kubeconfig, "-n", namespace]
+    for command in (["status", "nope"], ["promote", "nope"], ["abort", "nope"]):
+        code, out, err = run(capsys, *command, *where)
+        assert (code, out) == (1, "")
+        assert err == f'error: modelrollout "nope" not found in namespace "{namespace}"\n'
+    code, out, err = run(capsys, "list", *where)
+    assert (code, out, err) == (0, "", f"No modelrollouts found in {namespace} namespace.\n")
+
+
+def test_the_default_namespace_is_the_contexts(
+    namespace: str, env_state: EnvironmentState, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kubeconfig = yaml.safe_load(Path(env_state.kubeconfig).read_text())
+    for context in kubeconfig["contexts"]:
+        context["context"]["namespace"] = namespace
+    own = tmp_path / "kubeconfig"
+    own.write_text(yaml.safe_dump(kubeconfig))
+    context = kubeconfig["current-context"]
+    for argv in (["--kubeconfig", str(own)], ["--kubeconfig", str(own), "--context", context]):
+        code, out, err = run(capsys, "status", "nope", *argv)
+        assert (code, out) == (1, "")
+        assert err == f'error: modelrollout "nope" not found in namespace "{namespace}"\n'
+    code, out, err = run(capsys, "--kubeconfig", str(own), "--context", "elsewhere", "list")
+    assert (code, err) == (1, 'error: context "elsewhere" not found in the kubeconfig\n')
