@@ -1,0 +1,11 @@
+"""A simulated Istio data plane for tests and demos (there is no Envoy here).
+
+- `routing`: pure: which destination a VirtualService sends one request to (matches, weights, mirror).
+- `backends`: fake LLM backends whose error rate, latency and token counts can change while they serve.
+- `metrics`: Istio's standard request metrics (plus LLM tokens) as a sidecar with reporter="destination" would
+  export them.
+- `watcher`: the live VirtualServices, listed and watched from the API server.
+- `simulator`: all of it together: load generator, request handling, `/metrics` and a JSON control API.
+
+Run it with `python -m modelrollout.sim --help`.
+"""

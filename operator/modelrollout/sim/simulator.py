@@ -1,0 +1,225 @@
+"""The simulated mesh: requests routed by the live VirtualServices to fake LLM backends, recorded as Istio
+metrics, driven by a load generator and controlled over HTTP (see `server`).
+
+What is recorded for a request:
+- routed (200 from the mesh): the backend's status, latency and tokens, as `istio_*` metrics of the
+  destination and in the stats under the destination;
+- a mirror copy: served by the mirror's backend and recorded in the metrics like any request (the mirror's
+  sidecar sees it), its reply discarded; the stats count it under `mirrored`, not as a request;
+- answered by the mesh itself (404 no VirtualService / no route, 503 no weighted destination, a direct
+  response): not in the `istio_*` metrics, because no destination sidecar ever saw it and every series here
+  is reporter="destination"; the stats count it under its status.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+
+from modelrollout.sim.backends import Backends
+from modelrollout.sim.load import Flow, LoadGenerator
+from modelrollout.sim.metrics import MeshMetrics
+from modelrollout.sim.routing import Destination, Request, RouteResult, route
+from modelrollout.sim.server import ControlServer
+from modelrollout.sim.stats import Stats
+from modelrollout.sim.watcher import VirtualServiceWatcher
+
+VirtualServices = Callable[[], Sequence[Mapping[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one request: the mesh's routing, then (if routed) the backend's answer."""
+
+    status: int
+    routing: RouteResult
+    latency_ms: float | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    mirror_statuses: tuple[int, ...] = ()
+
+    @property
+    def destination(self) -> Destination | None:
+        return self.routing.destination
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "destination": _describe(self.routing.destination),
+            "route": self.routing.route,
+            "virtual_service": self.routing.virtual_service,
+            "mesh_status": self.routing.status,
+            "latency_ms": self.latency_ms,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "mirrors": [
+                {**(_describe(mirror) or {}), "status": status}
+                for mirror, status in zip(self.routing.mirrors, self.mirror_statuses, strict=True)
+            ],
+        }
+
+
+def _describe(destination: Destination | None) -> dict[str, Any] | None:
+    if destination is None:
+        return None
+    return {
+        "key": destination.key,
+        "service": destination.service,
+        "namespace": destination.namespace,
+        "fqdn": destination.fqdn,
+        "subset": destination.subset,
+        "port": destination.port,
+    }
+
+
+class Simulator:
+    """`Simulator(api_client, namespaces, seed)`: watch the VirtualServices of `namespaces` (all if None) and
+    route through them. Without an API client, `virtual_services` supplies them (a fixed list, say)."""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient | None,
+        namespaces: Sequence[str] | None = None,
+        seed: int | None = None,
+        *,
+        virtual_services: VirtualServices | None = None,
+        api_version: str = "v1",
+        port: int = 0,
+        bind: str = "127.0.0.1",
+        source_namespace: str | None = None,
+    ) -> None:
+        self.watcher: VirtualServiceWatcher | None = None
+        self._virtual_services: VirtualServices
+        if api_client is not None and virtual_services is None:
+            self.watcher = VirtualServiceWatcher(api_client, namespaces, api_version=api_version)
+            self._virtual_services = self.watcher.snapshot
+        elif virtual_services is not None and api_client is None:
+            self._virtual_services = virtual_services
+        else:
+            raise ValueError(
+                "give either an API client to watch VirtualServices or a virtual_services source"
+            )
+        # Requests without an explicit source come from the first watched namespace, like a client pod there.
+        self.source_namespace = source_namespace or (namespaces[0] if namespaces else "default")
+        self.backends = Backends()
+        self.metrics = MeshMetrics()
+        self.stats = Stats()
+        # The load generator draws from its own generator in its own thread, so a seeded run repeats its
+        # sequence of picks; requests from the control API share this one, under a lock.
+        self._rng = random.Random(None if seed is None else seed + 1)  # noqa: S311  (not secrets)
+        self._rng_lock = threading.Lock()
+        self.load = LoadGenerator(self._send, seed)
+        self.server = ControlServer(self, bind, port)
+
+    # ---- lifecycle ----
+
+    def start(self) -> Simulator:
+        if self.watcher is not None:
+            self.watcher.start()
+        self.load.start()
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.load.stop()
+        self.server.stop()
+        if self.watcher is not None:
+            self.watcher.stop()
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def wait_synced(self, timeout: float = 30.0) -> bool:
+        return self.watcher.wait_synced(timeout) if self.watcher is not None else True
+
+    @property
+    def address(self) -> str:
+        """`127.0.0.1:PORT` of `/metrics` and the control API."""
+        return self.server.address
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def virtual_services(self) -> Sequence[Mapping[str, Any]]:
+        return self._virtual_services()
+
+    # ---- traffic ----
+
+    def set_load(
+        self,
+        host: str,
+        rps: float,
+        *,
+        headers: Mapping[str, str] | None = None,
+        users: int = 100,
+        path: str = "/v1/chat/completions",
+        source_workload: str = "loadgen",
+        source_namespace: str | None = None,
+    ) -> Flow:
+        """Send `rps` requests per second to `host` (0 stops that flow)."""
+        flow = Flow(
+            host=host,
+            rps=float(rps),
+            headers=dict(headers or {}),
+            users=users,
+            path=path,
+            source_workload=source_workload,
+            source_namespace=source_namespace or self.source_namespace,
+        )
+        self.load.set_flow(flow)
+        return flow
+
+    def handle(
+        self, request: Request, *, source_workload: str = "client", rng: random.Random | None = None
+    ) -> Outcome:
+        """Route one request, have its backend answer, record it. Without `rng`, the simulator's own (shared
+        by callers, so under a lock)."""
+        if rng is not None:
+            return self._handle(request, source_workload, rng)
+        with self._rng_lock:
+            return self._handle(request, source_workload, self._rng)
+
+    def _send(self, flow: Flow, request: Request, rng: random.Random) -> None:
+        self._handle(request, flow.source_workload, rng)
+
+    def _handle(self, request: Request, source_workload: str, rng: random.Random) -> Outcome:
+        routing = route(self._virtual_services(), request, rng)
+        route_key = f"{routing.virtual_service}#{routing.route}" if routing.route else None
+        destination = routing.destination
+        if destination is None:
+            self.stats.count(None, routing.status, route_key)
+            return Outcome(routing.status, routing)
+        source_namespace = request.source_namespace or self.source_namespace
+        status, latency_ms, tokens_in, tokens_out = self._serve(
+            destination, rng, source_workload, source_namespace
+        )
+        mirror_statuses = tuple(
+            self._serve(mirror, rng, source_workload, source_namespace)[0] for mirror in routing.mirrors
+        )
+        self.stats.count(destination.key, status, route_key, tuple(mirror.key for mirror in routing.mirrors))
+        return Outcome(status, routing, latency_ms, tokens_in, tokens_out, mirror_statuses)
+
+    def _serve(
+        self, destination: Destination, rng: random.Random, source_workload: str, source_namespace: str
+    ) -> tuple[int, float, int, int]:
+        answer = self.backends.serve(destination.service, destination.namespace, rng)
+        status, latency_ms, tokens_in, tokens_out = answer
+        self.metrics.record(
+            destination,
+            status=status,
+            latency_ms=latency_ms,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            source_workload=source_workload,
+            source_namespace=source_namespace,
+        )
+        return answer

@@ -1,0 +1,148 @@
+"""Fake LLM backends: the latency distribution honours the median and p99 it is given, errors come at the
+configured rate, and settings change safely while requests are served.
+
+Tolerances, for 50,000 seeded samples: the median within 3% and the p99 within 5% (their standard errors for
+these log-normals are about 0.4% and 1.2%); an error rate within 0.005 (standard deviation <= 0.0022).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import statistics
+import threading
+import time
+
+import pytest
+
+from modelrollout.sim.backends import Backend, Backends, BackendSettings
+
+SAMPLES = 50_000
+
+
+def seeded(seed: int) -> random.Random:
+    return random.Random(seed)  # noqa: S311  (simulated traffic: repeatable draws, not secrets)
+
+
+def latencies(backend: Backend, rng: random.Random, n: int = SAMPLES) -> list[float]:
+    return [backend.serve(rng)[1] for _ in range(n)]
+
+
+def median_and_p99(samples: list[float]) -> tuple[float, float]:
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return cuts[49], cuts[98]
+
+
+@pytest.mark.parametrize(
+    ("median", "p99"),
+    [
+        (200.0, 800.0),
+        (1500.0, 12000.0),  # a slow reasoning model with a long tail
+        (50.0, 60.0),  # a tight one
+        (30000.0, 90000.0),
+    ],
+)
+def test_latency_fits_median_and_p99(median: float, p99: float) -> None:
+    backend = Backend(BackendSettings(latency_median_ms=median, latency_p99_ms=p99))
+    observed_median, observed_p99 = median_and_p99(latencies(backend, seeded(11)))
+    assert observed_median == pytest.approx(median, rel=0.03)
+    assert observed_p99 == pytest.approx(p99, rel=0.05)
+
+
+def test_p99_equal_to_median_is_a_constant_latency() -> None:
+    backend = Backend(BackendSettings(latency_median_ms=250.0, latency_p99_ms=250.0))
+    assert latencies(backend, seeded(1), 100) == [pytest.approx(250.0)] * 100
+
+
+@pytest.mark.parametrize("error_rate", [0.0, 0.01, 0.05, 0.3, 1.0])
+def test_error_rate(error_rate: float) -> None:
+    backend = Backend(BackendSettings(error_rate=error_rate, tokens_in=300, tokens_out=120))
+    rng = seeded(5)
+    replies = [backend.serve(rng) for _ in range(SAMPLES)]
+    errors = [reply for reply in replies if reply[0] != 200]
+    assert len(errors) / SAMPLES == pytest.approx(error_rate, abs=0.005)
+    # A failed request sent its prompt but produced nothing.
+    assert {(status, tokens_in, tokens_out) for status, _, tokens_in, tokens_out in errors} <= {(503, 300, 0)}
+    assert {(tokens_in, tokens_out) for status, _, tokens_in, tokens_out in replies if status == 200} <= {
+        (300, 120)
+    }
+
+
+def test_error_code_is_configurable() -> None:
+    backend = Backend(BackendSettings(error_rate=1.0, error_code=429))
+    assert backend.serve(seeded(1))[0] == 429
+
+
+def test_runtime_changes_apply_to_the_next_request() -> None:
+    backends = Backends()
+    rng = seeded(2)
+    assert all(backends.serve("llm-claude", "llm", rng)[0] == 200 for _ in range(1000))
+    settings = backends.update("llm-claude", "llm", error_rate=1.0, latency_median_ms=900, latency_p99_ms=900)
+    assert settings == BackendSettings(error_rate=1.0, latency_median_ms=900.0, latency_p99_ms=900.0)
+    assert backends.serve("llm-claude", "llm", rng)[:2] == (503, pytest.approx(900.0))
+    # Only that backend changed; a partial update keeps the other settings.
+    assert backends.serve("llm-gpt4o", "llm", rng)[0] == 200
+    assert backends.serve("llm-claude", "other-namespace", rng)[0] == 200
+    backends.update("llm-claude", "llm", error_rate=0.0)
+    assert backends.get("llm-claude", "llm").settings.latency_median_ms == 900.0
+    assert backends.serve("llm-claude", "llm", rng)[0] == 200
+    assert list(backends.snapshot()) == ["llm/llm-claude", "llm/llm-gpt4o", "other-namespace/llm-claude"]
+
+
+def test_unknown_backend_is_healthy_with_200ms_median() -> None:
+    backend = Backends().get("never-configured", "llm")
+    assert backend.settings.error_rate == 0.0
+    observed_median, _ = median_and_p99(latencies(backend, seeded(3), 20_000))
+    assert observed_median == pytest.approx(200.0, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"error_rate": 1.5}, "error_rate must be in [0, 1]"),
+        ({"error_rate": -0.1}, "error_rate must be in [0, 1]"),
+        ({"latency_median_ms": 0}, "latency_median_ms must be > 0"),
+        ({"latency_p99_ms": 100}, "latency_p99_ms (100.0) must be >= latency_median_ms (200.0)"),
+        ({"tokens_out": -1}, "token counts must be >= 0"),
+        ({"tokens_in": 1.5}, "tokens_in must be an integer"),
+        ({"error_rate": "0.1"}, "error_rate must be a number"),
+        ({"error_rate": True}, "error_rate must be a number"),
+        ({"error_code": 200}, "error_code must be a 4xx or 5xx status"),
+        ({"latency": 5}, "unknown backend setting(s) latency"),
+    ],
+)
+def test_bad_changes_are_refused_and_change_nothing(changes: dict[str, object], message: str) -> None:
+    backend = Backend()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        backend.update(**changes)
+    assert backend.settings == BackendSettings()
+
+
+def test_changes_while_serving_never_mix_settings() -> None:
+    """Each request sees one whole set of settings: with median == p99 in every set, a latency of one set
+    paired with the status of another would show."""
+    backend = Backend(BackendSettings(latency_median_ms=100, latency_p99_ms=100))
+    sets = [
+        {"error_rate": 0.0, "latency_median_ms": 100.0, "latency_p99_ms": 100.0},
+        {"error_rate": 1.0, "latency_median_ms": 5000.0, "latency_p99_ms": 5000.0},
+    ]
+    stop = threading.Event()
+
+    def flip() -> None:
+        i = 0
+        while not stop.is_set():
+            backend.update(**sets[i % 2])  # all three at once: one validated, atomic swap
+            i += 1
+            time.sleep(0)  # let the serving thread have the GIL between flips
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    try:
+        rng = seeded(9)
+        seen = {
+            (status, round(latency)) for status, latency, _, _ in (backend.serve(rng) for _ in range(20_000))
+        }
+    finally:
+        stop.set()
+        flipper.join()
+    assert seen == {(200, 100), (503, 5000)}  # both sets served, never a mix
