@@ -7,10 +7,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help deps venv binaries crds lint test test-unit test-integration demo dev-up dev-down dev-env clean
+.PHONY: help deps venv binaries crds lint test test-unit test-integration demo dev dev-up dev-down dev-env clean
 
 help:
-	@echo "make demo              bring the local environment up (Ctrl-C tears it down)"
+	@echo "make demo              two rollouts on simulated traffic: one promotes, one rolls back (~2 min)"
+	@echo "make dev               the local environment with the CRD and samples applied (Ctrl-C tears down)"
 	@echo "make test              lint, type-check, import contracts, all test tiers"
 	@echo "make crds              regenerate crds/ from operator/modelrollout/api.py"
 	@echo "make test-unit         the pure unit tier only (no servers)"
@@ -50,8 +51,11 @@ test-unit: venv
 test-integration: binaries
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
-SAMPLES := manifests/samples
 demo: binaries
+	$(BIN)/modelrollout demo
+
+SAMPLES := manifests/samples
+dev: binaries
 	@echo "# The sample rollout is applied; in another shell: eval \"\$$($(BIN)/modelrollout dev env)\"; kubectl get mro -A"
 	$(BIN)/modelrollout dev up --foreground --apply crds \
 		--apply $(SAMPLES)/services.yaml --apply $(SAMPLES)/virtualservice.yaml --apply $(SAMPLES)/modelrollout.yaml

@@ -9,6 +9,14 @@ from pathlib import Path
 
 from modelrollout import __version__, crdgen, run
 from modelrollout.devenv import commands as dev_commands
+from modelrollout.sim.__main__ import build_parser as sim_parser
+from modelrollout.sim.__main__ import run as sim_run
+
+
+def _demo() -> int:
+    from modelrollout.demo.runner import main as demo_main  # noqa: PLC0415 - needs the demo extra
+
+    return demo_main()
 
 
 def write_crds(args: argparse.Namespace) -> int:
@@ -40,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--check", action="store_true", help="fail if the CRD on disk is out of date")
     crds.set_defaults(handler=write_crds)
     run.add_parser(subparsers)
+    sim = subparsers.add_parser("sim", help="a simulated Istio data plane with fake LLM backends")
+    sim_parser(sim)
+    sim.set_defaults(handler=sim_run)
+    demo = subparsers.add_parser(
+        "demo", help="two rollouts on simulated traffic: one promotes, one rolls back"
+    )
+    demo.set_defaults(handler=lambda _args: _demo())
     return parser
 
 

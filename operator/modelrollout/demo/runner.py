@@ -1,0 +1,293 @@
+"""`modelrollout demo`: bring up the local environment, the simulated mesh and the operator, run the two demo
+rollouts with a live view, inject the regression, print a summary, draw the timeline, tear everything down."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from kubernetes import client, config
+
+from modelrollout import api
+from modelrollout.demo import scenario, timeline, view
+from modelrollout.devenv.environment import DevEnvironment, runs_root
+from modelrollout.devenv.processes import ProcessSet
+
+DEADLINE_SECONDS = 300
+
+
+class SimClient:
+    """The simulator's control API (see modelrollout.sim)."""
+
+    def __init__(self, address: str) -> None:
+        self.base = f"http://{address}"
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(  # noqa: S310 - our loopback simulator
+            f"{self.base}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - our loopback simulator
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
+    def set_backend(self, namespace: str, host: str, **settings: float) -> None:
+        self._call("PUT", f"/backends/{namespace}/{host}", settings)
+
+    def set_load(self, host: str, rps: float) -> None:
+        self._call(
+            "POST",
+            "/load",
+            {
+                "host": f"{host}.{scenario.NAMESPACE}.svc.cluster.local",
+                "rps": rps,
+                "source_namespace": scenario.NAMESPACE,
+            },
+        )
+
+    def stats(self) -> Any:
+        return self._call("GET", "/stats")
+
+
+def _as_dict(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object from the API server, got {type(value).__name__}")
+    return value
+
+
+def _log(message: str) -> None:
+    print(f"[demo] {message}", file=sys.stderr, flush=True)
+
+
+class Demo:
+    def __init__(self, run_dir: Path, picture: Path) -> None:
+        self.run_dir = run_dir
+        self.picture = picture
+        self.environment = DevEnvironment(run_dir, detached=False)
+        self.processes = ProcessSet(run_dir)
+        self.stopping = False
+        self._previous_counts: dict[str, int] = {}
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        proc, _ = self.processes.spawn(name, argv, die_with_parent=True, env=env)
+        return proc
+
+    def run(self) -> int:
+        self.environment.stop()  # whatever an interrupted earlier demo left in this run directory
+        state = self.environment.start(log=_log)
+        env = {**os.environ, "KUBECONFIG": state.kubeconfig}
+        _log(f"environment up in {state.started_seconds['total']:.1f}s; logs in {self.run_dir / 'logs'}")
+        kubectl = [state.kubectl, f"--kubeconfig={state.kubeconfig}"]
+        crds = Path(__file__).resolve().parents[3] / "crds"
+        subprocess.run([*kubectl, "apply", "--server-side", "-f", str(crds)], check=True, capture_output=True)
+        subprocess.run(
+            [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds)],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run([*kubectl, "create", "namespace", scenario.NAMESPACE], check=True, capture_output=True)
+
+        config.load_kube_config(config_file=state.kubeconfig)  # type: ignore[no-untyped-call]
+        objects = client.CustomObjectsApi()
+        for rollout in scenario.ROLLOUTS:
+            objects.create_namespaced_custom_object(
+                "networking.istio.io",
+                "v1",
+                scenario.NAMESPACE,
+                "virtualservices",
+                scenario.virtual_service(rollout),
+            )
+
+        sim_address = self._start_simulator(env)
+        sim = SimClient(sim_address)
+        prometheus = self.environment.prometheus
+        if prometheus is None:
+            raise RuntimeError("the environment started without Prometheus")
+        prometheus.set_targets("mesh", [sim_address])
+        for rollout in scenario.ROLLOUTS:
+            sim.set_load(rollout.host, scenario.RPS)
+        prometheus.wait_for_job_up("mesh", timeout=30)
+
+        self._spawn(
+            "operator",
+            [
+                sys.executable,
+                "-m",
+                "modelrollout.cli",
+                "run",
+                "--liveness",
+                "off",
+                "--metrics-port",
+                "0",
+                "--tick",
+                "1",
+                "--prometheus-url",
+                state.prometheus_url,
+            ],
+            env,
+        )
+        for rollout in scenario.ROLLOUTS:
+            objects.create_namespaced_custom_object(
+                api.GROUP, api.VERSION, scenario.NAMESPACE, api.PLURAL, scenario.model_rollout(rollout)
+            )
+        return self._watch(objects, sim)
+
+    def _start_simulator(self, env: dict[str, str]) -> str:
+        """Start the simulated mesh; it prints its URL as the first line of its output."""
+        log = self.run_dir / "logs" / "simulator.log"
+        argv = [
+            sys.executable,
+            "-m",
+            "modelrollout.sim",
+            "--namespace",
+            scenario.NAMESPACE,
+            "--port",
+            "0",
+            "--seed",
+            "7",
+        ]
+        self._spawn("simulator", argv, env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            lines = log.read_text().splitlines() if log.exists() else []
+            url = next((line.strip() for line in lines if line.startswith("http://")), None)
+            if url:
+                return url.removeprefix("http://").rstrip("/")
+            time.sleep(0.1)
+        raise RuntimeError(f"the simulator did not start; see {log}")
+
+    def _watch(self, objects: client.CustomObjectsApi, sim: SimClient) -> int:
+        started = time.monotonic()
+        series = {
+            r.name: timeline.Series(name=f"{r.name}: {r.stable_model} -> {r.canary_model}")
+            for r in scenario.ROLLOUTS
+        }
+        regressed: set[str] = set()
+        interactive = sys.stdout.isatty()
+        last_phases: dict[str, str] = {}
+        rollouts: list[dict[str, Any]] = []
+        while not self.stopping and time.monotonic() - started < DEADLINE_SECONDS:
+            elapsed = time.monotonic() - started
+            rollouts = [
+                _as_dict(
+                    objects.get_namespaced_custom_object(
+                        api.GROUP, api.VERSION, scenario.NAMESPACE, api.PLURAL, r.name
+                    )
+                )
+                for r in scenario.ROLLOUTS
+            ]
+            shares = self._canary_shares(sim)
+            for spec, live in zip(scenario.ROLLOUTS, rollouts, strict=True):
+                status = live.get("status") or {}
+                self._record(series[spec.name], live, shares.get(spec.name), elapsed)
+                if (
+                    spec.regress_at_stage is not None
+                    and spec.name not in regressed
+                    and status.get("stage", 0) >= spec.regress_at_stage
+                    and status.get("phase") == "Progressing"
+                ):
+                    sim.set_backend(
+                        scenario.NAMESPACE, spec.canary, error_rate=scenario.REGRESSION_ERROR_RATE
+                    )
+                    regressed.add(spec.name)
+                    _log(
+                        f"{spec.name}: the canary {spec.canary_model} now fails "
+                        f"{scenario.REGRESSION_ERROR_RATE:.0%} of requests"
+                    )
+            if interactive:
+                print("\033[2J\033[H" + view.screen(rollouts, shares, elapsed), flush=True)
+            else:
+                for live in rollouts:
+                    status = live.get("status") or {}
+                    key = f"{status.get('phase')} {status.get('progress')} {status.get('canaryWeight')}"
+                    if last_phases.get(live["metadata"]["name"]) != key:
+                        last_phases[live["metadata"]["name"]] = key
+                        print(f"{elapsed:5.0f}s  {live['metadata']['name']:<10} {key}", flush=True)
+            if all(
+                (r.get("status") or {}).get("phase") in ("Promoted", "RolledBack", "Aborted")
+                for r in rollouts
+            ):
+                break
+            time.sleep(1)
+        print("\n".join(view.rollout_panel(r, None)[0] for r in rollouts))
+        text, ok = view.summary(rollouts, {r.name: r.expected_phase for r in scenario.ROLLOUTS})
+        print(text)
+        picture = timeline.draw(list(series.values()), self.picture)
+        print(f"timeline: {picture}")
+        return 0 if ok else 1
+
+    @staticmethod
+    def _record(series: timeline.Series, live: dict[str, Any], share: float | None, elapsed: float) -> None:
+        status = live.get("status") or {}
+        series.times.append(elapsed)
+        series.weights.append(status.get("canaryWeight", 0))
+        if share is not None:
+            series.canary_share.append((elapsed, share))
+        analysis = status.get("lastAnalysis") or {}
+        fresh = analysis.get("at") is not None and analysis.get("at") != series.last_check_at
+        series.last_check_at = analysis.get("at")
+        for gate in analysis.get("gates") or []:
+            # Only new checks are plotted: after a rollback the last one stays in status but is not current.
+            if fresh and gate.get("value") is not None:
+                series.gate_values.setdefault(gate["name"], []).append((elapsed, gate["value"]))
+            if gate.get("max") is not None:
+                series.thresholds[gate["name"]] = gate["max"]
+        if status.get("phase") == "RolledBack" and series.rolled_back_at is None:
+            series.rolled_back_at = elapsed
+        if status.get("phase") == "Promoted" and series.promoted_at is None:
+            series.promoted_at = elapsed
+
+    def _canary_shares(self, sim: SimClient) -> dict[str, float | None]:
+        """Share of the requests since the previous look that went to each rollout's canary."""
+        try:
+            counts: dict[str, int] = sim.stats()["since_start"]["destinations"]
+        except (OSError, KeyError, TypeError):
+            return {}
+        previous, self._previous_counts = self._previous_counts, counts
+        shares: dict[str, float | None] = {}
+        for rollout in scenario.ROLLOUTS:
+            canary_key, stable_key = (
+                f"{scenario.NAMESPACE}/{host}" for host in (rollout.canary, rollout.stable)
+            )
+            to_canary = counts.get(canary_key, 0) - previous.get(canary_key, 0)
+            to_stable = counts.get(stable_key, 0) - previous.get(stable_key, 0)
+            total = to_canary + to_stable
+            shares[rollout.name] = to_canary / total if total > 0 else None
+        return shares
+
+    def stop(self) -> None:
+        self.processes.stop_all(grace_seconds=5)
+        self.environment.stop()
+        self.environment.remove()
+
+
+def main() -> int:
+    run_dir = runs_root() / "demo"
+    picture = runs_root() / f"demo-timeline-{time.strftime('%Y%m%d-%H%M%S')}.png"
+    demo = Demo(run_dir, picture)
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        demo.stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        return demo.run()
+    except KeyboardInterrupt:
+        _log("interrupted")
+        return 130
+    finally:
+        _log("tearing down")
+        demo.stop()
+        _log("stopped")

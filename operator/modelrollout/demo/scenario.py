@@ -1,0 +1,80 @@
+"""What the demo rolls out: two services in one namespace, each with its own VirtualService and rollout.
+Durations are compressed to seconds so both finish in about two minutes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from modelrollout import api
+
+NAMESPACE = "llm-demo"
+RPS = 40.0
+REGRESSION_ERROR_RATE = 0.05
+
+
+@dataclass(frozen=True)
+class DemoRollout:
+    name: str
+    host: str  # the VirtualService host clients call
+    stable: str
+    canary: str
+    stable_model: str
+    canary_model: str
+    regress_at_stage: int | None  # 0-based stage at which the canary starts failing; None: stays healthy
+    expected_phase: str
+
+
+ROLLOUTS = (
+    DemoRollout("chat", "chat", "chat-gpt4o", "chat-claude", "gpt-4o", "claude-opus-4-8", None, "Promoted"),
+    DemoRollout(
+        "summarize", "summarize", "sum-v12", "sum-v13", "summarizer-v12", "summarizer-v13", 1, "RolledBack"
+    ),
+)
+
+
+def virtual_service(rollout: DemoRollout) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": rollout.host, "namespace": NAMESPACE},
+        "spec": {
+            "hosts": [rollout.host],
+            "http": [
+                {
+                    "name": "primary",
+                    "timeout": "120s",
+                    "route": [{"destination": {"host": rollout.stable}, "weight": 100}],
+                }
+            ],
+        },
+    }
+
+
+def model_rollout(rollout: DemoRollout) -> dict[str, Any]:
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": rollout.name, "namespace": NAMESPACE},
+        "spec": {
+            "stable": {"host": rollout.stable, "model": rollout.stable_model},
+            "canary": {"host": rollout.canary, "model": rollout.canary_model},
+            "trafficRouting": {"istio": {"virtualService": {"name": rollout.host}, "routes": ["primary"]}},
+            "stages": [
+                {"weight": 5, "duration": "15s"},
+                {"weight": 25, "duration": "20s"},
+                {"weight": 50, "duration": "20s"},
+                {"weight": 100},
+            ],
+            "analysis": {
+                "interval": "2s",
+                "window": "10s",
+                "minRequests": 10,
+                "failureLimit": 1,
+                "gates": [
+                    {"name": "error-rate", "template": "istio-error-rate", "max": 0.02},
+                    {"name": "p99-latency-ms", "template": "istio-latency-p99", "max": 5000},
+                ],
+            },
+        },
+    }

@@ -1,0 +1,62 @@
+"""The live terminal view and the summary: pure text from rollout objects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _gate_line(gate: dict[str, Any]) -> str:
+    value = gate.get("value")
+    shown = "-" if value is None else f"{value:.4g}"
+    bounds = " and ".join(
+        f"{sign} {gate[key]:g}" for key, sign in (("min", ">="), ("max", "<=")) if gate.get(key) is not None
+    )
+    return f"    {gate['name']:<16} {shown:>10}  {bounds:<12} {gate.get('verdict', '')}"
+
+
+def rollout_panel(rollout: dict[str, Any], canary_share: float | None) -> list[str]:
+    meta, spec, status = rollout["metadata"], rollout["spec"], rollout.get("status") or {}
+    stages = spec["stages"]
+    current = status.get("stage", 0)
+    marks = " ".join(
+        f"[{s['weight']}%]" if i == current else f" {s['weight']}% " for i, s in enumerate(stages)
+    )
+    share = "" if canary_share is None else f"   traffic to canary {canary_share:5.1%}"
+    lines = [
+        f"{meta['name']}: {spec['stable'].get('model')} -> {spec['canary'].get('model')}",
+        f"  {status.get('phase', 'Pending'):<11} stage {status.get('progress', '-'):<5} weight "
+        f"{status.get('canaryWeight', 0):>3}%{share}",
+        f"  stages {marks}",
+    ]
+    gates = (status.get("lastAnalysis") or {}).get("gates") or []
+    lines += [_gate_line(g) for g in gates] or ["    (no check yet)"]
+    if status.get("message"):
+        lines.append(f"  {status['message'][:150]}")
+    return lines
+
+
+def screen(rollouts: list[dict[str, Any]], shares: dict[str, float | None], elapsed: float) -> str:
+    lines = [f"modelrollout demo  {elapsed:5.0f}s   (Ctrl-C stops and tears everything down)", ""]
+    for rollout in rollouts:
+        lines += rollout_panel(rollout, shares.get(rollout["metadata"]["name"]))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def summary(rollouts: list[dict[str, Any]], expected: dict[str, str]) -> tuple[str, bool]:
+    lines, ok = ["", "summary:"], True
+    for rollout in rollouts:
+        name = rollout["metadata"]["name"]
+        status = rollout.get("status") or {}
+        phase = status.get("phase", "Pending")
+        good = phase == expected[name]
+        ok = ok and good
+        line = f"  {name:<10} {phase:<11} (expected {expected[name]}) {'ok' if good else 'UNEXPECTED'}"
+        rollback = status.get("rollback")
+        if phase == "RolledBack" and rollback:
+            line += (
+                f": gate {rollback.get('gate')} = {rollback.get('value'):.4g} against "
+                f"{rollback.get('threshold')} over {rollback.get('window')}"
+            )
+        lines.append(line)
+    return "\n".join(lines), ok
