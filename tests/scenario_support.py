@@ -178,6 +178,17 @@ class Rollout:
         ordered = sorted(listed.items, key=lambda e: int(e.metadata.resource_version))
         return [(e.type, e.reason, e.message) for e in ordered]
 
+    def wait_reasons(self, *expected: str, timeout: float = 15.0) -> list[str]:
+        """The Event reasons once every one of `expected` is among them. The operator posts Events after its
+        VirtualService and status writes, so a test that saw those must still wait for the Events."""
+
+        def arrived() -> list[str] | None:
+            reasons = self.reasons()
+            return reasons if all(reason in reasons for reason in expected) else None
+
+        found: list[str] = wait_for(f"events {', '.join(expected)}", arrived, timeout)
+        return found
+
     def reasons(self) -> list[str]:
         return [reason for _, reason, _ in self.events()]
 

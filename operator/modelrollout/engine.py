@@ -1,10 +1,10 @@
 """The rollout state machine: `decide(spec, status, observation) -> Decision`. Pure.
 
 Everything the operator needs to continue lives in the status it returns (and on the VirtualService), so a
-restarted operator resumes exactly where it stopped. The caller applies a Decision in the order it says:
-when the canary's share goes down (rollback, abort, a new pair) the VirtualService is written and read back
-before the status claims it; when it goes up, the status is written first, so a crash in between never skips
-or repeats a stage.
+restarted operator resumes exactly where it stopped. The caller writes (and reads back) the VirtualService
+before the status, so the status never claims traffic the VirtualService does not show. A restart between the
+two is recognised here as the operator's own unfinished write: a return to stable recorded as pending is
+completed, an advance to exactly the next stage's weight is adopted, anything else is put back.
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ class Event:
 class Decision:
     status: api.ModelRolloutStatus
     canary_weight: int | None = None  # to write to the VirtualService; None leaves it alone
-    write_first: bool = False  # write (and read back) the VirtualService before the status
     events: tuple[Event, ...] = ()
     rolled_back: bool = False
 
@@ -111,7 +110,6 @@ class _Draft:
     generation: int | None
     events: list[Event] = field(default_factory=list)
     weight: int | None = None
-    write_first: bool = False
     rolled_back: bool = False
 
     def update(self, **changes: object) -> None:
@@ -182,7 +180,6 @@ def _start(draft: _Draft, spec: api.ModelRolloutSpec, reason: str) -> None:
         drift_corrections=[],
     )
     draft.weight = weight
-    draft.write_first = True  # the new pair may carry less canary traffic than what runs now
 
 
 def _describe(target: api.Target) -> str:
@@ -209,7 +206,7 @@ def _rollback(
         window=failing.window if failing else None,
     )
     draft.update(phase=api.Phase.ROLLED_BACK, reason=reason, canary_weight=0, rollback=rollback, hold=None)
-    draft.weight, draft.write_first, draft.rolled_back = 0, True, True
+    draft.weight, draft.rolled_back = 0, True
     draft.event(
         "Warning",
         "RolledBack",
@@ -280,7 +277,7 @@ def _apply_action(draft: _Draft, spec: api.ModelRolloutSpec, raw: str) -> None:
             draft.update(
                 phase=api.Phase.ABORTED, reason="Aborted", canary_weight=0, hold=None, rollback=aborted
             )
-            draft.weight, draft.write_first = 0, True
+            draft.weight = 0
             draft.event("Warning", "Aborted", "aborted by a human: traffic returned to stable")
             result = "aborted: traffic on stable"
     elif action == Action.RETRY:
@@ -350,13 +347,25 @@ def _record_check(draft: _Draft, spec: api.ModelRolloutSpec, check: CheckResult)
         draft.update(consecutive_errors=0, consecutive_inconclusive=0)
 
 
-def _correct_drift(draft: _Draft, routing: RoutingView) -> None:
+def _correct_drift(draft: _Draft, spec: api.ModelRolloutSpec, routing: RoutingView) -> None:
     """Put back a weight someone else changed; past DRIFT_LIMIT corrections per window, hold instead."""
     status = draft.status
     if routing.canary_weight == status.canary_weight and routing.consistent:
         return
     if routing.last_writer in (None, FIELD_MANAGER):
-        # Our own write that the status does not show yet (a restart between the two): finish it quietly.
+        # Our own write that the status does not show: the operator stopped (or the status write failed)
+        # between the VirtualService write and the status write. An advance to the next stage is adopted as
+        # it stands, so no stage is repeated; anything else is put back to what the status says.
+        following = status.stage + 1
+        if (
+            routing.consistent
+            and status.phase not in TERMINAL
+            and following < len(spec.stages)
+            and routing.canary_weight == spec.stages[following].weight
+        ):
+            _advance(draft, spec, following, "completing an advance whose status was not recorded")
+            draft.weight = None  # already live
+            return
         draft.weight = status.canary_weight
         return
     recent = [t for t in status.drift_corrections if draft.now - t < DRIFT_WINDOW]
@@ -412,6 +421,10 @@ def _maybe_advance(draft: _Draft, spec: api.ModelRolloutSpec, obs: Observation) 
     if status.phase in TERMINAL or status.hold is not None or spec.paused:
         return
     if _soak_left(spec, status, obs.now) > timedelta(0) or not _passed_here(status, obs.operator_started_at):
+        return
+    if draft.weight is not None or obs.routing.canary_weight != status.canary_weight:
+        # The stage's weight is not live yet (a write is pending or keeps failing): its checks measured
+        # other traffic than the status says, and the next stage must not be claimed on top of it.
         return
     stage = spec.stages[status.stage]
     if status.stage == len(spec.stages) - 1:
@@ -555,7 +568,7 @@ def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Obse
         pending = status.rollback
         phase = api.Phase.ABORTED if pending.reason == "Aborted" else api.Phase.ROLLED_BACK
         draft.update(phase=phase, reason=pending.reason, canary_weight=0, hold=None)
-        draft.weight, draft.write_first, draft.rolled_back = 0, True, True
+        draft.weight, draft.rolled_back = 0, True
         draft.event(
             "Warning",
             "RolledBack" if phase == api.Phase.ROLLED_BACK else "Aborted",
@@ -565,7 +578,7 @@ def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Obse
         _apply_action(draft, spec, obs.action)
 
     if draft.weight is None:
-        _correct_drift(draft, routing)
+        _correct_drift(draft, spec, routing)
     if (
         obs.check is not None
         and not new_pair
@@ -576,16 +589,9 @@ def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Obse
     if draft.status.phase not in TERMINAL and not draft.rolled_back and draft.status.stage == status.stage:
         _maybe_advance(draft, spec, obs)
     _settle_phase(draft, spec, obs)
-    if (
-        draft.weight is not None
-        and routing.canary_weight is not None
-        and draft.weight < routing.canary_weight
-    ):
-        draft.write_first = True
     return Decision(
         status=draft.status,
         canary_weight=draft.weight,
-        write_first=draft.write_first,
         events=tuple(draft.events),
         rolled_back=draft.rolled_back,
     )

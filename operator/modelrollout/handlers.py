@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from typing import Any
 
 import kopf
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from modelrollout import api
-from modelrollout.kube import ACTION_ANNOTATION
+from modelrollout.kube import ACTION_ANNOTATION, describe_api_error
 from modelrollout.notify import Notifier, NotifyTargets
 from modelrollout.reconciler import OperatorConfig, Reconciler
 
@@ -25,6 +27,7 @@ class Runtime:
 
     config = OperatorConfig()
     tick_seconds = 5.0
+    namespaces: tuple[str, ...] = ()
 
 
 def _api_client() -> client.ApiClient:
@@ -50,12 +53,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    if Runtime.namespaces and not any(c in "".join(Runtime.namespaces) for c in "*?[!"):
+        # Exact namespaces need no cluster-wide discovery: a namespaced install (Roles only) starts at once
+        # instead of retrying cluster-scoped lists it may not make.
+        settings.scanning.disabled = True
     reconciler = Reconciler(await asyncio.to_thread(_api_client), Runtime.config)
     memo.reconciler = reconciler
     if Runtime.config.metrics_port:
         reconciler.telemetry.serve(Runtime.config.metrics_port)
     if Runtime.config.notify_secret:
-        secret_namespace, _slash, secret_name = Runtime.config.notify_secret.partition("/")
+        # "namespace/name", or a bare name in the operator's own namespace (the chart passes that).
+        secret_namespace, _slash, secret_name = Runtime.config.notify_secret.rpartition("/")
+        secret_namespace = secret_namespace or os.environ.get("POD_NAMESPACE", "default")
         try:
             targets = NotifyTargets.from_secret_data(
                 await reconciler.kube.read_secret_data(secret_namespace, secret_name)
@@ -111,6 +120,8 @@ async def drive(
         wakeup.clear()
         try:
             await reconciler.reconcile(body)
+        except ApiException as error:  # the API server's own words, e.g. a missing RBAC permission
+            logger.error("reconcile failed: %s", describe_api_error(error))
         except Exception:  # a failed tick is retried at the next one; state lives in status, not here
             logger.exception("reconcile failed")
         with contextlib.suppress(TimeoutError):

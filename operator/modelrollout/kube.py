@@ -5,6 +5,7 @@ event loop never blocks on the API server."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,17 @@ class RolloutRef:
     uid: str
 
 
+def describe_api_error(error: BaseException) -> str:
+    """`HTTP 403: <the API server's message>` rather than the client's dump of headers and body."""
+    if isinstance(error, ApiException):
+        try:
+            message = json.loads(error.body or "{}").get("message") or error.reason
+        except (ValueError, AttributeError):
+            message = error.reason
+        return f"HTTP {error.status}: {message}"
+    return f"{type(error).__name__}: {error}"
+
+
 class Kube:
     def __init__(self, api_client: client.ApiClient, request_timeout: float = 10.0) -> None:
         self._objects = client.CustomObjectsApi(api_client)
@@ -38,6 +50,20 @@ class Kube:
         """Write the whole status through the status subresource. Fields the model holds as None are sent as
         null, so a merge patch removes them: the stored status is exactly the decided one."""
         body = {"status": status.model_dump(by_alias=True, mode="json")}
+        await asyncio.to_thread(
+            self._objects.patch_namespaced_custom_object_status,
+            api.GROUP,
+            api.VERSION,
+            ref.namespace,
+            api.PLURAL,
+            ref.name,
+            body,
+            _request_timeout=self._timeout,
+        )
+
+    async def patch_conditions(self, ref: RolloutRef, conditions: list[api.Condition]) -> None:
+        """Write only the conditions (a failure report that must not touch anything else in the status)."""
+        body = {"status": {"conditions": [c.model_dump(by_alias=True, mode="json") for c in conditions]}}
         await asyncio.to_thread(
             self._objects.patch_namespaced_custom_object_status,
             api.GROUP,

@@ -1,10 +1,8 @@
 """One reconciliation of one ModelRollout: observe (VirtualService, gates, action), decide (engine), apply.
 
-The order of applying is what keeps traffic safe and the status true:
-- a return to stable (rollback, abort, a new pair) records the pending rollback in status without claiming
-  it, writes the VirtualService and reads it back (the router verifies), and only then writes the status;
-- an advance writes the status first and the VirtualService second, so a restart in between finishes the
-  advance instead of repeating the stage.
+The order of applying is what keeps traffic safe and the status true: the VirtualService is written and read
+back (the router verifies) before the status claims anything; a return to stable first records the pending
+rollback in status, without claiming it, so that a restart finishes it rather than undoing it.
 """
 
 from __future__ import annotations
@@ -21,8 +19,9 @@ from kubernetes import client
 
 from modelrollout import api, engine
 from modelrollout.analysis import CheckMeasurement, CheckResult, GateMeasurement, evaluate_check
+from modelrollout.conditions import set_condition
 from modelrollout.durations import format_duration
-from modelrollout.kube import ACTION_ANNOTATION, Kube, RolloutRef
+from modelrollout.kube import ACTION_ANNOTATION, Kube, RolloutRef, describe_api_error
 from modelrollout.metrics.prometheus import PrometheusProvider, auth_from_secret_data
 from modelrollout.metrics.provider import MetricsError, MetricsProvider
 from modelrollout.metrics.templates import (
@@ -175,33 +174,53 @@ class Reconciler:
         early = [e for e in decision.events if e.reason in BEFORE_WRITE_REASONS]
         for event in early:
             await self.kube.emit_event(ref, event.type, event.reason, event.message)
-        if router is not None and weight is not None and decision.write_first:
+        if router is not None and weight is not None:
             if decision.status.rollback is not None and decision.status.phase in (
                 api.Phase.ROLLED_BACK,
                 api.Phase.ABORTED,
             ):
                 await self.kube.patch_status(ref, engine.pending_return(before, decision.status))
             try:
-                await router.write(weight)
-            except (RoutingProblem, RoutingConflict, Exception) as error:  # any failure: retry
-                # The status keeps what the VirtualService really shows; the next tick tries again.
-                await self.kube.emit_event(
-                    ref, "Warning", "WriteFailed", f"could not set the canary weight to {weight}%: {error}"
-                )
-                log.warning("%s/%s: VirtualService write failed: %s", ref.namespace, ref.name, error)
+                await router.write(weight)  # reads back what it wrote
+            except (
+                Exception
+            ) as error:  # any failure: the status keeps what the VS shows, the next tick retries
+                await self._write_failed(ref, before, weight, error)
                 return
         if decision.status != before:
             await self.kube.patch_status(ref, decision.status)
-        if router is not None and weight is not None and not decision.write_first:
-            try:
-                await router.write(weight)
-            except Exception as error:  # the next tick sees the difference and writes again
-                await self.kube.emit_event(
-                    ref, "Warning", "WriteFailed", f"could not set the canary weight to {weight}%: {error}"
-                )
         for event in decision.events:
             if event not in early:
                 await self.kube.emit_event(ref, event.type, event.reason, event.message)
+
+    async def _write_failed(
+        self, ref: RolloutRef, status: api.ModelRolloutStatus, weight: int, error: BaseException
+    ) -> None:
+        """Say it everywhere a person looks: the log, an Event, and a Degraded condition (the engine clears it
+        once a write goes through)."""
+        reason = describe_api_error(error)
+        message = f"could not set the canary weight to {weight}%: {reason}"
+        log.warning("%s/%s: %s", ref.namespace, ref.name, message)
+        await self.kube.emit_event(ref, "Warning", "WriteFailed", message)
+        now = datetime.now(UTC)
+        conditions = set_condition(
+            status.conditions,
+            "Degraded",
+            "True",
+            reason="WriteFailed",
+            message=message,
+            now=now,
+            generation=status.observed_generation,
+        )
+        try:
+            await self.kube.patch_conditions(ref, conditions)
+        except Exception as patch_error:  # reported in the log above; nothing more to do
+            log.warning(
+                "%s/%s: could not record the failure: %s",
+                ref.namespace,
+                ref.name,
+                describe_api_error(patch_error),
+            )
 
     async def _provider(self, spec: api.ModelRolloutSpec, namespace: str) -> MetricsProvider:
         config = spec.analysis.prometheus

@@ -41,8 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--notify-secret",
         default=os.environ.get("MODELROLLOUT_NOTIFY_SECRET"),
         metavar="NAMESPACE/NAME",
-        help="Secret with `webhook-url` and/or `slack-webhook-url` for notifications (default "
-        "$MODELROLLOUT_NOTIFY_SECRET)",
+        help="Secret with `webhook-url` and/or `slack-webhook-url` for notifications, as NAMESPACE/NAME or a "
+        "name in $POD_NAMESPACE (default $MODELROLLOUT_NOTIFY_SECRET)",
     )
     run.add_argument(
         "--tick",
@@ -67,6 +67,7 @@ def run_operator(args: argparse.Namespace) -> int:
         prometheus_url=args.prometheus_url, metrics_port=args.metrics_port, notify_secret=args.notify_secret
     )
     handlers.Runtime.tick_seconds = args.tick
+    handlers.Runtime.namespaces = tuple(args.namespace)
     kopf.run(
         standalone=True,  # no peering objects: one replica with `strategy: Recreate`
         clusterwide=not args.namespace,

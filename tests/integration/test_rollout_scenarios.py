@@ -35,7 +35,7 @@ def test_healthy_canary_walks_every_stage_to_promoted(rollout: Rollout) -> None:
     status = rollout.status()
     assert (status["stage"], status["progress"], status["canaryWeight"]) == (2, "3/3", 100)
     assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
-    reasons = rollout.reasons()
+    reasons = rollout.wait_reasons("Promoted")
     assert reasons.count("StageAdvanced") == 2
     assert reasons[-1] == "Promoted"
     # the user's fields are untouched and the VS is marked as ours
@@ -75,6 +75,7 @@ def test_a_breach_at_stage_two_rolls_back(
     assert rollback["threshold"] == ("<= 0.02" if gate == "error-rate" else "<= 1000")
     assert rollback["window"] == "5s"
     assert "rolled back at stage 2/3" in status["message"]
+    rollout.wait_reasons("RolledBack")
     warnings = [(reason, message) for type_, reason, message in rollout.events() if type_ == "Warning"]
     assert any(reason == "RolledBack" and gate in message for reason, message in warnings)
 
@@ -118,7 +119,8 @@ def test_abort_returns_to_stable_and_retry_starts_again(rollout: Rollout) -> Non
     )
     assert status["failedChecks"] == 0
     wait_for("stage 1 weights", lambda: rollout.weights() == (90, 10))
-    assert [r for r in rollout.reasons() if r in ("Aborted", "Retried")] == ["Aborted", "Retried"]
+    reasons = rollout.wait_reasons("Aborted", "Retried")
+    assert [r for r in reasons if r in ("Aborted", "Retried")] == ["Aborted", "Retried"]
 
 
 @pytest.mark.parametrize("on_error", ["Rollback", "Hold"])
@@ -156,7 +158,7 @@ def test_prometheus_stopped_mid_stage(
             )
             assert rollout.weights() == (50, 50)
             assert status["hold"] == "MetricsUnavailable"
-        assert "MetricsUnavailable" in rollout.reasons()
+        rollout.wait_reasons("MetricsUnavailable")
     finally:
         own.stop()
 
@@ -188,7 +190,7 @@ def test_operator_killed_mid_stage_resumes_the_same_stage(
     rollout.wait_phase("Promoted", timeout=60)
     after = rollout.status()
     assert rollout.weights() == (0, 100)
-    reasons = rollout.reasons()
+    reasons = rollout.wait_reasons("Promoted")
     advanced = [m for _, r, m in rollout.events() if r == "StageAdvanced"]
     assert len(advanced) == 2, advanced  # 1 -> 2 before the kill, 2 -> 3 after: none skipped or repeated
     assert reasons.count("RolloutStarted") == 1
@@ -214,7 +216,7 @@ def test_a_new_canary_mid_rollout_starts_again_from_stage_one(rollout: Rollout) 
     )
     assert status["phase"] == "Progressing"
     wait_for("stage 1 weights", lambda: rollout.weights() == (90, 10))
-    assert rollout.reasons().count("RolloutStarted") == 2
+    wait_for("two RolloutStarted events", lambda: rollout.reasons().count("RolloutStarted") == 2)
 
 
 def test_a_weight_edited_by_hand_is_put_back(rollout: Rollout) -> None:
@@ -233,6 +235,7 @@ def test_a_weight_edited_by_hand_is_put_back(rollout: Rollout) -> None:
     )
     assert edited.returncode == 0, edited.stderr
     wait_for("weights put back", lambda: rollout.weights() == (90, 10), timeout=15)
+    rollout.wait_reasons("DriftCorrected")
     drift = [m for _, r, m in rollout.events() if r == "DriftCorrected"]
     assert drift
     assert "60% set by kubectl-patch put back to 10%" in drift[0]
@@ -254,7 +257,7 @@ def test_a_deleted_virtual_service_degrades_and_recovers(rollout: Rollout) -> No
     rollout.create_vs()
     rollout.wait_phase("Progressing")
     wait_for("weights restored", lambda: rollout.weights() == (90, 10))
-    assert "Recovered" in rollout.reasons()
+    rollout.wait_reasons("Recovered")
 
 
 def test_a_second_rollout_on_the_same_route_gets_a_conflict(
@@ -275,7 +278,7 @@ def test_a_second_rollout_on_the_same_route_gets_a_conflict(
     time.sleep(2)
     assert rollout.weights() == (90, 10)
     assert rollout.status()["phase"] == "Progressing"
-    assert "Conflict" in second.reasons()
+    second.wait_reasons("Conflict")
 
 
 def test_deleting_a_rollout_mid_way_returns_traffic_to_stable(rollout: Rollout) -> None:

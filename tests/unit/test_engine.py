@@ -112,7 +112,6 @@ def test_first_tick_starts_stage_one() -> None:
         "1/4",
         1,
     )
-    assert d.write_first is True  # a new pair: the VirtualService shows it before the status claims it
     assert r.reasons() == ["RolloutStarted"]
     assert d.status.pair_hash == engine.pair_hash(r.spec)
     assert d.status.stable == r.spec.stable
@@ -138,7 +137,6 @@ def test_soak_and_a_pass_in_this_stage_advance() -> None:
     r.tick()
     d = r.tick(timedelta(minutes=1), verdict=P)
     assert (d.status.stage, d.status.progress, d.canary_weight) == (1, "2/4", 10)
-    assert d.write_first is False  # more canary traffic: the status goes first
     assert r.reasons() == ["StageAdvanced"]
     assert d.status.stage_started_at == r.now
 
@@ -170,12 +168,7 @@ def test_failure_limit_tolerates_then_rolls_back() -> None:
     assert (d.status.phase, d.status.failed_checks, d.canary_weight) == (api.Phase.PROGRESSING, 1, None)
     assert r.reasons() == ["AnalysisFailed"]
     d = r.tick(timedelta(seconds=10), verdict=F, value=0.06)
-    assert (d.status.phase, d.canary_weight, d.write_first, d.rolled_back) == (
-        api.Phase.ROLLED_BACK,
-        0,
-        True,
-        True,
-    )
+    assert (d.status.phase, d.canary_weight, d.rolled_back) == (api.Phase.ROLLED_BACK, 0, True)
     rollback = d.status.rollback
     assert rollback is not None
     assert (rollback.gate, rollback.value, rollback.threshold, rollback.window) == (
@@ -315,7 +308,7 @@ def test_abort_then_retry() -> None:
     r = Rollout()
     r.at_stage(2)
     d = r.tick(action="abort")
-    assert (d.status.phase, d.canary_weight, d.write_first) == (api.Phase.ABORTED, 0, True)
+    assert (d.status.phase, d.canary_weight) == (api.Phase.ABORTED, 0)
     assert r.reasons() == ["Aborted"]
     d = r.tick(timedelta(minutes=5), verdict=P)
     assert (d.status.phase, d.canary_weight) == (api.Phase.ABORTED, None)  # stays on stable
@@ -372,7 +365,7 @@ def test_a_new_canary_restarts_from_stage_one() -> None:
         update={"canary": api.Target(host="llm-claude", model="claude-opus-4-8", prompt_version="v14")}
     )
     d = r.tick()
-    assert (d.status.stage, d.canary_weight, d.write_first) == (0, 1, True)
+    assert (d.status.stage, d.canary_weight) == (0, 1)
     assert r.reasons() == ["RolloutStarted"]
     assert d.status.canary is not None
     assert d.status.canary.prompt_version == "v14"
@@ -409,16 +402,37 @@ def test_a_weight_changed_by_someone_else_is_put_back() -> None:
     r.at_stage(2)
     d = r.tick(routing=RoutingView(canary_weight=80, last_writer="kubectl-edit"))
     assert d.canary_weight == 50
-    assert d.write_first is True  # back down from 80: the VirtualService first
     assert r.reasons() == ["DriftCorrected"]
     assert "set by kubectl-edit put back to 50%" in d.events[0].message
 
 
-def test_our_own_unrecorded_write_is_finished_quietly() -> None:
+def test_our_own_unrecorded_write_is_put_back_quietly() -> None:
     r = Rollout()
     r.at_stage(2)
     d = r.tick(routing=RoutingView(canary_weight=10, last_writer=engine.FIELD_MANAGER))
     assert (d.canary_weight, r.reasons()) == (50, [])
+
+
+def test_our_own_unrecorded_advance_is_adopted_not_repeated() -> None:
+    """The operator wrote stage 3's weight and stopped before the status said so."""
+    r = Rollout()
+    r.at_stage(2)
+    r.tick(timedelta(seconds=10), verdict=P)  # stage 3 is live at 50
+    before = r.status
+    r.status = before.model_copy(update={"stage": 1, "canary_weight": 10})
+    d = r.tick(routing=RoutingView(canary_weight=50, last_writer=engine.FIELD_MANAGER))
+    assert (d.status.stage, d.status.canary_weight, d.canary_weight) == (2, 50, None)
+    assert r.reasons() == ["StageAdvanced"]
+
+
+def test_no_advance_while_the_stage_weight_is_not_live() -> None:
+    """A write that keeps failing: checks pass and the soak is over, yet nothing is claimed beyond it."""
+    r = Rollout()
+    r.tick()
+    d = r.tick(
+        timedelta(minutes=5), verdict=P, routing=RoutingView(canary_weight=0, last_writer="kubectl-create")
+    )
+    assert (d.status.stage, d.canary_weight) == (0, 1)  # it tries to write stage 1 again, and stays there
 
 
 def test_drift_past_the_limit_holds_in_degraded() -> None:
@@ -504,13 +518,13 @@ def test_an_unconfirmed_return_to_stable_is_finished_after_a_restart(cause: str,
     r.at_stage(2)
     before = r.status
     decided = r.tick(timedelta(seconds=10), verdict=F) if cause == "rollback" else r.tick(action="abort")
-    assert decided.write_first
+    assert decided.rolled_back or decided.status.phase == api.Phase.ABORTED
     # The operator recorded the pending return, then died before the VirtualService write.
     r.status, r.live = engine.pending_return(before, decided.status), 50
     assert r.status.phase == api.Phase.PROGRESSING  # the status does not claim what the VS does not show
     r.started = r.now + timedelta(seconds=1)
     d = r.tick(timedelta(seconds=5), verdict=P)  # even a passing check does not undo it
-    assert (d.status.phase, d.canary_weight, d.write_first) == (phase, 0, True)
+    assert (d.status.phase, d.canary_weight) == (phase, 0)
 
 
 def test_the_soak_countdown_changes_once_a_minute_while_long() -> None:
