@@ -1,0 +1,75 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "modelrollout.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "modelrollout.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "modelrollout.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "modelrollout.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "modelrollout.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "modelrollout.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: modelrollout
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "modelrollout.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "modelrollout.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "modelrollout.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+What the operator does to the API, wherever it works (cluster-wide in a ClusterRole, or in each watched
+namespace in a Role). Each rule names the code that needs it; tests/integration/test_least_privilege.py runs
+the operator with exactly these rules.
+*/}}
+{{- define "modelrollout.rules" -}}
+# kopf lists and watches the rollouts; kopf patches them (its finalizer, its progress and diff-base
+# annotations) and so does the operator (kube.consume_action removes the action annotation).
+- apiGroups: [modelrollout.io]
+  resources: [modelrollouts]
+  verbs: [list, watch, patch]
+# kube.patch_status: the whole status through the status subresource.
+- apiGroups: [modelrollout.io]
+  resources: [modelrollouts/status]
+  verbs: [patch]
+# routing.istio_router: read the VirtualService, replace it with the resourceVersion it was read at (PUT).
+- apiGroups: [networking.istio.io]
+  resources: [virtualservices]
+  verbs: [get, update]
+# kube.emit_event and kopf's own warnings: core/v1 Events on the rollouts (neither posts events.k8s.io).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- if .Values.rbac.prometheusSecrets }}
+# kube.read_secret_data: spec.analysis.prometheus.secretRef, by name, in the rollout's namespace.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+{{- end }}
+{{- end }}

@@ -1,0 +1,398 @@
+"""The ways to install the operator are real: the Helm chart lints and renders with a helm built from its Go
+module; what it renders (default and namespaced values) and the kustomize base and overlay apply to the real
+API server (server-side dry run, so every object passes the server's own validation and admission); the two
+agree on RBAC and the pod's hardening; the CRD copies are the generated CRD.
+
+The API server runs no controllers, so a dry run is as far as a Deployment can go here; kind is for users
+with Docker (docs/install.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from modelrollout.devenv.binaries import (
+    GOMOD_DIR,
+    BinariesError,
+    GoBuild,
+    _file_lock,
+    cache_root,
+    pinned_version,
+    run_build,
+)
+from scenario_support import Kubectl
+
+# A cold helm build (module download and compile) takes minutes; it happens in the first test that asks.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "modelrollout-operator"
+CRD_NAME = "modelrollout.io_modelrollouts.yaml"
+CRD = REPO / "crds" / CRD_NAME
+CRD_COPIES = (CHART / "crds" / CRD_NAME, REPO / "manifests" / "base" / "crds" / CRD_NAME)
+HELM_MODULE = GOMOD_DIR / "helm"
+
+Manifest = dict[str, Any]
+
+
+def helm_build(root: Path | None = None) -> GoBuild:
+    """helm from the pinned module, with the flags helm's own release builds set (mk/deploy.mk uses the
+    same): the version, and a default Capabilities.KubeVersion from the client-go it is built with (unset,
+    it is 1.20, below the chart's kubeVersion)."""
+    version = pinned_version(HELM_MODULE, "helm.sh/helm/v3")
+    kube_minor = pinned_version(HELM_MODULE, "k8s.io/client-go").split(".")[1]
+    ldflags = ["-s", "-w", f"-X helm.sh/helm/v3/internal/version.version={version}"]
+    ldflags.append("-X helm.sh/helm/v3/internal/version.gitTreeState=clean")
+    for package in ("chartutil", "lint/rules"):
+        ldflags.append(f"-X helm.sh/helm/v3/pkg/{package}.k8sVersionMajor=1")
+        ldflags.append(f"-X helm.sh/helm/v3/pkg/{package}.k8sVersionMinor={kube_minor}")
+    return GoBuild(
+        module_dir=HELM_MODULE,
+        packages=("helm.sh/helm/v3/cmd/helm",),
+        outputs=("helm",),
+        target_dir=(root or cache_root()) / "bin" / f"helm-{version}",
+        tags="",
+        ldflags=" ".join(ldflags),
+    )
+
+
+def ensure_helm(log: Callable[[str], None] = print) -> Path:
+    """The cached helm, built first if missing. The lock is the one `make helm` takes (flock on the same
+    file), so a test session and a make run started together build once."""
+    build = helm_build()
+    with _file_lock(build.target_dir.parent / ".helm.lock"):
+        if not build.is_cached():
+            run_build(build, log)
+    return build.target_dir / "helm"
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    try:
+        return ensure_helm(lambda message: print(f"[helm] {message}"))
+    except BinariesError as error:  # never a skip: the install path must be checked in CI
+        pytest.fail(f"helm could not be built from {HELM_MODULE}: {error}", pytrace=False)
+
+
+def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm), *args], capture_output=True, text=True, timeout=120, check=False, cwd=REPO
+    )
+
+
+def render(helm: Path, namespace: str, *args: str, release: str = "modelrollout") -> list[Manifest]:
+    """`helm template` of the chart as a list of objects."""
+    rendered = run_helm(helm, "template", release, str(CHART), "--namespace", namespace, *args)
+    assert rendered.returncode == 0, rendered.stderr
+    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+
+
+def kustomize(kubectl: Kubectl, directory: str) -> list[Manifest]:
+    built = kubectl("kustomize", str(REPO / directory))
+    assert built.returncode == 0, built.stderr
+    return [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+
+
+def one(objects: list[Manifest], kind: str, namespace: str | None = None) -> Manifest:
+    found = [
+        o
+        for o in objects
+        if o["kind"] == kind and (namespace is None or o["metadata"].get("namespace") == namespace)
+    ]
+    assert len(found) == 1, f"{len(found)} {kind} in {namespace or 'any namespace'}"
+    return found[0]
+
+
+def kinds(objects: list[Manifest]) -> list[str]:
+    return sorted(o["kind"] for o in objects)
+
+
+def dry_run_apply(kubectl: Kubectl, objects: list[Manifest]) -> list[str]:
+    """`kubectl apply --dry-run=server`: the API server validates, defaults and admits every object, and
+    stores nothing. Where the namespace asks for Pod Security warnings, a pod template that breaks the
+    `restricted` profile is warned about: that counts as a failure. Returns the server's lines, one per
+    object."""
+    applied = kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(objects))
+    assert applied.returncode == 0, applied.stderr
+    assert "would violate PodSecurity" not in applied.stderr, applied.stderr
+    lines = applied.stdout.strip().splitlines()
+    assert len(lines) == len(objects), applied.stdout
+    assert all(line.endswith("(server dry run)") for line in lines), applied.stdout
+    return lines
+
+
+def warn_unless_restricted(kubectl: Kubectl, namespace: str) -> None:
+    """Pod Security admission then checks every pod template applied in `namespace` against the
+    `restricted` profile (the API server's own check, the one kubelet-side enforcement uses)."""
+    labelled = kubectl(
+        "label", "--overwrite", "namespace", namespace, "pod-security.kubernetes.io/warn=restricted"
+    )
+    assert labelled.returncode == 0, labelled.stderr
+
+
+def ensure_namespace(kubectl: Kubectl, namespace: Manifest) -> None:
+    """A dry run cannot create objects in a namespace that does not exist: the namespace is created for
+    real (namespaces are never finalized here, so an existing one is reused, never deleted)."""
+    applied = kubectl("apply", "-f", "-", input=yaml.safe_dump(namespace))
+    assert applied.returncode == 0, applied.stderr
+
+
+@pytest.fixture
+def other_namespaces(api_client: client.ApiClient, namespace: str) -> Iterator[list[str]]:
+    names = [f"{namespace}-a", f"{namespace}-b"]
+    core = client.CoreV1Api(api_client)
+    for name in names:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield names
+    for name in names:
+        core.delete_namespace(name)
+
+
+def operator_container(deployment: Manifest) -> Manifest:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["operator"]
+    container: Manifest = containers[0]
+    return container
+
+
+def flag_values(args: list[str], flag: str) -> list[str]:
+    return [args[i + 1] for i, arg in enumerate(args) if arg == flag]
+
+
+# ---- helm itself ----
+
+
+def test_helm_is_the_pinned_build_and_make_uses_the_same(helm: Path) -> None:
+    shown = run_helm(helm, "version", "--template", "{{ .Version }}")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == pinned_version(HELM_MODULE, "helm.sh/helm/v3")
+    # `make helm` builds into the very same cache directory, so either one serves the other.
+    path = subprocess.run(
+        ["make", "-s", "--no-print-directory", "helm-path"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert path.returncode == 0, path.stderr
+    assert path.stdout.strip() == str(helm)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [
+            "--set",
+            "watchNamespaces={llm,llm-eval}",
+            "--set",
+            "notifySecretName=webhook",
+            "--set",
+            "serviceMonitor.enabled=true",
+            "--set",
+            "prometheusUrl=http://prometheus.monitoring:9090",
+        ],
+    ],
+    ids=["defaults", "namespaced"],
+)
+def test_chart_lints(helm: Path, values: list[str]) -> None:
+    linted = run_helm(helm, "lint", "--strict", str(CHART), *values)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in linted.stdout
+
+
+def test_crd_copies_are_the_generated_crd() -> None:
+    """One source: crds/ is generated from the models; `make chart-crds` copies it where Helm and kustomize
+    can read it."""
+    generated = CRD.read_bytes()
+    for copy in CRD_COPIES:
+        assert copy.read_bytes() == generated, f"{copy} differs from {CRD}: run `make chart-crds`"
+
+
+# ---- the chart against the API server ----
+
+
+def test_chart_with_defaults_applies_to_the_api_server(helm: Path, kubectl: Kubectl, namespace: str) -> None:
+    objects = render(helm, namespace, "--set", "prometheusUrl=http://prometheus.monitoring:9090")
+    assert kinds(objects) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+
+    deployment = one(objects, "Deployment")
+    spec = deployment["spec"]
+    assert (spec["replicas"], spec["strategy"]) == (1, {"type": "Recreate"})
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = operator_container(deployment)
+    assert container["securityContext"] == {
+        "runAsNonRoot": True,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    args = container["args"]
+    assert flag_values(args, "--liveness") == ["http://0.0.0.0:8080/healthz"]
+    assert flag_values(args, "--prometheus-url") == ["http://prometheus.monitoring:9090"]
+    assert flag_values(args, "--namespace") == []
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"health": 8080, "metrics": 9090}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert set(container["resources"]) == {"requests", "limits"}
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]  # noqa: S108 - the pod's /tmp
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
+
+    service = one(objects, "Service")
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    binding = one(objects, "ClusterRoleBinding")
+    account = one(objects, "ServiceAccount")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": namespace}
+    ]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+
+    warn_unless_restricted(kubectl, namespace)
+    lines = dry_run_apply(kubectl, objects)
+    assert any(line.startswith("deployment.apps/") for line in lines)
+
+
+def test_chart_with_watched_namespaces_applies_to_the_api_server(
+    helm: Path, kubectl: Kubectl, namespace: str, other_namespaces: list[str]
+) -> None:
+    watched = ",".join(other_namespaces)
+    objects = render(
+        helm, namespace, "--set", f"watchNamespaces={{{watched}}}", "--set", "notifySecretName=webhook"
+    )
+    assert "ClusterRole" not in kinds(objects)
+    assert "ClusterRoleBinding" not in kinds(objects)
+    account = one(objects, "ServiceAccount")["metadata"]["name"]
+    cluster_rules = one(render(helm, namespace), "ClusterRole")["rules"]
+    for watched_namespace in other_namespaces:
+        role = one(objects, "Role", watched_namespace)
+        # The same rules as cluster-wide, less the CRD watch that only a ClusterRole can grant.
+        assert role["rules"] == [r for r in cluster_rules if r["apiGroups"] != ["apiextensions.k8s.io"]]
+        binding = one(objects, "RoleBinding", watched_namespace)
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]
+    # The notification Secret: get on that one name, in the operator's own namespace.
+    notify = one(objects, "Role", namespace)
+    assert notify["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["webhook"], "verbs": ["get"]}
+    ]
+    container = operator_container(one(objects, "Deployment"))
+    assert flag_values(container["args"], "--namespace") == other_namespaces
+    assert {"name": "MODELROLLOUT_NOTIFY_SECRET", "value": "webhook"} in container["env"]
+
+    warn_unless_restricted(kubectl, namespace)
+    dry_run_apply(kubectl, objects)
+
+
+def test_service_monitor_renders_for_the_metrics_service(helm: Path, namespace: str) -> None:
+    """The API server here has no ServiceMonitor CRD (it comes with the Prometheus Operator), so the
+    ServiceMonitor is checked for shape and for selecting the metrics Service, not applied."""
+    assert "ServiceMonitor" not in kinds(render(helm, namespace))
+    objects = render(
+        helm, namespace, "--set", "serviceMonitor.enabled=true", "--set", "serviceMonitor.interval=15s"
+    )
+    monitor = one(objects, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["namespace"] == namespace
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
+    ]
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [namespace]}
+    service = one(objects, "Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert [p["name"] for p in service["spec"]["ports"]] == ["metrics"]
+
+
+# ---- kustomize against the API server ----
+
+
+def test_kustomize_base_applies_to_the_api_server(kubectl: Kubectl) -> None:
+    objects = kustomize(kubectl, "manifests/base")
+    assert kinds(objects) == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "Deployment",
+        "Namespace",
+        "Service",
+        "ServiceAccount",
+    ]
+    crd = one(objects, "CustomResourceDefinition")
+    generated = yaml.safe_load(CRD.read_text())
+    assert crd["spec"] == generated["spec"]
+    namespace = one(objects, "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/warn"] == "restricted"
+    ensure_namespace(kubectl, namespace)
+    dry_run_apply(kubectl, objects)
+
+
+def test_kustomize_namespaced_overlay_applies_to_the_api_server(kubectl: Kubectl) -> None:
+    objects = kustomize(kubectl, "manifests/overlays/namespaced")
+    assert "ClusterRole" not in kinds(objects)
+    assert "ClusterRoleBinding" not in kinds(objects)
+    role = one(objects, "Role", "llm")
+    binding = one(objects, "RoleBinding", "llm")
+    assert binding["subjects"][0]["namespace"] == "modelrollout-system"
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    args = operator_container(one(objects, "Deployment"))["args"]
+    assert flag_values(args, "--namespace") == ["llm"]
+    ensure_namespace(kubectl, one(objects, "Namespace"))
+    ensure_namespace(kubectl, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "llm"}})
+    dry_run_apply(kubectl, objects)
+
+
+def test_kustomize_and_chart_agree(helm: Path, kubectl: Kubectl) -> None:
+    """Two ways to install, one operator: the same RBAC rules and the same hardened pod."""
+    chart = render(helm, "modelrollout-system")
+    chart_namespaced = render(helm, "modelrollout-system", "--set", "watchNamespaces={llm}")
+    base = kustomize(kubectl, "manifests/base")
+    overlay = kustomize(kubectl, "manifests/overlays/namespaced")
+    assert one(base, "ClusterRole")["rules"] == one(chart, "ClusterRole")["rules"]
+    assert one(overlay, "Role", "llm")["rules"] == one(chart_namespaced, "Role", "llm")["rules"]
+
+    chart_deployment, base_deployment = one(chart, "Deployment"), one(base, "Deployment")
+    assert base_deployment["spec"]["strategy"] == chart_deployment["spec"]["strategy"]
+    chart_pod, base_pod = (
+        chart_deployment["spec"]["template"]["spec"],
+        base_deployment["spec"]["template"]["spec"],
+    )
+    for key in ("securityContext", "volumes", "terminationGracePeriodSeconds"):
+        assert base_pod[key] == chart_pod[key], key
+    chart_container, base_container = (
+        operator_container(chart_deployment),
+        operator_container(base_deployment),
+    )
+    for key in (
+        "securityContext",
+        "livenessProbe",
+        "readinessProbe",
+        "resources",
+        "ports",
+        "volumeMounts",
+        "args",
+    ):
+        assert base_container[key] == chart_container[key], key
+
+
+def test_grafana_dashboard_ships_with_the_chart(helm: Path, kubectl: Kubectl, namespace: str) -> None:
+    assert "ConfigMap" not in kinds(render(helm, namespace))  # opt-in
+    objects = render(helm, namespace, "--set", "grafanaDashboard.enabled=true")
+    dashboard = one(objects, "ConfigMap", namespace)
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = (CHART / "dashboards" / "modelrollout.json").read_text()
+    assert json.loads(dashboard["data"]["modelrollout.json"]) == json.loads(shipped)
+    assert dry_run_apply(kubectl, [dashboard])
