@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help deps venv binaries crds lint test test-unit test-integration demo dev dev-up dev-down dev-env clean
+.PHONY: bench bench-scale help deps venv binaries crds lint test test-unit test-integration demo dev dev-up dev-down dev-env clean
 
 help:
 	@echo "make demo              two rollouts on simulated traffic: one promotes, one rolls back (~2 min)"
@@ -37,8 +37,8 @@ crds: venv
 
 lint: venv
 	$(BIN)/modelrollout crds --output-dir crds --check
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -68,6 +68,14 @@ dev-env: venv
 
 dev-down: venv
 	$(BIN)/modelrollout dev down
+
+# Benchmarks print figures; they pass or fail nothing.
+N ?= 40
+bench: venv
+	$(BIN)/python bench/core.py
+
+bench-scale: binaries
+	$(BIN)/python bench/scale.py --rollouts $(N)
 
 # Areas keep their own targets in mk/*.mk (deployment, simulator, ...).
 -include mk/*.mk

@@ -1,0 +1,208 @@
+"""Scale benchmark, printing figures (no pass/fail): N rollouts driven at once by one operator process, on the
+local control plane with simulated traffic and the real Prometheus. Reports the time until all are promoted,
+reconcile latency from the operator's own histogram, and the operator's CPU time and memory.
+Run: `make bench-scale N=40`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelrollout import api
+from modelrollout.devenv.environment import DevEnvironment, runs_root
+from modelrollout.devenv.processes import ProcessSet
+from modelrollout.sim.simulator import Simulator
+
+NAMESPACE = "bench"
+CRDS = Path(__file__).resolve().parents[1] / "crds"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def rollout(index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    host, stable, canary = f"svc-{index}", f"svc-{index}-v1", f"svc-{index}-v2"
+    vs = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": host, "namespace": NAMESPACE},
+        "spec": {
+            "hosts": [host],
+            "http": [{"name": "primary", "route": [{"destination": {"host": stable}, "weight": 100}]}],
+        },
+    }
+    mro = {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": host, "namespace": NAMESPACE},
+        "spec": {
+            "stable": {"host": stable},
+            "canary": {"host": canary},
+            "trafficRouting": {"istio": {"virtualService": {"name": host}}},
+            "stages": [{"weight": 10, "duration": "10s"}, {"weight": 50, "duration": "10s"}, {"weight": 100}],
+            "analysis": {
+                "interval": "2s",
+                "window": "10s",
+                "minRequests": 5,
+                "gates": [
+                    {"name": "error-rate", "template": "istio-error-rate", "max": 0.02},
+                    {"name": "p99-latency-ms", "template": "istio-latency-p99", "max": 5000},
+                ],
+            },
+        },
+    }
+    return vs, mro
+
+
+def operator_figures(metrics_url: str, pid: int) -> dict[str, float]:
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:  # noqa: S310 - our loopback operator
+        text = response.read().decode()
+    buckets: list[tuple[float, float]] = []
+    count = total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name == "modelrollout_reconcile_duration_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    buckets.append((float(sample.labels["le"]), sample.value))
+                elif sample.name.endswith("_count"):
+                    count = sample.value
+                elif sample.name.endswith("_sum"):
+                    total = sample.value
+
+    def quantile(q: float) -> float:
+        wanted = q * count
+        return next((le for le, cumulative in sorted(buckets) if cumulative >= wanted), float("inf"))
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    rss_kb = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmRSS")
+    )
+    return {
+        "reconciles": count,
+        "mean_s": total / count if count else 0.0,
+        "p50_le_s": quantile(0.5),
+        "p99_le_s": quantile(0.99),
+        "cpu_s": (int(fields[11]) + int(fields[12])) / ticks,
+        "rss_mb": rss_kb / 1024,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", "--rollouts", type=int, default=40)
+    parser.add_argument("--rps", type=float, default=10.0, help="requests per second per service")
+    args = parser.parse_args()
+
+    run_dir = runs_root() / "bench"
+    environment = DevEnvironment(run_dir, detached=False)
+    environment.stop()
+    processes = ProcessSet(run_dir)
+    simulator: Simulator | None = None
+    try:
+        state = environment.start(log=lambda m: print(f"[bench] {m}", file=sys.stderr))
+        kubectl = [state.kubectl, f"--kubeconfig={state.kubeconfig}"]
+        subprocess.run([*kubectl, "apply", "--server-side", "-f", str(CRDS)], check=True, capture_output=True)
+        subprocess.run(
+            [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS)],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run([*kubectl, "create", "namespace", NAMESPACE], check=True, capture_output=True)
+        api_client = config.new_client_from_config(config_file=state.kubeconfig)
+        objects = client.CustomObjectsApi(api_client)
+        pairs = [rollout(i) for i in range(args.rollouts)]
+        for vs, _ in pairs:
+            objects.create_namespaced_custom_object(
+                "networking.istio.io", "v1", NAMESPACE, "virtualservices", vs
+            )
+        simulator = Simulator(api_client, [NAMESPACE], seed=3).start()
+        simulator.wait_synced(30)
+        for vs, _ in pairs:
+            simulator.set_load(f"{vs['metadata']['name']}.{NAMESPACE}.svc.cluster.local", args.rps)
+        assert environment.prometheus is not None
+        environment.prometheus.set_targets("bench-mesh", [simulator.address])
+        environment.prometheus.wait_for_job_up("bench-mesh")
+
+        metrics_port = free_port()
+        env = {**os.environ, "KUBECONFIG": state.kubeconfig}
+        operator, _ = processes.spawn(
+            "operator",
+            [
+                sys.executable,
+                "-m",
+                "modelrollout.cli",
+                "run",
+                "--liveness",
+                "off",
+                "--tick",
+                "1",
+                "--metrics-port",
+                str(metrics_port),
+                "--prometheus-url",
+                state.prometheus_url,
+            ],
+            die_with_parent=True,
+            env=env,
+        )
+        time.sleep(3)
+        started = time.monotonic()
+        for _, mro in pairs:
+            objects.create_namespaced_custom_object(api.GROUP, api.VERSION, NAMESPACE, api.PLURAL, mro)
+        phases: dict[str, int] = {}
+        while time.monotonic() - started < 600:
+            listed = objects.list_namespaced_custom_object(api.GROUP, api.VERSION, NAMESPACE, api.PLURAL)[
+                "items"
+            ]
+            phases = {}
+            for item in listed:
+                phase = (item.get("status") or {}).get("phase", "Pending")
+                phases[phase] = phases.get(phase, 0) + 1
+            if phases.get("Promoted", 0) == args.rollouts:
+                break
+            time.sleep(1)
+        elapsed = time.monotonic() - started
+        figures = operator_figures(f"http://127.0.0.1:{metrics_port}/metrics", operator.pid)
+        minimum = 10 + 10  # the two soaks: no rollout can be promoted sooner
+        print(f"modelrollout scale benchmark: {args.rollouts} rollouts, one operator, {args.rps:g} rps each")
+        print(
+            f"  all promoted:         {phases.get('Promoted', 0)}/{args.rollouts} in {elapsed:.1f}s "
+            f"(soaks alone take {minimum}s)"
+        )
+        print(f"  phases at the end:    {phases}")
+        print(
+            f"  reconciles:           {figures['reconciles']:.0f}, mean {figures['mean_s'] * 1000:.0f} ms, "
+            f"p50 <= {figures['p50_le_s'] * 1000:.0f} ms, p99 <= {figures['p99_le_s'] * 1000:.0f} ms "
+            "(histogram bucket bounds)"
+        )
+        print(
+            f"  operator:             {figures['cpu_s']:.1f}s CPU in {elapsed:.0f}s "
+            f"({figures['cpu_s'] / elapsed:.0%} of a core), RSS {figures['rss_mb']:.0f} MB"
+        )
+        return 0
+    finally:
+        if simulator is not None:
+            simulator.stop()
+        processes.stop_all(grace_seconds=5)
+        environment.stop()
+        environment.remove()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
