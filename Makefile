@@ -42,13 +42,13 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: binaries lint
+test: binaries helm lint
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
 test-unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: binaries
+test-integration: binaries helm
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 demo: binaries
