@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes import client, config
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelrollout import api
+from modelrollout import api, run
 from modelrollout.devenv.environment import DevEnvironment, runs_root
 from modelrollout.devenv.processes import ProcessSet
 from modelrollout.sim.simulator import Simulator
@@ -144,20 +144,7 @@ def main() -> int:
         env = {**os.environ, "KUBECONFIG": state.kubeconfig}
         operator, _ = processes.spawn(
             "operator",
-            [
-                sys.executable,
-                "-m",
-                "modelrollout.cli",
-                "run",
-                "--liveness",
-                "off",
-                "--tick",
-                "1",
-                "--metrics-port",
-                str(metrics_port),
-                "--prometheus-url",
-                state.prometheus_url,
-            ],
+            run.local_command(state.prometheus_url, tick=1, metrics_port=metrics_port),
             die_with_parent=True,
             env=env,
         )

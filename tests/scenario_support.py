@@ -7,15 +7,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 
-from modelrollout import api
+from istio_exporter import IstioTrafficExporter
+from modelrollout import api, run
 from modelrollout.devenv.environment import EnvironmentState
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
@@ -36,21 +37,7 @@ class OperatorProcess:
         """Start `modelrollout run`; flags in `extra_args` override the defaults (e.g. a metrics port)."""
         self.starts += 1
         log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
-        argv = [
-            sys.executable,
-            "-m",
-            "modelrollout.cli",
-            "run",
-            "--liveness",
-            "off",
-            "--tick",
-            "0.5",
-            "--prometheus-url",
-            self.prometheus_url,
-            "--metrics-port",
-            "0",
-            *extra_args,
-        ]
+        argv = [*run.local_command(self.prometheus_url, tick=0.5), *extra_args]
         self.proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def log_text(self) -> str:
@@ -216,3 +203,20 @@ class Rollout:
             f"modelrollout.io/action={action}",
         )
         assert done.returncode == 0, done.stderr
+
+
+@contextmanager
+def prepared_rollout(
+    api_client: client.ApiClient, kubectl: Kubectl, namespace: str, exporter: IstioTrafficExporter
+) -> Iterator[Rollout]:
+    """Healthy traffic for both services in the exporter and the VirtualService in place; the test creates
+    the ModelRollout. Traffic stops afterwards."""
+    exporter.set_traffic(CANARY, namespace, rps=RPS, error_ratio=0.0, latency_ms=200)
+    exporter.set_traffic(STABLE, namespace, rps=RPS, error_ratio=0.0, latency_ms=200)
+    subject = Rollout(api_client, kubectl, namespace)
+    subject.create_vs()
+    try:
+        yield subject
+    finally:
+        exporter.stop_traffic(CANARY, namespace)
+        exporter.stop_traffic(STABLE, namespace)

@@ -6,10 +6,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from modelrollout import api
 
 SAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "samples"
 
@@ -303,3 +306,68 @@ def edited(case: Case) -> Spec:
     spec = sample_spec()
     case.edit(spec)
     return spec
+
+
+def sample_status() -> api.ModelRolloutStatus:
+    """A status with every field the operator writes set, for round trips through the models and the API."""
+    now = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    return api.ModelRolloutStatus(
+        observed_generation=1,
+        phase=api.Phase.PROGRESSING,
+        reason="StageAdvanced",
+        stage=2,
+        stage_count=6,
+        progress="3/6",
+        canary_weight=10,
+        stage_started_at=now,
+        pair_hash="9f2c",
+        stable=api.Target(host="llm-gpt4o", model="gpt-4o", prompt_version="v12"),
+        canary=api.Target(host="llm-claude", model="claude-opus-4-8", prompt_version="v13"),
+        rollout_started_at=now,
+        hold=api.Hold.INCONCLUSIVE,
+        drift_corrections=[now],
+        failed_checks=1,
+        consecutive_errors=2,
+        consecutive_inconclusive=3,
+        last_analysis=api.AnalysisResult(
+            at=now,
+            stage=2,
+            verdict=api.Verdict.PASS,
+            gates=[
+                api.GateResult(
+                    name="error-rate",
+                    verdict=api.Verdict.PASS,
+                    value=0.004,
+                    max=0.02,
+                    requests=1532,
+                    window="5m",
+                    message="0.004 <= 0.02",
+                ),
+                api.GateResult(name="p99-latency-ms", verdict=api.Verdict.INCONCLUSIVE, max=5000.0),
+            ],
+        ),
+        rollback=api.Rollback(
+            at=now,
+            reason="AnalysisFailed",
+            gate="error-rate",
+            value=0.05,
+            threshold="<= 0.02",
+            window="5m",
+            message="earlier generation",
+        ),
+        last_action=api.ActionRecord(action="promote", at=now, result="advanced to stage 3/6"),
+        conditions=[
+            api.Condition(
+                type="Ready",
+                status="False",
+                reason="Progressing",
+                message="stage 3/6",
+                last_transition_time=now,
+                observed_generation=1,
+            ),
+            api.Condition(
+                type="Progressing", status="True", reason="StageAdvanced", last_transition_time=now
+            ),
+        ],
+        message="stage 3/6 at 10%: all gates pass",
+    )

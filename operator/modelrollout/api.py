@@ -450,13 +450,18 @@ def parse_spec(raw: dict[str, Any]) -> ModelRolloutSpec:
     return ModelRolloutSpec.model_validate(raw)
 
 
-def spec_errors(raw: dict[str, Any]) -> list[str]:
-    """Every problem of a raw spec as `spec.<field path>: <message>`, for an InvalidSpec condition."""
+def checked_spec(raw: dict[str, Any]) -> ModelRolloutSpec | list[str]:
+    """The parsed spec, or every problem of it as `spec.<field path>: <message>` (for an InvalidSpec
+    condition): one validation for callers that need either."""
     try:
-        ModelRolloutSpec.model_validate(raw)
+        return ModelRolloutSpec.model_validate(raw)
     except ValidationError as invalid:
         return [_describe(error) for error in invalid.errors()]
-    return []
+
+
+def spec_errors(raw: dict[str, Any]) -> list[str]:
+    checked = checked_spec(raw)
+    return checked if isinstance(checked, list) else []
 
 
 def _describe(error: Any) -> str:

@@ -15,17 +15,21 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, get_args
 
 from modelrollout import api
 from modelrollout.analysis import CheckResult, bounds_text
 from modelrollout.conditions import set_condition, summary_conditions
 from modelrollout.durations import format_duration
+from modelrollout.routing.router import RoutingProblemReason
 
 FIELD_MANAGER = "modelrollout-operator"
 DRIFT_WINDOW = timedelta(minutes=10)
 DRIFT_LIMIT = 5  # corrections per window before the rollout holds instead of fighting a person or a tool
 TERMINAL = (api.Phase.PROMOTED, api.Phase.ROLLED_BACK, api.Phase.ABORTED)
+# Degraded for one of these reasons: the VirtualService cannot be used, so nothing is written or acted on.
+UNUSABLE_ROUTING_REASONS = frozenset({"Conflict", *get_args(RoutingProblemReason)})
+WRITE_FAILED = "WriteFailed"  # Degraded reason set by whoever writes the VirtualService
 
 
 class Action(StrEnum):
@@ -480,12 +484,16 @@ def _settle_phase(draft: _Draft, spec: api.ModelRolloutSpec, obs: Observation) -
         )
         message = f"{where}: {', '.join(p for p in (soak, verdict) if p)}{gates}"
     drift_hold = status.hold == api.Hold.DRIFT_LIMIT
-    draft.condition(
-        "Degraded",
-        "True" if drift_hold else "False",
-        "DriftLimit" if drift_hold else "Resolved",
-        message if drift_hold else "",
+    write_failed = any(
+        c.type == "Degraded" and c.status == "True" and c.reason == WRITE_FAILED for c in status.conditions
     )
+    if drift_hold or not write_failed:  # a failed write is the caller's to report and to clear
+        draft.condition(
+            "Degraded",
+            "True" if drift_hold else "False",
+            "DriftLimit" if drift_hold else "Resolved",
+            message if drift_hold else "",
+        )
     if phase in TERMINAL:
         draft.condition_flip("MetricsUnavailable", False, "", "")  # no analysis runs any more
     draft.summarize(phase, reason, message)
@@ -531,14 +539,7 @@ def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Obse
             why = "Conflict" if routing.conflict_owner else routing.problem_reason or "Degraded"
             draft.summarize(api.Phase.DEGRADED, why, text)
         return Decision(status=draft.status, events=tuple(draft.events))
-    if status.phase == api.Phase.DEGRADED and status.reason in (
-        "Conflict",
-        "VirtualServiceNotFound",
-        "RouteNotFound",
-        "HostNotInRoute",
-        "AmbiguousRoute",
-        "UnexpectedDestination",
-    ):
+    if status.phase == api.Phase.DEGRADED and status.reason in UNUSABLE_ROUTING_REASONS:
         draft.event("Normal", "Recovered", "the VirtualService is usable again")
         draft.update(reason="Recovered")
 

@@ -49,21 +49,15 @@ class Kube:
     async def patch_status(self, ref: RolloutRef, status: api.ModelRolloutStatus) -> None:
         """Write the whole status through the status subresource. Fields the model holds as None are sent as
         null, so a merge patch removes them: the stored status is exactly the decided one."""
-        body = {"status": status.model_dump(by_alias=True, mode="json")}
-        await asyncio.to_thread(
-            self._objects.patch_namespaced_custom_object_status,
-            api.GROUP,
-            api.VERSION,
-            ref.namespace,
-            api.PLURAL,
-            ref.name,
-            body,
-            _request_timeout=self._timeout,
-        )
+        await self._patch_status_subresource(ref, status.model_dump(by_alias=True, mode="json"))
 
     async def patch_conditions(self, ref: RolloutRef, conditions: list[api.Condition]) -> None:
         """Write only the conditions (a failure report that must not touch anything else in the status)."""
-        body = {"status": {"conditions": [c.model_dump(by_alias=True, mode="json") for c in conditions]}}
+        await self._patch_status_subresource(
+            ref, {"conditions": [c.model_dump(by_alias=True, mode="json") for c in conditions]}
+        )
+
+    async def _patch_status_subresource(self, ref: RolloutRef, status: dict[str, Any]) -> None:
         await asyncio.to_thread(
             self._objects.patch_namespaced_custom_object_status,
             api.GROUP,
@@ -71,7 +65,7 @@ class Kube:
             ref.namespace,
             api.PLURAL,
             ref.name,
-            body,
+            {"status": status},
             _request_timeout=self._timeout,
         )
 

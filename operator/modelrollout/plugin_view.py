@@ -27,17 +27,7 @@ ACTIONS = {
 TERMINAL_PHASES = frozenset(phase.value for phase in engine.TERMINAL)
 # Degraded for one of these reasons: the operator returns before it looks at actions (or, for an invalid
 # spec, never reads the annotation), so an action sent now would be lost or wait unseen.
-BLOCKING_REASONS = frozenset(
-    {
-        "Conflict",
-        "VirtualServiceNotFound",
-        "RouteNotFound",
-        "HostNotInRoute",
-        "AmbiguousRoute",
-        "UnexpectedDestination",
-        "InvalidSpec",
-    }
-)
+BLOCKING_REASONS = engine.UNUSABLE_ROUTING_REASONS | {"InvalidSpec"}
 MISSING = "-"
 LIST_MESSAGE_WIDTH = 90
 EVENTS_SHOWN = 10

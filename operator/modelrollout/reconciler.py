@@ -58,6 +58,25 @@ def _ref(body: Mapping[str, Any]) -> RolloutRef:
     return RolloutRef(namespace=meta["namespace"], name=meta["name"], uid=meta.get("uid", ""))
 
 
+def _without_write_failure(status: api.ModelRolloutStatus) -> api.ModelRolloutStatus:
+    """This tick wrote what it had to (or had nothing to write): a WriteFailed report is over."""
+    failed = next(
+        (c for c in status.conditions if c.type == "Degraded" and c.reason == engine.WRITE_FAILED), None
+    )
+    if failed is None:
+        return status
+    conditions = set_condition(
+        status.conditions,
+        "Degraded",
+        "False",
+        reason="Resolved",
+        message="",
+        now=datetime.now(UTC),
+        generation=status.observed_generation,
+    )
+    return status.model_copy(update={"conditions": conditions})
+
+
 class Reconciler:
     def __init__(self, api_client: client.ApiClient, config: OperatorConfig) -> None:
         self.api_client = api_client
@@ -93,13 +112,11 @@ class Reconciler:
         now = datetime.now(UTC)
         generation = body["metadata"].get("generation")
         status = api.ModelRolloutStatus.model_validate(body.get("status") or {})
-        raw_spec = body.get("spec") or {}
-        errors = api.spec_errors(raw_spec)
-        if errors:
-            decision = engine.invalid_spec(status, errors, now, generation)
+        spec = api.checked_spec(body.get("spec") or {})
+        if isinstance(spec, list):
+            decision = engine.invalid_spec(status, spec, now, generation)
             await self._apply(ref, status, decision, None)
             return decision
-        spec = api.parse_spec(raw_spec)
         router = self.router(spec, ref)
         routing = await self._observe_routing(router)
 
@@ -182,13 +199,12 @@ class Reconciler:
                 await self.kube.patch_status(ref, engine.pending_return(before, decision.status))
             try:
                 await router.write(weight)  # reads back what it wrote
-            except (
-                Exception
-            ) as error:  # any failure: the status keeps what the VS shows, the next tick retries
+            except Exception as error:  # the status keeps what the VS shows; the next tick retries
                 await self._write_failed(ref, before, weight, error)
                 return
-        if decision.status != before:
-            await self.kube.patch_status(ref, decision.status)
+        status = _without_write_failure(decision.status)
+        if status != before:
+            await self.kube.patch_status(ref, status)
         for event in decision.events:
             if event not in early:
                 await self.kube.emit_event(ref, event.type, event.reason, event.message)
@@ -207,7 +223,7 @@ class Reconciler:
             status.conditions,
             "Degraded",
             "True",
-            reason="WriteFailed",
+            reason=engine.WRITE_FAILED,
             message=message,
             now=now,
             generation=status.observed_generation,
@@ -294,10 +310,9 @@ class Reconciler:
         the VirtualService stops being marked as ours."""
         ref = _ref(body)
         self.telemetry.forget(ref.namespace, ref.name)
-        errors = api.spec_errors(body.get("spec") or {})
-        if errors:
+        spec = api.checked_spec(body.get("spec") or {})
+        if isinstance(spec, list):
             return
-        spec = api.parse_spec(body["spec"])
         status = api.ModelRolloutStatus.model_validate(body.get("status") or {})
         router = self.router(spec, ref)
         try:

@@ -12,7 +12,7 @@ from istio_exporter import IstioTrafficExporter
 from modelrollout import api
 from modelrollout.devenv.environment import EnvironmentState
 from modelrollout.devenv.prometheus import PrometheusServer
-from scenario_support import CANARY, RPS, STABLE, Kubectl, OperatorProcess, Rollout
+from scenario_support import Kubectl, OperatorProcess, Rollout, prepared_rollout
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +43,8 @@ def rollout(
     exporter: IstioTrafficExporter,
     operator: OperatorProcess,
 ) -> Iterator[Rollout]:
-    exporter.set_traffic(CANARY, namespace, rps=RPS, error_ratio=0.0, latency_ms=200)
-    exporter.set_traffic(STABLE, namespace, rps=RPS, error_ratio=0.0, latency_ms=200)
-    subject = Rollout(api_client, kubectl, namespace)
-    subject.create_vs()
-    yield subject
-    exporter.stop_traffic(CANARY, namespace)
-    exporter.stop_traffic(STABLE, namespace)
+    with prepared_rollout(api_client, kubectl, namespace, exporter) as subject:
+        yield subject
     remove_rollouts(api_client, namespace)
 
 

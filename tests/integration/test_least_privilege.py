@@ -31,7 +31,7 @@ from modelrollout.devenv.binaries import BinariesError
 from modelrollout.devenv.environment import EnvironmentState
 from modelrollout.devenv.netutil import free_port
 from modelrollout.devenv.prometheus import PrometheusServer
-from scenario_support import CANARY, RPS, STABLE, Kubectl, Rollout, wait_for
+from scenario_support import CANARY, RPS, Kubectl, Rollout, prepared_rollout, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -206,13 +206,8 @@ def rollout(
     exporter: IstioTrafficExporter,
     operator_as_service_account: TokenOperator,
 ) -> Iterator[Rollout]:
-    exporter.set_traffic(CANARY, namespace, rps=RPS, error_ratio=0.0, latency_ms=200)
-    exporter.set_traffic(STABLE, namespace, rps=RPS, error_ratio=0.0, latency_ms=200)
-    subject = Rollout(api_client, kubectl, namespace)
-    subject.create_vs()
-    yield subject
-    exporter.stop_traffic(CANARY, namespace)
-    exporter.stop_traffic(STABLE, namespace)
+    with prepared_rollout(api_client, kubectl, namespace, exporter) as subject:
+        yield subject
 
 
 def denials(operator: TokenOperator, installed: Installed) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from kubernetes.client.rest import ApiException
 
 from modelrollout import api
 from scenario_support import Kubectl
-from spec_cases import INVALID, SAMPLES, VALID, Case, edited, sample_rollout
+from spec_cases import INVALID, SAMPLES, VALID, Case, edited, sample_rollout, sample_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("modelrollout_crd")]
 
@@ -86,61 +85,7 @@ def test_status_subresource_keeps_every_field(namespace: str, api_client: client
     created = _create(api_client, body)
     assert "status" not in created
 
-    now = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
-    status = api.ModelRolloutStatus(
-        observed_generation=1,
-        phase=api.Phase.PROGRESSING,
-        stage=2,
-        stage_count=6,
-        progress="3/6",
-        canary_weight=10,
-        stage_started_at=now,
-        pair_hash="9f2c",
-        failed_checks=1,
-        consecutive_errors=2,
-        consecutive_inconclusive=3,
-        last_analysis=api.AnalysisResult(
-            at=now,
-            stage=2,
-            verdict=api.Verdict.PASS,
-            gates=[
-                api.GateResult(
-                    name="error-rate",
-                    verdict=api.Verdict.PASS,
-                    value=0.004,
-                    max=0.02,
-                    requests=1532,
-                    window="5m",
-                    message="0.4% <= 2%",
-                ),
-                api.GateResult(name="p99-latency-ms", verdict=api.Verdict.INCONCLUSIVE, min=None, max=5000.0),
-            ],
-        ),
-        rollback=api.Rollback(
-            at=now,
-            reason="AnalysisFailed",
-            gate="error-rate",
-            value=0.05,
-            threshold="<= 0.02",
-            window="5m",
-            message="earlier generation",
-        ),
-        last_action=api.ActionRecord(action="promote", at=now, result="advanced to stage 3"),
-        conditions=[
-            api.Condition(
-                type="Ready",
-                status="False",
-                reason="Progressing",
-                message="stage 3/6",
-                last_transition_time=now,
-                observed_generation=1,
-            ),
-            api.Condition(
-                type="Progressing", status="True", reason="StageAdvanced", last_transition_time=now
-            ),
-        ],
-        message="stage 3/6 at 10%: all gates pass",
-    )
+    status = sample_status()
     wire = status.model_dump(by_alias=True, mode="json", exclude_none=True)
     objects.patch_namespaced_custom_object_status(
         api.GROUP, api.VERSION, namespace, api.PLURAL, "chat", {"status": wire}

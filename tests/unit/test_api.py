@@ -3,13 +3,13 @@ sides of its edge."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
 from modelrollout import api
 from modelrollout.durations import format_duration, parse_duration
-from spec_cases import INVALID, VALID, Case, edited, sample_spec
+from spec_cases import INVALID, VALID, Case, edited, sample_spec, sample_status
 
 
 def test_sample_round_trips() -> None:
@@ -90,56 +90,7 @@ def test_durations_format_canonically(seconds: float, text: str) -> None:
 
 
 def test_status_round_trips_with_every_field() -> None:
-    now = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
-    status = api.ModelRolloutStatus(
-        observed_generation=3,
-        phase=api.Phase.ROLLED_BACK,
-        stage=2,
-        stage_count=6,
-        progress="3/6",
-        canary_weight=0,
-        stage_started_at=now,
-        pair_hash="abc123",
-        failed_checks=2,
-        consecutive_errors=1,
-        consecutive_inconclusive=0,
-        last_analysis=api.AnalysisResult(
-            at=now,
-            stage=2,
-            verdict=api.Verdict.FAIL,
-            gates=[
-                api.GateResult(
-                    name="error-rate",
-                    verdict=api.Verdict.FAIL,
-                    value=0.05,
-                    max=0.02,
-                    requests=1532,
-                    window="2m",
-                    message="5% > 2%",
-                )
-            ],
-        ),
-        rollback=api.Rollback(
-            at=now,
-            reason="AnalysisFailed",
-            gate="error-rate",
-            value=0.05,
-            threshold="<= 0.02",
-            window="2m",
-            message="error-rate 5% > 2%",
-        ),
-        last_action=api.ActionRecord(action="promote", at=now, result="advanced to stage 4"),
-        conditions=[
-            api.Condition(
-                type="Ready",
-                status="False",
-                reason="RolledBack",
-                last_transition_time=now,
-                observed_generation=3,
-            )
-        ],
-        message="rolled back: error-rate 5% > 2%",
-    )
+    status = sample_status()
     wire = status.model_dump(by_alias=True, mode="json")
     assert api.ModelRolloutStatus.model_validate(wire) == status
     assert wire["lastAnalysis"]["gates"][0]["requests"] == 1532

@@ -16,7 +16,7 @@ from typing import Any
 
 from kubernetes import client, config
 
-from modelrollout import api
+from modelrollout import api, run
 from modelrollout.demo import scenario, timeline, view
 from modelrollout.devenv.environment import DevEnvironment, runs_root
 from modelrollout.devenv.processes import ProcessSet
@@ -119,24 +119,7 @@ class Demo:
             sim.set_load(rollout.host, scenario.RPS)
         prometheus.wait_for_job_up("mesh", timeout=30)
 
-        self._spawn(
-            "operator",
-            [
-                sys.executable,
-                "-m",
-                "modelrollout.cli",
-                "run",
-                "--liveness",
-                "off",
-                "--metrics-port",
-                "0",
-                "--tick",
-                "1",
-                "--prometheus-url",
-                state.prometheus_url,
-            ],
-            env,
-        )
+        self._spawn("operator", run.local_command(state.prometheus_url, tick=1), env)
         for rollout in scenario.ROLLOUTS:
             objects.create_namespaced_custom_object(
                 api.GROUP, api.VERSION, scenario.NAMESPACE, api.PLURAL, scenario.model_rollout(rollout)
