@@ -14,9 +14,10 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from modelrollout import api
+from modelrollout.config import OperatorConfig
 from modelrollout.kube import ACTION_ANNOTATION, describe_api_error
 from modelrollout.notify import Notifier, NotifyTargets
-from modelrollout.reconciler import OperatorConfig, Reconciler
+from modelrollout.reconciler import Reconciler
 
 FINALIZER = f"{api.GROUP}/finalizer"
 log = logging.getLogger(__name__)

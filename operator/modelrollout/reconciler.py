@@ -7,29 +7,18 @@ rollback in status, without claiming it, so that a restart finishes it rather th
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
 
 from modelrollout import api, engine
-from modelrollout.analysis import CheckMeasurement, CheckResult, GateMeasurement, evaluate_check
 from modelrollout.conditions import set_condition
-from modelrollout.durations import format_duration
+from modelrollout.config import OperatorConfig
 from modelrollout.kube import ACTION_ANNOTATION, Kube, RolloutRef, describe_api_error
-from modelrollout.metrics.prometheus import PrometheusProvider, auth_from_secret_data
-from modelrollout.metrics.provider import MetricsError, MetricsProvider
-from modelrollout.metrics.templates import (
-    TemplateError,
-    TemplateVariables,
-    render_gate_query,
-    request_count_query,
-)
+from modelrollout.measure import Measurer
 from modelrollout.notify import NOTIFIED_REASONS, Notification, Notifier, now_text
 from modelrollout.routing.istio_router import IstioRouter
 from modelrollout.routing.router import Backend, RoutingConflict, RoutingProblem
@@ -38,15 +27,6 @@ from modelrollout.telemetry import Telemetry
 log = logging.getLogger(__name__)
 
 BEFORE_WRITE_REASONS = ("StableChanged",)
-
-
-@dataclass
-class OperatorConfig:
-    prometheus_url: str | None = None
-    metrics_port: int = 0  # 0: no /metrics endpoint
-    notify_secret: str | None = None  # "namespace/name" of the Secret with the webhook URLs
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    request_timeout: float = 10.0
 
 
 def _backend(target: api.Target) -> Backend:
@@ -84,9 +64,7 @@ class Reconciler:
         self.kube = Kube(api_client, config.request_timeout)
         self.telemetry = Telemetry()
         self.notifier: Notifier | None = None
-        self._providers: dict[
-            tuple[str, timedelta, str | None, tuple[str, str] | None], PrometheusProvider
-        ] = {}
+        self.measurer = Measurer(self.kube, config)
 
     def router(self, spec: api.ModelRolloutSpec, ref: RolloutRef) -> IstioRouter:
         istio = spec.traffic_routing.istio
@@ -127,7 +105,7 @@ class Reconciler:
         usable = routing.problem is None and routing.conflict_owner is None
         check = None
         if usable and engine.analysis_due(spec, status, now, self.config.started_at):
-            check = await self.measure(spec, ref, now)
+            check = await self.measurer.measure(spec, ref, now)
         observation = engine.Observation(
             now=now,
             generation=generation,
@@ -238,73 +216,6 @@ class Reconciler:
                 describe_api_error(patch_error),
             )
 
-    async def _provider(self, spec: api.ModelRolloutSpec, namespace: str) -> MetricsProvider:
-        config = spec.analysis.prometheus
-        address = config.address if config else self.config.prometheus_url
-        if not address:
-            raise MetricsError(
-                "",
-                "no Prometheus address: set spec.analysis.prometheus.address or "
-                "the operator's --prometheus-url",
-            )
-        timeout = config.timeout if config else timedelta(seconds=10)
-        token, basic = None, None
-        if config and config.secret_ref:
-            try:
-                data = await self.kube.read_secret_data(namespace, config.secret_ref.name)
-                auth = auth_from_secret_data(data)
-            except Exception as error:  # reported as the reason every query failed
-                raise MetricsError(
-                    "", f"Prometheus credentials from Secret {config.secret_ref.name}: {error}"
-                ) from None
-            token, basic = auth.bearer_token, auth.basic_auth
-        key = (address, timeout, token, basic)
-        if key not in self._providers:
-            self._providers[key] = PrometheusProvider(
-                address, timeout=timeout, bearer_token=token, basic_auth=basic
-            )
-        return self._providers[key]
-
-    async def measure(self, spec: api.ModelRolloutSpec, ref: RolloutRef, now: datetime) -> CheckResult:
-        analysis = spec.analysis
-        variables = TemplateVariables.for_rollout(
-            stable=spec.stable,
-            canary=spec.canary,
-            rollout_name=ref.name,
-            rollout_namespace=ref.namespace,
-            window=analysis.window,
-        )
-        try:
-            provider = await self._provider(spec, ref.namespace)
-        except MetricsError as error:
-            gates = tuple(
-                GateMeasurement(g, format_duration(g.window or analysis.window), error=error.reason)
-                for g in analysis.gates
-            )
-            return evaluate_check(CheckMeasurement(now, gates, None, error.reason), analysis.min_requests)
-
-        async def gate(g: api.Gate) -> GateMeasurement:
-            window = format_duration(g.window or analysis.window)
-            try:
-                samples = await provider.query(render_gate_query(g, variables))
-            except (MetricsError, TemplateError) as error:
-                return GateMeasurement(g, window, error=str(error))
-            return GateMeasurement(g, window, values=tuple(s.value for s in samples))
-
-        async def requests() -> tuple[float | None, str | None]:
-            try:
-                samples = await provider.query(request_count_query(variables))
-            except (MetricsError, TemplateError) as error:
-                return None, str(error)
-            values = [s.value for s in samples if not math.isnan(s.value)]
-            return (sum(values) if values else 0.0), None  # no series at all: no traffic, 0 requests
-
-        measured, (count, count_error) = await asyncio.gather(
-            asyncio.gather(*(gate(g) for g in analysis.gates)), requests()
-        )
-        measurement = CheckMeasurement(now, tuple(measured), count, count_error)
-        return evaluate_check(measurement, analysis.min_requests)
-
     async def on_delete(self, body: Mapping[str, Any]) -> None:
         """A rollout deleted mid-way returns traffic to stable; after Promoted the canary keeps it. Either way
         the VirtualService stops being marked as ours."""
@@ -328,5 +239,4 @@ class Reconciler:
             log.warning("%s/%s deleted; VirtualService not restored: %s", ref.namespace, ref.name, problem)
 
     def close(self) -> None:
-        for provider in self._providers.values():
-            provider.close()
+        self.measurer.close()

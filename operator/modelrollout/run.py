@@ -10,7 +10,7 @@ import sys
 import kopf
 
 from modelrollout import handlers
-from modelrollout.reconciler import OperatorConfig
+from modelrollout.config import OperatorConfig
 
 
 def local_command(prometheus_url: str, *, tick: float, metrics_port: int = 0) -> list[str]:
