@@ -416,6 +416,22 @@ class Hold(StrEnum):
     DRIFT_LIMIT = "DriftLimit"
 
 
+class PendingAction(StatusModel):
+    """An action taken from the annotation and not applied yet: it survives a failed write or a restart."""
+
+    action: str
+    accepted_at: datetime
+
+
+class RoutingRecord(StatusModel):
+    """Where this rollout moves traffic, as recorded before its first write: the deletion finalizer and a
+    change of spec.trafficRouting act on what was claimed, not on what the spec says now."""
+
+    virtual_service: str = Field(description="namespace/name")
+    api_version: str
+    routes: list[str] | None = None
+
+
 class ModelRolloutStatus(StatusModel):
     observed_generation: int | None = None
     phase: Phase = Phase.PENDING
@@ -432,6 +448,10 @@ class ModelRolloutStatus(StatusModel):
     canary: Target | None = Field(None, description="The canary this rollout is about.")
     rollout_started_at: datetime | None = None
     hold: Hold | None = None
+    awaiting_approval: bool = Field(False, description="The stage soaked and passes; waiting for promote.")
+    routing: RoutingRecord | None = None
+    pending_action: PendingAction | None = None
+    write_failures: int = Field(0, description="VirtualService writes that failed in a row.")
     drift_corrections: list[datetime] = Field(default_factory=list, description="Recent weight corrections.")
     failed_checks: int = 0
     consecutive_errors: int = 0

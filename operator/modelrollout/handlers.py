@@ -89,6 +89,14 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
 
 
+def _lock(memo: kopf.Memo, uid: str) -> asyncio.Lock:
+    """One lock per rollout, shared by its driver and its finalizer: their effects never interleave."""
+    if not hasattr(memo, "locks"):
+        memo.locks = {}
+    locks: dict[str, asyncio.Lock] = memo.locks
+    return locks.setdefault(uid, asyncio.Lock())
+
+
 def _wakeup(memo: kopf.Memo) -> asyncio.Event:
     if not hasattr(memo, "wakeup"):
         memo.wakeup = asyncio.Event()
@@ -117,14 +125,19 @@ async def drive(
     """The one driver of this rollout: reconcile, then wait for the next tick or a change."""
     reconciler: Reconciler = memo.reconciler
     wakeup = _wakeup(memo)
+    lock = _lock(memo, body.metadata.uid or "")
     while not stopped:
         wakeup.clear()
-        try:
-            await reconciler.reconcile(body)
-        except ApiException as error:  # the API server's own words, e.g. a missing RBAC permission
-            logger.error("reconcile failed: %s", describe_api_error(error))
-        except Exception:  # a failed tick is retried at the next one; state lives in status, not here
-            logger.exception("reconcile failed")
+        async with lock:
+            if stopped:
+                break
+            try:
+                # Asked before every write: once kopf stops the driver (a deletion), nothing more is written.
+                await reconciler.reconcile(body, may_write=lambda: not stopped)
+            except ApiException as error:  # the API server's own words, e.g. a missing RBAC permission
+                logger.error("reconcile failed: %s", describe_api_error(error))
+            except Exception:  # a failed tick is retried at the next one; state lives in status, not here
+                logger.exception("reconcile failed")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wakeup.wait(), timeout=Runtime.tick_seconds)
 
@@ -132,7 +145,10 @@ async def drive(
 @kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL)
 async def release(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     reconciler: Reconciler = memo.reconciler
-    try:
-        await reconciler.on_delete(body)
-    except Exception as error:
-        raise kopf.TemporaryError(f"could not return traffic to stable: {error}", delay=2) from error
+    # Waits for a tick in progress to finish; the driver, told to stop, starts no other.
+    async with _lock(memo, body.metadata.uid or ""):
+        try:
+            await reconciler.on_delete(body)
+        except Exception as error:
+            raise kopf.TemporaryError(f"could not return traffic to stable: {error}", delay=2) from error
+    memo.locks.pop(body.metadata.uid or "", None)

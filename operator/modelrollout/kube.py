@@ -29,6 +29,16 @@ class RolloutRef:
     uid: str
 
 
+class StaleObject(Exception):
+    """The ModelRollout changed since it was read (HTTP 409): observe again and decide again."""
+
+
+def _as_dict(found: object) -> dict[str, Any]:
+    if not isinstance(found, dict):
+        raise TypeError(f"the API server answered {type(found).__name__}, not an object")
+    return found
+
+
 def describe_api_error(error: BaseException) -> str:
     """`HTTP 403: <the API server's message>` rather than the client's dump of headers and body."""
     if isinstance(error, ApiException):
@@ -46,40 +56,69 @@ class Kube:
         self._core = client.CoreV1Api(api_client)
         self._timeout = request_timeout
 
-    async def patch_status(self, ref: RolloutRef, status: api.ModelRolloutStatus) -> None:
-        """Write the whole status through the status subresource. Fields the model holds as None are sent as
-        null, so a merge patch removes them: the stored status is exactly the decided one."""
-        await self._patch_status_subresource(ref, status.model_dump(by_alias=True, mode="json"))
+    async def record_status(
+        self, ref: RolloutRef, status: api.ModelRolloutStatus, resource_version: str | None
+    ) -> dict[str, Any]:
+        """Write the whole status through the status subresource, on condition that the object is still at
+        `resource_version` (StaleObject otherwise: someone wrote since it was read). Fields the model holds as
+        None are sent as null, so the merge patch removes them: the stored status is exactly the decided
+        one. Returns the stored object."""
+        patch: dict[str, Any] = {"status": status.model_dump(by_alias=True, mode="json")}
+        if resource_version is not None:
+            patch["metadata"] = {"resourceVersion": resource_version}
+        try:
+            stored = await asyncio.to_thread(
+                self._objects.patch_namespaced_custom_object_status,
+                api.GROUP,
+                api.VERSION,
+                ref.namespace,
+                api.PLURAL,
+                ref.name,
+                patch,
+                _request_timeout=self._timeout,
+            )
+        except ApiException as error:
+            if error.status == 409:
+                raise StaleObject(
+                    f"ModelRollout {ref.namespace}/{ref.name} changed since it was read"
+                ) from error
+            raise
+        return _as_dict(stored)
 
-    async def patch_conditions(self, ref: RolloutRef, conditions: list[api.Condition]) -> None:
-        """Write only the conditions (a failure report that must not touch anything else in the status)."""
-        await self._patch_status_subresource(
-            ref, {"conditions": [c.model_dump(by_alias=True, mode="json") for c in conditions]}
-        )
+    async def get_rollout(self, ref: RolloutRef) -> dict[str, Any] | None:
+        """The ModelRollout as stored now; None when it is gone."""
+        try:
+            found = await asyncio.to_thread(
+                self._objects.get_namespaced_custom_object,
+                api.GROUP,
+                api.VERSION,
+                ref.namespace,
+                api.PLURAL,
+                ref.name,
+                _request_timeout=self._timeout,
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return _as_dict(found)
 
-    async def _patch_status_subresource(self, ref: RolloutRef, status: dict[str, Any]) -> None:
-        await asyncio.to_thread(
-            self._objects.patch_namespaced_custom_object_status,
-            api.GROUP,
-            api.VERSION,
-            ref.namespace,
-            api.PLURAL,
-            ref.name,
-            {"status": status},
-            _request_timeout=self._timeout,
-        )
+    async def rollout_exists(self, namespace: str, name: str) -> bool:
+        """Whether a ModelRollout exists (to tell a live claim from one left by a deleted rollout). An object
+        being deleted still exists: its finalizer releases its claims."""
+        return await self.get_rollout(RolloutRef(namespace=namespace, name=name, uid="")) is not None
 
-    async def consume_action(self, ref: RolloutRef, value: str) -> bool:
-        """Remove the action annotation if it still holds `value`. At most once: the annotation goes before
-        the action is applied, so an operator killed in between loses the action (the user sees it was not
-        recorded in status.lastAction and asks again) rather than applying a promote twice."""
+    async def consume_action(self, ref: RolloutRef, value: str) -> dict[str, Any] | None:
+        """Remove the action annotation if it still holds `value`; the stored object, or None when the
+        annotation changed or went meanwhile. The action is in status (accepted) before this is called, so
+        an operator killed in between applies it once when it comes back, and never loses it."""
         key = ACTION_ANNOTATION.replace("/", "~1")
         patch = [
             {"op": "test", "path": f"/metadata/annotations/{key}", "value": value},
             {"op": "remove", "path": f"/metadata/annotations/{key}"},
         ]
         try:
-            await asyncio.to_thread(
+            stored = await asyncio.to_thread(
                 self._objects.patch_namespaced_custom_object,
                 api.GROUP,
                 api.VERSION,
@@ -92,9 +131,9 @@ class Kube:
             )
         except ApiException as error:
             if error.status in (404, 409, 422):  # gone, or changed meanwhile: someone else's value now
-                return False
+                return None
             raise
-        return True
+        return _as_dict(stored)
 
     async def emit_event(self, ref: RolloutRef, type_: str, reason: str, message: str) -> None:
         """Post a core/v1 Event on the rollout (what `kubectl describe` shows). Never raises: an Event that

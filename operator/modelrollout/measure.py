@@ -60,7 +60,9 @@ class Measurer:
             )
         return self._providers[key]
 
-    async def measure(self, spec: api.ModelRolloutSpec, ref: RolloutRef, now: datetime) -> CheckResult:
+    async def measure(
+        self, spec: api.ModelRolloutSpec, ref: RolloutRef, now: datetime, *, virtual_service_namespace: str
+    ) -> CheckResult | None:
         analysis = spec.analysis
         variables = TemplateVariables.for_rollout(
             stable=spec.stable,

@@ -20,13 +20,12 @@ import httpx
 
 log = logging.getLogger(__name__)
 
-NOTIFIED_REASONS = ("RolledBack", "Aborted", "Promoted", "AwaitingApproval")
 WEBHOOK_KEY, SLACK_KEY = "webhook-url", "slack-webhook-url"
 
 
 @dataclass(frozen=True)
 class Notification:
-    event: str  # one of NOTIFIED_REASONS
+    event: str  # one of engine.NOTIFIED_REASONS
     namespace: str
     name: str
     message: str

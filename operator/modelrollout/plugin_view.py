@@ -1,8 +1,8 @@
 """What `kubectl modelrollout` prints, rendered from the plain dicts the API server returns. Pure: no I/O, no
 Kubernetes client, so every screen can be tested from sample dicts.
 
-The plugin also decides here whether an action fits the rollout's state, with the same rules the operator
-applies (engine._apply_action), so a human is told at once instead of finding `ignored: ...` in
+The plugin also decides here whether an action fits the rollout's state, with the operator's own rules
+(engine.action_refusal), so a human is told at once instead of finding `ignored: ...` in
 status.lastAction later.
 """
 
@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from modelrollout import api, engine
+from modelrollout.engine.actions import NEW_PAIR
 
 # The annotation values, keyed by what the command line calls them.
 ACTIONS = {
@@ -186,12 +187,10 @@ def generation_lag(obj: Mapping[str, Any]) -> str | None:
 def action_refusal(action: str, obj: Mapping[str, Any]) -> str | None:
     """Why `action` (an annotation value) does not fit the rollout now, or None when the operator would act.
 
-    The rules are the operator's own, read from status and spec. A few refusals go further, where the operator
-    would consume the annotation and do nothing visible: no status yet or a new pair not started (the first
-    tick of a pair ignores actions), Degraded for a missing piece or a conflict (decide returns before
-    actions), and promote-full at the last stage (it would only restart that stage's soak)."""
+    The rules are the operator's own (engine.action_refusal). Two refusals come first, where the operator
+    would wait or do nothing visible: no status yet, and Degraded for a missing piece or a conflict (the
+    operator records such an action as ignored)."""
     status = _map(obj.get("status"))
-    spec = _map(obj.get("spec"))
     phase = str(status.get("phase") or "")
     reason = str(status.get("reason") or "")
     if action not in ACTIONS.values():
@@ -203,36 +202,18 @@ def action_refusal(action: str, obj: Mapping[str, Any]) -> str | None:
             f"the rollout is Degraded ({reason}) and the operator acts on nothing until that is fixed: "
             f"{_text(status.get('message'))}"
         )
+    checked = api.checked_spec(dict(_map(obj.get("spec"))))
     try:
-        new_pair = status.get("pairHash") != engine.pair_hash(api.parse_spec(dict(spec)))
-    except ValueError:  # pydantic's ValidationError: the operator reports the spec as invalid
-        return "the spec is invalid; the operator acts on nothing until it is fixed"
-    if new_pair:
+        parsed = api.ModelRolloutStatus.model_validate(dict(status))
+    except ValueError:
+        return "the status cannot be read; wait for the operator to write it again"
+    refusal = engine.action_refusal(action, None if isinstance(checked, list) else checked, parsed)
+    if refusal == NEW_PAIR:
         return (
             "the spec names a stable/canary pair the operator has not started yet; it would take no action "
             "now, wait for the new rollout to start"
         )
-    if action in (ACTIONS["promote"], ACTIONS["promote-full"]):
-        if phase == api.Phase.PROMOTED:
-            return "the rollout is already Promoted: the canary serves 100%"
-        if phase in TERMINAL_PHASES:
-            return f"the rollout is {phase}: traffic is on stable; `retry` starts it again from stage 1"
-        if action == ACTIONS["promote-full"] and progress(obj).split("/")[0] == str(_stage_count(obj)):
-            return "the rollout is already at its last stage; `promote` finishes it"
-        return None
-    if action == ACTIONS["abort"]:
-        if phase in (api.Phase.ABORTED, api.Phase.ROLLED_BACK):
-            return f"traffic is already on stable (the rollout is {phase})"
-        return None
-    if action == ACTIONS["retry"]:
-        if phase in (api.Phase.ABORTED, api.Phase.ROLLED_BACK):
-            return None
-        return f"retry restarts a rolled-back or aborted rollout; this one is {phase}"
-    # resume
-    if status.get("hold"):
-        return None
-    paused = " (spec.paused is set: unset it in Git to let it advance)" if spec.get("paused") else ""
-    return f"nothing is on hold{paused}"
+    return refusal
 
 
 def fitting_actions(obj: Mapping[str, Any]) -> list[str]:

@@ -1,60 +1,88 @@
-"""One reconciliation of one ModelRollout: observe (VirtualService, gates, action), decide (engine), apply.
+"""One reconciliation of one ModelRollout: observe, ask the engine for a plan, execute the plan in order.
 
-The order of applying is what keeps traffic safe and the status true: the VirtualService is written and read
-back (the router verifies) before the status claims anything; a return to stable first records the pending
-rollback in status, without claiming it, so that a restart finishes it rather than undoing it.
+The shell holds no policy. It reads the VirtualService once, measures the gates when they are due, and runs
+the plan's steps in the order the plan gives; every write is conditional on what was read (the rollout's
+resourceVersion for its status, the VirtualService's for the weights). A conflict on either means someone
+else wrote meanwhile: the shell observes again and asks the engine again, never writes blind. A write that
+fails for any other reason is handed back to the engine (`write_failed`), which says what to record.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
 
 from modelrollout import api, engine
-from modelrollout.conditions import set_condition
+from modelrollout.analysis import CheckResult
 from modelrollout.config import OperatorConfig
-from modelrollout.kube import ACTION_ANNOTATION, Kube, RolloutRef, describe_api_error
+from modelrollout.kube import ACTION_ANNOTATION, Kube, RolloutRef, StaleObject, describe_api_error
 from modelrollout.measure import Measurer
-from modelrollout.notify import NOTIFIED_REASONS, Notification, Notifier, now_text
+from modelrollout.metrics.templates import TemplateError, validate_template
+from modelrollout.notify import Notification, Notifier, now_text
 from modelrollout.routing.istio_router import IstioRouter
-from modelrollout.routing.router import Backend, RoutingConflict, RoutingProblem
+from modelrollout.routing.router import Backend, RoutingConflict, RoutingProblem, Snapshot, StaleWrite
 from modelrollout.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-BEFORE_WRITE_REASONS = ("StableChanged",)
+# Conflicts in a row before a tick gives up (the next tick starts afresh); steps of one transition per tick.
+MAX_CONFLICTS = 4
+MAX_STEPS = 3
+
+
+class Stale(Exception):
+    """Something this tick read changed before it wrote: observe again."""
+
+
+def _ref(obj: Mapping[str, Any]) -> RolloutRef:
+    meta = obj["metadata"]
+    return RolloutRef(namespace=meta["namespace"], name=meta["name"], uid=meta.get("uid", ""))
 
 
 def _backend(target: api.Target) -> Backend:
     return Backend(host=target.host, subset=target.subset, port=target.port)
 
 
-def _ref(body: Mapping[str, Any]) -> RolloutRef:
-    meta = body["metadata"]
-    return RolloutRef(namespace=meta["namespace"], name=meta["name"], uid=meta.get("uid", ""))
+def target_of(spec: api.ModelRolloutSpec, namespace: str) -> api.RoutingRecord:
+    """Where the spec routes: the VirtualService (namespace/name), its API version and the managed routes."""
+    istio = spec.traffic_routing.istio
+    return api.RoutingRecord(
+        virtual_service=f"{istio.virtual_service.namespace or namespace}/{istio.virtual_service.name}",
+        api_version=istio.api_version.value,
+        routes=list(istio.routes) if istio.routes else None,
+    )
 
 
-def _without_write_failure(status: api.ModelRolloutStatus) -> api.ModelRolloutStatus:
-    """This tick wrote what it had to (or had nothing to write): a WriteFailed report is over."""
-    failed = next(
-        (c for c in status.conditions if c.type == "Degraded" and c.reason == engine.WRITE_FAILED), None
-    )
-    if failed is None:
-        return status
-    conditions = set_condition(
-        status.conditions,
-        "Degraded",
-        "False",
-        reason="Resolved",
-        message="",
-        now=datetime.now(UTC),
-        generation=status.observed_generation,
-    )
-    return status.model_copy(update={"conditions": conditions})
+def spec_problems(raw: Mapping[str, Any]) -> api.ModelRolloutSpec | list[str]:
+    """The spec, or every reason the operator cannot act on it: what the models refuse, and gate queries
+    that could never be rendered (an unknown or misplaced variable)."""
+    spec = api.checked_spec(dict(raw))
+    if isinstance(spec, list):
+        return spec
+    problems = []
+    for index, gate in enumerate(spec.analysis.gates):
+        if gate.query is None:
+            continue
+        try:
+            validate_template(gate.query)
+        except TemplateError as error:
+            problems.append(f"spec.analysis.gates[{index}].query: gate {gate.name}: {error}")
+    return problems or spec
+
+
+@dataclass
+class Observed:
+    """One observation of the routing: each router with the snapshot it read (or the problem it met)."""
+
+    spec_router: IstioRouter
+    spec_snapshot: Snapshot | None
+    recorded_router: IstioRouter | None = None
+    recorded_snapshot: Snapshot | None = None
 
 
 class Reconciler:
@@ -65,69 +93,293 @@ class Reconciler:
         self.telemetry = Telemetry()
         self.notifier: Notifier | None = None
         self.measurer = Measurer(self.kube, config)
+        # The object our last write returned, per rollout, and the resourceVersions it superseded: a body
+        # from a watch that has not caught up with our own write is never decided on.
+        self._latest: dict[str, tuple[frozenset[str], dict[str, Any]]] = {}
 
-    def router(self, spec: api.ModelRolloutSpec, ref: RolloutRef) -> IstioRouter:
-        istio = spec.traffic_routing.istio
+    def router(self, record: api.RoutingRecord, ref: RolloutRef) -> IstioRouter:
+        namespace, _, name = record.virtual_service.partition("/")
         return IstioRouter(
             self.api_client,
-            namespace=istio.virtual_service.namespace or ref.namespace,
-            name=istio.virtual_service.name,
-            api_version=istio.api_version.value,
-            routes=istio.routes,
-            stable=_backend(spec.stable),
-            canary=_backend(spec.canary),
+            namespace=namespace,
+            name=name,
+            api_version=record.api_version,
+            routes=record.routes,
             owner=f"{ref.namespace}/{ref.name}",
             field_manager=engine.FIELD_MANAGER,
             request_timeout=self.config.request_timeout,
         )
 
-    async def reconcile(self, body: Mapping[str, Any]) -> engine.Decision:
+    # ---- the tick ----
+
+    async def reconcile(
+        self, body: Mapping[str, Any], may_write: Callable[[], bool] = lambda: True
+    ) -> engine.Plan | None:
+        """One tick. `may_write` is asked before every write: False once the driver is told to stop (the
+        rollout is being deleted and its finalizer takes over)."""
         with self.telemetry.reconcile_seconds.time():
-            return await self._reconcile(body)
+            obj = self._freshest(body)
+            ref = _ref(obj)
+            check: list[CheckResult | None] = []  # measured at most once per tick, whatever the retries
+            for _ in range(MAX_CONFLICTS):
+                if obj.get("metadata", {}).get("deletionTimestamp"):
+                    return None  # the finalizer's turn
+                try:
+                    return await self._tick(ref, obj, check, may_write)
+                except (Stale, StaleObject, StaleWrite) as stale:
+                    log.debug("%s/%s: %s; observing again", ref.namespace, ref.name, stale)
+                    fresh = await self.kube.get_rollout(ref)
+                    if fresh is None:
+                        return None
+                    obj = fresh
+            log.warning(
+                "%s/%s kept changing under %d attempts; next tick", ref.namespace, ref.name, MAX_CONFLICTS
+            )
+            return None
 
-    async def _reconcile(self, body: Mapping[str, Any]) -> engine.Decision:
-        ref = _ref(body)
+    def _freshest(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        obj = {k: body[k] for k in body}
+        uid = obj.get("metadata", {}).get("uid", "")
+        latest = self._latest.get(uid)
+        if latest is not None and obj.get("metadata", {}).get("resourceVersion") in latest[0]:
+            return latest[1]
+        return obj
+
+    def _remember(self, ref: RolloutRef, superseded: str | None, stored: dict[str, Any]) -> None:
+        previous = self._latest.get(ref.uid, (frozenset(), {}))[0]
+        kept = set(list(previous)[-8:])
+        if superseded is not None:
+            kept.add(superseded)
+        self._latest[ref.uid] = (frozenset(kept), stored)
+
+    async def _tick(
+        self,
+        ref: RolloutRef,
+        obj: dict[str, Any],
+        check: list[CheckResult | None],
+        may_write: Callable[[], bool],
+    ) -> engine.Plan | None:
+        plan: engine.Plan | None = None
+        for _ in range(MAX_STEPS):
+            plan, obj = await self._step(ref, obj, check, may_write)
+            if plan is None or not plan.again:
+                break
+        return plan
+
+    async def _step(
+        self,
+        ref: RolloutRef,
+        obj: dict[str, Any],
+        check: list[CheckResult | None],
+        may_write: Callable[[], bool],
+    ) -> tuple[engine.Plan | None, dict[str, Any]]:
         now = datetime.now(UTC)
-        generation = body["metadata"].get("generation")
-        status = api.ModelRolloutStatus.model_validate(body.get("status") or {})
-        spec = api.checked_spec(body.get("spec") or {})
+        meta = obj["metadata"]
+        generation = meta.get("generation")
+        raw_status = obj.get("status") or {}
+        status = api.ModelRolloutStatus.model_validate(raw_status)
+        spec = spec_problems(obj.get("spec") or {})
         if isinstance(spec, list):
-            decision = engine.invalid_spec(status, spec, now, generation)
-            await self._apply(ref, status, decision, None)
-            return decision
-        router = self.router(spec, ref)
-        routing = await self._observe_routing(router)
+            plan = engine.invalid_spec(status, spec, now, generation)
+            obj = await self._record(ref, obj, status, plan.status)
+            await self._post(ref, plan.events)
+            return plan, obj
 
-        action = (body["metadata"].get("annotations") or {}).get(ACTION_ANNOTATION)
-        if action is not None and not await self.kube.consume_action(ref, action):
-            action = None  # changed or removed meanwhile: the next tick sees the new value
-
-        usable = routing.problem is None and routing.conflict_owner is None
-        check = None
-        if usable and engine.analysis_due(spec, status, now, self.config.started_at):
-            check = await self.measurer.measure(spec, ref, now)
+        target = target_of(spec, ref.namespace)
+        observed, routing, previous = await self._observe_routing(spec, status, target, ref)
+        action = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
+        if not check:
+            due = engine.analysis_due(spec, status, now, self.config.started_at)
+            same = status.pair_hash == engine.pair_hash(spec) and status.routing in (None, target)
+            measured = None
+            if due and same and routing.usable:
+                namespace = target.virtual_service.partition("/")[0]
+                measured = await self.measurer.measure(spec, ref, now, virtual_service_namespace=namespace)
+            check.append(measured)
         observation = engine.Observation(
             now=now,
             generation=generation,
             operator_started_at=self.config.started_at,
             routing=routing,
-            check=check,
+            target=target,
+            previous=previous,
+            check=check[0],
             action=action,
+            status_recorded=bool(raw_status),
         )
-        decision = engine.decide(spec, status, observation)
-        await self._apply(ref, status, decision, router)
-        self.telemetry.record(ref.namespace, ref.name, decision.status, check, decision.rolled_back)
-        self._notify(ref, spec, decision)
-        return decision
+        plan = engine.decide(spec, status, observation)
+        # A check is used by one decision that got recorded; after a conflict the next decision reuses it.
+        obj = await self._execute(ref, obj, status, plan, observed=observed, may_write=may_write)
+        check[:] = [None]
+        self.telemetry.record(ref.namespace, ref.name, plan.status, observation.check, plan.rollback_reason)
+        self._notify(ref, spec, plan)
+        return plan, obj
 
-    def _notify(self, ref: RolloutRef, spec: api.ModelRolloutSpec, decision: engine.Decision) -> None:
+    # ---- observing the routing ----
+
+    async def _observe_routing(
+        self,
+        spec: api.ModelRolloutSpec,
+        status: api.ModelRolloutStatus,
+        target: api.RoutingRecord,
+        ref: RolloutRef,
+    ) -> tuple[Observed, engine.RoutingView, engine.RoutingView | None]:
+        spec_router = self.router(target, ref)
+        spec_snapshot, spec_problem = await self._read(spec_router)
+        observed = Observed(spec_router, spec_snapshot)
+        recorded_pair = (
+            status.pair_hash is not None and status.stable is not None and status.canary is not None
+        )
+        pair_changed = recorded_pair and status.pair_hash != engine.pair_hash(spec)
+        recorded_target = status.routing or target
+        target_changed = recorded_pair and recorded_target != target
+        retiring: tuple[Backend, ...] = ()
+        if pair_changed and not target_changed and status.stable and status.canary:
+            new = {_backend(spec.stable), _backend(spec.canary)}
+            retiring = tuple(b for b in (_backend(status.stable), _backend(status.canary)) if b not in new)
+        routing = await self._view(
+            spec_router, spec_snapshot, spec_problem, (_backend(spec.stable), _backend(spec.canary)), retiring
+        )
+        previous = None
+        if (pair_changed or target_changed) and status.stable is not None and status.canary is not None:
+            if target_changed:
+                observed.recorded_router = self.router(recorded_target, ref)
+                observed.recorded_snapshot, problem = await self._read(observed.recorded_router)
+            else:
+                observed.recorded_router, observed.recorded_snapshot = spec_router, spec_snapshot
+                problem = spec_problem
+            previous = await self._view(
+                observed.recorded_router,
+                observed.recorded_snapshot,
+                problem,
+                (_backend(status.stable), _backend(status.canary)),
+            )
+        return observed, routing, previous
+
+    async def _read(self, router: IstioRouter) -> tuple[Snapshot | None, RoutingProblem | None]:
+        try:
+            return await router.read(), None
+        except RoutingProblem as problem:
+            return None, problem
+
+    async def _view(
+        self,
+        router: IstioRouter,
+        snapshot: Snapshot | None,
+        problem: RoutingProblem | None,
+        pair: tuple[Backend, Backend],
+        retiring: tuple[Backend, ...] = (),
+    ) -> engine.RoutingView:
+        stable, canary = pair
+        if snapshot is None:
+            assert problem is not None  # noqa: S101 - _read returns one or the other
+            return engine.RoutingView(problem_reason=problem.reason, problem=str(problem))
+        stale_owner = None
+        for _ in range(2):
+            try:
+                view = router.view(snapshot, stable, canary, retiring=retiring, stale_owner=stale_owner)
+            except RoutingConflict as conflict:
+                owner_ns, _, owner_name = conflict.owner.partition("/")
+                if (
+                    stale_owner is None
+                    and owner_name
+                    and not await self.kube.rollout_exists(owner_ns, owner_name)
+                ):
+                    stale_owner = conflict.owner  # left by a rollout that is gone: ours to take over
+                    continue
+                return engine.RoutingView(conflict_owner=conflict.owner)
+            except RoutingProblem as missing:
+                return engine.RoutingView(problem_reason=missing.reason, problem=str(missing))
+            return engine.RoutingView(
+                canary_weight=view.canary_weight,
+                consistent=view.consistent,
+                canary_present=view.canary_present,
+                claimed=view.claimed,
+                last_writer=snapshot.last_writer,
+                stale_owner=stale_owner,
+            )
+        return engine.RoutingView(conflict_owner=stale_owner)
+
+    # ---- executing a plan ----
+
+    async def _execute(
+        self,
+        ref: RolloutRef,
+        obj: dict[str, Any],
+        before: api.ModelRolloutStatus,
+        plan: engine.Plan,
+        *,
+        observed: Observed,
+        may_write: Callable[[], bool],
+    ) -> dict[str, Any]:
+        await self._post(ref, plan.early_events)
+        recorded = before
+        if plan.intent is not None:
+            obj = await self._record(ref, obj, before, plan.intent)
+            recorded = plan.intent
+        if plan.consume_action is not None:
+            consumed = await self.kube.consume_action(ref, plan.consume_action)
+            if consumed is not None:
+                self._remember(ref, obj["metadata"].get("resourceVersion"), consumed)
+                obj = consumed
+        if plan.write is not None or plan.release_recorded:
+            if not may_write():
+                return obj  # the driver is stopping: the finalizer owns the VirtualService now
+            try:
+                await self._write_routing(plan, observed)
+            except (StaleWrite, Stale):
+                raise
+            except Exception as error:  # refused, forbidden, or not shown on read-back: the engine decides
+                reason = describe_api_error(error)
+                log.warning("%s/%s: VirtualService write failed: %s", ref.namespace, ref.name, reason)
+                failed = engine.write_failed(plan, recorded, reason, datetime.now(UTC))
+                obj = await self._record(ref, obj, recorded, failed.status)
+                await self._post(ref, failed.events)
+                self.telemetry.write_failures.labels(ref.namespace, ref.name).inc()
+                return obj
+        obj = await self._record(ref, obj, recorded, plan.status)
+        await self._post(ref, plan.events)
+        return obj
+
+    async def _write_routing(self, plan: engine.Plan, observed: Observed) -> None:
+        if plan.write_on == "recorded":
+            router, snapshot = observed.recorded_router, observed.recorded_snapshot
+        else:
+            router, snapshot = observed.spec_router, observed.spec_snapshot
+        if router is None or snapshot is None:
+            raise Stale("the VirtualService to write was not read")
+        if plan.write is not None:
+            snapshot = await router.write(snapshot, plan.write)
+        if plan.release_recorded and observed.recorded_router is not None:
+            recorded = snapshot if plan.write_on == "recorded" else observed.recorded_snapshot
+            if recorded is not None:
+                await observed.recorded_router.release(recorded)
+
+    async def _record(
+        self,
+        ref: RolloutRef,
+        obj: dict[str, Any],
+        current: api.ModelRolloutStatus,
+        status: api.ModelRolloutStatus,
+    ) -> dict[str, Any]:
+        """Record `status` if it differs from what is stored, conditionally on the object's version."""
+        if status == current and obj.get("status"):
+            return obj
+        version = obj["metadata"].get("resourceVersion")
+        stored = await self.kube.record_status(ref, status, version)
+        self._remember(ref, version, stored)
+        return stored
+
+    async def _post(self, ref: RolloutRef, events: tuple[engine.Event, ...]) -> None:
+        for event in events:
+            await self.kube.emit_event(ref, event.type, event.reason, event.message)
+
+    def _notify(self, ref: RolloutRef, spec: api.ModelRolloutSpec, plan: engine.Plan) -> None:
         if self.notifier is None:
             return
-        status = decision.status
+        status = plan.status
         rollback = status.rollback
-        for event in decision.events:
-            if event.reason not in NOTIFIED_REASONS:
-                continue
+        for event in plan.notifications:
             details = rollback if event.reason in ("RolledBack", "Aborted") and rollback else None
             self.notifier.submit(
                 Notification(
@@ -146,97 +398,44 @@ class Reconciler:
                 )
             )
 
-    async def _observe_routing(self, router: IstioRouter) -> engine.RoutingView:
-        try:
-            state = await router.read()
-        except RoutingConflict as conflict:
-            return engine.RoutingView(conflict_owner=conflict.owner)
-        except RoutingProblem as problem:
-            return engine.RoutingView(problem_reason=problem.reason, problem=str(problem))
-        return engine.RoutingView(
-            canary_weight=state.canary_weight, consistent=state.consistent, last_writer=state.last_writer
-        )
-
-    async def _apply(
-        self,
-        ref: RolloutRef,
-        before: api.ModelRolloutStatus,
-        decision: engine.Decision,
-        router: IstioRouter | None,
-    ) -> None:
-        weight = decision.canary_weight
-        # Warnings about what is about to happen go out before traffic moves, the rest after.
-        early = [e for e in decision.events if e.reason in BEFORE_WRITE_REASONS]
-        for event in early:
-            await self.kube.emit_event(ref, event.type, event.reason, event.message)
-        if router is not None and weight is not None:
-            if decision.status.rollback is not None and decision.status.phase in (
-                api.Phase.ROLLED_BACK,
-                api.Phase.ABORTED,
-            ):
-                await self.kube.patch_status(ref, engine.pending_return(before, decision.status))
-            try:
-                await router.write(weight)  # reads back what it wrote
-            except Exception as error:  # the status keeps what the VS shows; the next tick retries
-                await self._write_failed(ref, before, weight, error)
-                return
-        status = _without_write_failure(decision.status)
-        if status != before:
-            await self.kube.patch_status(ref, status)
-        for event in decision.events:
-            if event not in early:
-                await self.kube.emit_event(ref, event.type, event.reason, event.message)
-
-    async def _write_failed(
-        self, ref: RolloutRef, status: api.ModelRolloutStatus, weight: int, error: BaseException
-    ) -> None:
-        """Say it everywhere a person looks: the log, an Event, and a Degraded condition (the engine clears it
-        once a write goes through)."""
-        reason = describe_api_error(error)
-        message = f"could not set the canary weight to {weight}%: {reason}"
-        log.warning("%s/%s: %s", ref.namespace, ref.name, message)
-        await self.kube.emit_event(ref, "Warning", "WriteFailed", message)
-        now = datetime.now(UTC)
-        conditions = set_condition(
-            status.conditions,
-            "Degraded",
-            "True",
-            reason=engine.WRITE_FAILED,
-            message=message,
-            now=now,
-            generation=status.observed_generation,
-        )
-        try:
-            await self.kube.patch_conditions(ref, conditions)
-        except Exception as patch_error:  # reported in the log above; nothing more to do
-            log.warning(
-                "%s/%s: could not record the failure: %s",
-                ref.namespace,
-                ref.name,
-                describe_api_error(patch_error),
-            )
+    # ---- deletion ----
 
     async def on_delete(self, body: Mapping[str, Any]) -> None:
         """A rollout deleted mid-way returns traffic to stable; after Promoted the canary keeps it. Either way
-        the VirtualService stops being marked as ours."""
+        its claims on the VirtualService go, whatever the spec says now: the finalizer acts on what the
+        rollout recorded when it started (status.routing), and on the spec only when nothing was recorded."""
         ref = _ref(body)
         self.telemetry.forget(ref.namespace, ref.name)
-        spec = api.checked_spec(body.get("spec") or {})
-        if isinstance(spec, list):
-            return
+        self._latest.pop(ref.uid, None)
         status = api.ModelRolloutStatus.model_validate(body.get("status") or {})
-        router = self.router(spec, ref)
-        try:
-            if status.pair_hash is not None and status.phase != api.Phase.PROMOTED:
-                await router.write(0)
-                log.info("%s/%s deleted mid-rollout: traffic returned to stable", ref.namespace, ref.name)
-            await router.release()
-        except RoutingConflict:
-            return  # never ours
-        except RoutingProblem as problem:
-            # Nothing of ours left to put back (the VirtualService or its route is gone): do not hold the
-            # deletion hostage. API errors, in contrast, propagate and the deletion is retried.
-            log.warning("%s/%s deleted; VirtualService not restored: %s", ref.namespace, ref.name, problem)
+        record = status.routing
+        if record is None:
+            spec = api.checked_spec(dict(body.get("spec") or {}))
+            if isinstance(spec, list):
+                return  # never started and no VirtualService it could name: nothing claimed
+            record = target_of(spec, ref.namespace)
+        router = self.router(record, ref)
+        for _ in range(MAX_CONFLICTS):
+            try:
+                snapshot = await router.read()
+            except RoutingProblem:
+                return  # the VirtualService is gone: nothing to put back or release
+            try:
+                if status.stable is not None and status.canary is not None:
+                    view = await self._view(
+                        router, snapshot, None, (_backend(status.stable), _backend(status.canary))
+                    )
+                    write = engine.deletion_write(status, view)
+                    if write is not None:
+                        snapshot = await router.write(snapshot, write)
+                        log.info(
+                            "%s/%s deleted mid-rollout: traffic returned to stable", ref.namespace, ref.name
+                        )
+                await router.release(snapshot)
+                return
+            except StaleWrite:
+                continue
+        raise RuntimeError(f"VirtualService {record.virtual_service} kept changing while it was released")
 
     def close(self) -> None:
         self.measurer.close()

@@ -45,6 +45,12 @@ class Telemetry:
             (*labels, "reason"),
             registry=self.registry,
         )
+        self.write_failures = Counter(
+            "modelrollout_write_failures_total",
+            "VirtualService writes that failed (refused, forbidden, or not shown when read back)",
+            labels,
+            registry=self.registry,
+        )
         self.reconcile_seconds = Histogram(
             "modelrollout_reconcile_duration_seconds",
             "Time of one reconciliation (gate queries included)",
@@ -61,7 +67,7 @@ class Telemetry:
         name: str,
         status: api.ModelRolloutStatus,
         check: CheckResult | None,
-        rolled_back: bool,
+        rollback_reason: str | None,
     ) -> None:
         for phase in api.Phase:
             self.phase.labels(namespace, name, phase.value).set(1 if status.phase == phase else 0)
@@ -76,9 +82,8 @@ class Telemetry:
                 for bound, threshold in (("min", gate.min), ("max", gate.max)):
                     if threshold is not None:
                         self.gate_threshold.labels(namespace, name, gate.name, bound).set(threshold)
-        if rolled_back:
-            reason = status.rollback.reason if status.rollback else "Unknown"
-            self.rollbacks.labels(namespace, name, reason).inc()
+        if rollback_reason is not None:
+            self.rollbacks.labels(namespace, name, rollback_reason).inc()
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted rollout's series, so they do not linger as if it still existed."""
@@ -90,6 +95,7 @@ class Telemetry:
             self.gate_threshold,
             self.checks,
             self.rollbacks,
+            self.write_failures,
         ):
             for labels in list(metric._metrics):
                 if labels[:2] == (namespace, name):

@@ -13,7 +13,15 @@ from kubernetes import client
 
 from modelrollout.routing.istio import MANAGED_BY
 from modelrollout.routing.istio_router import IstioRouter
-from modelrollout.routing.router import Backend, RouteState, RoutingConflict, RoutingProblem
+from modelrollout.routing.router import (
+    Backend,
+    RouteView,
+    RouteWrite,
+    RoutingConflict,
+    RoutingProblem,
+    Snapshot,
+    StaleWrite,
+)
 from scenario_support import Kubectl
 
 pytestmark = pytest.mark.integration
@@ -91,10 +99,21 @@ def router(
         name="llm",
         api_version=api_version,
         routes=["primary"] if routes is None else routes,
-        stable=STABLE,
-        canary=CANARY,
         owner=owner,
     )
+
+
+def split(weight: int, stable: Backend = STABLE, canary: Backend = CANARY) -> RouteWrite:
+    return RouteWrite(stable=stable, canary=canary, canary_weight=weight)
+
+
+def view(rollout: IstioRouter, snapshot: Snapshot | None = None) -> RouteView:
+    return rollout.view(snapshot or asyncio.run(rollout.read()), STABLE, CANARY)
+
+
+def write(rollout: IstioRouter, weight: int) -> Snapshot:
+    """One tick's worth: read, then write conditionally on what was read."""
+    return asyncio.run(rollout.write(asyncio.run(rollout.read()), split(weight)))
 
 
 def weights(vs: dict[str, Any], route: int = 1) -> list[tuple[str, int | None]]:
@@ -115,8 +134,10 @@ def test_write_moves_only_the_weights_and_claims_the_route(
     namespace: str, api_client: client.ApiClient
 ) -> None:
     before = create(api_client, sample_vs(namespace))
+    rollout = router(api_client, namespace)
+    read = asyncio.run(rollout.read())
 
-    assert asyncio.run(router(api_client, namespace).write(10)) is True
+    written = asyncio.run(rollout.write(read, split(10)))
 
     after = live(api_client, namespace)
     assert weights(after) == [("llm-gpt4o", 90), ("llm-claude", 10)]
@@ -124,13 +145,16 @@ def test_write_moves_only_the_weights_and_claims_the_route(
     expected_spec["http"][1]["route"][0]["weight"] = 90
     expected_spec["http"][1]["route"][1]["weight"] = 10
     assert after["spec"] == expected_spec
-    assert after["metadata"]["annotations"] == {"team": "ml-platform", MANAGED_BY: OWNER}
-    state = asyncio.run(router(api_client, namespace).read())
-    assert state == RouteState(
-        canary_weight=10,
-        consistent=True,
-        resource_version=after["metadata"]["resourceVersion"],
-        last_writer="modelrollout-operator",  # the latest spec writer, ours included
+    assert after["metadata"]["annotations"] == {
+        "team": "ml-platform",
+        MANAGED_BY: '{"primary":"team-a/chat"}',
+    }
+    # The write's answer is the stored object: the read-back, with the resourceVersion the next write needs.
+    assert written.resource_version == after["metadata"]["resourceVersion"] != read.resource_version
+    assert written.claims == {"primary": OWNER}
+    assert written.last_writer == "modelrollout-operator"  # the latest spec writer, ours included
+    assert view(rollout, written) == RouteView(
+        canary_weight=10, consistent=True, canary_present=True, claimed=True
     )
     managers = {entry["manager"] for entry in after["metadata"]["managedFields"]}
     assert "modelrollout-operator" in managers
@@ -139,11 +163,12 @@ def test_write_moves_only_the_weights_and_claims_the_route(
 def test_the_same_weight_again_writes_nothing(namespace: str, api_client: client.ApiClient) -> None:
     create(api_client, sample_vs(namespace))
     rollout = router(api_client, namespace)
-    assert asyncio.run(rollout.write(25)) is True
-    version = live(api_client, namespace)["metadata"]["resourceVersion"]
+    written = write(rollout, 25)
 
-    assert asyncio.run(rollout.write(25)) is False
-    assert live(api_client, namespace)["metadata"]["resourceVersion"] == version
+    again = asyncio.run(rollout.write(written, split(25)))
+
+    assert again is written
+    assert live(api_client, namespace)["metadata"]["resourceVersion"] == written.resource_version
 
 
 def test_a_missing_canary_destination_is_added_and_istio_accepts_it(
@@ -153,9 +178,10 @@ def test_a_missing_canary_destination_is_added_and_istio_accepts_it(
     vs["spec"]["http"][1]["route"] = [{"destination": {"host": f"llm-gpt4o.{namespace}.svc.cluster.local"}}]
     create(api_client, vs)
     rollout = router(api_client, namespace)
-    assert asyncio.run(rollout.read()).canary_weight == 0  # a lone destination takes all traffic
+    lone = view(rollout)
+    assert (lone.canary_weight, lone.canary_present) == (0, False)  # a lone destination takes all traffic
 
-    assert asyncio.run(rollout.write(5)) is True
+    write(rollout, 5)
 
     assert weights(live(api_client, namespace)) == [
         (f"llm-gpt4o.{namespace}.svc.cluster.local", 95),
@@ -168,7 +194,7 @@ def test_a_hand_edited_weight_is_seen_with_who_changed_it(
 ) -> None:
     create(api_client, sample_vs(namespace))
     rollout = router(api_client, namespace)
-    asyncio.run(rollout.write(10))
+    write(rollout, 10)
 
     patch(
         kubectl,
@@ -179,51 +205,111 @@ def test_a_hand_edited_weight_is_seen_with_who_changed_it(
         ],
     )
     drifted = asyncio.run(rollout.read())
-    assert (drifted.canary_weight, drifted.consistent) == (30, True)
+    assert (view(rollout, drifted).canary_weight, view(rollout, drifted).consistent) == (30, True)
     assert drifted.last_writer == "kubectl-patch"  # kubectl patch's own field manager name
 
     patch(kubectl, namespace, [{"op": "replace", "path": "/spec/http/1/route/0/weight", "value": 95}])
-    broken = asyncio.run(rollout.read())
+    broken = view(rollout)
     assert (broken.canary_weight, broken.consistent) == (30, False)
 
-    assert asyncio.run(rollout.write(10)) is True
+    write(rollout, 10)
     assert weights(live(api_client, namespace)) == [("llm-gpt4o", 90), ("llm-claude", 10)]
 
 
 def test_a_second_rollout_on_the_same_route_is_refused(namespace: str, api_client: client.ApiClient) -> None:
     create(api_client, sample_vs(namespace))
-    asyncio.run(router(api_client, namespace).write(10))
+    write(router(api_client, namespace), 10)
     before = live(api_client, namespace)
     intruder = router(api_client, namespace, owner="team-b/chat-v2")
+    snapshot = asyncio.run(intruder.read())
 
-    with pytest.raises(RoutingConflict) as on_read:
-        asyncio.run(intruder.read())
-    assert on_read.value.owner == OWNER
+    with pytest.raises(RoutingConflict) as on_view:
+        view(intruder, snapshot)
+    assert on_view.value.owner == OWNER
     with pytest.raises(RoutingConflict) as on_write:
-        asyncio.run(intruder.write(50))
+        asyncio.run(intruder.write(snapshot, split(50)))
     assert on_write.value.owner == OWNER
-    assert f"{namespace}/llm" in str(on_write.value)
-    asyncio.run(intruder.release())
+    asyncio.run(intruder.release(snapshot))
 
     after = live(api_client, namespace)
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
-    assert after["metadata"]["annotations"][MANAGED_BY] == OWNER
+    assert after["metadata"]["annotations"][MANAGED_BY] == '{"primary":"team-a/chat"}'
+
+
+def test_two_rollouts_on_two_routes_of_one_virtual_service(
+    namespace: str, api_client: client.ApiClient
+) -> None:
+    vs = sample_vs(namespace)
+    vs["spec"]["http"][0]["route"] = [
+        {"destination": {"host": "llm-gpt4o"}, "weight": 100},
+        {"destination": {"host": "llm-mini"}, "weight": 0},
+    ]
+    create(api_client, vs)
+    chat = router(api_client, namespace)
+    evaluation = router(api_client, namespace, owner="team-a/eval", routes=["eval-pinned"])
+
+    write(chat, 10)
+    snapshot = asyncio.run(evaluation.read())
+    asyncio.run(evaluation.write(snapshot, split(30, canary=Backend("llm-mini"))))
+
+    after = live(api_client, namespace)
+    assert weights(after, 0) == [("llm-gpt4o", 70), ("llm-mini", 30)]
+    assert weights(after, 1) == [("llm-gpt4o", 90), ("llm-claude", 10)]
+    assert json.loads(after["metadata"]["annotations"][MANAGED_BY]) == {
+        "primary": OWNER,
+        "eval-pinned": "team-a/eval",
+    }
+    asyncio.run(chat.release(asyncio.run(chat.read())))
+    assert json.loads(live(api_client, namespace)["metadata"]["annotations"][MANAGED_BY]) == {
+        "eval-pinned": "team-a/eval"
+    }
+
+
+def test_a_claim_left_by_a_rollout_that_is_gone_can_be_taken_over(
+    namespace: str, api_client: client.ApiClient
+) -> None:
+    create(api_client, sample_vs(namespace))
+    write(router(api_client, namespace, owner="team-a/deleted"), 10)
+    heir = router(api_client, namespace)
+    snapshot = asyncio.run(heir.read())
+    assert view_or_conflict(heir, snapshot) == "team-a/deleted"
+
+    seen = heir.view(snapshot, STABLE, CANARY, stale_owner="team-a/deleted")
+    assert (seen.canary_weight, seen.claimed) == (10, False)
+    taken = asyncio.run(
+        heir.write(
+            snapshot,
+            RouteWrite(stable=STABLE, canary=CANARY, canary_weight=10, take_over_from="team-a/deleted"),
+        )
+    )
+
+    assert taken.claims == {"primary": OWNER}
+    assert weights(live(api_client, namespace)) == [("llm-gpt4o", 90), ("llm-claude", 10)]
+
+
+def view_or_conflict(rollout: IstioRouter, snapshot: Snapshot) -> str | None:
+    try:
+        rollout.view(snapshot, STABLE, CANARY)
+    except RoutingConflict as conflict:
+        return conflict.owner
+    return None
 
 
 def test_a_missing_virtual_service_is_a_routing_problem(namespace: str, api_client: client.ApiClient) -> None:
     create(api_client, sample_vs(namespace))
     rollout = router(api_client, namespace)
-    asyncio.run(rollout.write(10))
+    snapshot = write(rollout, 10)
     client.CustomObjectsApi(api_client).delete_namespaced_custom_object(
         "networking.istio.io", "v1", namespace, "virtualservices", "llm"
     )
 
-    for attempt in (rollout.read(), rollout.write(20)):
-        with pytest.raises(RoutingProblem) as problem:
-            asyncio.run(attempt)
-        assert problem.value.reason == "VirtualServiceNotFound"
-        assert f"{namespace}/llm" in str(problem.value)
-    asyncio.run(rollout.release())  # nothing to release: fine
+    with pytest.raises(RoutingProblem) as on_read:
+        asyncio.run(rollout.read())
+    assert on_read.value.reason == "VirtualServiceNotFound"
+    assert f"{namespace}/llm" in str(on_read.value)
+    with pytest.raises(RoutingProblem) as on_write:
+        asyncio.run(rollout.write(snapshot, split(20)))
+    assert on_write.value.reason == "VirtualServiceNotFound"
 
 
 def test_a_missing_route_is_a_routing_problem_and_nothing_is_written(
@@ -231,10 +317,11 @@ def test_a_missing_route_is_a_routing_problem_and_nothing_is_written(
 ) -> None:
     version = create(api_client, sample_vs(namespace))["metadata"]["resourceVersion"]
     rollout = router(api_client, namespace, routes=["shadow"])
+    snapshot = asyncio.run(rollout.read())
 
-    for attempt in (rollout.read(), rollout.write(20)):
+    for attempt in (lambda: view(rollout, snapshot), lambda: asyncio.run(rollout.write(snapshot, split(20)))):
         with pytest.raises(RoutingProblem) as problem:
-            asyncio.run(attempt)
+            attempt()
         assert problem.value.reason == "RouteNotFound"
         assert "'shadow'" in str(problem.value)
     assert live(api_client, namespace)["metadata"]["resourceVersion"] == version
@@ -244,65 +331,51 @@ def test_v1beta1_clients_move_the_same_weights(namespace: str, api_client: clien
     create(api_client, sample_vs(namespace))
     rollout = router(api_client, namespace, api_version="networking.istio.io/v1beta1")
 
-    assert asyncio.run(rollout.write(50)) is True
-    assert asyncio.run(rollout.read()).canary_weight == 50
+    write(rollout, 50)
+    assert view(rollout).canary_weight == 50
     assert weights(live(api_client, namespace)) == [("llm-gpt4o", 50), ("llm-claude", 50)]
 
 
-class RacedRouter(IstioRouter):
-    """Someone else writes the VirtualService between our read and our first write."""
-
-    race: list[dict[str, Any]]
-    kubectl: Kubectl
-    attempts = 0
-
-    async def _replace(self, body: dict[str, Any]) -> None:
-        self.attempts += 1
-        if self.attempts == 1:
-            patch(self.kubectl, self.namespace, self.race)
-        await super()._replace(body)
-
-
-def raced(
-    api_client: client.ApiClient, namespace: str, kubectl: Kubectl, race: list[dict[str, Any]]
-) -> RacedRouter:
-    rollout = router(api_client, namespace, cls=RacedRouter)
-    assert isinstance(rollout, RacedRouter)
-    rollout.kubectl = kubectl
-    rollout.race = race
-    return rollout
-
-
-def test_a_concurrent_edit_is_kept_and_the_write_still_lands(
+def test_a_concurrent_edit_makes_the_write_stale_and_is_kept(
     namespace: str, api_client: client.ApiClient, kubectl: Kubectl
 ) -> None:
+    """A write is conditional on the snapshot it was computed from: someone else's edit in between is a 409,
+    raised for the caller to observe again, and never overwritten."""
     create(api_client, sample_vs(namespace))
-    rollout = raced(
-        api_client, namespace, kubectl, [{"op": "replace", "path": "/spec/http/1/timeout", "value": "90s"}]
-    )
+    rollout = router(api_client, namespace)
+    snapshot = asyncio.run(rollout.read())
+    patch(kubectl, namespace, [{"op": "replace", "path": "/spec/http/1/timeout", "value": "90s"}])
 
-    assert asyncio.run(rollout.write(10)) is True
+    with pytest.raises(StaleWrite):
+        asyncio.run(rollout.write(snapshot, split(10)))
 
-    assert rollout.attempts == 2  # the first replace met 409 Conflict
     after = live(api_client, namespace)
     assert after["spec"]["http"][1]["timeout"] == "90s"
-    assert weights(after) == [("llm-gpt4o", 90), ("llm-claude", 10)]
-    assert after["metadata"]["annotations"][MANAGED_BY] == OWNER
+    assert weights(after) == [("llm-gpt4o", 100), ("llm-claude", 0)]
+    write(rollout, 10)  # observed again: lands, and keeps the edit
+    after = live(api_client, namespace)
+    assert (after["spec"]["http"][1]["timeout"], weights(after)) == (
+        "90s",
+        [("llm-gpt4o", 90), ("llm-claude", 10)],
+    )
 
 
 def test_another_rollout_that_wins_the_race_keeps_the_route(
     namespace: str, api_client: client.ApiClient, kubectl: Kubectl
 ) -> None:
     create(api_client, sample_vs(namespace))
-    rollout = raced(
-        api_client,
-        namespace,
+    rollout = router(api_client, namespace)
+    snapshot = asyncio.run(rollout.read())
+    patch(
         kubectl,
+        namespace,
         [{"op": "add", "path": "/metadata/annotations/modelrollout.io~1managed-by", "value": "team-b/other"}],
     )
 
+    with pytest.raises(StaleWrite):
+        asyncio.run(rollout.write(snapshot, split(10)))
     with pytest.raises(RoutingConflict) as conflict:
-        asyncio.run(rollout.write(10))
+        view(rollout)
 
     assert conflict.value.owner == "team-b/other"
     after = live(api_client, namespace)
@@ -313,14 +386,15 @@ def test_another_rollout_that_wins_the_race_keeps_the_route(
 def test_release_drops_only_our_mark(namespace: str, api_client: client.ApiClient) -> None:
     create(api_client, sample_vs(namespace))
     rollout = router(api_client, namespace)
-    asyncio.run(rollout.write(10))
+    written = write(rollout, 10)
 
-    asyncio.run(rollout.release())
+    released = asyncio.run(rollout.release(written))
 
     after = live(api_client, namespace)
     assert after["metadata"]["annotations"] == {"team": "ml-platform"}
     assert weights(after) == [("llm-gpt4o", 90), ("llm-claude", 10)]
-    asyncio.run(rollout.release())
+    assert asyncio.run(rollout.release(released)) is released
     assert live(api_client, namespace)["metadata"]["resourceVersion"] == after["metadata"]["resourceVersion"]
     # Released, the route can be taken by the next rollout.
-    assert asyncio.run(router(api_client, namespace, owner="team-b/next").write(0)) is True
+    write(router(api_client, namespace, owner="team-b/next"), 0)
+    assert live(api_client, namespace)["metadata"]["annotations"][MANAGED_BY] == '{"primary":"team-b/next"}'

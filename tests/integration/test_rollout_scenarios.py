@@ -42,7 +42,10 @@ def test_healthy_canary_walks_every_stage_to_promoted(rollout: Rollout) -> None:
     vs = rollout.vs()
     assert vs["spec"]["http"][0]["route"] == [{"destination": {"host": CANARY}}]
     assert vs["spec"]["http"][1]["retries"] == {"attempts": 2, "perTryTimeout": "60s"}
-    assert vs["metadata"]["annotations"]["modelrollout.io/managed-by"] == f"{rollout.namespace}/chat"
+    assert (
+        vs["metadata"]["annotations"]["modelrollout.io/managed-by"]
+        == f'{{"primary":"{rollout.namespace}/chat"}}'
+    )
 
 
 @pytest.mark.parametrize(
@@ -183,6 +186,8 @@ def test_operator_killed_mid_stage_resumes_the_same_stage(
         stages=[{"weight": 10, "duration": "2s"}, {"weight": 50, "duration": "6s"}, {"weight": 100}]
     )
     before = rollout.wait_status("stage 2", lambda s: s.get("stage") == 1)
+    # Events follow the status write; the kill comes after this one (an Event in flight is not the point).
+    rollout.wait_reasons("StageAdvanced")
     operator.kill()
     time.sleep(2)
     assert rollout.weights() == (50, 50)  # traffic stays where it was while nobody drives

@@ -10,7 +10,7 @@ import pytest
 
 from modelrollout import api, engine
 from modelrollout.analysis import CheckResult
-from modelrollout.engine import Decision, Observation, RoutingView
+from modelrollout.engine import Observation, Plan, RoutingView
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 STARTED = T0 - timedelta(hours=1)  # the operator's start, before everything below
@@ -29,6 +29,7 @@ def make_spec(**analysis: Any) -> api.ModelRolloutSpec:
         ],
         "analysis": {
             "interval": "10s",
+            "window": "30s",
             "gates": [{"name": "error-rate", "template": "istio-error-rate", "max": 0.02}],
             **analysis,
         },
@@ -60,7 +61,7 @@ class Rollout:
     live: int = 0
     now: datetime = T0
     started: datetime = STARTED
-    last: Decision | None = None
+    last: Plan | None = None
 
     def tick(
         self,
@@ -70,7 +71,7 @@ class Rollout:
         value: float = 0.004,
         action: str | None = None,
         routing: RoutingView | None = None,
-    ) -> Decision:
+    ) -> Plan:
         self.now += after
         obs = Observation(
             now=self.now,
@@ -87,7 +88,8 @@ class Rollout:
         return decision
 
     def reasons(self) -> list[str]:
-        return [e.reason for e in (self.last.events if self.last else ())]
+        """Every Event of the last plan, the ones posted before the write first."""
+        return [e.reason for e in ((*self.last.early_events, *self.last.events) if self.last else ())]
 
     def at_stage(self, stage: int) -> None:
         """Walk from the start to `stage` the normal way (promoting through the manual gate)."""
@@ -168,7 +170,11 @@ def test_failure_limit_tolerates_then_rolls_back() -> None:
     assert (d.status.phase, d.status.failed_checks, d.canary_weight) == (api.Phase.PROGRESSING, 1, None)
     assert r.reasons() == ["AnalysisFailed"]
     d = r.tick(timedelta(seconds=10), verdict=F, value=0.06)
-    assert (d.status.phase, d.canary_weight, d.rolled_back) == (api.Phase.ROLLED_BACK, 0, True)
+    assert (d.status.phase, d.canary_weight, d.rollback_reason is not None) == (
+        api.Phase.ROLLED_BACK,
+        0,
+        True,
+    )
     rollback = d.status.rollback
     assert rollback is not None
     assert (rollback.gate, rollback.value, rollback.threshold, rollback.window) == (
@@ -283,6 +289,9 @@ def test_last_stage_passing_promotes() -> None:
     r.at_stage(3)
     assert r.live == 100
     d = r.tick(timedelta(seconds=10), verdict=P)
+    assert d.status.phase == api.Phase.PROGRESSING  # that check's window began before the stage did
+    assert "waiting 20s for a check over this stage's traffic only (window 30s)" in d.status.message
+    d = r.tick(timedelta(seconds=20), verdict=P)
     assert (d.status.phase, d.status.canary_weight) == (api.Phase.PROMOTED, 100)
     assert r.reasons() == ["Promoted"]
     conditions = {c.type: c.status for c in d.status.conditions}
@@ -343,7 +352,7 @@ def test_actions_in_the_wrong_state_are_ignored_and_said(action: str, why: str) 
 def test_promote_after_promoted_is_ignored() -> None:
     r = Rollout()
     r.at_stage(3)
-    r.tick(timedelta(seconds=10), verdict=P)
+    r.tick(timedelta(seconds=30), verdict=P)
     d = r.tick(action="promote")
     assert d.status.phase == api.Phase.PROMOTED
     assert "ActionIgnored" in r.reasons()
@@ -374,7 +383,7 @@ def test_a_new_canary_restarts_from_stage_one() -> None:
 def test_the_gitops_cycle_after_promotion_warns_only_when_stable_is_not_what_served() -> None:
     r = Rollout()
     r.at_stage(3)
-    r.tick(timedelta(seconds=10), verdict=P)
+    r.tick(timedelta(seconds=30), verdict=P)
     assert r.status.phase == api.Phase.PROMOTED
     promoted = r.spec.canary
     # the usual commit: the promoted model becomes stable, a new canary comes
@@ -484,7 +493,7 @@ def test_a_conflict_changes_nothing() -> None:
 def test_a_terminal_rollout_keeps_its_phase_when_the_vs_goes_missing() -> None:
     r = Rollout()
     r.at_stage(3)
-    r.tick(timedelta(seconds=10), verdict=P)
+    r.tick(timedelta(seconds=30), verdict=P)
     missing = RoutingView(problem_reason="VirtualServiceNotFound", problem="gone")
     d = r.tick(routing=missing)
     assert d.status.phase == api.Phase.PROMOTED
@@ -516,12 +525,13 @@ def test_analysis_is_due_every_interval_and_at_once_in_a_new_stage() -> None:
 def test_an_unconfirmed_return_to_stable_is_finished_after_a_restart(cause: str, phase: api.Phase) -> None:
     r = Rollout(spec=make_spec(failureLimit=0))
     r.at_stage(2)
-    before = r.status
     decided = r.tick(timedelta(seconds=10), verdict=F) if cause == "rollback" else r.tick(action="abort")
-    assert decided.rolled_back or decided.status.phase == api.Phase.ABORTED
+    assert decided.rollback_reason is not None or decided.status.phase == api.Phase.ABORTED
     # The operator recorded the pending return, then died before the VirtualService write.
-    r.status, r.live = engine.pending_return(before, decided.status), 50
+    assert decided.intent is not None
+    r.status, r.live = decided.intent, 50
     assert r.status.phase == api.Phase.PROGRESSING  # the status does not claim what the VS does not show
+    assert r.status.rollback is not None
     r.started = r.now + timedelta(seconds=1)
     d = r.tick(timedelta(seconds=5), verdict=P)  # even a passing check does not undo it
     assert (d.status.phase, d.canary_weight) == (phase, 0)
@@ -565,7 +575,7 @@ def test_an_action_arriving_with_a_new_pair_is_recorded_as_ignored() -> None:
 def test_abort_after_promotion_is_refused() -> None:
     r = Rollout()
     r.at_stage(3)
-    r.tick(timedelta(seconds=10), verdict=P)
+    r.tick(timedelta(seconds=30), verdict=P)
     d = r.tick(action="abort")
     assert (d.status.phase, d.canary_weight) == (api.Phase.PROMOTED, None)
     assert d.status.last_action is not None

@@ -47,6 +47,7 @@ def spec(paused: bool = False, **analysis: Any) -> api.ModelRolloutSpec:
                 {"weight": 100},
             ],
             "analysis": {
+                "window": "10s",
                 "gates": [{"name": "error-rate", "template": "istio-error-rate", "max": 0.02}],
                 **analysis,
             },

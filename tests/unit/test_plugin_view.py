@@ -284,7 +284,7 @@ def test_status_promoted_marks_the_last_stage_and_all_done() -> None:
     lines = stage_lines(screen)
     assert [line.split()[-1] for line in lines] == ["done", "done", "done"]
     assert lines[2].startswith("  >")
-    assert "Actions:      abort (kubectl modelrollout ACTION chat)" in screen
+    assert "Actions:      none fit now" in screen  # the promoted model is the baseline now
 
 
 def test_status_pending_without_a_status_marks_nothing() -> None:
@@ -493,22 +493,22 @@ def test_missing_fields_never_break_the_screens(obj: dict[str, Any]) -> None:
     [
         ("promote", "Progressing", {}, None),
         ("promote", "Paused", {}, None),
-        ("promote", "Promoted", {}, "already Promoted"),
+        ("promote", "Promoted", {}, "already serves 100%"),
         ("promote", "RolledBack", {}, "`retry` starts it again"),
         ("promote", "Aborted", {}, "`retry` starts it again"),
         ("promote-full", "Paused", {}, None),
-        ("promote-full", "Promoted", {}, "already Promoted"),
+        ("promote-full", "Promoted", {}, "already serves 100%"),
         ("abort", "Progressing", {}, None),
-        ("abort", "Promoted", {}, None),
-        ("abort", "RolledBack", {}, "already on stable (the rollout is RolledBack)"),
-        ("abort", "Aborted", {}, "already on stable (the rollout is Aborted)"),
+        ("abort", "Promoted", {}, "roll out the previous model as the canary"),
+        ("abort", "RolledBack", {}, "already on stable (RolledBack)"),
+        ("abort", "Aborted", {}, "already on stable (Aborted)"),
         ("retry", "RolledBack", {}, None),
         ("retry", "Aborted", {}, None),
         (
             "retry",
             "Progressing",
             {},
-            "retry restarts a rolled-back or aborted rollout; this one is Progressing",
+            "retry restarts an aborted or rolled-back rollout, this one is Progressing",
         ),
         ("retry", "Promoted", {}, "this one is Promoted"),
         ("resume", "Paused", {"hold": "Inconclusive"}, None),
@@ -535,15 +535,12 @@ def test_action_refusals_follow_the_operators_rules(
 def test_resume_refusal_points_at_spec_paused() -> None:
     obj = rollout("Paused", "Paused")
     obj["spec"]["paused"] = True
-    assert (
-        action_refusal("resume", obj)
-        == "nothing is on hold (spec.paused is set: unset it in Git to let it advance)"
-    )
+    assert action_refusal("resume", obj) == "nothing is on hold (spec.paused is set in Git)"
 
 
 def test_promote_full_at_the_last_stage_is_refused() -> None:
     refusal = action_refusal("promote-full", rollout("Progressing", "StageAdvanced", stage=2))
-    assert refusal == "the rollout is already at its last stage; `promote` finishes it"
+    assert refusal == "the rollout is already at its last stage (100%); `promote` finishes it"
 
 
 def test_no_action_before_the_operator_started_the_rollout_or_its_new_pair() -> None:
@@ -570,7 +567,7 @@ def test_fitting_actions_in_every_phase() -> None:
         "Pending": ["promote", "promote --full", "abort"],
         "Progressing": ["promote", "promote --full", "abort"],
         "Paused": ["promote", "promote --full", "abort"],
-        "Promoted": ["abort"],
+        "Promoted": [],
         "RolledBack": ["retry"],
         "Aborted": ["retry"],
         "Degraded": ["promote", "promote --full", "abort"],

@@ -11,17 +11,21 @@ from hypothesis import strategies as st
 
 from modelrollout.routing.istio import (
     MANAGED_BY,
+    claims_of,
+    conflicting_owner,
     destination_matches,
     hosts_match,
     last_spec_writer,
     managed_route_indexes,
     owner_of,
     read_canary_weight,
+    split_view,
     with_canary_weight,
-    with_owner,
-    without_owner,
+    with_claims,
+    with_split,
+    without_claims,
 )
-from modelrollout.routing.router import Backend, RoutingConflict, RoutingProblem
+from modelrollout.routing.router import Backend, RouteWrite, RoutingConflict, RoutingProblem
 
 NS = "llm"
 STABLE = Backend("llm-gpt4o")
@@ -338,40 +342,99 @@ def test_weights_outside_0_to_100_are_refused(weight: Any) -> None:
     assert before == sample()
 
 
-# ---- ownership annotation ----
+# ---- claims: which rollout manages which route ----
 
 
-def test_ownership_is_claimed_kept_and_released() -> None:
+def test_a_route_is_claimed_kept_and_released() -> None:
     before = sample()
     assert owner_of(before) is None
-    claimed, changed = with_owner(before, "llm/chat")
+    claimed, changed = with_claims(before, ["primary"], "llm/chat")
     assert changed
-    assert owner_of(claimed) == "llm/chat"
+    assert claimed["metadata"]["annotations"] == {MANAGED_BY: '{"primary":"llm/chat"}'}
+    assert claims_of(claimed) == {"primary": "llm/chat"}
     assert "annotations" not in before["metadata"]
-    again, changed = with_owner(claimed, "llm/chat")
+    again, changed = with_claims(claimed, ["primary"], "llm/chat")
     assert not changed
     assert again == claimed
-    released, changed = without_owner(claimed, "llm/chat")
+    released, changed = without_claims(claimed, "llm/chat")
     assert changed
     assert released == before  # an annotations map we created is removed with our key
 
 
 def test_other_annotations_survive_claim_and_release() -> None:
     before = vs({"route": [dest("llm-gpt4o")]}, annotations={"team": "ml-platform"})
-    claimed, _ = with_owner(before, "llm/chat")
-    assert claimed["metadata"]["annotations"] == {"team": "ml-platform", MANAGED_BY: "llm/chat"}
+    claimed, _ = with_claims(before, ["http[0]"], "llm/chat")
+    assert claimed["metadata"]["annotations"] == {"team": "ml-platform", MANAGED_BY: '{"http[0]":"llm/chat"}'}
     assert before["metadata"]["annotations"] == {"team": "ml-platform"}
-    released, _ = without_owner(claimed, "llm/chat")
+    released, _ = without_claims(claimed, "llm/chat")
     assert released == before
 
 
-def test_another_owner_is_neither_overwritten_nor_released() -> None:
-    theirs = vs({"route": [dest("llm-gpt4o")]}, annotations={MANAGED_BY: "llm/other"})
+def test_two_rollouts_on_two_routes_of_one_virtual_service_each_keep_their_own() -> None:
+    both, _ = with_claims(sample(), ["primary"], "llm/chat")
+    both, _ = with_claims(both, ["eval-pinned"], "llm/eval")
+    assert claims_of(both) == {"primary": "llm/chat", "eval-pinned": "llm/eval"}
+    assert conflicting_owner(both, ["primary"], "llm/chat") is None
+    assert conflicting_owner(both, ["eval-pinned"], "llm/chat") == "llm/eval"
     with pytest.raises(RoutingConflict) as conflict:
-        with_owner(theirs, "llm/chat")
+        with_claims(both, ["eval-pinned"], "llm/chat")
+    assert conflict.value.owner == "llm/eval"
+    released, _ = without_claims(both, "llm/chat")
+    assert claims_of(released) == {"eval-pinned": "llm/eval"}
+
+
+def test_another_owner_is_neither_overwritten_nor_released_unless_it_is_gone() -> None:
+    theirs = vs({"route": [dest("llm-gpt4o")]}, annotations={MANAGED_BY: '{"http[0]":"llm/other"}'})
+    with pytest.raises(RoutingConflict) as conflict:
+        with_claims(theirs, ["http[0]"], "llm/chat")
     assert conflict.value.owner == "llm/other"
     assert "llm/chat" in str(conflict.value)
-    assert without_owner(theirs, "llm/chat") == (theirs, False)
+    assert without_claims(theirs, "llm/chat") == (theirs, False)
+    taken, changed = with_claims(theirs, ["http[0]"], "llm/chat", take_over_from="llm/other")
+    assert changed
+    assert claims_of(taken) == {"http[0]": "llm/chat"}
+
+
+@pytest.mark.parametrize("legacy", ["llm/other", "{not json", '["llm/other"]'])
+def test_a_plain_annotation_claims_every_route(legacy: str) -> None:
+    """What earlier versions wrote (one owner for the whole VirtualService) is honoured, and so is anything
+    unreadable: the operator never takes a route it cannot prove to be free."""
+    theirs = sample()
+    theirs["metadata"]["annotations"] = {MANAGED_BY: legacy}
+    assert claims_of(theirs) == {"eval-pinned": legacy, "primary": legacy}
+    with pytest.raises(RoutingConflict):
+        with_claims(theirs, ["primary"], "llm/chat")
+
+
+# ---- superseded pairs ----
+
+
+def test_a_superseded_canary_is_dropped_and_a_superseded_stable_retired() -> None:
+    old_canary, new_canary = Backend("llm-claude"), Backend("llm-next")
+    live = vs({"name": "primary", "route": [dest("llm-gpt4o", 60), dest("llm-claude", 40)]})
+    # The old canary still carries traffic: the new pair's view tolerates it and says it is not whole.
+    view = split_view(live, [0], STABLE, new_canary, retiring=(old_canary,))
+    assert (view.canary_weight, view.consistent, view.canary_present) == (0, False, False)
+    with pytest.raises(RoutingProblem):
+        split_view(live, [0], STABLE, new_canary)  # without it, the old canary is unexpected
+    started, changed = with_split(
+        live, [0], RouteWrite(stable=STABLE, canary=new_canary, canary_weight=1, drop=(old_canary,))
+    )
+    assert changed
+    assert started["spec"]["http"][0]["route"] == [dest("llm-gpt4o", 99), dest("llm-next", 1)]
+    # The promoted canary becomes the stable of the next pair; the old stable stays, at weight 0.
+    promoted = vs({"name": "primary", "route": [dest("llm-gpt4o", 40), dest("llm-claude", 60)]})
+    next_pair, _ = with_split(
+        promoted,
+        [0],
+        RouteWrite(stable=old_canary, canary=new_canary, canary_weight=1, retire=(STABLE,)),
+    )
+    assert next_pair["spec"]["http"][0]["route"] == [
+        dest("llm-gpt4o", 0),
+        dest("llm-claude", 99),
+        dest("llm-next", 1),
+    ]
+    assert read_canary_weight(next_pair, [0], old_canary, new_canary) == (1, True)
 
 
 # ---- who last wrote the spec ----

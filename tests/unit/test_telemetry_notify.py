@@ -24,7 +24,7 @@ def _check(value: float | None, verdict: api.Verdict) -> CheckResult:
 def test_record_sets_phase_weight_gates_and_counts() -> None:
     telemetry = Telemetry()
     status = api.ModelRolloutStatus(phase=api.Phase.PROGRESSING, stage=2, canary_weight=25)
-    telemetry.record("llm", "chat", status, _check(0.004, api.Verdict.PASS), rolled_back=False)
+    telemetry.record("llm", "chat", status, _check(0.004, api.Verdict.PASS), rollback_reason=None)
     sample = telemetry.registry.get_sample_value
     assert sample("modelrollout_canary_weight_percent", {"namespace": "llm", "name": "chat"}) == 25
     assert sample("modelrollout_stage", {"namespace": "llm", "name": "chat"}) == 2
@@ -46,8 +46,8 @@ def test_record_sets_phase_weight_gates_and_counts() -> None:
 def test_a_gate_without_a_reading_is_nan_not_stale() -> None:
     telemetry = Telemetry()
     status = api.ModelRolloutStatus(phase=api.Phase.PROGRESSING)
-    telemetry.record("llm", "chat", status, _check(0.004, api.Verdict.PASS), rolled_back=False)
-    telemetry.record("llm", "chat", status, _check(None, api.Verdict.ERROR), rolled_back=False)
+    telemetry.record("llm", "chat", status, _check(0.004, api.Verdict.PASS), rollback_reason=None)
+    telemetry.record("llm", "chat", status, _check(None, api.Verdict.ERROR), rollback_reason=None)
     value = telemetry.registry.get_sample_value(
         "modelrollout_gate_value", {"namespace": "llm", "name": "chat", "gate": "error-rate"}
     )
@@ -60,7 +60,7 @@ def test_rollbacks_are_counted_by_reason_and_forgotten_on_delete() -> None:
     status = api.ModelRolloutStatus(
         phase=api.Phase.ROLLED_BACK, rollback=api.Rollback(at=NOW, reason="AnalysisFailed")
     )
-    telemetry.record("llm", "chat", status, None, rolled_back=True)
+    telemetry.record("llm", "chat", status, None, rollback_reason="AnalysisFailed")
     labels = {"namespace": "llm", "name": "chat", "reason": "AnalysisFailed"}
     assert telemetry.registry.get_sample_value("modelrollout_rollbacks_total", labels) == 1
     telemetry.forget("llm", "chat")

@@ -9,11 +9,12 @@ writes. No I/O, no Kubernetes client: the import-linter contract keeps it that w
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from modelrollout.routing.router import Backend, RoutingConflict, RoutingProblem
+from modelrollout.routing.router import Backend, RouteView, RouteWrite, RoutingConflict, RoutingProblem
 
 MANAGED_BY = "modelrollout.io/managed-by"
 
@@ -151,7 +152,13 @@ class _Split:
     canary: int | None
 
 
-def _split(vs: VirtualService, index: int, stable: Backend, canary: Backend) -> _Split:
+def _split(
+    vs: VirtualService,
+    index: int,
+    stable: Backend,
+    canary: Backend,
+    retiring: tuple[Backend, ...] = (),
+) -> _Split:
     namespace = (vs.get("metadata") or {}).get("namespace")
     route = _http_routes(vs)[index]
     destinations: list[dict[str, Any]] = route.get("route") or []
@@ -173,6 +180,8 @@ def _split(vs: VirtualService, index: int, stable: Backend, canary: Backend) -> 
             stable_at = position
         elif is_canary and canary_at is None:
             canary_at = position
+        elif any(destination_matches(old, destination, namespace) for old in retiring):
+            continue  # a destination of a superseded pair, on its way out
         elif len(destinations) > 1 and not entry.get("weight"):
             # A destination at weight 0 carries no traffic: typically the previous stable, left in the route
             # after the promoted model became the new stable. It stays as the user wrote it.
@@ -206,83 +215,175 @@ def _weight(destinations: list[dict[str, Any]], position: int | None) -> int:
     return int(weight) if weight is not None else 0
 
 
-def read_canary_weight(
-    vs: VirtualService, indexes: list[int], stable: Backend, canary: Backend
-) -> tuple[int, bool]:
-    """(canary weight, consistent). Not consistent when the managed routes disagree or a route's stable and
-    canary weights do not sum to 100; the weight is then the largest canary weight seen."""
+def split_view(
+    vs: VirtualService,
+    indexes: list[int],
+    stable: Backend,
+    canary: Backend,
+    retiring: tuple[Backend, ...] = (),
+) -> RouteView:
+    """The split between `stable` and `canary` in the managed routes. Not consistent when the routes
+    disagree or a route's stable and canary weights do not sum to 100 (a retiring destination that still
+    carries traffic makes it so); the weight is then the largest canary weight seen."""
     if not indexes:
         raise ValueError("no managed route to read")
     canary_weights: list[int] = []
     consistent = True
+    present = False
     for index in indexes:
-        split = _split(vs, index, stable, canary)
+        split = _split(vs, index, stable, canary, retiring)
         stable_weight = _weight(split.destinations, split.stable)
         canary_weight = _weight(split.destinations, split.canary)
         consistent = consistent and stable_weight + canary_weight == 100
+        present = present or split.canary is not None
         canary_weights.append(canary_weight)
     consistent = consistent and len(set(canary_weights)) == 1
-    return max(canary_weights), consistent
+    return RouteView(canary_weight=max(canary_weights), consistent=consistent, canary_present=present)
+
+
+def read_canary_weight(
+    vs: VirtualService, indexes: list[int], stable: Backend, canary: Backend
+) -> tuple[int, bool]:
+    """(canary weight, consistent) of `split_view`."""
+    view = split_view(vs, indexes, stable, canary)
+    return view.canary_weight, view.consistent
+
+
+def with_split(vs: VirtualService, indexes: list[int], desired: RouteWrite) -> tuple[VirtualService, bool]:
+    """A copy of the VirtualService with stable at 100 - canary_weight and canary at canary_weight in every
+    managed route, the `drop` destinations removed and the `retire` ones at weight 0, and whether that
+    differs from the input. A missing canary destination is added right after the stable one; weights are
+    always written explicitly so the split never depends on Istio's implicit single-destination rule."""
+    weight = desired.canary_weight
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+        raise ValueError(f"canary weight must be an integer in 0..100, not {weight!r}")
+    namespace = (vs.get("metadata") or {}).get("namespace")
+    result = copy.deepcopy(vs)
+    retiring = (*desired.drop, *desired.retire)
+
+    def role(destination: dict[str, Any]) -> str:
+        if any(destination_matches(b, destination, namespace) for b in (desired.stable, desired.canary)):
+            return "pair"
+        if any(destination_matches(b, destination, namespace) for b in desired.drop):
+            return "drop"
+        if any(destination_matches(b, destination, namespace) for b in desired.retire):
+            return "retire"
+        return "other"
+
+    for index in indexes:
+        route = _http_routes(result)[index]
+        kept = []
+        for entry in route.get("route") or []:
+            kind = role(entry.get("destination") or {})
+            if kind == "drop":
+                continue
+            if kind == "retire":
+                entry["weight"] = 0
+            kept.append(entry)
+        route["route"] = kept
+        split = _split(result, index, desired.stable, desired.canary, retiring)
+        split.destinations[split.stable]["weight"] = 100 - weight
+        if split.canary is None:
+            split.destinations.insert(
+                split.stable + 1, {"destination": _destination_of(desired.canary), "weight": weight}
+            )
+        else:
+            split.destinations[split.canary]["weight"] = weight
+    return result, result != vs
 
 
 def with_canary_weight(
     vs: VirtualService, indexes: list[int], stable: Backend, canary: Backend, canary_weight: int
 ) -> tuple[VirtualService, bool]:
-    """A copy of the VirtualService with stable at 100 - canary_weight and canary at canary_weight in every
-    managed route, and whether that differs from the input. A missing canary destination is added right
-    after the stable one; weights are always written explicitly so the split never depends on Istio's
-    implicit single-destination rule."""
-    if isinstance(canary_weight, bool) or not isinstance(canary_weight, int) or not 0 <= canary_weight <= 100:
-        raise ValueError(f"canary weight must be an integer in 0..100, not {canary_weight!r}")
+    """`with_split` for one pair and nothing to retire."""
+    return with_split(vs, indexes, RouteWrite(stable=stable, canary=canary, canary_weight=canary_weight))
+
+
+# ---- claims: which ModelRollout manages which route ----
+
+
+def route_key(vs: VirtualService, index: int) -> str:
+    """How a claim names a route: its name, or `http[i]` for an unnamed one."""
+    name = _http_routes(vs)[index].get("name")
+    return str(name) if name else f"http[{index}]"
+
+
+def claims_of(vs: VirtualService) -> dict[str, str]:
+    """Route key -> owner (`namespace/name`) from the managed-by annotation.
+
+    The annotation holds a JSON object; a plain `namespace/name` (what older versions wrote) claims every
+    http route of the VirtualService."""
+    annotations = (vs.get("metadata") or {}).get("annotations") or {}
+    raw = annotations.get(MANAGED_BY)
+    if not raw:
+        return {}
+    text = str(raw).strip()
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict) and all(isinstance(v, str) for v in parsed.values()):
+            return {str(k): v for k, v in parsed.items() if v}
+    return {route_key(vs, index): text for index in range(len(_http_routes(vs)))}
+
+
+def owner_of(vs: VirtualService, keys: list[str] | None = None) -> str | None:
+    """The first owner other than nobody of the given routes (all routes by default)."""
+    claims = claims_of(vs)
+    for key, owner in claims.items():
+        if keys is None or key in keys:
+            return owner
+    return None
+
+
+def _with_claim_annotation(vs: VirtualService, claims: dict[str, str]) -> VirtualService:
     result = copy.deepcopy(vs)
-    for index in indexes:
-        split = _split(result, index, stable, canary)
-        split.destinations[split.stable]["weight"] = 100 - canary_weight
-        if split.canary is None:
-            split.destinations.insert(
-                split.stable + 1, {"destination": _destination_of(canary), "weight": canary_weight}
+    metadata = result.setdefault("metadata", {})
+    annotations = dict(metadata.get("annotations") or {})
+    if claims:
+        annotations[MANAGED_BY] = json.dumps(dict(sorted(claims.items())), separators=(",", ":"))
+    else:
+        annotations.pop(MANAGED_BY, None)
+    if annotations:
+        metadata["annotations"] = annotations
+    else:
+        metadata.pop("annotations", None)
+    return result
+
+
+def conflicting_owner(vs: VirtualService, keys: list[str], owner: str) -> str | None:
+    """Another owner of one of `keys`, if any."""
+    claims = claims_of(vs)
+    return next((claims[k] for k in keys if claims.get(k) not in (None, owner)), None)
+
+
+def with_claims(
+    vs: VirtualService, keys: list[str], owner: str, take_over_from: str | None = None
+) -> tuple[VirtualService, bool]:
+    """A copy where `owner` claims the routes `keys`. Never takes a route from another owner, except from
+    `take_over_from` (a claim whose owner no longer exists)."""
+    claims = claims_of(vs)
+    for key in keys:
+        current = claims.get(key)
+        if current is not None and current not in (owner, take_over_from):
+            raise RoutingConflict(
+                current,
+                f"route {key!r} of VirtualService {virtual_service_ref(vs)} is managed by ModelRollout "
+                f"{current}, not {owner}",
             )
-        else:
-            split.destinations[split.canary]["weight"] = canary_weight
+        claims[key] = owner
+    result = _with_claim_annotation(vs, claims)
     return result, result != vs
 
 
-# ---- ownership annotation ----
-
-
-def owner_of(vs: VirtualService) -> str | None:
-    annotations = (vs.get("metadata") or {}).get("annotations") or {}
-    owner = annotations.get(MANAGED_BY)
-    return str(owner) if owner else None
-
-
-def with_owner(vs: VirtualService, owner: str) -> tuple[VirtualService, bool]:
-    """A copy marked as managed by `owner`. Never takes a VirtualService from another owner."""
-    current = owner_of(vs)
-    result = copy.deepcopy(vs)
-    if current == owner:
-        return result, False
-    if current is not None:
-        raise RoutingConflict(
-            current,
-            f"VirtualService {virtual_service_ref(vs)} is managed by ModelRollout {current}, not {owner}",
-        )
-    metadata = result.setdefault("metadata", {})
-    annotations = dict(metadata.get("annotations") or {})
-    annotations[MANAGED_BY] = owner
-    metadata["annotations"] = annotations
-    return result, True
-
-
-def without_owner(vs: VirtualService, owner: str) -> tuple[VirtualService, bool]:
-    """A copy without our mark; another owner's mark stays."""
-    result = copy.deepcopy(vs)
-    if owner_of(vs) != owner:
-        return result, False
-    metadata = result["metadata"]
-    del metadata["annotations"][MANAGED_BY]
-    if not metadata["annotations"]:
-        del metadata["annotations"]
+def without_claims(vs: VirtualService, owner: str) -> tuple[VirtualService, bool]:
+    """A copy without `owner`'s claims; other owners' claims stay."""
+    claims = claims_of(vs)
+    kept = {key: who for key, who in claims.items() if who != owner}
+    if kept == claims:
+        return copy.deepcopy(vs), False
+    result = _with_claim_annotation(vs, kept)
     return result, True
 
 

@@ -1,34 +1,47 @@
 """The Router over a live Istio VirtualService, with the official kubernetes client.
 
 The client is synchronous, so every call runs in a worker thread with a request timeout: the operator's
-event loop never waits on the API server. Writes replace the whole object carrying the resourceVersion that
-was read, so a concurrent edit is never overwritten: the server answers 409 and the write starts again from
-a fresh read.
+event loop never waits on the API server. A write replaces the whole object carrying the resourceVersion of
+the snapshot it was computed from, so a concurrent edit is never overwritten: the server answers 409, which
+is raised as StaleWrite for the caller to observe and decide again. The write's answer is the stored object,
+which is checked to show the split before it is returned as the next snapshot (the read-back).
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelrollout.routing.istio import (
     VirtualService,
+    claims_of,
+    conflicting_owner,
     last_spec_writer,
     managed_route_indexes,
-    owner_of,
-    read_canary_weight,
+    route_key,
+    split_view,
     virtual_service_ref,
-    with_canary_weight,
-    with_owner,
-    without_owner,
+    with_claims,
+    with_split,
+    without_claims,
 )
-from modelrollout.routing.router import Backend, Router, RouteState, RoutingConflict, RoutingProblem
+from modelrollout.routing.router import (
+    Backend,
+    Router,
+    RouteView,
+    RouteWrite,
+    RoutingConflict,
+    RoutingProblem,
+    Snapshot,
+    StaleWrite,
+)
 
 ISTIO_GROUP = "networking.istio.io"
 PLURAL = "virtualservices"
-MAX_ATTEMPTS = 5
 
 
 class IstioRouter(Router):
@@ -40,8 +53,6 @@ class IstioRouter(Router):
         name: str,
         api_version: str,
         routes: list[str] | None,
-        stable: Backend,
-        canary: Backend,
         owner: str,
         field_manager: str = "modelrollout-operator",
         request_timeout: float = 10.0,
@@ -54,8 +65,6 @@ class IstioRouter(Router):
         self.namespace = namespace
         self.name = name
         self.routes = list(routes) if routes else None
-        self.stable = stable
-        self.canary = canary
         self.owner = owner
         self.field_manager = field_manager
         self.request_timeout = request_timeout
@@ -64,72 +73,71 @@ class IstioRouter(Router):
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    async def read(self) -> RouteState:
-        vs = await self._get()
-        self._check_owner(vs)
-        indexes = managed_route_indexes(vs, self.routes)
-        weight, consistent = read_canary_weight(vs, indexes, self.stable, self.canary)
-        return RouteState(
-            canary_weight=weight,
-            consistent=consistent,
+    def _snapshot(self, vs: VirtualService) -> Snapshot:
+        return Snapshot(
             resource_version=str(vs["metadata"]["resourceVersion"]),
             # Our own manager included: the engine must tell its own unfinished write from someone else's.
             last_writer=last_spec_writer(vs, own_field_manager=""),
+            claims=claims_of(vs),
+            body=vs,
         )
 
-    async def write(self, canary_weight: int) -> bool:
-        for _ in range(MAX_ATTEMPTS):
-            vs = await self._get()
-            self._check_owner(vs)
-            indexes = managed_route_indexes(vs, self.routes)
-            weighted, weights_changed = with_canary_weight(
-                vs, indexes, self.stable, self.canary, canary_weight
-            )
-            # The claim travels with the weights: there is never a moment where we moved traffic unmarked.
-            body, claimed = with_owner(weighted, self.owner)
-            if not (weights_changed or claimed):
-                return False
-            if await self._replace_unless_conflict(body):
-                break
-        else:
-            raise RuntimeError(
-                f"VirtualService {self.ref} kept changing under {MAX_ATTEMPTS} attempts to set the canary "
-                f"weight to {canary_weight}"
-            )
-        written = await self.read()
-        if written.canary_weight != canary_weight or not written.consistent:
-            raise RuntimeError(
-                f"VirtualService {self.ref} reads back canary weight {written.canary_weight} "
-                f"(consistent: {written.consistent}) after writing {canary_weight}"
-            )
-        return True
+    async def read(self) -> Snapshot:
+        return self._snapshot(await self._get())
 
-    async def release(self) -> None:
-        for _ in range(MAX_ATTEMPTS):
-            try:
-                vs = await self._get()
-            except RoutingProblem:
-                return
-            body, changed = without_owner(vs, self.owner)
-            if not changed:
-                return
-            try:
-                if await self._replace_unless_conflict(body):
-                    return
-            except RoutingProblem:
-                return
-        raise RuntimeError(
-            f"VirtualService {self.ref} kept changing under {MAX_ATTEMPTS} attempts to release it"
-        )
+    def managed_keys(self, snapshot: Snapshot) -> list[str]:
+        vs: VirtualService = snapshot.body
+        return [route_key(vs, index) for index in managed_route_indexes(vs, self.routes)]
 
-    def _check_owner(self, vs: VirtualService) -> None:
-        owner = owner_of(vs)
-        if owner is not None and owner != self.owner:
+    def view(
+        self,
+        snapshot: Snapshot,
+        stable: Backend,
+        canary: Backend,
+        *,
+        retiring: tuple[Backend, ...] = (),
+        stale_owner: str | None = None,
+    ) -> RouteView:
+        vs: VirtualService = snapshot.body
+        indexes = managed_route_indexes(vs, self.routes)
+        keys = [route_key(vs, i) for i in indexes]
+        other = conflicting_owner(vs, keys, self.owner)
+        if other is not None and other != stale_owner:
             raise RoutingConflict(
-                owner,
-                f"VirtualService {virtual_service_ref(vs)} is already managed by ModelRollout {owner}; "
+                other,
+                f"VirtualService {virtual_service_ref(vs)} is already managed by ModelRollout {other}; "
                 f"{self.owner} leaves it alone",
             )
+        split = split_view(vs, indexes, stable, canary, retiring)
+        claimed = any(snapshot.claims.get(key) == self.owner for key in keys)
+        return replace(split, claimed=claimed)
+
+    async def write(self, snapshot: Snapshot, desired: RouteWrite) -> Snapshot:
+        vs: VirtualService = snapshot.body
+        indexes = managed_route_indexes(vs, self.routes)
+        weighted, _ = with_split(vs, indexes, desired)
+        # The claim travels with the weights: there is never a moment where we moved traffic unmarked.
+        body, _ = with_claims(
+            weighted, [route_key(vs, i) for i in indexes], self.owner, desired.take_over_from
+        )
+        if body == vs:
+            return snapshot
+        stored = self._snapshot(await self._replace(body))
+        shown = split_view(
+            stored.body, managed_route_indexes(stored.body, self.routes), desired.stable, desired.canary
+        )
+        if shown.canary_weight != desired.canary_weight or not shown.consistent:
+            raise RuntimeError(
+                f"VirtualService {self.ref} reads back canary weight {shown.canary_weight} "
+                f"(consistent: {shown.consistent}) after writing {desired.canary_weight}"
+            )
+        return stored
+
+    async def release(self, snapshot: Snapshot) -> Snapshot:
+        body, changed = without_claims(snapshot.body, self.owner)
+        if not changed:
+            return snapshot
+        return self._snapshot(await self._replace(body))
 
     async def _get(self) -> VirtualService:
         try:
@@ -149,35 +157,36 @@ class IstioRouter(Router):
                     f"VirtualService {self.ref} not found ({ISTIO_GROUP}/{self._version})",
                 ) from failed
             raise
-        if not isinstance(found, dict):
-            raise TypeError(f"VirtualService {self.ref}: the API server answered {type(found).__name__}")
-        return found
+        return _as_object(self.ref, found)
 
-    async def _replace_unless_conflict(self, body: VirtualService) -> bool:
-        """Write `body`, which carries the resourceVersion it was read at; False when someone wrote first."""
+    async def _replace(self, body: VirtualService) -> VirtualService:
+        """Write `body`, which carries the resourceVersion it was read at; the stored object."""
+        # managedFields are the server's bookkeeping; leaving them out keeps the live ones.
+        body = {**body, "metadata": {k: v for k, v in body["metadata"].items() if k != "managedFields"}}
         try:
-            await self._replace(body)
+            stored = await asyncio.to_thread(
+                self._api.replace_namespaced_custom_object,
+                ISTIO_GROUP,
+                self._version,
+                self.namespace,
+                PLURAL,
+                self.name,
+                body,
+                field_manager=self.field_manager,
+                _request_timeout=self.request_timeout,
+            )
         except ApiException as failed:
             if failed.status == 409:
-                return False
+                raise StaleWrite(f"VirtualService {self.ref} changed since it was read") from failed
             if failed.status == 404:
                 raise RoutingProblem(
                     "VirtualServiceNotFound", f"VirtualService {self.ref} is gone"
                 ) from failed
             raise
-        return True
+        return _as_object(self.ref, stored)
 
-    async def _replace(self, body: VirtualService) -> None:
-        # managedFields are the server's bookkeeping; leaving them out keeps the live ones.
-        body = {**body, "metadata": {k: v for k, v in body["metadata"].items() if k != "managedFields"}}
-        await asyncio.to_thread(
-            self._api.replace_namespaced_custom_object,
-            ISTIO_GROUP,
-            self._version,
-            self.namespace,
-            PLURAL,
-            self.name,
-            body,
-            field_manager=self.field_manager,
-            _request_timeout=self.request_timeout,
-        )
+
+def _as_object(ref: str, found: Any) -> VirtualService:
+    if not isinstance(found, dict):
+        raise TypeError(f"VirtualService {ref}: the API server answered {type(found).__name__}")
+    return found

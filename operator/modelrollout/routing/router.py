@@ -1,9 +1,16 @@
-"""The Router protocol: how the operator reads and moves the canary's share of traffic. No I/O here."""
+"""The Router protocol: how the operator reads and moves the canary's share of traffic. No I/O here.
+
+A tick reads the routing object once (`read` -> Snapshot), looks at it for the pairs it cares about (`view`,
+pure), and writes at most once, conditionally on the resourceVersion that read returned (`write`). The write's
+answer is the read-back: it is the object as the API server stored it, and `write` checks that it shows the
+split asked for before it returns it as the next Snapshot.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 RoutingProblemReason = Literal[
     "VirtualServiceNotFound",
@@ -24,15 +31,48 @@ class Backend:
 
 
 @dataclass(frozen=True)
-class RouteState:
-    """The live split. When `consistent` is False the managed routes disagree or their weights do not sum
-    to 100; `canary_weight` is then the largest canary weight seen, so acting on it never understates the
-    canary's exposure. `last_writer` is the field manager of the latest change to the spec, ours included."""
+class Snapshot:
+    """The routing object as one read (or write) returned it.
+
+    `claims` maps each managed route (by name, or `http[i]` for an unnamed one) to the ModelRollout that
+    claimed it, if any. `last_writer` is the field manager of the latest change to the spec, ours included.
+    `body` is the router's own copy of the object, for the next write."""
+
+    resource_version: str
+    last_writer: str | None
+    claims: Mapping[str, str] = field(default_factory=dict)
+    body: Any = None
+
+
+@dataclass(frozen=True)
+class RouteView:
+    """The live split between one stable and one canary in the managed routes.
+
+    When `consistent` is False the managed routes disagree or their weights do not sum to 100;
+    `canary_weight` is then the largest canary weight seen, so acting on it never understates the canary's
+    exposure. `canary_present` says whether any managed route still names the canary (at any weight);
+    `claimed` whether our claim is on the managed routes."""
 
     canary_weight: int
     consistent: bool
-    resource_version: str
-    last_writer: str | None
+    canary_present: bool
+    claimed: bool = False
+
+
+@dataclass(frozen=True)
+class RouteWrite:
+    """The split to write: stable at 100 - canary_weight, canary at canary_weight in every managed route.
+
+    `drop` names destinations to remove from the managed routes (the canary of a pair that was superseded);
+    `retire` names destinations to keep at weight 0 (the stable of a superseded pair). `take_over_from` is a
+    claim to replace: one left by a ModelRollout that no longer exists."""
+
+    stable: Backend
+    canary: Backend
+    canary_weight: int
+    drop: tuple[Backend, ...] = ()
+    retire: tuple[Backend, ...] = ()
+    take_over_from: str | None = None
 
 
 class RoutingProblem(Exception):
@@ -45,7 +85,7 @@ class RoutingProblem(Exception):
 
 
 class RoutingConflict(Exception):
-    """Another ModelRollout already manages this VirtualService."""
+    """Another ModelRollout already manages a route this rollout would manage."""
 
     def __init__(self, owner: str, message: str) -> None:
         super().__init__(message)
@@ -53,13 +93,35 @@ class RoutingConflict(Exception):
         self.message = message
 
 
-class Router(Protocol):
-    async def read(self) -> RouteState: ...
+class StaleWrite(Exception):
+    """The object changed since it was read (HTTP 409): observe again and decide again, never write blind."""
 
-    async def write(self, canary_weight: int) -> bool:
-        """Set the canary weight (stable gets the rest); True when the object had to change."""
+
+class Router(Protocol):
+    async def read(self) -> Snapshot:
+        """The routing object now; RoutingProblem when it (or a managed route) is missing."""
         ...
 
-    async def release(self) -> None:
-        """Drop our ownership mark; nothing to do when the object is gone or not ours."""
+    def view(
+        self,
+        snapshot: Snapshot,
+        stable: Backend,
+        canary: Backend,
+        *,
+        retiring: tuple[Backend, ...] = (),
+        stale_owner: str | None = None,
+    ) -> RouteView:
+        """The split between `stable` and `canary`; destinations in `retiring` are tolerated at any weight.
+        RoutingProblem for a route that does not fit, RoutingConflict for a route another rollout claims
+        (other than `stale_owner`, a claim the caller knows to be left by a rollout that is gone)."""
+        ...
+
+    async def write(self, snapshot: Snapshot, desired: RouteWrite) -> Snapshot:
+        """Write `desired` (and our claim) over `snapshot`, conditionally on its resourceVersion; the
+        snapshot itself when nothing had to change. StaleWrite on a conflict; RuntimeError when the stored
+        object does not show the split."""
+        ...
+
+    async def release(self, snapshot: Snapshot) -> Snapshot:
+        """Drop our claims (only ours), conditionally on the snapshot's resourceVersion."""
         ...

@@ -1,0 +1,55 @@
+"""The rollout state machine. Pure: `decide(spec, status, observation) -> Plan`; the shell executes the plan.
+
+model     what the engine reads (Observation, RoutingView) and returns (Plan, Event)
+decide    the decision: retire a superseded pair, start, act, check, advance, settle; write failures,
+          invalid specs and deletion
+stages    start, soak, advance, promote; what an edit of spec.stages means
+checks    when gates are due, and what a check's verdict does
+actions   which human actions fit (shared with the kubectl plugin), and what they do
+returns   rollbacks and aborts
+drift     weights changed by someone else, or by our own unrecorded write
+settle    phase, reason, message and conditions
+"""
+
+from modelrollout.engine.actions import action_refusal
+from modelrollout.engine.checks import analysis_due
+from modelrollout.engine.decide import decide, deletion_write, invalid_spec, write_failed
+from modelrollout.engine.model import (
+    DRIFT_LIMIT,
+    DRIFT_WINDOW,
+    FIELD_MANAGER,
+    INVALID_SPEC,
+    NOTIFIED_REASONS,
+    TERMINAL,
+    UNUSABLE_ROUTING_REASONS,
+    WRITE_FAILED,
+    Action,
+    Event,
+    Observation,
+    Plan,
+    RoutingView,
+    pair_hash,
+)
+
+__all__ = [
+    "DRIFT_LIMIT",
+    "DRIFT_WINDOW",
+    "FIELD_MANAGER",
+    "INVALID_SPEC",
+    "NOTIFIED_REASONS",
+    "TERMINAL",
+    "UNUSABLE_ROUTING_REASONS",
+    "WRITE_FAILED",
+    "Action",
+    "Event",
+    "Observation",
+    "Plan",
+    "RoutingView",
+    "action_refusal",
+    "analysis_due",
+    "decide",
+    "deletion_write",
+    "invalid_spec",
+    "pair_hash",
+    "write_failed",
+]

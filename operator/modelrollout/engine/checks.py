@@ -1,0 +1,72 @@
+"""When gates are queried, and what a check's verdict does to the rollout."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from modelrollout import api
+from modelrollout.analysis import CheckResult
+from modelrollout.engine.draft import Draft
+from modelrollout.engine.model import TERMINAL, pair_hash
+from modelrollout.engine.returns import roll_back
+
+
+def analysis_due(
+    spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, now: datetime, operator_started_at: datetime
+) -> bool:
+    """Whether the caller should query the gates on this tick."""
+    if status.pair_hash != pair_hash(spec) or status.phase in TERMINAL or status.phase == api.Phase.PENDING:
+        return False
+    last = status.last_analysis
+    if last is None or last.stage != status.stage or last.at < operator_started_at:
+        return True
+    if status.stage_started_at and last.at < status.stage_started_at:
+        return True
+    return now - last.at >= spec.analysis.interval
+
+
+def record_check(draft: Draft, spec: api.ModelRolloutSpec, check: CheckResult) -> None:
+    """Count the check; roll back or hold when a limit is passed."""
+    analysis = spec.analysis
+    status = draft.status
+    draft.update(
+        last_analysis=api.AnalysisResult(
+            at=check.at, stage=status.stage, verdict=check.verdict, gates=list(check.gates)
+        )
+    )
+    if check.verdict != api.Verdict.ERROR:
+        draft.condition_flip("MetricsUnavailable", False, "", "")
+    if check.verdict == api.Verdict.FAIL:
+        failed = status.failed_checks + 1
+        draft.update(failed_checks=failed, consecutive_errors=0, consecutive_inconclusive=0)
+        draft.event(
+            "Warning",
+            "AnalysisFailed",
+            f"check failed ({failed}/{analysis.failure_limit + 1}): {check.summary}",
+        )
+        if failed > analysis.failure_limit:
+            roll_back(draft, spec, "AnalysisFailed", check, check.summary)
+    elif check.verdict == api.Verdict.ERROR:
+        errors = status.consecutive_errors + 1
+        draft.update(consecutive_errors=errors)
+        if draft.condition_flip("MetricsUnavailable", True, "QueryFailed", check.summary):
+            draft.event("Warning", "MetricsUnavailable", check.summary)
+        if errors > analysis.error_limit and status.hold != api.Hold.METRICS_UNAVAILABLE:
+            why = f"{errors} checks in a row could not run: {check.summary}"
+            if analysis.on_error == api.OnError.ROLLBACK:
+                roll_back(draft, spec, "MetricsUnavailable", None, why)
+            else:
+                draft.update(hold=api.Hold.METRICS_UNAVAILABLE)
+                draft.event("Warning", "Held", f"holding (onError: Hold): {why}")
+    elif check.verdict == api.Verdict.INCONCLUSIVE:
+        count = status.consecutive_inconclusive + 1
+        draft.update(consecutive_inconclusive=count, consecutive_errors=0)
+        if count > analysis.inconclusive_limit and status.hold != api.Hold.INCONCLUSIVE:
+            why = f"{count} inconclusive checks in a row: {check.summary}"
+            if analysis.on_inconclusive == api.OnInconclusive.ROLLBACK:
+                roll_back(draft, spec, "Inconclusive", None, why)
+            else:
+                draft.update(hold=api.Hold.INCONCLUSIVE)
+                draft.event("Warning", "Held", f"holding (onInconclusive: Hold): {why}")
+    else:
+        draft.update(consecutive_errors=0, consecutive_inconclusive=0)

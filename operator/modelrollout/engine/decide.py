@@ -1,0 +1,354 @@
+"""The rollout state machine: `decide(spec, status, observation) -> Plan`. Pure.
+
+Everything the operator needs to continue lives in the status it returns (and on the VirtualService), so a
+restarted operator resumes exactly where it stopped. The plan orders the effects so that the status never
+claims traffic the VirtualService does not show: an intent (an accepted action, a pending return to stable)
+is recorded before the write, the outcome after it. A restart between the two is recognised here as the
+operator's own unfinished write: a return to stable recorded as pending is completed, an accepted action is
+applied (once: it is applied to the status it was accepted in), an advance to exactly the next stage's weight
+is adopted, anything else is put back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from modelrollout import api
+from modelrollout.conditions import is_true, set_condition
+from modelrollout.engine.actions import NEW_PAIR, ON_STABLE, apply_action, record_result
+from modelrollout.engine.checks import record_check
+from modelrollout.engine.draft import Draft, backend, describe
+from modelrollout.engine.drift import correct_drift
+from modelrollout.engine.model import (
+    INVALID_SPEC,
+    TERMINAL,
+    UNUSABLE_ROUTING_REASONS,
+    WRITE_FAILED,
+    WRITE_FAILURE_EVENT_COUNTS,
+    Action,
+    Event,
+    Observation,
+    Plan,
+    RoutingView,
+    pair_hash,
+)
+from modelrollout.engine.returns import complete_return, pending_return
+from modelrollout.engine.settle import settle
+from modelrollout.engine.stages import maybe_advance, progress, realign, start
+from modelrollout.routing.router import RouteWrite
+
+# Analysis events stand even when the write that followed them failed: the check was made and counted.
+ANALYSIS_EVENTS = ("AnalysisFailed", "MetricsUnavailable")
+
+
+def _serving(status: api.ModelRolloutStatus) -> api.Target | None:
+    """What took 100% of the traffic at the end of the previous rollout."""
+    return status.canary if status.phase == api.Phase.PROMOTED else status.stable
+
+
+def _target_changed(status: api.ModelRolloutStatus, obs: Observation) -> bool:
+    return obs.target is not None and status.routing is not None and status.routing != obs.target
+
+
+def _retirement(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Observation) -> Plan | None:
+    """The spec names another pair or another VirtualService while the recorded pair may still carry
+    traffic: return it to its stable first (dropping its canary, which the new rollout does not know), and
+    give up the claim on a VirtualService the rollout leaves. None when there is nothing to put back."""
+    previous = obs.previous
+    if status.pair_hash is None or status.stable is None or status.canary is None or previous is None:
+        return None
+    if not previous.usable:
+        return None  # gone, changed beyond recognition, or not ours: nothing of ours to put back there
+    target_changed = _target_changed(status, obs)
+    new_pair = {backend(spec.stable), backend(spec.canary)}
+    drop = target_changed or backend(status.canary) not in new_pair
+    mid_way = status.phase not in TERMINAL
+    write: RouteWrite | None = None
+    carries_traffic = (previous.canary_weight or 0) > 0 or not previous.consistent
+    if mid_way and (carries_traffic or (drop and previous.canary_present)):
+        write = RouteWrite(
+            stable=backend(status.stable),
+            canary=backend(status.canary),
+            canary_weight=0,
+            drop=(backend(status.canary),) if drop else (),
+        )
+    release = target_changed and previous.claimed
+    if write is None and not release:
+        return None
+    draft = Draft(status=status, now=obs.now, generation=status.observed_generation)
+    what = "a new stable/canary pair" if status.pair_hash != pair_hash(spec) else "another VirtualService"
+    message = (
+        f"the spec names {what}: traffic of {describe(status.canary)} returned to {describe(status.stable)}"
+        if write is not None
+        else f"the spec names {what}: the previous VirtualService is released"
+    )
+    draft.event("Normal" if write is None else "Warning", "Superseded", message)
+    draft.update(canary_weight=0 if write is not None else status.canary_weight)
+    if status.phase not in TERMINAL:
+        draft.summarize(api.Phase.PENDING, "Superseded", f"{message}; the new rollout starts next")
+    return Plan(
+        status=draft.status,
+        write=write,
+        write_on="recorded",
+        release_recorded=release,
+        events=tuple(draft.events),
+        again=True,
+    )
+
+
+def _unusable(draft: Draft, status: api.ModelRolloutStatus, obs: Observation, action: str | None) -> None:
+    """A second rollout on the route, or missing pieces: say which, write nothing, retry later."""
+    routing = obs.routing
+    if draft.condition_flip(
+        "Conflict",
+        routing.conflict_owner is not None,
+        "VirtualServiceOwned",
+        f"the VirtualService is managed by {routing.conflict_owner}",
+    ):
+        draft.event(
+            "Warning",
+            "Conflict",
+            f"the VirtualService is already managed by {routing.conflict_owner}; "
+            "this rollout changes nothing",
+        )
+    if routing.problem is not None and draft.condition_flip(
+        "Degraded", True, routing.problem_reason or "", routing.problem
+    ):
+        draft.event("Warning", routing.problem_reason or "Degraded", routing.problem)
+    text = (
+        f"the VirtualService is managed by {routing.conflict_owner}"
+        if routing.conflict_owner
+        else routing.problem or ""
+    )
+    if action is not None:
+        record_result(draft, action, f"ignored: the VirtualService cannot be used: {text}")
+    if status.phase in TERMINAL:
+        # The phase stands (traffic is where it was left); the conditions still speak for this generation.
+        draft.summarize(status.phase, status.reason or status.phase.value, status.message)
+    else:
+        why = "Conflict" if routing.conflict_owner else routing.problem_reason or "Degraded"
+        draft.summarize(api.Phase.DEGRADED, why, text)
+
+
+def _take_action(status: api.ModelRolloutStatus, obs: Observation) -> tuple[str | None, str | None, bool]:
+    """(action to apply now, annotation value to consume, newly accepted).
+
+    An accepted action is recorded in status before it takes effect and applied until its result is
+    recorded: at least once, and once only, since it is applied to the status it was accepted in. The
+    annotation still holding the pending action's value is the same request (the operator stopped between
+    recording it and removing the annotation); another value waits until the pending one is done."""
+    pending = status.pending_action
+    if pending is not None:
+        return pending.action, obs.action if obs.action == pending.action else None, False
+    if obs.action is not None:
+        return obs.action, obs.action, True
+    return None, None, False
+
+
+def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Observation) -> Plan:
+    if status.pair_hash is not None and (status.pair_hash != pair_hash(spec) or _target_changed(status, obs)):
+        retirement = _retirement(spec, status, obs)
+        if retirement is not None:
+            return retirement
+    draft = Draft(
+        status=status.model_copy(update={"observed_generation": obs.generation}),
+        now=obs.now,
+        generation=obs.generation,
+    )
+    action, consume, accepted = _take_action(status, obs)
+    routing = obs.routing
+    if not routing.usable:
+        _unusable(draft, status, obs, action)
+        return _plan(draft, status, obs, consume=consume, accepted=accepted, action=action)
+    if status.phase == api.Phase.DEGRADED and status.reason in UNUSABLE_ROUTING_REASONS:
+        draft.event("Normal", "Recovered", "the VirtualService is usable again")
+        draft.update(reason="Recovered")
+    if is_true(status.conditions, INVALID_SPEC):
+        draft.event("Normal", "Recovered", "the spec is valid again")
+        if status.reason == INVALID_SPEC:
+            draft.update(reason="Recovered")
+
+    restart = status.pair_hash != pair_hash(spec) or _target_changed(status, obs)
+    if restart:
+        serving = _serving(status) if status.pair_hash else None
+        if serving is not None and (serving.host, serving.subset) != (spec.stable.host, spec.stable.subset):
+            draft.warn_first(
+                "StableChanged",
+                f"the new stable {describe(spec.stable)} is not what served 100% before "
+                f"({describe(serving)})",
+            )
+        start(draft, spec, "RolloutStarted", obs)
+        if action is not None:
+            record_result(draft, action, f"ignored: {NEW_PAIR}")
+        draft.event(
+            "Normal",
+            "RolloutStarted",
+            f"rolling out {describe(spec.canary)} over {describe(spec.stable)}: "
+            f"stage {progress(spec, 0)} at {draft.status.canary_weight}%",
+        )
+    else:
+        realign(draft, spec)
+        if pending_return(draft.status):
+            # A return to stable was decided but its VirtualService write was never confirmed (the operator
+            # stopped, or the write failed): finish it before anything else.
+            returning = draft.status.rollback
+            complete_return(draft)
+            if action is not None:
+                if action.strip() == Action.ABORT and returning is not None and returning.reason == "Aborted":
+                    record_result(draft, action, "aborted: traffic on stable")
+                else:
+                    record_result(draft, action, "ignored: traffic is returning to stable")
+        elif action is not None:
+            apply_action(draft, spec, action, obs)
+
+    if draft.write is None:
+        correct_drift(draft, spec, routing)
+    returned = draft.rollback_reason is not None
+    if obs.check is not None and not restart and draft.status.phase not in TERMINAL and not returned:
+        record_check(draft, spec, obs.check)
+    if (
+        draft.status.phase not in TERMINAL
+        and draft.rollback_reason is None
+        and draft.status.stage == status.stage
+    ):
+        maybe_advance(draft, spec, obs)
+    if routing.stale_owner is not None and draft.status.stable is not None:
+        # A claim left by a ModelRollout that no longer exists: take the route over, with the weights the
+        # status says (a write even when they are right, so the claim changes hands).
+        draft.set_weight(draft.write.canary_weight if draft.write else draft.status.canary_weight)
+        if draft.write is not None:
+            draft.write = replace(draft.write, take_over_from=routing.stale_owner)
+        draft.event(
+            "Warning",
+            "ClaimTakenOver",
+            f"the VirtualService route was claimed by {routing.stale_owner}, which no longer exists; "
+            "this rollout takes it over",
+        )
+    settle(draft, spec, obs)
+    return _plan(draft, status, obs, consume=consume, accepted=accepted, action=action)
+
+
+def _plan(
+    draft: Draft,
+    before: api.ModelRolloutStatus,
+    obs: Observation,
+    *,
+    consume: str | None,
+    accepted: bool,
+    action: str | None,
+) -> Plan:
+    """The plan for a decided draft: what to record before the write (only what it needs), and the
+    outcome, with the write-failure record cleared (a plan that writes nothing found nothing to write)."""
+    intent_changes: dict[str, object] = {}
+    if accepted and action is not None:
+        intent_changes["pending_action"] = api.PendingAction(action=action, accepted_at=obs.now)
+    write = draft.write
+    decided = draft.status
+    if write is not None:
+        returning = decided.phase in ON_STABLE and before.phase not in ON_STABLE
+        if returning and decided.rollback is not None and not pending_return(before):
+            # Recorded without claiming it (the phase is unchanged): a restart or a failed write finishes it.
+            intent_changes["rollback"] = decided.rollback
+            intent_changes["message"] = f"returning traffic to stable: {decided.rollback.message}"
+        if decided.routing is not None and before.routing != decided.routing:
+            intent_changes["routing"] = decided.routing
+        if not obs.status_recorded:
+            intent_changes.setdefault("message", "starting")
+    intent = before.model_copy(update=intent_changes) if intent_changes else None
+    status = decided.model_copy(update={"write_failures": 0})
+    return Plan(
+        status=status,
+        intent=intent,
+        consume_action=consume,
+        write=write,
+        early_events=tuple(draft.early_events),
+        events=tuple(draft.events),
+        rollback_reason=draft.rollback_reason,
+    )
+
+
+def write_failed(plan: Plan, base: api.ModelRolloutStatus, error: str, now: datetime) -> Plan:
+    """The plan's write failed (refused, forbidden, or did not read back): record that, and nothing the write
+    would have made true. `base` is the status as recorded (the intent, if one was). The check that was made
+    still counts; the write is tried again on the next tick, and a person hears of it once, not every tick."""
+    count = base.write_failures + 1
+    decided = plan.status
+    weight = plan.canary_weight
+    what = (
+        f"could not set the canary weight to {weight}%"
+        if weight is not None
+        else "could not write the VirtualService"
+    )
+    attempts = f" ({count} attempts in a row)" if count > 1 else ""
+    message = f"{what}{attempts}: {error}"[:1024]
+    metrics = next((c for c in decided.conditions if c.type == "MetricsUnavailable"), None)
+    conditions = [c for c in base.conditions if c.type != "MetricsUnavailable"]
+    if metrics is not None:
+        conditions.append(metrics)
+    conditions = set_condition(
+        conditions,
+        "Degraded",
+        "True",
+        reason=WRITE_FAILED,
+        message=message,
+        now=now,
+        generation=decided.observed_generation,
+    )
+    status = base.model_copy(
+        update={
+            "observed_generation": decided.observed_generation,
+            "last_analysis": decided.last_analysis,
+            "failed_checks": decided.failed_checks,
+            "consecutive_errors": decided.consecutive_errors,
+            "consecutive_inconclusive": decided.consecutive_inconclusive,
+            "write_failures": count,
+            "conditions": conditions,
+            "message": f"{message}; {base.message}"[:1024] if base.message else message,
+        }
+    )
+    events = [e for e in plan.events if e.reason in ANALYSIS_EVENTS]
+    if count in WRITE_FAILURE_EVENT_COUNTS:
+        events.append(Event("Warning", WRITE_FAILED, message))
+    return Plan(status=status, events=tuple(events))
+
+
+def invalid_spec(
+    status: api.ModelRolloutStatus, errors: list[str], now: datetime, generation: int | None
+) -> Plan:
+    """A spec the operator cannot act on (it slipped past the CRD, or a query template is wrong): say so
+    beside the phase, touch nothing. A finished rollout keeps its phase: fixing the spec never re-runs it."""
+    message = "; ".join(errors)[:1024]
+    draft = Draft(
+        status=status.model_copy(update={"observed_generation": generation}), now=now, generation=generation
+    )
+    if draft.condition_flip(INVALID_SPEC, True, INVALID_SPEC, message):
+        draft.event("Warning", INVALID_SPEC, message)
+    text = f"invalid spec: {message}"
+    if status.phase in TERMINAL:
+        draft.summarize(
+            status.phase,
+            status.reason or status.phase.value,
+            f"{text}; the rollout stays {status.phase.value} and traffic as it was",
+        )
+    else:
+        where = f" (traffic stays at {status.canary_weight}%)" if status.pair_hash else ""
+        draft.summarize(api.Phase.DEGRADED, INVALID_SPEC, f"{text}{where}")
+    # Whatever the phase, this generation cannot be acted on: GitOps tools must see it failed.
+    said = draft.status.message
+    draft.condition("Stalled", "True", INVALID_SPEC, said)
+    draft.condition("Reconciling", "False", INVALID_SPEC, said)
+    draft.condition("Ready", "False", INVALID_SPEC, said)
+    return Plan(status=draft.status, events=tuple(draft.events))
+
+
+def deletion_write(status: api.ModelRolloutStatus, view: RoutingView) -> RouteWrite | None:
+    """What a deleted rollout writes: traffic back to stable if it was mid-way (a promoted canary keeps
+    it)."""
+    if status.pair_hash is None or status.stable is None or status.canary is None:
+        return None
+    if status.phase == api.Phase.PROMOTED or not view.usable:
+        return None
+    if view.canary_weight == 0 and view.consistent:
+        return None
+    return RouteWrite(stable=backend(status.stable), canary=backend(status.canary), canary_weight=0)

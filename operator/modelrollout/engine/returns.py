@@ -1,0 +1,71 @@
+"""Returns to stable: a rollback decided by the analysis, an abort by a human."""
+
+from __future__ import annotations
+
+from modelrollout import api
+from modelrollout.analysis import CheckResult, bounds_text
+from modelrollout.engine.draft import Draft
+from modelrollout.engine.stages import progress
+
+
+def roll_back(
+    draft: Draft, spec: api.ModelRolloutSpec, reason: str, check: CheckResult | None, message: str
+) -> None:
+    failing = check.failing() if check else None
+    rollback = api.Rollback(
+        at=draft.now,
+        reason=reason,
+        message=message,
+        gate=failing.name if failing else None,
+        value=failing.value if failing else None,
+        threshold=bounds_text(failing.min, failing.max) if failing else None,
+        window=failing.window if failing else None,
+    )
+    draft.update(
+        phase=api.Phase.ROLLED_BACK,
+        reason=reason,
+        canary_weight=0,
+        rollback=rollback,
+        hold=None,
+        awaiting_approval=False,
+    )
+    draft.set_weight(0)
+    draft.rollback_reason = reason
+    draft.event(
+        "Warning",
+        "RolledBack",
+        f"traffic returned to stable at stage {progress(spec, draft.status.stage)}: {message}",
+    )
+
+
+def abort(draft: Draft) -> None:
+    aborted = api.Rollback(at=draft.now, reason="Aborted", message="aborted by a human")
+    draft.update(
+        phase=api.Phase.ABORTED,
+        reason="Aborted",
+        canary_weight=0,
+        hold=None,
+        awaiting_approval=False,
+        rollback=aborted,
+    )
+    draft.set_weight(0)
+    draft.rollback_reason = "Aborted"
+    draft.event("Warning", "Aborted", "aborted by a human: traffic returned to stable")
+
+
+def pending_return(status: api.ModelRolloutStatus) -> bool:
+    """A return to stable was decided (and recorded) but its VirtualService write was never confirmed."""
+    return status.rollback is not None and status.phase not in (api.Phase.ROLLED_BACK, api.Phase.ABORTED)
+
+
+def complete_return(draft: Draft) -> None:
+    pending = draft.status.rollback or api.Rollback(at=draft.now, reason="RolledBack")
+    phase = api.Phase.ABORTED if pending.reason == "Aborted" else api.Phase.ROLLED_BACK
+    draft.update(phase=phase, reason=pending.reason, canary_weight=0, hold=None, awaiting_approval=False)
+    draft.set_weight(0)
+    draft.rollback_reason = pending.reason
+    draft.event(
+        "Warning",
+        "RolledBack" if phase == api.Phase.ROLLED_BACK else "Aborted",
+        f"completing the return to stable: {pending.message}",
+    )

@@ -1,0 +1,220 @@
+"""Where a rollout stands in its stages: start, soak, advance, promote, and what a stage-list edit means."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+from modelrollout import api
+from modelrollout.durations import format_duration
+from modelrollout.engine.draft import Draft, backend, describe
+from modelrollout.engine.model import TERMINAL, Observation, pair_hash
+from modelrollout.routing.router import RouteWrite
+
+
+def stage_weight(spec: api.ModelRolloutSpec, stage: int) -> int:
+    return spec.stages[min(stage, len(spec.stages) - 1)].weight
+
+
+def progress(spec: api.ModelRolloutSpec, stage: int) -> str:
+    return f"{min(stage, len(spec.stages) - 1) + 1}/{len(spec.stages)}"
+
+
+def check_window(spec: api.ModelRolloutSpec) -> timedelta:
+    """The longest range a check reads: a check made this long after a stage began measures that stage
+    only."""
+    windows = [spec.analysis.window, *(g.window for g in spec.analysis.gates if g.window is not None)]
+    return max(windows)
+
+
+def next_position(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus) -> tuple[int, int] | None:
+    """(stage, weight) a promote goes to, or None at the last stage. Below its stage's weight (after a
+    stage-list edit) the rollout first enters that stage."""
+    stage = min(status.stage, len(spec.stages) - 1)
+    if status.canary_weight < spec.stages[stage].weight:
+        return stage, spec.stages[stage].weight
+    if stage + 1 < len(spec.stages):
+        return stage + 1, spec.stages[stage + 1].weight
+    return None
+
+
+def start(draft: Draft, spec: api.ModelRolloutSpec, reason: str, obs: Observation) -> None:
+    """Stage 1 of the spec's pair. Destinations of a previous pair that are not part of this one leave the
+    route: its canary is dropped, its stable stays at weight 0 (the user's own destination)."""
+    previous = draft.status
+    weight = stage_weight(spec, 0)
+    draft.update(
+        phase=api.Phase.PROGRESSING,
+        reason=reason,
+        stage=0,
+        stage_count=len(spec.stages),
+        progress=progress(spec, 0),
+        canary_weight=weight,
+        stage_started_at=draft.now,
+        pair_hash=pair_hash(spec),
+        stable=spec.stable,
+        canary=spec.canary,
+        rollout_started_at=draft.now,
+        routing=obs.target or previous.routing,
+        failed_checks=0,
+        consecutive_errors=0,
+        consecutive_inconclusive=0,
+        hold=None,
+        awaiting_approval=False,
+        rollback=None,
+        last_analysis=None,
+        drift_corrections=[],
+    )
+    draft.set_weight(weight)
+    same_route = obs.target is None or previous.routing in (None, obs.target)
+    if draft.write is not None and same_route and previous.stable and previous.canary:
+        pair = {backend(spec.stable), backend(spec.canary)}
+        old_canary, old_stable = backend(previous.canary), backend(previous.stable)
+        draft.write = RouteWrite(
+            stable=draft.write.stable,
+            canary=draft.write.canary,
+            canary_weight=weight,
+            drop=(old_canary,) if old_canary not in pair else (),
+            retire=(old_stable,) if old_stable not in pair else (),
+        )
+
+
+def advance(draft: Draft, spec: api.ModelRolloutSpec, to_stage: int, why: str) -> None:
+    to_stage = min(to_stage, len(spec.stages) - 1)
+    weight = stage_weight(spec, to_stage)
+    draft.update(
+        stage=to_stage,
+        progress=progress(spec, to_stage),
+        canary_weight=weight,
+        stage_started_at=draft.now,
+        phase=api.Phase.PROGRESSING,
+        reason="StageAdvanced",
+        consecutive_inconclusive=0,
+        awaiting_approval=False,
+    )
+    draft.set_weight(weight)
+    draft.event("Normal", "StageAdvanced", f"stage {progress(spec, to_stage)} at {weight}%: {why}")
+
+
+def promote_done(draft: Draft, spec: api.ModelRolloutSpec, why: str) -> None:
+    draft.update(
+        phase=api.Phase.PROMOTED, reason="Promoted", canary_weight=100, hold=None, awaiting_approval=False
+    )
+    draft.set_weight(100)
+    draft.event("Normal", "Promoted", f"{describe(spec.canary)} serves 100%: {why}")
+
+
+def realign(draft: Draft, spec: api.ModelRolloutSpec) -> None:
+    """Keep the position valid after an edit of spec.stages.
+
+    The position is valid while its stage exists and carries the live weight (or, at stage 1 only, a weight
+    below it, after an earlier edit). Otherwise the rollout continues at the stage with the largest weight not
+    above the live one, so an edit never raises traffic: at most it lowers it to that stage's weight. With
+    every stage above the live weight it stays where it is, before stage 1, and enters stage 1 by the usual
+    rule (a passing check)."""
+    status = draft.status
+    stages = spec.stages
+    draft.update(stage_count=len(stages), progress=progress(spec, status.stage))
+    if status.phase in TERMINAL or status.pair_hash is None:
+        return
+    live = status.canary_weight
+    stage = status.stage
+    if stage < len(stages) and (stages[stage].weight == live or (stage == 0 and live < stages[0].weight)):
+        return
+    below = [index for index, s in enumerate(stages) if s.weight <= live]
+    new_stage = max(below) if below else 0
+    new_weight = stages[new_stage].weight if below else live
+    was = f"stage {stage + 1} at {live}%"
+    draft.update(
+        stage=new_stage,
+        progress=progress(spec, new_stage),
+        canary_weight=new_weight,
+        stage_started_at=draft.now if new_weight != live else status.stage_started_at,
+        awaiting_approval=False,
+        reason="StagesChanged",
+    )
+    if new_weight != live:
+        draft.set_weight(new_weight)
+    where = (
+        f"stage {progress(spec, new_stage)} at {new_weight}%"
+        if below
+        else f"{live}%, below stage {progress(spec, 0)} ({stages[0].weight}%), entered once a check passes"
+    )
+    draft.event(
+        "Warning",
+        "StagesChanged",
+        f"spec.stages changed under {was}: continuing at {where}; the soak of the stage starts again"
+        if new_weight != live
+        else f"spec.stages changed under {was}: continuing at {where}",
+    )
+
+
+def soak_left(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, now: datetime) -> timedelta:
+    stage = spec.stages[min(status.stage, len(spec.stages) - 1)]
+    if status.canary_weight < stage.weight:
+        return timedelta(0)  # before the stage (after a stage-list edit): no soak of its own
+    duration = stage.duration or timedelta(0)
+    started = status.stage_started_at or now
+    return max(timedelta(0), started + duration - now)
+
+
+def window_wait(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, now: datetime) -> timedelta:
+    """How long until a check can measure this stage's traffic only."""
+    started = status.stage_started_at or now
+    return max(timedelta(0), started + check_window(spec) - now)
+
+
+def countdown(left: timedelta) -> str:
+    """Whole minutes while more than two remain: the message (and so the status) then changes once a minute,
+    not at every tick, sparing every watcher of the object (Argo CD included) a stream of updates."""
+    seconds = left.total_seconds()
+    if seconds > 120:
+        return format_duration(timedelta(minutes=math.ceil(seconds / 60)))
+    return format_duration(timedelta(seconds=math.ceil(seconds)))
+
+
+def passed_here(
+    spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, operator_started_at: datetime
+) -> bool:
+    """The latest check passed, was made in this stage after the operator (re)started, and its window began
+    after the stage did: it measured this stage's traffic and nothing before it."""
+    last = status.last_analysis
+    return bool(
+        last
+        and last.verdict == api.Verdict.PASS
+        and last.stage == status.stage
+        and status.stage_started_at is not None
+        and last.at - check_window(spec) >= status.stage_started_at
+        and last.at >= operator_started_at
+    )
+
+
+def maybe_advance(draft: Draft, spec: api.ModelRolloutSpec, obs: Observation) -> None:
+    status = draft.status
+    if status.phase in TERMINAL or status.hold is not None or spec.paused:
+        return
+    if draft.write is not None or obs.routing.canary_weight != status.canary_weight:
+        # The stage's weight is not live yet (a write is pending or keeps failing): its checks measured
+        # other traffic than the status says, and the next stage must not be claimed on top of it.
+        return
+    if soak_left(spec, status, obs.now) > timedelta(0):
+        return
+    if not passed_here(spec, status, obs.operator_started_at):
+        return
+    position = next_position(spec, status)
+    stage = spec.stages[min(status.stage, len(spec.stages) - 1)]
+    summary = obs.check.summary if obs.check else "all gates pass"
+    if position is not None and position[0] == status.stage:
+        advance(draft, spec, status.stage, f"a check passed at {status.canary_weight}%")
+    elif stage.approval == api.Approval.MANUAL:
+        if not status.awaiting_approval:
+            draft.event(
+                "Normal",
+                "AwaitingApproval",
+                f"stage {progress(spec, status.stage)} soaked and passes; waiting for `promote`",
+            )
+        draft.update(awaiting_approval=True)
+    elif position is None:
+        promote_done(draft, spec, f"the last stage passed: {summary}")
+    else:
+        advance(draft, spec, position[0], "soaked and all gates pass")
