@@ -58,7 +58,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         # Exact namespaces need no cluster-wide discovery: a namespaced install (Roles only) starts at once
         # instead of retrying cluster-scoped lists it may not make.
         settings.scanning.disabled = True
-    reconciler = Reconciler(await asyncio.to_thread(_api_client), Runtime.config)
+    reconciler, kube = Reconciler.for_cluster(await asyncio.to_thread(_api_client), Runtime.config)
     memo.reconciler = reconciler
     if Runtime.config.metrics_port:
         reconciler.telemetry.serve(Runtime.config.metrics_port)
@@ -68,7 +68,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         secret_namespace = secret_namespace or os.environ.get("POD_NAMESPACE", "default")
         try:
             targets = NotifyTargets.from_secret_data(
-                await reconciler.kube.read_secret_data(secret_namespace, secret_name)
+                await kube.read_secret_data(secret_namespace, secret_name)
             )
         except Exception as error:  # notifications are a courtesy: the operator runs without them
             log.error("notifications off: Secret %s unusable: %s", Runtime.config.notify_secret, error)

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client
 
@@ -25,7 +25,7 @@ from modelrollout.measure import Measurer
 from modelrollout.metrics.templates import TemplateError, validate_template
 from modelrollout.notify import Notification, Notifier, now_text
 from modelrollout.routing.istio_router import IstioRouter
-from modelrollout.routing.router import Backend, RoutingConflict, RoutingProblem, Snapshot, StaleWrite
+from modelrollout.routing.router import Backend, Router, RoutingConflict, RoutingProblem, Snapshot, StaleWrite
 from modelrollout.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -75,40 +75,92 @@ def spec_problems(raw: Mapping[str, Any]) -> api.ModelRolloutSpec | list[str]:
     return problems or spec
 
 
+class KubeApi(Protocol):
+    """What the reconciler needs of the API server besides the VirtualService (kube.Kube in a cluster)."""
+
+    async def record_status(
+        self, ref: RolloutRef, status: api.ModelRolloutStatus, resource_version: str | None
+    ) -> dict[str, Any]: ...
+
+    async def get_rollout(self, ref: RolloutRef) -> dict[str, Any] | None: ...
+
+    async def rollout_exists(self, namespace: str, name: str) -> bool: ...
+
+    async def consume_action(self, ref: RolloutRef, value: str) -> dict[str, Any] | None: ...
+
+    async def emit_event(self, ref: RolloutRef, type_: str, reason: str, message: str) -> None: ...
+
+
+class Measuring(Protocol):
+    async def measure(
+        self, spec: api.ModelRolloutSpec, ref: RolloutRef, now: datetime, *, virtual_service_namespace: str
+    ) -> CheckResult | None: ...
+
+    def close(self) -> None: ...
+
+
+# A router for the VirtualService a record names, acting for the rollout `namespace/name` (its claims' owner).
+RouterFactory = Callable[[api.RoutingRecord, str], Router]
+
+
 @dataclass
 class Observed:
     """One observation of the routing: each router with the snapshot it read (or the problem it met)."""
 
-    spec_router: IstioRouter
+    spec_router: Router
     spec_snapshot: Snapshot | None
-    recorded_router: IstioRouter | None = None
+    recorded_router: Router | None = None
     recorded_snapshot: Snapshot | None = None
 
 
-class Reconciler:
-    def __init__(self, api_client: client.ApiClient, config: OperatorConfig) -> None:
-        self.api_client = api_client
-        self.config = config
-        self.kube = Kube(api_client, config.request_timeout)
-        self.telemetry = Telemetry()
-        self.notifier: Notifier | None = None
-        self.measurer = Measurer(self.kube, config)
-        # The object our last write returned, per rollout, and the resourceVersions it superseded: a body
-        # from a watch that has not caught up with our own write is never decided on.
-        self._latest: dict[str, tuple[frozenset[str], dict[str, Any]]] = {}
-
-    def router(self, record: api.RoutingRecord, ref: RolloutRef) -> IstioRouter:
+def istio_routers(api_client: client.ApiClient, request_timeout: float) -> RouterFactory:
+    def make(record: api.RoutingRecord, owner: str) -> Router:
         namespace, _, name = record.virtual_service.partition("/")
         return IstioRouter(
-            self.api_client,
+            api_client,
             namespace=namespace,
             name=name,
             api_version=record.api_version,
             routes=record.routes,
-            owner=f"{ref.namespace}/{ref.name}",
+            owner=owner,
             field_manager=engine.FIELD_MANAGER,
-            request_timeout=self.config.request_timeout,
+            request_timeout=request_timeout,
         )
+
+    return make
+
+
+class Reconciler:
+    def __init__(
+        self,
+        kube: KubeApi,
+        routers: RouterFactory,
+        measurer: Measuring,
+        config: OperatorConfig,
+        *,
+        telemetry: Telemetry | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.clock = clock
+        self.kube = kube
+        self.routers = routers
+        self.measurer = measurer
+        self.config = config
+        self.telemetry = telemetry or Telemetry()
+        self.notifier: Notifier | None = None
+        # The object our last write returned, per rollout, and the resourceVersions it superseded: a body
+        # from a watch that has not caught up with our own write is never decided on.
+        self._latest: dict[str, tuple[frozenset[str], dict[str, Any]]] = {}
+
+    @classmethod
+    def for_cluster(cls, api_client: client.ApiClient, config: OperatorConfig) -> tuple[Reconciler, Kube]:
+        """The operator's reconciler over the API server and Prometheus, and its Kube adapter."""
+        kube = Kube(api_client, config.request_timeout)
+        routers = istio_routers(api_client, config.request_timeout)
+        return cls(kube, routers, Measurer(kube, config), config), kube
+
+    def router(self, record: api.RoutingRecord, ref: RolloutRef) -> Router:
+        return self.routers(record, f"{ref.namespace}/{ref.name}")
 
     # ---- the tick ----
 
@@ -173,7 +225,7 @@ class Reconciler:
         check: list[CheckResult | None],
         may_write: Callable[[], bool],
     ) -> tuple[engine.Plan | None, dict[str, Any]]:
-        now = datetime.now(UTC)
+        now = self.clock()
         meta = obj["metadata"]
         generation = meta.get("generation")
         raw_status = obj.get("status") or {}
@@ -256,7 +308,7 @@ class Reconciler:
             )
         return observed, routing, previous
 
-    async def _read(self, router: IstioRouter) -> tuple[Snapshot | None, RoutingProblem | None]:
+    async def _read(self, router: Router) -> tuple[Snapshot | None, RoutingProblem | None]:
         try:
             return await router.read(), None
         except RoutingProblem as problem:
@@ -264,7 +316,7 @@ class Reconciler:
 
     async def _view(
         self,
-        router: IstioRouter,
+        router: Router,
         snapshot: Snapshot | None,
         problem: RoutingProblem | None,
         pair: tuple[Backend, Backend],
@@ -332,7 +384,7 @@ class Reconciler:
             except Exception as error:  # refused, forbidden, or not shown on read-back: the engine decides
                 reason = describe_api_error(error)
                 log.warning("%s/%s: VirtualService write failed: %s", ref.namespace, ref.name, reason)
-                failed = engine.write_failed(plan, recorded, reason, datetime.now(UTC))
+                failed = engine.write_failed(plan, recorded, reason, self.clock())
                 obj = await self._record(ref, obj, recorded, failed.status)
                 await self._post(ref, failed.events)
                 self.telemetry.write_failures.labels(ref.namespace, ref.name).inc()

@@ -351,6 +351,7 @@ def test_a_refused_write_mid_rollout_is_not_reported_as_progress(
 # Every verb the chart grants, with where its refusal shows: the operator's log (kopf's requests and the
 # operator's own API calls), or the rollout's status (a refused Secret read is a gate error, reported there).
 NEEDED = [
+    ("modelrollout.io", "modelrollouts", "get", "log"),
     ("modelrollout.io", "modelrollouts", "list", "log"),
     ("modelrollout.io", "modelrollouts", "watch", "log"),
     ("modelrollout.io", "modelrollouts", "patch", "log"),
@@ -402,6 +403,13 @@ def test_every_granted_verb_is_needed(
                 data={"token": base64.b64encode(b"not-checked").decode()},
             ),
         )
+        if (resource, verb) == ("modelrollouts", "get"):
+            # A claim on the route by a rollout that may be gone: the operator reads whether it still exists.
+            claim = '{"primary":"%s/deleted-long-ago"}' % rollout.namespace  # noqa: UP031 - JSON braces
+            rollout.objects.patch_namespaced_custom_object(
+                "networking.istio.io", "v1", rollout.namespace, "virtualservices", "llm",
+                {"metadata": {"annotations": {"modelrollout.io/managed-by": claim}}},
+            )  # fmt: skip
         rollout.create(
             stages=[{"weight": 10, "duration": "1s", "approval": "Manual"}, {"weight": 100}],
             prometheus={"address": prometheus.url, "secretRef": {"name": "prometheus-auth"}},

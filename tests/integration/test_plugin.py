@@ -40,7 +40,7 @@ def test_a_manual_gate_driven_with_the_plugin(
     code, out, err = run(capsys, "retry", "chat", *where)
     assert (code, out) == (1, "")
     assert err == (
-        'error: cannot retry modelrollout "chat": retry restarts a rolled-back or aborted rollout; '
+        'error: cannot retry modelrollout "chat": retry restarts an aborted or rolled-back rollout, '
         "this one is Progressing\n"
     )
     assert ACTION_ANNOTATION not in (rollout.get()["metadata"].get("annotations") or {})

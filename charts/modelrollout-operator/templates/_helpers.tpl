@@ -50,11 +50,12 @@ the operator with exactly these rules.
 */}}
 {{- define "modelrollout.rules" -}}
 # kopf lists and watches the rollouts; kopf patches them (its finalizer, its progress and diff-base
-# annotations) and so does the operator (kube.consume_action removes the action annotation).
+# annotations) and so does the operator (kube.consume_action removes the action annotation). kube.get_rollout
+# reads one afresh after a conflicting write, and tells a claim of a deleted rollout from a live one.
 - apiGroups: [modelrollout.io]
   resources: [modelrollouts]
-  verbs: [list, watch, patch]
-# kube.patch_status: the whole status through the status subresource.
+  verbs: [get, list, watch, patch]
+# kube.record_status: the whole status through the status subresource, conditional on the resourceVersion.
 - apiGroups: [modelrollout.io]
   resources: [modelrollouts/status]
   verbs: [patch]
