@@ -19,9 +19,9 @@ from kubernetes import client, config
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelrollout import api, run
-from modelrollout.devenv.environment import DevEnvironment, runs_root
-from modelrollout.devenv.processes import ProcessSet
-from modelrollout.sim.simulator import Simulator
+from modelrollout_dev.devenv.environment import DevEnvironment, runs_root
+from modelrollout_dev.devenv.processes import ProcessSet
+from modelrollout_dev.sim.simulator import Simulator
 
 NAMESPACE = "bench"
 CRDS = Path(__file__).resolve().parents[1] / "crds"

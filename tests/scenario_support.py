@@ -17,7 +17,7 @@ from kubernetes import client
 
 from istio_exporter import IstioTrafficExporter
 from modelrollout import api, run
-from modelrollout.devenv.environment import EnvironmentState
+from modelrollout_dev.devenv.environment import EnvironmentState
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
