@@ -17,10 +17,11 @@ from typing import Any
 
 from kubernetes import client, config
 
-from modelrollout import api, run
+from modelrollout import api
 from modelrollout_dev.demo import scenario, timeline, view
 from modelrollout_dev.devenv.environment import DevEnvironment, runs_root
 from modelrollout_dev.devenv.processes import ProcessSet
+from modelrollout_dev.local_operator import local_command
 
 DEADLINE_SECONDS = 300
 # The demo runs from the repository's checkout (the dev tooling is installed from it, editable).
@@ -122,7 +123,7 @@ class Demo:
             sim.set_load(rollout.host, scenario.RPS)
         prometheus.wait_for_job_up("mesh", timeout=30)
 
-        self._spawn("operator", run.local_command(state.prometheus_url, tick=1), env)
+        self._spawn("operator", local_command(state.prometheus_url, tick=1), env)
         for rollout in scenario.ROLLOUTS:
             objects.create_namespaced_custom_object(
                 api.GROUP, api.VERSION, scenario.NAMESPACE, api.PLURAL, scenario.model_rollout(rollout)
