@@ -1,6 +1,7 @@
 # The two commands: `make demo` and `make test`. Both set up everything they need on a fresh machine:
-# system packages (scripts/install-system-deps.sh), a virtualenv with the package, and the Go-built
-# etcd / kube-apiserver / kubectl (cached in ~/.cache/modelrollout, built once).
+# system packages (scripts/install-system-deps.sh), a virtualenv with the operator and the repository's dev
+# tooling (devtools/: `modelrollout dev|sim|demo`, the test tools), and the Go-built etcd / kube-apiserver /
+# kubectl (cached in ~/.cache/modelrollout, built once).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -21,10 +22,10 @@ help:
 deps:
 	@bash scripts/install-system-deps.sh
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml devtools/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e . -e './devtools[test]'
 	@touch $@
 
 venv: $(BIN)/.installed
@@ -37,8 +38,8 @@ crds: venv
 
 lint: venv
 	$(BIN)/modelrollout crds --output-dir crds --check
-	$(BIN)/ruff check operator tests bench
-	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/ruff check operator devtools tests bench
+	$(BIN)/ruff format --check operator devtools tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -18,10 +18,11 @@ from typing import Any
 from kubernetes import client, config
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelrollout import api, run
-from modelrollout.devenv.environment import DevEnvironment, runs_root
-from modelrollout.devenv.processes import ProcessSet
-from modelrollout.sim.simulator import Simulator
+from modelrollout import api
+from modelrollout_dev.devenv.environment import DevEnvironment, runs_root
+from modelrollout_dev.devenv.processes import ProcessSet
+from modelrollout_dev.local_operator import local_command
+from modelrollout_dev.sim.simulator import Simulator
 
 NAMESPACE = "bench"
 CRDS = Path(__file__).resolve().parents[1] / "crds"
@@ -144,7 +145,7 @@ def main() -> int:
         env = {**os.environ, "KUBECONFIG": state.kubeconfig}
         operator, _ = processes.spawn(
             "operator",
-            run.local_command(state.prometheus_url, tick=1, metrics_port=metrics_port),
+            local_command(state.prometheus_url, tick=1, metrics_port=metrics_port),
             die_with_parent=True,
             env=env,
         )

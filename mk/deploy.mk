@@ -7,7 +7,7 @@
 # helm is built from its Go module like etcd and kube-apiserver: the wrapper module pins it (with go.sum) and
 # the cache directory is named after the pin. tests/integration/test_install.py builds the same binary into
 # the same place with the same flags.
-HELM_GOMOD   := operator/modelrollout/devenv/gomod/helm
+HELM_GOMOD   := devtools/modelrollout_dev/devenv/gomod/helm
 HELM_VERSION := $(shell sed -n 's/^[[:space:]]*helm\.sh\/helm\/v3 \(v[^ ]*\).*/\1/p' $(HELM_GOMOD)/go.mod)
 # helm's default Capabilities.KubeVersion (helm template, lint) is the client-go it is built with, as in
 # helm's own release builds; unset, it would be 1.20 and fail the chart's kubeVersion.
@@ -34,7 +34,7 @@ IMAGE_REPO   ?= modelrollout-operator
 IMAGE_TAG    ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 NAMESPACE    ?= modelrollout-system
 # The Istio release whose API (CRDs) the tests install: the cluster runs what the operator is tested against.
-ISTIO_VERSION ?= $(shell sed -n 's/^require istio\.io\/api v\(.*\)/\1/p' operator/modelrollout/devenv/gomod/istio/go.mod)
+ISTIO_VERSION ?= $(shell sed -n 's/^require istio\.io\/api v\(.*\)/\1/p' devtools/modelrollout_dev/devenv/gomod/istio/go.mod)
 ISTIO_REPO    := https://istio-release.storage.googleapis.com/charts
 # Empty: the chart's latest release. Set it to pin.
 PROMETHEUS_CHART_VERSION ?=

@@ -33,7 +33,7 @@ if [[ -z "${KUBEBUILDER_ASSETS:-}" ]]; then
   have_go="$(go env GOVERSION | sed 's/^go//')"
   if [[ "$(printf '%s\n%s\n' "$need_go" "$have_go" | sort -V | head -1)" != "$need_go" ]]; then
     echo "error: Go $have_go is older than $need_go, which Kubernetes $(grep -o 'k8s.io/kubernetes v[0-9.]*' \
-      operator/modelrollout/devenv/gomod/kube/go.mod | cut -d' ' -f2) needs (or set KUBEBUILDER_ASSETS)" >&2
+      devtools/modelrollout_dev/devenv/gomod/kube/go.mod | cut -d' ' -f2) needs (or set KUBEBUILDER_ASSETS)" >&2
     exit 1
   fi
 fi

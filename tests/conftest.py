@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from modelrollout.devenv.environment import DevEnvironment, EnvironmentState, runs_root
-from modelrollout.devenv.prometheus import PrometheusServer
+from modelrollout_dev.devenv.environment import DevEnvironment, EnvironmentState, runs_root
+from modelrollout_dev.devenv.prometheus import PrometheusServer
 from scenario_support import Kubectl
 
 _started: dict[str, Any] = {}

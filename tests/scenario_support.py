@@ -16,8 +16,9 @@ from typing import Any
 from kubernetes import client
 
 from istio_exporter import IstioTrafficExporter
-from modelrollout import api, run
-from modelrollout.devenv.environment import EnvironmentState
+from modelrollout import api
+from modelrollout_dev.devenv.environment import EnvironmentState
+from modelrollout_dev.local_operator import local_command
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -37,7 +38,7 @@ class OperatorProcess:
         """Start `modelrollout run`; flags in `extra_args` override the defaults (e.g. a metrics port)."""
         self.starts += 1
         log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
-        argv = [*run.local_command(self.prometheus_url, tick=0.5), *extra_args]
+        argv = [*local_command(self.prometheus_url, tick=0.5), *extra_args]
         self.proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def log_text(self) -> str:

@@ -5,31 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
 import kopf
 
 from modelrollout import handlers
 from modelrollout.config import OperatorConfig
-
-
-def local_command(prometheus_url: str, *, tick: float, metrics_port: int = 0) -> list[str]:
-    """`modelrollout run` as a process on this machine (the demo, the tests, the benchmarks): no liveness
-    endpoint, the given tick and metrics port. Flags appended later override these."""
-    return [
-        sys.executable,
-        "-m",
-        "modelrollout.cli",
-        "run",
-        "--liveness",
-        "off",
-        "--tick",
-        f"{tick:g}",
-        "--prometheus-url",
-        prometheus_url,
-        "--metrics-port",
-        str(metrics_port),
-    ]
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

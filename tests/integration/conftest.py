@@ -10,8 +10,8 @@ from kubernetes import client
 
 from istio_exporter import IstioTrafficExporter
 from modelrollout import api
-from modelrollout.devenv.environment import EnvironmentState
-from modelrollout.devenv.prometheus import PrometheusServer
+from modelrollout_dev.devenv.environment import EnvironmentState
+from modelrollout_dev.devenv.prometheus import PrometheusServer
 from scenario_support import Kubectl, OperatorProcess, Rollout, prepared_rollout
 
 

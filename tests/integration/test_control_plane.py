@@ -12,8 +12,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from modelrollout.devenv.binaries import kubernetes_version
-from modelrollout.devenv.environment import EnvironmentState
+from modelrollout_dev.devenv.binaries import kubernetes_version
+from modelrollout_dev.devenv.environment import EnvironmentState
 from scenario_support import Kubectl
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from modelrollout.devenv.prometheus import PrometheusServer
 from modelrollout.telemetry import Telemetry
+from modelrollout_dev.devenv.prometheus import PrometheusServer
 
 pytestmark = pytest.mark.integration
 

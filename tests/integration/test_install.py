@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from modelrollout.devenv.binaries import (
+from modelrollout_dev.devenv.binaries import (
     GOMOD_DIR,
     BinariesError,
     GoBuild,

@@ -27,10 +27,10 @@ from kubernetes import client
 from test_install import CHART, ensure_helm, run_helm
 
 from istio_exporter import IstioTrafficExporter
-from modelrollout.devenv.binaries import BinariesError
-from modelrollout.devenv.environment import EnvironmentState
-from modelrollout.devenv.netutil import free_port
-from modelrollout.devenv.prometheus import PrometheusServer
+from modelrollout_dev.devenv.binaries import BinariesError
+from modelrollout_dev.devenv.environment import EnvironmentState
+from modelrollout_dev.devenv.netutil import free_port
+from modelrollout_dev.devenv.prometheus import PrometheusServer
 from scenario_support import CANARY, RPS, Kubectl, Rollout, prepared_rollout, wait_for
 
 pytestmark = [

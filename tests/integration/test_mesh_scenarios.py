@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from modelrollout.devenv.prometheus import PrometheusServer
-from modelrollout.sim.routing import Request
-from modelrollout.sim.simulator import Simulator
+from modelrollout_dev.devenv.prometheus import PrometheusServer
+from modelrollout_dev.sim.routing import Request
+from modelrollout_dev.sim.simulator import Simulator
 from scenario_support import CANARY, STABLE, Rollout, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("modelrollout_crd", "operator")]

@@ -18,9 +18,9 @@ import pytest
 from kubernetes import client
 
 from istio_exporter import IstioTrafficExporter
-from modelrollout.devenv.environment import EnvironmentState
-from modelrollout.devenv.prometheus import PrometheusServer
 from modelrollout.notify import Notification, Notifier, NotifyTargets
+from modelrollout_dev.devenv.environment import EnvironmentState
+from modelrollout_dev.devenv.prometheus import PrometheusServer
 from scenario_support import CANARY, RPS, STABLE, Kubectl, OperatorProcess, Rollout, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("modelrollout_crd")]

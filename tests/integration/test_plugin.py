@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from modelrollout import plugin
-from modelrollout.devenv.environment import EnvironmentState
 from modelrollout.kube import ACTION_ANNOTATION
+from modelrollout_dev.devenv.environment import EnvironmentState
 from scenario_support import Rollout
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("modelrollout_crd")]

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from prometheus_api_client import PrometheusConnect
 
-from modelrollout.devenv.prometheus import PrometheusServer
+from modelrollout_dev.devenv.prometheus import PrometheusServer
 
 pytestmark = pytest.mark.integration
 

@@ -22,10 +22,10 @@ import pytest
 
 from istio_exporter import IstioTrafficExporter
 from modelrollout import api
-from modelrollout.devenv.prometheus import PrometheusServer
 from modelrollout.metrics.prometheus import PrometheusProvider
 from modelrollout.metrics.provider import MetricsError, Sample
 from modelrollout.metrics.templates import TemplateVariables, render_gate_query, request_count_query
+from modelrollout_dev.devenv.prometheus import PrometheusServer
 
 pytestmark = pytest.mark.integration
 

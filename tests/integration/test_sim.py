@@ -29,11 +29,11 @@ import pytest
 from kubernetes import client
 
 from modelrollout import api
-from modelrollout.devenv.environment import EnvironmentState
-from modelrollout.devenv.prometheus import PrometheusServer
 from modelrollout.metrics.prometheus import PrometheusProvider
 from modelrollout.metrics.templates import TemplateVariables, render_gate_query, request_count_query
-from modelrollout.sim.simulator import Simulator
+from modelrollout_dev.devenv.environment import EnvironmentState
+from modelrollout_dev.devenv.prometheus import PrometheusServer
+from modelrollout_dev.sim.simulator import Simulator
 from scenario_support import Kubectl, wait_for
 
 pytestmark = pytest.mark.integration
@@ -314,10 +314,10 @@ def test_gate_queries_read_the_backends(
 
 
 def test_entry_point(env_state: EnvironmentState, kubectl: Kubectl, namespace: str) -> None:
-    """`python -m modelrollout.sim` prints its URL first, then routes its load by the VirtualService."""
+    """`python -m modelrollout_dev.sim` prints its URL first, then routes its load by the VirtualService."""
     applied = kubectl("apply", "-f", "-", input=json.dumps(virtual_service(namespace, 0, 100, None)))
     assert applied.returncode == 0, applied.stderr
-    argv = [sys.executable, "-m", "modelrollout.sim", "--kubeconfig", env_state.kubeconfig]
+    argv = [sys.executable, "-m", "modelrollout_dev.sim", "--kubeconfig", env_state.kubeconfig]
     argv += ["--namespace", namespace, "--port", "0", "--rps", "50", "--host", "llm", "--seed", "1"]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from modelrollout.devenv.processes import ProcessRecord, ProcessSet, is_alive
+from modelrollout_dev.devenv.processes import ProcessRecord, ProcessSet, is_alive
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,11 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from modelrollout.devenv import binaries
-from modelrollout.devenv.controlplane import apiserver_argv, build_kubeconfig, etcd_argv
-from modelrollout.devenv.istio import istio_api_version
-from modelrollout.devenv.pki import ADMIN_GROUP, generate_pki
-from modelrollout.devenv.prometheus import prometheus_config, target_group
+from modelrollout_dev.devenv import binaries
+from modelrollout_dev.devenv.controlplane import apiserver_argv, build_kubeconfig, etcd_argv
+from modelrollout_dev.devenv.istio import istio_api_version
+from modelrollout_dev.devenv.pki import ADMIN_GROUP, generate_pki
+from modelrollout_dev.devenv.prometheus import prometheus_config, target_group
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from modelrollout.devenv.processes import (
+from modelrollout_dev.devenv.processes import (
     ProcessSet,
     is_alive,
     owner_is_gone,

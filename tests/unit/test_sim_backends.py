@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from modelrollout.sim.backends import Backend, Backends, BackendSettings
+from modelrollout_dev.sim.backends import Backend, Backends, BackendSettings
 
 SAMPLES = 50_000
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from modelrollout.sim.routing import (
+from modelrollout_dev.sim.routing import (
     Destination,
     Request,
     RouteResult,

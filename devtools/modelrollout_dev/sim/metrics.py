@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from modelrollout.sim.routing import Destination
+from modelrollout_dev.sim.routing import Destination
 
 # Istio's default buckets (0.5 ms .. 1 h) with extra bounds from 50 ms to 60 s, where LLM latencies and their
 # SLOs live: histogram_quantile interpolates linearly within a bucket, so from 100 ms to 60 s each step is at

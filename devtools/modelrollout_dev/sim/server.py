@@ -32,11 +32,11 @@ from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from modelrollout.sim.load import Flow
-from modelrollout.sim.routing import Request
+from modelrollout_dev.sim.load import Flow
+from modelrollout_dev.sim.routing import Request
 
 if TYPE_CHECKING:
-    from modelrollout.sim.simulator import Simulator
+    from modelrollout_dev.sim.simulator import Simulator
 
 MAX_BODY_BYTES = 1 << 20
 _LOAD_FIELDS = frozenset(

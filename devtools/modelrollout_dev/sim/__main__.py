@@ -1,4 +1,4 @@
-"""`python -m modelrollout.sim`: run the simulated mesh until interrupted (or for --duration seconds).
+"""`python -m modelrollout_dev.sim`: run the simulated mesh until interrupted (or for --duration seconds).
 
 The first line of stdout is the URL of `/metrics` and the control API (`http://127.0.0.1:PORT`), so a script
 or a test can start it with `--port 0` and read where it listens.
@@ -16,13 +16,14 @@ from types import FrameType
 
 from kubernetes import client, config
 
-from modelrollout.sim.simulator import Simulator
+from modelrollout_dev.sim.simulator import Simulator
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """The simulator's options, on a parser of its own or on a subcommand's parser."""
     parser = parser or argparse.ArgumentParser(
-        prog="python -m modelrollout.sim", description="A simulated Istio data plane with fake LLM backends."
+        prog="python -m modelrollout_dev.sim",
+        description="A simulated Istio data plane with fake LLM backends.",
     )
     parser.add_argument(
         "--kubeconfig",
@@ -56,6 +57,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--duration", type=float, default=0.0, help="stop after this many seconds; 0: until interrupted"
     )
     return parser
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`modelrollout sim`: the same options as `python -m modelrollout_dev.sim`."""
+    sim = subparsers.add_parser("sim", help="a simulated Istio data plane with fake LLM backends")
+    build_parser(sim)
+    sim.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,13 +21,13 @@ from typing import Any
 
 from kubernetes import client
 
-from modelrollout.sim.backends import Backends
-from modelrollout.sim.load import Flow, LoadGenerator
-from modelrollout.sim.metrics import MeshMetrics
-from modelrollout.sim.routing import Destination, Request, RouteResult, route
-from modelrollout.sim.server import ControlServer
-from modelrollout.sim.stats import Stats
-from modelrollout.sim.watcher import VirtualServiceWatcher
+from modelrollout_dev.sim.backends import Backends
+from modelrollout_dev.sim.load import Flow, LoadGenerator
+from modelrollout_dev.sim.metrics import MeshMetrics
+from modelrollout_dev.sim.routing import Destination, Request, RouteResult, route
+from modelrollout_dev.sim.server import ControlServer
+from modelrollout_dev.sim.stats import Stats
+from modelrollout_dev.sim.watcher import VirtualServiceWatcher
 
 VirtualServices = Callable[[], Sequence[Mapping[str, Any]]]
 

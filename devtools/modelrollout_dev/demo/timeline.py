@@ -23,7 +23,7 @@ class Series:
 
 
 def draw(series: list[Series], path: Path) -> Path:
-    import matplotlib  # noqa: PLC0415 - only the demo needs it, and only here
+    import matplotlib  # noqa: PLC0415 - slow to import, and only the picture at the end needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415

@@ -13,16 +13,16 @@ from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 
-from modelrollout.devenv.binaries import BinariesError, resolve_binaries
-from modelrollout.devenv.controlplane import StartError
-from modelrollout.devenv.environment import (
+from modelrollout_dev.devenv.binaries import BinariesError, resolve_binaries
+from modelrollout_dev.devenv.controlplane import StartError
+from modelrollout_dev.devenv.environment import (
     DevEnvironment,
     EnvironmentState,
     load_state,
     running_state,
     runs_root,
 )
-from modelrollout.devenv.istio import istio_crds_path
+from modelrollout_dev.devenv.istio import istio_crds_path
 
 
 def _log(message: str) -> None:

@@ -20,10 +20,10 @@ from typing import Any
 
 import yaml
 
-from modelrollout.devenv.binaries import Binaries
-from modelrollout.devenv.netutil import free_port, wait_until
-from modelrollout.devenv.pki import ADMIN_USER, Pki, generate_pki
-from modelrollout.devenv.processes import ProcessRecord, ProcessSet
+from modelrollout_dev.devenv.binaries import Binaries
+from modelrollout_dev.devenv.netutil import free_port, wait_until
+from modelrollout_dev.devenv.pki import ADMIN_USER, Pki, generate_pki
+from modelrollout_dev.devenv.processes import ProcessRecord, ProcessSet
 
 _START_ATTEMPTS = 3  # a free port can be taken by someone else between probing and binding
 

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from modelrollout.devenv.binaries import Binaries, resolve_binaries
-from modelrollout.devenv.controlplane import ControlPlane
-from modelrollout.devenv.istio import install_istio_crds
-from modelrollout.devenv.processes import ProcessSet, is_alive, sweep_stale_runs
-from modelrollout.devenv.prometheus import PrometheusServer
+from modelrollout_dev.devenv.binaries import Binaries, resolve_binaries
+from modelrollout_dev.devenv.controlplane import ControlPlane
+from modelrollout_dev.devenv.istio import install_istio_crds
+from modelrollout_dev.devenv.processes import ProcessSet, is_alive, sweep_stale_runs
+from modelrollout_dev.devenv.prometheus import PrometheusServer
 
 STATE_FILE = "state.json"
 

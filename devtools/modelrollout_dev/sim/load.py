@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
-from modelrollout.sim.routing import Request
+from modelrollout_dev.sim.routing import Request
 
 MAX_BACKLOG_SECONDS = 1.0
 

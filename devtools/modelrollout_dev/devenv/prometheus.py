@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from modelrollout.devenv.controlplane import StartError
-from modelrollout.devenv.netutil import free_port, wait_until
-from modelrollout.devenv.processes import ProcessRecord, ProcessSet
+from modelrollout_dev.devenv.controlplane import StartError
+from modelrollout_dev.devenv.netutil import free_port, wait_until
+from modelrollout_dev.devenv.processes import ProcessRecord, ProcessSet
 
 SCRAPE_INTERVAL = "1s"
 

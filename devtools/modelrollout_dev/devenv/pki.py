@@ -12,15 +12,10 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-try:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-except ModuleNotFoundError as missing:  # the operator's image has no dev environment: fine until one is used
-    _MISSING: ModuleNotFoundError | None = missing
-else:
-    _MISSING = None
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 ADMIN_USER = "modelrollout-admin"
 ADMIN_GROUP = "system:masters"
@@ -74,10 +69,6 @@ def _builder(
 
 
 def generate_pki(directory: Path) -> Pki:
-    if _MISSING is not None:
-        raise RuntimeError(
-            "the local environment needs the 'devenv' extra: pip install 'modelrollout[devenv]'"
-        )
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(
         ca_cert=directory / "ca.crt",

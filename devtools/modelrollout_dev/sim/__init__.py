@@ -7,5 +7,5 @@
 - `watcher`: the live VirtualServices, listed and watched from the API server.
 - `simulator`: all of it together: load generator, request handling, `/metrics` and a JSON control API.
 
-Run it with `python -m modelrollout.sim --help`.
+Run it with `python -m modelrollout_dev.sim --help`.
 """

@@ -14,7 +14,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from modelrollout.devenv.binaries import GOMOD_DIR, BinariesError, cache_root, go_environment, pinned_version
+from modelrollout_dev.devenv.binaries import (
+    GOMOD_DIR,
+    BinariesError,
+    cache_root,
+    go_environment,
+    pinned_version,
+)
 
 CRD_FILE = "kubernetes/customresourcedefinitions.gen.yaml"
 NETWORKING_CRDS = ("virtualservices.networking.istio.io", "destinationrules.networking.istio.io")

@@ -3,6 +3,7 @@ rollouts with a live view, inject the regression, print a summary, draw the time
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -16,16 +17,19 @@ from typing import Any
 
 from kubernetes import client, config
 
-from modelrollout import api, run
-from modelrollout.demo import scenario, timeline, view
-from modelrollout.devenv.environment import DevEnvironment, runs_root
-from modelrollout.devenv.processes import ProcessSet
+from modelrollout import api
+from modelrollout_dev.demo import scenario, timeline, view
+from modelrollout_dev.devenv.environment import DevEnvironment, runs_root
+from modelrollout_dev.devenv.processes import ProcessSet
+from modelrollout_dev.local_operator import local_command
 
 DEADLINE_SECONDS = 300
+# The demo runs from the repository's checkout (the dev tooling is installed from it, editable).
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 class SimClient:
-    """The simulator's control API (see modelrollout.sim)."""
+    """The simulator's control API (see modelrollout_dev.sim)."""
 
     def __init__(self, address: str) -> None:
         self.base = f"http://{address}"
@@ -89,7 +93,7 @@ class Demo:
         env = {**os.environ, "KUBECONFIG": state.kubeconfig}
         _log(f"environment up in {state.started_seconds['total']:.1f}s; logs in {self.run_dir / 'logs'}")
         kubectl = [state.kubectl, f"--kubeconfig={state.kubeconfig}"]
-        crds = Path(__file__).resolve().parents[3] / "crds"
+        crds = REPO_ROOT / "crds"
         subprocess.run([*kubectl, "apply", "--server-side", "-f", str(crds)], check=True, capture_output=True)
         subprocess.run(
             [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds)],
@@ -119,7 +123,7 @@ class Demo:
             sim.set_load(rollout.host, scenario.RPS)
         prometheus.wait_for_job_up("mesh", timeout=30)
 
-        self._spawn("operator", run.local_command(state.prometheus_url, tick=1), env)
+        self._spawn("operator", local_command(state.prometheus_url, tick=1), env)
         for rollout in scenario.ROLLOUTS:
             objects.create_namespaced_custom_object(
                 api.GROUP, api.VERSION, scenario.NAMESPACE, api.PLURAL, scenario.model_rollout(rollout)
@@ -132,7 +136,7 @@ class Demo:
         argv = [
             sys.executable,
             "-m",
-            "modelrollout.sim",
+            "modelrollout_dev.sim",
             "--namespace",
             scenario.NAMESPACE,
             "--port",
@@ -253,6 +257,14 @@ class Demo:
         self.processes.stop_all(grace_seconds=5)
         self.environment.stop()
         self.environment.remove()
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`modelrollout demo`."""
+    demo = subparsers.add_parser(
+        "demo", help="two rollouts on simulated traffic: one promotes, one rolls back"
+    )
+    demo.set_defaults(handler=lambda _args: main())
 
 
 def main() -> int:

@@ -1,0 +1,24 @@
+"""The operator as a process on this machine, for the demo, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import sys
+
+
+def local_command(prometheus_url: str, *, tick: float, metrics_port: int = 0) -> list[str]:
+    """`modelrollout run` with this interpreter: no liveness endpoint, the given tick and metrics port. Flags
+    appended later override these."""
+    return [
+        sys.executable,
+        "-m",
+        "modelrollout.cli",
+        "run",
+        "--liveness",
+        "off",
+        "--tick",
+        f"{tick:g}",
+        "--prometheus-url",
+        prometheus_url,
+        "--metrics-port",
+        str(metrics_port),
+    ]
