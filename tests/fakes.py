@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,7 +53,7 @@ class FakeApiServer:
     vs_writes: int = 0
     status_writes: int = 0
     # Called before a VirtualService write lands (after the faults): a race, e.g. a deletion mid-tick.
-    before_vs_write: Callable[[], None] | None = None
+    before_vs_write: Callable[[], Awaitable[None] | None] | None = None
 
     def bump(self) -> str:
         self.version += 1
@@ -105,9 +105,6 @@ class FakeApiServer:
             self.conflict_vs_writes -= 1
             self.edit_vs(lambda vs: None, manager="someone-else")  # someone else wrote first
             raise api_error(409, "the object has been modified")
-        if self.before_vs_write is not None:
-            race, self.before_vs_write = self.before_vs_write, None
-            race()
         current = self.get_vs(namespace, name)
         if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
             raise api_error(
@@ -217,6 +214,11 @@ class FakeRouter(IstioRouter):
     async def _replace(self, body: dict[str, Any]) -> dict[str, Any]:
         from modelrollout.routing.router import RoutingProblem, StaleWrite  # noqa: PLC0415
 
+        race, self.server.before_vs_write = self.server.before_vs_write, None
+        if race is not None:
+            raced = race()
+            if raced is not None:
+                await raced
         try:
             return self.server.replace_vs(self.namespace, self.name, body, self.field_manager)
         except ApiException as failed:

@@ -261,11 +261,13 @@ class Reconciler:
         )
         plan = engine.decide(spec, status, observation)
         # A check is used by one decision that got recorded; after a conflict the next decision reuses it.
-        obj = await self._execute(ref, obj, status, plan, observed=observed, may_write=may_write)
+        executed, obj = await self._execute(ref, obj, status, plan, observed=observed, may_write=may_write)
         check[:] = [None]
-        self.telemetry.record(ref.namespace, ref.name, plan.status, observation.check, plan.rollback_reason)
-        self._notify(ref, spec, plan)
-        return plan, obj
+        self.telemetry.record(
+            ref.namespace, ref.name, executed.status, observation.check, executed.rollback_reason
+        )
+        self._notify(ref, spec, executed)
+        return executed, obj
 
     # ---- observing the routing ----
 
@@ -363,7 +365,8 @@ class Reconciler:
         *,
         observed: Observed,
         may_write: Callable[[], bool],
-    ) -> dict[str, Any]:
+    ) -> tuple[engine.Plan, dict[str, Any]]:
+        """The plan carried out, or the plan that records why it could not be; and the object as stored."""
         await self._post(ref, plan.early_events)
         recorded = before
         if plan.intent is not None:
@@ -376,7 +379,8 @@ class Reconciler:
                 obj = consumed
         if plan.write is not None or plan.release_recorded:
             if not may_write():
-                return obj  # the driver is stopping: the finalizer owns the VirtualService now
+                # The driver is stopping: the finalizer owns the VirtualService now. Nothing more is recorded.
+                return engine.Plan(status=recorded), obj
             try:
                 await self._write_routing(plan, observed)
             except (StaleWrite, Stale):
@@ -388,10 +392,10 @@ class Reconciler:
                 obj = await self._record(ref, obj, recorded, failed.status)
                 await self._post(ref, failed.events)
                 self.telemetry.write_failures.labels(ref.namespace, ref.name).inc()
-                return obj
+                return failed, obj
         obj = await self._record(ref, obj, recorded, plan.status)
         await self._post(ref, plan.events)
-        return obj
+        return plan, obj
 
     async def _write_routing(self, plan: engine.Plan, observed: Observed) -> None:
         if plan.write_on == "recorded":

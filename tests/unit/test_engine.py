@@ -580,3 +580,173 @@ def test_abort_after_promotion_is_refused() -> None:
     assert (d.status.phase, d.canary_weight) == (api.Phase.PROMOTED, None)
     assert d.status.last_action is not None
     assert "the rollout is Promoted" in d.status.last_action.result
+
+
+# ---- stage semantics ----
+
+
+def test_a_manual_gate_on_the_last_stage_waits_for_promote() -> None:
+    spec = make_spec().model_copy(
+        update={"stages": [api.Stage(weight=10), api.Stage(weight=100, approval=api.Approval.MANUAL)]}
+    )
+    r = Rollout(spec=spec)
+    r.tick()
+    r.tick(timedelta(seconds=30), verdict=P)
+    assert r.status.stage == 1
+    d = r.tick(timedelta(seconds=30), verdict=P)
+    assert (d.status.phase, d.status.reason) == (api.Phase.PAUSED, "AwaitingApproval")
+    assert r.reasons() == ["AwaitingApproval"]
+    d = r.tick(action="promote")
+    assert d.status.phase == api.Phase.PROMOTED
+
+
+def test_promote_full_at_the_last_stage_does_not_restart_its_soak() -> None:
+    r = Rollout()
+    r.tick()
+    r.tick(action="promote-full")
+    started = r.status.stage_started_at
+    d = r.tick(timedelta(seconds=20), action="promote-full")
+    assert d.status.stage_started_at == started
+    assert d.status.last_action is not None
+    assert d.status.last_action.result.startswith("ignored: the rollout is already at its last stage")
+    assert d.canary_weight is None
+
+
+@pytest.mark.parametrize(
+    "hold_by", [{"inconclusiveLimit": 0, "onInconclusive": "Hold"}, {"errorLimit": 0, "onError": "Hold"}]
+)
+def test_promote_while_held_lifts_the_hold_and_moves_on(hold_by: dict[str, Any]) -> None:
+    r = Rollout(spec=make_spec(**hold_by))
+    r.tick()
+    verdict = INC if "inconclusiveLimit" in hold_by else E
+    d = r.tick(timedelta(seconds=10), verdict=verdict)
+    assert d.status.phase == api.Phase.PAUSED
+    d = r.tick(action="promote")
+    assert (d.status.phase, d.status.hold, d.status.stage, d.canary_weight) == (
+        api.Phase.PROGRESSING,
+        None,
+        1,
+        10,
+    )
+    assert d.status.last_action is not None
+    assert "hold is lifted" in d.status.last_action.result
+
+
+def test_promote_is_refused_while_spec_paused_freezes_the_rollout() -> None:
+    r = Rollout(spec=make_spec().model_copy(update={"paused": True}))
+    r.tick()
+    d = r.tick(action="promote")
+    assert d.canary_weight is None
+    assert d.status.last_action is not None
+    assert "spec.paused" in d.status.last_action.result
+
+
+def test_a_stage_without_a_soak_waits_for_a_check_over_its_own_traffic() -> None:
+    """The check that lets a stage advance must measure that stage only: its window starts after the stage
+    did. Without a duration the stage waits for such a check rather than advancing on the previous one."""
+    spec = make_spec().model_copy(update={"stages": [api.Stage(weight=10), api.Stage(weight=100)]})
+    r = Rollout(spec=spec)
+    r.tick()
+    d = r.tick(timedelta(seconds=10), verdict=P)
+    assert (d.status.stage, d.canary_weight) == (0, None)
+    assert "waiting 20s for a check over this stage's traffic only (window 30s)" in d.status.message
+    d = r.tick(timedelta(seconds=20), verdict=P)
+    assert (d.status.stage, d.canary_weight) == (1, 100)
+
+
+def test_a_gate_with_a_longer_window_sets_the_wait() -> None:
+    spec = make_spec(gates=[{"name": "slow", "template": "istio-error-rate", "max": 0.02, "window": "5m"}])
+    r = Rollout(spec=spec)
+    r.tick()
+    d = r.tick(timedelta(minutes=2), verdict=P)
+    assert d.status.stage == 0
+    d = r.tick(timedelta(minutes=3), verdict=P)
+    assert d.status.stage == 1
+
+
+# ---- plans: what is recorded before the write ----
+
+
+def test_an_action_is_recorded_as_accepted_before_it_takes_effect() -> None:
+    r = Rollout()
+    r.at_stage(1)
+    r.tick(timedelta(minutes=1), verdict=P)
+    d = r.tick(action="promote")
+    assert d.intent is not None
+    assert d.intent.pending_action is not None
+    assert d.intent.pending_action.action == "promote"
+    assert (d.intent.stage, d.intent.phase) == (1, api.Phase.PAUSED)  # nothing claimed yet
+    assert d.consume_action == "promote"
+    assert d.status.pending_action is None
+    # Applied again to the status it was accepted in (a failed write, a restart): the same outcome.
+    again = engine.decide(
+        r.spec,
+        d.intent,
+        Observation(
+            now=r.now,
+            generation=1,
+            operator_started_at=r.started,
+            routing=RoutingView(canary_weight=10, last_writer=engine.FIELD_MANAGER),
+        ),
+    )
+    assert (again.status.stage, again.canary_weight) == (d.status.stage, d.canary_weight)
+    assert again.consume_action is None
+
+
+def test_a_pending_action_and_a_new_annotation_are_taken_one_at_a_time() -> None:
+    r = Rollout()
+    r.at_stage(1)
+    r.tick(timedelta(minutes=1), verdict=P)
+    first = r.tick(action="promote")
+    assert first.intent is not None
+    r.status = first.intent  # recorded, the write failed
+    d = r.tick(action="abort")
+    assert d.consume_action is None  # abort waits on the annotation until promote is done
+    assert d.status.stage == 2
+    d = r.tick(action="abort")
+    assert (d.status.phase, d.consume_action) == (api.Phase.ABORTED, "abort")
+
+
+def test_write_failed_keeps_the_check_and_claims_nothing_else() -> None:
+    r = Rollout(spec=make_spec(failureLimit=0))
+    r.at_stage(2)
+    base = r.status
+    decided = engine.decide(
+        r.spec,
+        base,
+        Observation(
+            now=r.now + timedelta(seconds=10),
+            generation=1,
+            operator_started_at=r.started,
+            routing=RoutingView(canary_weight=50, last_writer=engine.FIELD_MANAGER),
+            check=check(F, r.now + timedelta(seconds=10), 0.4),
+        ),
+    )
+    assert decided.intent is not None
+    failed = engine.write_failed(decided, decided.intent, "HTTP 403: denied", r.now)
+    assert (failed.status.phase, failed.status.canary_weight) == (api.Phase.PROGRESSING, 50)
+    assert failed.status.failed_checks == 1
+    assert failed.status.rollback is not None
+    assert failed.write is None
+    assert failed.notifications == ()
+    assert [e.reason for e in failed.events] == ["AnalysisFailed", "WriteFailed"]
+    again = engine.write_failed(decided, failed.status, "HTTP 403: denied", r.now)
+    assert [e.reason for e in again.events] == ["AnalysisFailed"]  # WriteFailed is said once, then counted
+    assert again.status.write_failures == 2
+
+
+def test_an_invalid_spec_never_erases_a_finished_phase() -> None:
+    r = Rollout()
+    r.at_stage(3)
+    r.tick(timedelta(seconds=30), verdict=P)
+    assert r.status.phase == api.Phase.PROMOTED
+    d = engine.invalid_spec(r.status, ["spec.stages: the last stage must have weight 100"], r.now, 2)
+    assert d.status.phase == api.Phase.PROMOTED
+    assert d.write is None
+    by_type = {c.type: c.status for c in d.status.conditions}
+    assert (by_type["InvalidSpec"], by_type["Stalled"], by_type["Ready"]) == ("True", "True", "False")
+    r.status = d.status
+    d = r.tick(timedelta(minutes=5), verdict=P)  # fixed: it stays promoted and is not analysed again
+    assert (d.status.phase, d.canary_weight) == (api.Phase.PROMOTED, None)
+    assert r.reasons() == ["Recovered"]
+    assert {c.type: c.status for c in d.status.conditions}["InvalidSpec"] == "False"

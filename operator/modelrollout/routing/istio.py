@@ -257,13 +257,19 @@ def with_split(vs: VirtualService, indexes: list[int], desired: RouteWrite) -> t
     weight = desired.canary_weight
     if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
         raise ValueError(f"canary weight must be an integer in 0..100, not {weight!r}")
+    # Dropping the pair's own canary: the return of a superseded pair, which leaves the route altogether.
+    drop_canary = desired.canary in desired.drop
+    if drop_canary and weight != 0:
+        raise ValueError(f"a canary that leaves the route cannot keep weight {weight}")
     namespace = (vs.get("metadata") or {}).get("namespace")
     result = copy.deepcopy(vs)
     retiring = (*desired.drop, *desired.retire)
 
     def role(destination: dict[str, Any]) -> str:
-        if any(destination_matches(b, destination, namespace) for b in (desired.stable, desired.canary)):
+        if destination_matches(desired.stable, destination, namespace):
             return "pair"
+        if destination_matches(desired.canary, destination, namespace):
+            return "drop" if drop_canary else "pair"
         if any(destination_matches(b, destination, namespace) for b in desired.drop):
             return "drop"
         if any(destination_matches(b, destination, namespace) for b in desired.retire):
@@ -283,6 +289,8 @@ def with_split(vs: VirtualService, indexes: list[int], desired: RouteWrite) -> t
         route["route"] = kept
         split = _split(result, index, desired.stable, desired.canary, retiring)
         split.destinations[split.stable]["weight"] = 100 - weight
+        if split.canary is None and drop_canary:
+            continue
         if split.canary is None:
             split.destinations.insert(
                 split.stable + 1, {"destination": _destination_of(desired.canary), "weight": weight}

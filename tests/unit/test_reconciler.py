@@ -1,0 +1,402 @@
+"""The reconciler (observe, decide, execute the plan) over in-memory fakes of the API server, the
+VirtualService router and the metrics: failed and refused writes, conflicts, actions that must survive a
+failure, deletion racing a tick, and spec edits mid-rollout. The VirtualService goes through the real router
+and transforms; only the API server is played by `fakes.FakeApiServer`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from fakes import NAMESPACE, STABLE, World, sample_spec, sample_vs
+from modelrollout import api
+from modelrollout.kube import ACTION_ANNOTATION
+
+P, F = api.Verdict.PASS, api.Verdict.FAIL
+
+
+def world(**analysis: Any) -> World:
+    w = World()
+    w.server.put_vs(sample_vs())
+    w.server.create_rollout(sample_spec(**analysis))
+    return w
+
+
+def at_stage_two(w: World) -> None:
+    w.tick()
+    w.tick(timedelta(minutes=1))
+    assert (w.server.status().stage, w.server.weights()) == (1, (50, 50))
+
+
+def rollbacks_counted(w: World) -> float:
+    total = 0.0
+    for metric in w.reconciler.telemetry.rollbacks.collect():
+        total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
+    return total
+
+
+# ---- writes that fail ----
+
+
+def test_a_refused_rollback_is_never_claimed_and_announced_once_when_it_goes_through() -> None:
+    w = world()
+    at_stage_two(w)
+    w.server.refuse_vs_writes = 3
+    w.measurer.verdict, w.measurer.value = F, 0.3
+    for _ in range(3):
+        w.tick(timedelta(seconds=10))
+        status = w.server.status()
+        assert w.server.weights() == (50, 50)
+        assert status.phase == api.Phase.PROGRESSING  # never RolledBack while the VirtualService says 50%
+        assert status.rollback is not None  # ... but the decided return is recorded, to be finished
+        degraded = next(c for c in status.conditions if c.type == "Degraded")
+        assert (degraded.status, degraded.reason) == ("True", "WriteFailed")
+        assert "denied by policy" in degraded.message
+    assert w.notifier.submitted == []
+    assert rollbacks_counted(w) == 0
+    assert w.reasons().count("WriteFailed") == 1  # one Event, then a count in the condition
+    assert w.server.status().write_failures == 3
+    assert "3 attempts in a row" in next(
+        c.message for c in w.server.status().conditions if c.type == "Degraded"
+    )
+
+    w.tick(timedelta(seconds=10))  # the policy lets it through
+
+    status = w.server.status()
+    assert (status.phase, w.server.weights()) == (api.Phase.ROLLED_BACK, (100, 0))
+    assert [n.event for n in w.notifier.submitted] == ["RolledBack"]
+    assert rollbacks_counted(w) == 1
+    assert next(c for c in status.conditions if c.type == "Degraded").status == "False"
+    assert status.write_failures == 0
+    w.tick(timedelta(seconds=10))
+    assert [n.event for n in w.notifier.submitted] == ["RolledBack"]  # once
+
+
+def test_a_conflict_on_the_virtual_service_is_observed_again_and_lands_in_the_same_tick() -> None:
+    w = world()
+    w.tick()
+    w.server.conflict_vs_writes = 1
+    w.tick(timedelta(minutes=1))
+    assert (w.server.status().stage, w.server.weights()) == (1, (50, 50))
+    assert "WriteFailed" not in w.reasons()
+
+
+def test_a_stale_status_is_never_written_over_a_newer_one() -> None:
+    """Someone else wrote the rollout between our read and our status write: the write is refused (409),
+    the rollout read again and the decision made again on what it now says."""
+    w = world()
+    w.tick()
+    w.server.conflict_status_writes = 1
+    w.tick(timedelta(minutes=1))
+    status = w.server.status()
+    assert (status.stage, status.canary_weight, w.server.weights()) == (1, 50, (50, 50))
+    assert w.reasons().count("StageAdvanced") == 1  # adopted once, not advanced twice
+
+
+def test_a_body_older_than_our_own_write_is_not_decided_on() -> None:
+    """A watch that has not caught up yet hands the driver the object before our last status write."""
+    w = world()
+    w.tick()
+    old = w.server.rollout()
+    w.tick(timedelta(minutes=1))  # stage 2 recorded
+    asyncio.run(w.reconciler.reconcile(old))
+    assert (w.server.status().stage, w.server.weights()) == (1, (50, 50))
+
+
+# ---- actions: at least once, and once ----
+
+
+def test_a_promote_survives_a_refused_write_and_is_applied_once() -> None:
+    w = world()
+    spec = sample_spec()
+    spec["stages"][0]["approval"] = "Manual"
+    w.server.edit_rollout(lambda obj: obj.__setitem__("spec", spec))
+    w.tick()
+    w.tick(timedelta(minutes=1))
+    assert w.server.status().awaiting_approval
+    w.server.annotate("promote")
+    w.server.refuse_vs_writes = 1
+
+    w.tick()
+
+    status = w.server.status()
+    assert status.pending_action is not None
+    assert status.pending_action.action == "promote"  # accepted, not applied
+    assert ACTION_ANNOTATION not in w.server.rollout()["metadata"]["annotations"]
+    assert (status.stage, w.server.weights()) == (0, (90, 10))
+
+    w.tick(timedelta(seconds=1))
+    w.tick(timedelta(seconds=1))
+
+    status = w.server.status()
+    assert (status.stage, status.canary_weight, w.server.weights()) == (1, 50, (50, 50))
+    assert status.pending_action is None
+    assert status.last_action is not None
+    assert status.last_action.result == "advanced to stage 2/3"
+    assert w.reasons().count("StageAdvanced") == 1
+
+
+def test_an_action_accepted_before_a_restart_is_applied_once_not_twice() -> None:
+    """The operator recorded the accepted action and died before it removed the annotation: the annotation
+    still holding the same value is the same request."""
+    w = world()
+    at_stage_two(w)
+    w.server.annotate("abort")
+    status = w.server.status().model_copy(
+        update={"pending_action": api.PendingAction(action="abort", accepted_at=w.now)}
+    )
+    w.server.edit_rollout(
+        lambda obj: obj.__setitem__("status", status.model_dump(by_alias=True, mode="json"))
+    )
+    w.reconciler = w.new_operator()
+
+    w.tick()
+
+    status = w.server.status()
+    assert (status.phase, w.server.weights()) == (api.Phase.ABORTED, (100, 0))
+    assert ACTION_ANNOTATION not in w.server.rollout()["metadata"]["annotations"]
+    assert status.last_action is not None
+    assert status.last_action.result == "aborted: traffic on stable"
+
+
+# ---- spec edits mid-rollout ----
+
+
+@pytest.mark.parametrize(
+    ("stages", "stage", "weights", "says"),
+    [
+        ([5, 100], 0, (95, 5), "continuing at stage 1/2 at 5%"),  # the current stage is gone
+        ([10, 20, 50, 100], 2, (50, 50), "continuing at stage 3/4 at 50%"),  # a stage inserted before
+        ([10, 40, 100], 1, (60, 40), "continuing at stage 2/3 at 40%"),  # its weight changed
+        ([60, 100], 0, (50, 50), "below stage 1/2 (60%)"),  # every stage above the live weight
+    ],
+)
+def test_an_edit_of_the_stages_never_raises_traffic(
+    stages: list[int], stage: int, weights: tuple[int, int], says: str
+) -> None:
+    w = world()
+    at_stage_two(w)
+
+    def edit(obj: dict[str, Any]) -> None:
+        obj["spec"]["stages"] = [{"weight": weight, "duration": "1m"} for weight in stages]
+
+    w.server.edit_rollout(edit)
+    w.tick(timedelta(seconds=5))
+
+    status = w.server.status()
+    assert (status.stage, w.server.weights()) == (stage, weights)
+    assert status.stage_count == len(stages)
+    changed = [m for _, r, m in w.server.events if r == "StagesChanged"]
+    assert len(changed) == 1
+    assert says in changed[0]
+    # It keeps analysing and advancing by its rules.
+    w.tick(timedelta(minutes=1))
+    w.tick(timedelta(minutes=1))
+    assert w.server.status().canary_weight > weights[1] or w.server.status().phase == api.Phase.PROMOTED
+
+
+def test_a_new_canary_host_first_returns_traffic_and_drops_the_old_destination() -> None:
+    w = world()
+    at_stage_two(w)
+
+    def new_canary(obj: dict[str, Any]) -> None:
+        obj["spec"]["canary"] = {"host": "llm-next", "model": "next"}
+
+    w.server.edit_rollout(new_canary)
+    w.tick(timedelta(seconds=5))
+
+    route = w.server.vs()["spec"]["http"][0]["route"]
+    assert route == [
+        {"destination": {"host": STABLE}, "weight": 90},
+        {"destination": {"host": "llm-next"}, "weight": 10},
+    ]
+    status = w.server.status()
+    assert (status.phase, status.stage, status.canary_weight) == (api.Phase.PROGRESSING, 0, 10)
+    assert status.canary is not None
+    assert status.canary.host == "llm-next"
+    assert w.reasons()[-2:] == ["Superseded", "RolloutStarted"]
+    assert w.server.claims() == {"primary": f"{NAMESPACE}/chat"}
+
+
+def test_a_finished_rollout_keeps_its_phase_through_an_invalid_spec() -> None:
+    w = world()
+    at_stage_two(w)
+    w.tick(timedelta(minutes=1))
+    w.tick(timedelta(seconds=30))
+    assert w.server.status().phase == api.Phase.PROMOTED
+    writes = w.server.vs_writes
+    good = w.server.rollout()["spec"]
+    w.server.edit_rollout(lambda obj: obj["spec"].__setitem__("stages", [{"weight": 50}]))
+
+    w.tick(timedelta(seconds=5))
+
+    status = w.server.status()
+    assert status.phase == api.Phase.PROMOTED
+    by_type = {c.type: (c.status, c.reason) for c in status.conditions}
+    assert by_type["InvalidSpec"] == ("True", "InvalidSpec")
+    assert by_type["Stalled"] == ("True", "InvalidSpec")
+    assert "the last stage must have weight 100" in status.message
+
+    w.server.edit_rollout(lambda obj: obj.__setitem__("spec", good))
+    w.tick(timedelta(seconds=5))
+    w.tick(timedelta(minutes=5))
+
+    status = w.server.status()
+    assert status.phase == api.Phase.PROMOTED
+    assert w.server.weights() == (0, 100)
+    assert w.server.vs_writes == writes  # not analysed again, not sent back to 0%
+    assert w.reasons().count("Promoted") == 1
+    assert {c.type: c.status for c in status.conditions}["Ready"] == "True"
+
+
+def test_a_query_with_an_unknown_variable_moves_no_traffic() -> None:
+    w = World()
+    w.server.put_vs(sample_vs())
+    spec = sample_spec()
+    spec["analysis"]["gates"].append(
+        {"name": "refusals", "query": 'sum(rate(x{service="{{ canary.modle }}"}[{{ window }}]))', "max": 1}
+    )
+    w.server.create_rollout(spec)
+
+    w.tick()
+
+    status = w.server.status()
+    assert (status.phase, status.reason) == (api.Phase.DEGRADED, "InvalidSpec")
+    assert "spec.analysis.gates[1].query" in status.message
+    assert "refusals" in status.message
+    assert "canary.modle" in status.message
+    assert w.server.vs_writes == 0
+    assert w.measurer.calls == 0
+
+
+# ---- a new rollout, claims and deletion ----
+
+
+def test_a_new_rollout_records_pending_before_it_moves_traffic() -> None:
+    w = world()
+    seen: list[api.ModelRolloutStatus] = []
+    w.server.before_vs_write = lambda: seen.append(w.server.status())
+
+    w.tick()
+
+    assert seen[0].phase == api.Phase.PENDING
+    assert seen[0].routing == api.RoutingRecord(
+        virtual_service=f"{NAMESPACE}/llm", api_version="networking.istio.io/v1", routes=["primary"]
+    )
+    assert w.server.status().phase == api.Phase.PROGRESSING
+
+
+def test_two_rollouts_on_two_routes_of_one_virtual_service_both_progress() -> None:
+    w = World()
+    vs = sample_vs()
+    vs["spec"]["http"].append({"name": "batch", "route": [{"destination": {"host": STABLE}, "weight": 100}]})
+    w.server.put_vs(vs)
+    w.server.create_rollout(sample_spec(), name="chat")
+    batch = sample_spec()
+    batch["trafficRouting"]["istio"]["routes"] = ["batch"]
+    w.server.create_rollout(batch, name="batch")
+
+    w.tick(name="chat")
+    w.tick(name="batch")
+
+    assert w.server.weights(route=0) == (90, 10)
+    assert w.server.weights(route=1) == (90, 10)
+    assert w.server.claims() == {"primary": f"{NAMESPACE}/chat", "batch": f"{NAMESPACE}/batch"}
+    assert "Conflict" not in w.reasons()
+
+
+def test_a_claim_left_by_a_deleted_rollout_is_taken_over() -> None:
+    w = World()
+    vs = sample_vs()
+    vs["metadata"]["annotations"] = {
+        "modelrollout.io/managed-by": json.dumps({"primary": f"{NAMESPACE}/gone"})
+    }
+    w.server.put_vs(vs)
+    w.server.create_rollout(sample_spec())
+
+    w.tick()
+
+    assert w.server.claims() == {"primary": f"{NAMESPACE}/chat"}
+    assert w.server.weights() == (90, 10)
+    assert "ClaimTakenOver" in w.reasons()
+
+
+def test_a_live_claim_is_left_alone() -> None:
+    w = World()
+    vs = sample_vs()
+    vs["metadata"]["annotations"] = {
+        "modelrollout.io/managed-by": json.dumps({"primary": f"{NAMESPACE}/first"})
+    }
+    w.server.put_vs(vs)
+    w.server.create_rollout(sample_spec(), name="first")
+    w.server.create_rollout(sample_spec(), name="chat")
+
+    w.tick(name="chat")
+
+    assert w.server.status("chat").phase == api.Phase.DEGRADED
+    assert w.server.claims() == {"primary": f"{NAMESPACE}/first"}
+    assert w.server.vs_writes == 0
+
+
+def test_deletion_acts_on_what_was_recorded_even_when_the_spec_is_invalid_now() -> None:
+    w = world()
+    at_stage_two(w)
+    w.server.edit_rollout(lambda obj: obj["spec"]["trafficRouting"]["istio"].__setitem__("routes", ["nope"]))
+    w.server.edit_rollout(lambda obj: obj["spec"].__setitem__("stages", [{"weight": 50}]))
+
+    w.delete()
+
+    assert w.server.weights() == (100, 0)
+    assert w.server.claims() == {}
+
+
+def test_deletion_releases_the_claim_when_the_route_is_gone() -> None:
+    w = world()
+    at_stage_two(w)
+    w.server.edit_vs(lambda vs: vs["spec"]["http"][0].__setitem__("name", "renamed"))
+
+    w.delete()
+
+    assert w.server.claims() == {}
+
+
+def test_a_deletion_during_a_tick_ends_at_stable_and_unclaimed() -> None:
+    """The finalizer runs while a tick is about to write: the tick's write meets a 409, it reads the rollout
+    again, sees it being deleted and writes nothing more; nothing re-claims the released route."""
+    w = world()
+    at_stage_two(w)
+    w.measurer.verdict = P
+
+    async def delete_now() -> None:
+        w.server.delete_rollout()
+        await w.reconciler.on_delete(w.server.rollout())
+
+    w.server.before_vs_write = delete_now
+    w.tick(timedelta(minutes=1))
+
+    assert w.server.weights() == (100, 0)
+    assert w.server.claims() == {}
+
+
+def test_a_stopped_driver_writes_nothing() -> None:
+    w = world()
+    w.tick()
+    writes = w.server.vs_writes
+    asyncio.run(w.reconciler.reconcile(w.server.rollout(), may_write=lambda: False))
+    w.now += timedelta(minutes=1)
+    asyncio.run(w.reconciler.reconcile(w.server.rollout(), may_write=lambda: False))
+    assert w.server.vs_writes == writes
+
+
+def test_deletion_retries_a_refused_write() -> None:
+    w = world()
+    at_stage_two(w)
+    w.server.refuse_vs_writes = 1
+    with pytest.raises(Exception, match="Refused"):
+        w.delete()
+    w.delete()
+    assert (w.server.weights(), w.server.claims()) == ((100, 0), {})
