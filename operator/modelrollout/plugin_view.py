@@ -413,6 +413,41 @@ def _conditions(status: Mapping[str, Any], now: datetime) -> list[str]:
     return ["Conditions:", *_table(["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"], rows, indent="  ")]
 
 
+# Conditions that say something is wrong when True, in the order a person should read them.
+TROUBLES = ("InvalidSpec", "Conflict", "Degraded", "MetricsUnavailable")
+
+
+def _problems(status: Mapping[str, Any]) -> list[str]:
+    """The trouble conditions that are on, one line each, right under the message."""
+    by_type = _condition_types(status)
+    lines = []
+    for type_ in TROUBLES:
+        condition = by_type.get(type_)
+        if condition is None or condition.get("status") != "True":
+            continue
+        reason = str(condition.get("reason") or "")
+        label = type_ if reason in ("", type_) else f"{type_} ({reason})"
+        lines.append(f"{label}: {_shorten(str(condition.get('message') or ''), 100)}")
+    if not lines:
+        return []
+    return [f"Problems:     {lines[0]}", *(f"              {line}" for line in lines[1:])]
+
+
+def _pending(status: Mapping[str, Any], now: datetime) -> list[str]:
+    pending = _map(status.get("pendingAction"))
+    failures = int(status.get("writeFailures") or 0)
+    lines = []
+    if pending:
+        accepted = age(pending.get("acceptedAt"), now)
+        lines.append(
+            f"Pending:      {_text(pending.get('action'))}, accepted {accepted} ago; "
+            "applied once the VirtualService write goes through"
+        )
+    if failures:
+        lines.append(f"Writes:       the last {failures} VirtualService write(s) failed; retried every tick")
+    return lines
+
+
 def _rollback(status: Mapping[str, Any], now: datetime) -> list[str]:
     rollback = _map(status.get("rollback"))
     if not rollback:
@@ -469,6 +504,7 @@ def render_status(
         f"Stage:        {progress(obj)}",
         f"Message:      {_text(status.get('message'))}",
     ]
+    lines += _problems(status)
     lag = generation_lag(obj)
     if lag:
         lines.append(f"Generation:   {lag}")
@@ -483,6 +519,7 @@ def render_status(
         "",
         *_analysis(obj, now),
         f"Hold:         {_text(status.get('hold')) if status.get('hold') else 'none'}",
+        *_pending(status, now),
         "",
         *_conditions(status, now),
         "",

@@ -572,3 +572,58 @@ def test_fitting_actions_in_every_phase() -> None:
         "Aborted": ["retry"],
         "Degraded": ["promote", "promote --full", "abort"],
     }
+
+
+def test_status_puts_problems_under_the_message_and_shows_a_pending_action() -> None:
+    conditions = [
+        {
+            "type": "Ready",
+            "status": "True",
+            "reason": "Promoted",
+            "lastTransitionTime": iso(timedelta(hours=1)),
+        },
+        {
+            "type": "InvalidSpec",
+            "status": "True",
+            "reason": "InvalidSpec",
+            "message": "spec.stages: the last stage must have weight 100",
+            "lastTransitionTime": iso(timedelta(minutes=1)),
+        },
+        {
+            "type": "Degraded",
+            "status": "True",
+            "reason": "WriteFailed",
+            "message": "could not set the canary weight to 0% (3 attempts in a row): HTTP 403: denied",
+            "lastTransitionTime": iso(timedelta(minutes=1)),
+        },
+        {
+            "type": "Conflict",
+            "status": "False",
+            "reason": "Resolved",
+            "lastTransitionTime": iso(timedelta(hours=1)),
+        },
+    ]
+    obj = rollout(
+        "Paused",
+        "AwaitingApproval",
+        conditions=conditions,
+        pendingAction={"action": "promote", "acceptedAt": iso(timedelta(seconds=30))},
+        writeFailures=3,
+    )
+    lines = render_status(obj, NOW).splitlines()
+    message = next(i for i, line in enumerate(lines) if line.startswith("Message:"))
+    assert lines[message + 1] == "Problems:     InvalidSpec: spec.stages: the last stage must have weight 100"
+    assert lines[message + 2].strip() == (
+        "Degraded (WriteFailed): could not set the canary weight to 0% (3 attempts in a row): "
+        "HTTP 403: denied"
+    )
+    assert (
+        "Pending:      promote, accepted 30s ago; applied once the VirtualService write goes through" in lines
+    )
+    assert "Writes:       the last 3 VirtualService write(s) failed; retried every tick" in lines
+
+
+def test_status_without_problems_says_nothing_of_them() -> None:
+    screen = render_status(rollout("Progressing", "Analysing"), NOW)
+    assert "Problems:" not in screen
+    assert "Pending:" not in screen

@@ -121,9 +121,11 @@ class ControlPlane:
         self.die_with_parent = die_with_parent
         self.info: ControlPlaneInfo | None = None
         self._records: list[ProcessRecord] = []
+        self._pki: Pki | None = None
+        self._apiserver: ProcessRecord | None = None
 
     def start(self, timeout: float = 90.0) -> ControlPlaneInfo:
-        pki = generate_pki(self.run_dir / "pki")
+        pki = self._pki = generate_pki(self.run_dir / "pki")
         etcd_url = self._start_with_retries("etcd", lambda: self._start_etcd(timeout))
         api_url = self._start_with_retries(
             "kube-apiserver", lambda: self._start_apiserver(pki, etcd_url, timeout)
@@ -147,6 +149,22 @@ class ControlPlane:
             self.processes.stop(record)
         self._records.clear()
 
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver (etcd keeps running): clients see connections refused until it is back."""
+        if self._apiserver is None:
+            raise RuntimeError("the control plane is not running")
+        self.processes.stop(self._apiserver)
+        self._records.remove(self._apiserver)
+        self._apiserver = None
+
+    def start_apiserver(self, timeout: float = 90.0) -> None:
+        """Start kube-apiserver again on the same port, certificates and etcd: the same cluster, so every
+        kubeconfig and client made before works again once it is ready."""
+        if self.info is None or self._pki is None or self._apiserver is not None:
+            raise RuntimeError("start the control plane first, and stop kube-apiserver before restarting it")
+        port = int(self.info.api_url.rsplit(":", 1)[1])
+        self._start_apiserver(self._pki, self.info.etcd_url, timeout, port=port)
+
     def _start_with_retries(self, component: str, start: Any) -> str:
         last: StartError | None = None
         for _ in range(_START_ATTEMPTS):
@@ -166,6 +184,8 @@ class ControlPlane:
         tail = self.processes.log_tail(record)
         self.processes.stop(record, grace_seconds=2.0)
         self._records.remove(record)
+        if record is self._apiserver:
+            self._apiserver = None
         if "address already in use" in tail:
             return _PortTaken(tail.splitlines()[-1] if tail else why)
         return StartError(f"{record.name} {why}; log {record.log}:\n{tail}")
@@ -189,12 +209,13 @@ class ControlPlane:
             raise self._fail(record, f"was not healthy within {timeout:.0f}s")
         return url
 
-    def _start_apiserver(self, pki: Pki, etcd_url: str, timeout: float) -> str:
-        port = free_port()
+    def _start_apiserver(self, pki: Pki, etcd_url: str, timeout: float, port: int | None = None) -> str:
+        port = port or free_port()
         argv = apiserver_argv(
             self.binaries.kube_apiserver, pki, etcd_url, port, self.run_dir / "apiserver-certs"
         )
         proc, record = self._spawn("kube-apiserver", argv)
+        self._apiserver = record
         url = f"https://127.0.0.1:{port}"
         context = ssl.create_default_context(cafile=str(pki.ca_cert))
         context.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))

@@ -281,7 +281,12 @@ def write_failed(plan: Plan, base: api.ModelRolloutStatus, error: str, now: date
         else "could not write the VirtualService"
     )
     attempts = f" ({count} attempts in a row)" if count > 1 else ""
-    message = f"{what}{attempts}: {error}"[:1024]
+    pending = (
+        f"; {base.pending_action.action} is accepted and takes effect once the write goes through"
+        if base.pending_action is not None
+        else ""
+    )
+    message = f"{what}{attempts}: {error}{pending}"[:1024]
     metrics = next((c for c in decided.conditions if c.type == "MetricsUnavailable"), None)
     conditions = [c for c in base.conditions if c.type != "MetricsUnavailable"]
     if metrics is not None:
