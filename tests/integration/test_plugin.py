@@ -100,7 +100,7 @@ def test_a_manual_gate_driven_with_the_plugin(
     code, out, err = run(capsys, "promote", "chat", *where)
     assert (code, out) == (1, "")
     assert err == (
-        'error: cannot promote modelrollout "chat": the rollout is already Promoted: the canary serves 100%\n'
+        'error: cannot promote modelrollout "chat": the rollout is Promoted: the canary already serves 100%\n'
     )
 
 
