@@ -1,0 +1,68 @@
+"""The kopf glue: the driver and the finalizer of one rollout never interleave their effects."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import kopf
+
+from fakes import World, sample_spec, sample_vs
+from modelrollout import handlers
+
+
+class Flag:
+    """What kopf hands a daemon as `stopped`: false until the daemon is told to stop."""
+
+    def __init__(self) -> None:
+        self.set = False
+
+    def __bool__(self) -> bool:
+        return self.set
+
+
+def test_a_deletion_waits_for_the_tick_in_progress_and_the_driver_starts_no_other() -> None:
+    w = World()
+    w.server.put_vs(sample_vs())
+    w.server.create_rollout(sample_spec())
+    w.tick()
+    w.now += timedelta(minutes=1)  # the next tick advances to 50%
+    memo = kopf.Memo()
+    memo.reconciler = w.reconciler
+    stopped = Flag()
+    order: list[str] = []
+    handlers.Runtime.tick_seconds = 0.01
+
+    finalize = w.reconciler.on_delete
+
+    async def on_delete(body: kopf.Body) -> None:
+        order.append("finalizer runs")
+        await finalize(body)
+
+    w.reconciler.on_delete = on_delete  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        deletion: list[asyncio.Task[None]] = []
+
+        async def delete_mid_tick() -> None:
+            # kopf runs the finalizer and tells the driver to stop while its tick is about to write.
+            order.append("tick writes")
+            w.server.delete_rollout()
+            stopped.set = True
+            body = kopf.Body(w.server.rollout())
+            deletion.append(asyncio.create_task(handlers.release(body=body, memo=memo)))
+            await asyncio.sleep(0.05)  # the finalizer gets every chance to run now; it must wait
+            order.append("tick done")
+
+        w.server.before_vs_write = delete_mid_tick
+        driver = asyncio.create_task(
+            handlers.drive(body=kopf.Body(w.server.rollout()), memo=memo, stopped=stopped, logger=None)
+        )
+        await asyncio.wait_for(driver, 5)
+        await asyncio.wait_for(deletion[0], 5)
+
+    asyncio.run(scenario())
+
+    assert order == ["tick writes", "tick done", "finalizer runs"]
+    assert w.server.weights() == (100, 0)
+    assert w.server.claims() == {}
