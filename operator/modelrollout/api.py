@@ -232,9 +232,7 @@ def _query_template(value: str | None) -> str | None:
 # (misplaced or malformed placeholders, unterminated strings) needs PromQL's lexer: the operator reports it as
 # InvalidSpec before it moves any traffic.
 ANY_PLACEHOLDER = r"\{\{[ \t]*[\w.]+[ \t]*\}\}"
-KNOWN_PLACEHOLDER = (
-    r"\{\{[ \t]*(?:" + "|".join(re.escape(name) for name in KNOWN_VARIABLES) + r")[ \t]*\}\}"
-)
+KNOWN_PLACEHOLDER = r"\{\{[ \t]*(?:" + "|".join(re.escape(name) for name in KNOWN_VARIABLES) + r")[ \t]*\}\}"
 _KNOWN_TEXT = ", ".join(KNOWN_VARIABLES)
 
 
@@ -245,6 +243,8 @@ def _first_unknown_variable() -> str:
         text += f".replace('{{{{{name}}}}}', '')"
     return text + r".find(r'\{\{[\w.]+\}\}').replace('{{', '').replace('}}', '')"
 
+
+_FIRST_UNKNOWN = _first_unknown_variable()
 
 GateQuery = Annotated[
     str,
@@ -260,9 +260,8 @@ GateQuery = Annotated[
                     f"unknown variable in query (known: {_KNOWN_TEXT})",
                     # No cel.bind in CRD rules: the name is found twice, once to test it is there.
                     message_expression=(
-                        f"{_first_unknown_variable()} == '' ? "
-                        f"'unknown variable in query (known: {_KNOWN_TEXT})' : "
-                        f"'unknown variable {{{{ ' + {_first_unknown_variable()} + ' }}}} (known: {_KNOWN_TEXT})'"
+                        f"{_FIRST_UNKNOWN} == '' ? 'unknown variable in query (known: {_KNOWN_TEXT})' : "
+                        f"'unknown variable {{{{ ' + {_FIRST_UNKNOWN} + ' }}}} (known: {_KNOWN_TEXT})'"
                     ),
                 )
             ),

@@ -64,7 +64,7 @@ class Reconciler:
         self.kube = Kube(api_client, config.request_timeout)
         self.telemetry = Telemetry()
         self.notifier: Notifier | None = None
-        self.measurer = Measurer(self.kube, config)
+        self.measurer = Measurer(self.kube, config, telemetry=self.telemetry)
 
     def router(self, spec: api.ModelRolloutSpec, ref: RolloutRef) -> IstioRouter:
         istio = spec.traffic_routing.istio
@@ -105,7 +105,8 @@ class Reconciler:
         usable = routing.problem is None and routing.conflict_owner is None
         check = None
         if usable and engine.analysis_due(spec, status, now, self.config.started_at):
-            check = await self.measurer.measure(spec, ref, now)
+            vs_namespace = spec.traffic_routing.istio.virtual_service.namespace or ref.namespace
+            check = await self.measurer.measure(spec, ref, now, virtual_service_namespace=vs_namespace)
         observation = engine.Observation(
             now=now,
             generation=generation,

@@ -13,9 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelrollout import api
-from modelrollout.metrics.prometheus import PrometheusAuth, auth_from_secret_data, samples_from_result
-from modelrollout.metrics.provider import MetricsError, Sample
+from modelrollout.metrics.credentials import PrometheusAuth, auth_from_secret_data
+from modelrollout.metrics.prometheus import samples_from_result
 from modelrollout.metrics.promql import NAME_CHARS
+from modelrollout.metrics.provider import MetricsError, Sample
 from modelrollout.metrics.templates import (
     KNOWN_VARIABLES,
     TargetVariables,
