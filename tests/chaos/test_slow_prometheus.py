@@ -136,7 +136,10 @@ def test_a_slow_prometheus_rolls_back_no_healthy_rollout(
     )
     proxy = delaying_proxy(prometheus.url, DELAY)
     metrics_port = free_port()
-    operator = operator_process(proxy.url, "--tick", "2", "--metrics-port", str(metrics_port))
+    # This namespace only: rollouts other tests of the session left behind are not its business.
+    operator = operator_process(
+        proxy.url, "--tick", "2", "--metrics-port", str(metrics_port), "--namespace", namespace
+    )
 
     objects = client.CustomObjectsApi(api_client)
     for index in range(ROLLOUTS):
