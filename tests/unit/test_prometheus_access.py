@@ -4,6 +4,7 @@ closed when idle or when their credentials rotate, never while a query runs."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Iterator
 from datetime import timedelta
@@ -152,3 +153,17 @@ def test_idle_providers_are_closed(pool: QueryPool) -> None:
     assert (len(cache), cache.closed) == (1, 1)  # a's, unused for 601s; b's was used 301s ago
     cache.forget(("llm", "b"))
     assert (len(cache), cache.closed) == (0, 2)
+
+
+def test_a_pool_shut_down_refuses_work_and_keeps_no_turn() -> None:
+    pool = QueryPool(workers=1, per_owner=1)
+    pool.shutdown()
+    finished: list[bool] = []
+
+    async def attempt() -> None:
+        with pytest.raises(RuntimeError):
+            await pool.run("a", lambda: None, deadline=1, finished=lambda: finished.append(True))
+
+    asyncio.run(attempt())
+    assert finished == [True]
+    assert pool.scheduler.stats().free == 1

@@ -92,7 +92,13 @@ class QueryPool:
             self.on_wait(started - asked)
         # No await between getting the turn and handing it to the thread's completion, so a cancellation
         # cannot leak it.
-        future = loop.run_in_executor(self._executor, call)
+        try:
+            future = loop.run_in_executor(self._executor, call)
+        except RuntimeError:  # shut down meanwhile (the operator is stopping)
+            self.scheduler.release(owner)
+            if finished:
+                finished()
+            raise
         future.add_done_callback(functools.partial(self._done, owner, started, finished))
         # The shield lets a timed-out caller go while the thread runs to its own (HTTP) timeout, still holding
         # its turn.
