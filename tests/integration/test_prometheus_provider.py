@@ -132,6 +132,41 @@ def test_builtin_gates_read_back_the_traffic(
     assert short_count.value == pytest.approx(RPS * 5, rel=0.2)
 
 
+@pytest.mark.parametrize("subset_label", ["destination_version", "destination_canonical_revision"])
+def test_builtin_gates_tell_a_subset_canary_from_its_stable(
+    exporter: IstioTrafficExporter, provider: PrometheusProvider, subset_label: str
+) -> None:
+    """One host, two DestinationRule subsets named after their pods' version label: the built-in gates read
+    each side's own traffic (before, both read the sum of the two)."""
+    host = f"llm-{uuid.uuid4().hex[:6]}"
+    exporter.set_traffic(host, "llm", rps=RPS, error_ratio=0.0, latency_ms=100, version="v1")
+    exporter.set_traffic(host, "llm", rps=RPS / 2, error_ratio=0.2, latency_ms=800, version="v2")
+    variables = TemplateVariables.for_rollout(
+        stable=api.Target(host=host, subset="v1"),
+        canary=api.Target(host=host, subset="v2"),
+        rollout_name="chat",
+        rollout_namespace="rollouts",
+        hosts_namespace="llm",
+        window=WINDOW,
+        subset_label=subset_label,
+    )
+    count = request_count_query(variables)
+    assert poll(provider, count, lambda s: bool(s) and s[0].value > RPS / 2 * 5), "no canary samples"
+    time.sleep(WINDOW.total_seconds() / 2)
+
+    [canary_errors] = query(provider, render_gate_query(gate(api.GateTemplate.ISTIO_ERROR_RATE), variables))
+    assert canary_errors.value == pytest.approx(0.2, abs=0.02)
+    [canary_p99] = query(provider, render_gate_query(gate(api.GateTemplate.ISTIO_LATENCY_P99), variables))
+    assert 500 < canary_p99.value <= 1000
+    baseline = variables.targeting("stable")
+    [stable_errors] = query(provider, render_gate_query(gate(api.GateTemplate.ISTIO_ERROR_RATE), baseline))
+    assert stable_errors.value == 0.0
+    [stable_p99] = query(provider, render_gate_query(gate(api.GateTemplate.ISTIO_LATENCY_P99), baseline))
+    assert 50 < stable_p99.value <= 100
+    [canary_count], [stable_count] = query(provider, count), query(provider, request_count_query(baseline))
+    assert canary_count.value < stable_count.value  # a third of the host's requests, not all of them
+
+
 def test_no_traffic_is_no_data_or_nan_never_a_number(
     exporter: IstioTrafficExporter, provider: PrometheusProvider
 ) -> None:
