@@ -250,6 +250,9 @@ class FakeMeasurer:
         return CheckResult(at=now, verdict=self.verdict, gates=(gate,), canary_requests=500,
                            summary=f"error-rate {self.value}")  # fmt: skip
 
+    def forget(self, ref: RolloutRef) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

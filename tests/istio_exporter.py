@@ -88,7 +88,8 @@ class _Service:
 class IstioTrafficExporter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._services: dict[tuple[str, str], _Service] = {}
+        # (service, namespace, version): a version is a subset's pods, labelled destination_version.
+        self._services: dict[tuple[str, str, str], _Service] = {}
         self.scrapes = 0
         exporter = self
 
@@ -117,21 +118,28 @@ class IstioTrafficExporter:
         return f"127.0.0.1:{self._server.server_address[1]}"
 
     def set_traffic(
-        self, service: str, namespace: str, *, rps: float, error_ratio: float = 0.0, latency_ms: float = 100.0
+        self,
+        service: str,
+        namespace: str,
+        *,
+        rps: float,
+        error_ratio: float = 0.0,
+        latency_ms: float = 100.0,
+        version: str = "",
     ) -> None:
         if rps < 0 or not 0.0 <= error_ratio <= 1.0 or latency_ms < 0:
             raise ValueError(f"bad traffic: rps={rps} error_ratio={error_ratio} latency_ms={latency_ms}")
         now = time.monotonic()
         with self._lock:
-            state = self._services.setdefault((service, namespace), _Service(since=now))
+            state = self._services.setdefault((service, namespace, version), _Service(since=now))
             state.fold(now)
             state.rps, state.error_ratio, state.latency_ms = rps, error_ratio, latency_ms
 
-    def stop_traffic(self, service: str, namespace: str) -> None:
+    def stop_traffic(self, service: str, namespace: str, version: str = "") -> None:
         """No more requests; the counters stay (as a sidecar's do), so rate() falls to 0."""
         now = time.monotonic()
         with self._lock:
-            state = self._services.get((service, namespace))
+            state = self._services.get((service, namespace, version))
             if state is not None:
                 state.fold(now)
                 state.rps = 0.0
@@ -149,9 +157,9 @@ class IstioTrafficExporter:
             "# HELP istio_request_duration_milliseconds Request duration in milliseconds.",
             "# TYPE istio_request_duration_milliseconds histogram",
         ]
-        for (service, namespace), by_code in snapshot.items():
+        for (service, namespace, version), by_code in snapshot.items():
             for code, counts in sorted(by_code.items()):
-                labels = _labels(service, namespace, code)
+                labels = _labels(service, namespace, code, version)
                 requests.append(f"istio_requests_total{{{labels}}} {counts.requests!r}")
                 cumulative = 0.0
                 for bound, in_bucket in zip((*LATENCY_BUCKETS_MS, None), counts.buckets, strict=True):
@@ -172,16 +180,19 @@ class IstioTrafficExporter:
         self._thread.join(timeout=5)
 
 
-def _labels(service: str, namespace: str, code: str) -> str:
+def _labels(service: str, namespace: str, code: str, version: str = "") -> str:
     pairs = {
         "reporter": "destination",
         "source_workload": SOURCE_WORKLOAD,
         "destination_service": f"{service}.{namespace}.svc.cluster.local",
         "destination_service_name": service,
         "destination_service_namespace": namespace,
-        "destination_workload": service,
+        "destination_workload": f"{service}-{version}" if version else service,
         "response_code": code,
     }
+    if version:  # Istio's label of the pods' `version` (app.kubernetes.io/version) label
+        pairs["destination_version"] = version
+        pairs["destination_canonical_revision"] = version
     return ",".join(f'{name}="{_escape_label_value(value)}"' for name, value in pairs.items())
 
 

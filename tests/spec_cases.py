@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from modelrollout import api
+from modelrollout.metrics.promql import KNOWN_VARIABLES
 
 SAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "samples"
 
@@ -57,6 +58,13 @@ def _delete(path: str) -> Callable[[Spec], None]:
         del node[keys[-1]]
 
     return edit
+
+
+_EVERY_VARIABLE = "x{" + ", ".join(f'v{i}="{{{{ {name} }}}}"' for i, name in enumerate(KNOWN_VARIABLES)) + "}"
+_EVERY_VARIABLE += "[{{ window }}]"
+# The longest query the API takes, full of placeholders: the CEL rule stays within its cost budget.
+_UNIT = 'x{a="{{ canary.promptVersion }}"} + '
+_LONGEST_QUERY = (_UNIT * ((4096 - 9) // len(_UNIT)) + "vector(1)").ljust(4096)
 
 
 def _stages(*weights: int) -> Callable[[Spec], None]:
@@ -254,6 +262,44 @@ INVALID = [
         "must be an http or https URL",
     ),
     Case(
+        "query-unknown-variable",
+        _set("analysis.gates.2.query", 'sum(rate(x{model="{{ canary.modle }}"}[{{ window }}]))'),
+        "spec.analysis.gates[2].query",
+        "unknown variable {{ canary.modle }} (known: target.host,",
+        "unknown variable {{ canary.modle }} (known: target.host,",
+    ),
+    Case(
+        "query-unknown-variable-unspaced",
+        _set("analysis.gates.2.query", 'x{a="{{ target.host }}", b="{{rollout.nam}}"}[{{window}}]'),
+        "spec.analysis.gates[2].query",
+        "unknown variable {{ rollout.nam }}",
+        "unknown variable {{ rollout.nam }}",
+    ),
+    Case(
+        "query-unknown-variable-longer",
+        _set("analysis.gates.2.query", 'x{a="{{ windows }}"}'),
+        "spec.analysis.gates[2].query",
+        "unknown variable {{ windows }}",
+        "unknown variable {{ windows }}",
+    ),
+    Case(
+        "query-longest-unknown-variable-last",
+        _set(
+            "analysis.gates.2.query",
+            _LONGEST_QUERY.replace("vector(1)", 'x{a="{{\tcanary.modle  }}"}')[:4096],
+        ),
+        "spec.analysis.gates[2].query",
+        "unknown variable {{ canary.modle }}",
+        "unknown variable {{ canary.modle }}",
+    ),
+    Case(
+        "subset-label-not-a-label",
+        _set("analysis.subsetLabel", "destination-version"),
+        "spec.analysis.subsetLabel",
+        "should match",
+        "should match",
+    ),
+    Case(
         "on-error-unknown",
         _set("analysis.onError", "Ignore"),
         "spec.analysis.onError",
@@ -266,6 +312,30 @@ INVALID = [
         "spec.stages[2].approval",
         "Unsupported value",
         "'Auto' or 'Manual'",
+    ),
+]
+
+# Specs the models refuse and the API server cannot: placing a variable needs PromQL's lexer (strings,
+# escapes, comments), which CEL does not have. The operator refuses them with an InvalidSpec condition before
+# it moves any traffic.
+OPERATOR_ONLY = [
+    Case(
+        "query-variable-outside-a-string",
+        _set("analysis.gates.2.query", "sum(rate(x{m={{ canary.model }}}[{{ window }}]))"),
+        "spec.analysis.gates[2].query",
+        model_says="is outside any string",
+    ),
+    Case(
+        "query-malformed-placeholder",
+        _set("analysis.gates.2.query", 'x{m="{{ canary.model | upper }}"}'),
+        "spec.analysis.gates[2].query",
+        model_says="malformed placeholder",
+    ),
+    Case(
+        "query-unterminated-string",
+        _set("analysis.gates.2.query", 'x{m="{{ canary.model }}}'),
+        "spec.analysis.gates[2].query",
+        model_says="unterminated string",
     ),
 ]
 
@@ -284,6 +354,12 @@ VALID = [
     ),
     Case("gate-min-equals-max", _set("analysis.gates.0.min", 0.02)),
     Case("gate-query-only", _set("analysis.gates", [{"name": "up", "query": "up", "min": 1}])),
+    Case(
+        "query-every-known-variable",
+        _set("analysis.gates.2.query", _EVERY_VARIABLE),
+    ),
+    Case("query-longest", _set("analysis.gates.2.query", _LONGEST_QUERY)),
+    Case("subset-label-canonical-revision", _set("analysis.subsetLabel", "destination_canonical_revision")),
     Case("no-gates", _set("analysis.gates", [])),
     Case(
         "same-host-other-subsets",

@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from modelrollout.durations import DURATION_PATTERN, format_duration, parse_duration
+from modelrollout.metrics.promql import KNOWN_VARIABLES, TemplateError, check_template
 
 GROUP = "modelrollout.io"
 VERSION = "v1alpha1"
@@ -46,6 +47,10 @@ MAX_GATES = 16
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+LABEL_NAME = r"^[a-zA-Z_][a-zA-Z0-9_]*$"  # a Prometheus label name
+# Istio's metrics label a destination with its pods' `version` label as `destination_version`; a subset named
+# after that label is selected by it.
+DEFAULT_SUBSET_LABEL = "destination_version"
 
 
 # Messages shared by the CEL rules and the Python validators, so both sides say the same thing.
@@ -60,8 +65,12 @@ class Rule(StrEnum):
     PROMETHEUS_URL = "must be an http or https URL"
 
 
-def _cel(rule: str, message: Rule | str, field_path: str | None = None) -> dict[str, str]:
+def _cel(
+    rule: str, message: Rule | str, field_path: str | None = None, message_expression: str | None = None
+) -> dict[str, str]:
     validation = {"rule": rule, "message": str(message)}
+    if message_expression:
+        validation["messageExpression"] = message_expression
     if field_path:
         validation["fieldPath"] = field_path
     return validation
@@ -207,6 +216,60 @@ class Stage(ApiModel):
     )
 
 
+def _query_template(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            check_template(value)
+        except TemplateError as error:
+            raise ValueError(str(error)) from None
+    return value
+
+
+# The API server refuses a query with an unknown variable too: CEL counts the placeholders and the known ones
+# among them (RE2 has no lookahead to find an unknown one directly, and a regex of their complement costs
+# more than CEL allows on 4096 characters); its message names the first unknown one, found in the query with
+# the known ones (spaces inside the braces evened out) taken away. Everything else `check_template` refuses
+# (misplaced or malformed placeholders, unterminated strings) needs PromQL's lexer: the operator reports it as
+# InvalidSpec before it moves any traffic.
+ANY_PLACEHOLDER = r"\{\{[ \t]*[\w.]+[ \t]*\}\}"
+KNOWN_PLACEHOLDER = r"\{\{[ \t]*(?:" + "|".join(re.escape(name) for name in KNOWN_VARIABLES) + r")[ \t]*\}\}"
+_KNOWN_TEXT = ", ".join(KNOWN_VARIABLES)
+
+
+def _first_unknown_variable() -> str:
+    """CEL: the name in the first placeholder of `self` that is not a known variable (or '')."""
+    text = "self.replace('\\t', ' ')" + ".replace('{{ ', '{{').replace(' }}', '}}')" * 4
+    for name in KNOWN_VARIABLES:
+        text += f".replace('{{{{{name}}}}}', '')"
+    return text + r".find(r'\{\{[\w.]+\}\}').replace('{{', '').replace('}}', '')"
+
+
+_FIRST_UNKNOWN = _first_unknown_variable()
+
+GateQuery = Annotated[
+    str,
+    Field(min_length=1, max_length=4096),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 4096,
+            **_validations(
+                _cel(
+                    f"size(self.findAll(r'{ANY_PLACEHOLDER}')) == size(self.findAll(r'{KNOWN_PLACEHOLDER}'))",
+                    f"unknown variable in query (known: {_KNOWN_TEXT})",
+                    # No cel.bind in CRD rules: the name is found twice, once to test it is there.
+                    message_expression=(
+                        f"{_FIRST_UNKNOWN} == '' ? 'unknown variable in query (known: {_KNOWN_TEXT})' : "
+                        f"'unknown variable {{{{ ' + {_FIRST_UNKNOWN} + ' }}}} (known: {_KNOWN_TEXT})'"
+                    ),
+                )
+            ),
+        }
+    ),
+]
+
+
 class LocalObjectReference(ApiModel):
     name: DnsName
 
@@ -216,7 +279,9 @@ class PrometheusConfig(ApiModel):
     timeout: PositiveDuration = Field(timedelta(seconds=10), description="Per-query timeout. Default 10s.")
     secret_ref: LocalObjectReference | None = Field(
         None,
-        description="Secret in the rollout's namespace with `token` (bearer) or `username` and `password`.",
+        description="Secret in the rollout's namespace with `token` (bearer) or `username` and `password`. "
+        "They are sent only to an address the operator allows: the Secret's own `address` key, or one of "
+        "the operator's --prometheus-credentials-allow addresses.",
     )
 
 
@@ -233,7 +298,7 @@ class Gate(ApiModel):
 
     name: DnsLabel
     template: GateTemplate | None = None
-    query: str | None = Field(None, min_length=1, max_length=4096, description="PromQL; {{ ... }} variables.")
+    query: GateQuery | None = Field(None, description="PromQL; {{ ... }} variables.")
     min: float | None = Field(None, description="The value must be at least this.")
     max: float | None = Field(None, description="The value must be at most this.")
     window: PositiveDuration | None = Field(
@@ -249,6 +314,11 @@ class Gate(ApiModel):
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(Rule.GATE_MIN_LE_MAX)
         return self
+
+    @field_validator("query")
+    @classmethod
+    def _query_renders(cls, query: str | None) -> str | None:
+        return _query_template(query)
 
 
 class Analysis(ApiModel):
@@ -269,6 +339,14 @@ class Analysis(ApiModel):
         10, ge=0, description="Consecutive inconclusive checks before onInconclusive."
     )
     on_inconclusive: OnInconclusive = OnInconclusive.HOLD
+    subset_label: str = Field(
+        DEFAULT_SUBSET_LABEL,
+        pattern=LABEL_NAME,
+        max_length=128,
+        description="Label of Istio's metrics that built-in gates select a subset by, for a stable or canary "
+        "that names a DestinationRule subset: destination_version (default; name subsets after the pods' "
+        "`version` label) or destination_canonical_revision.",
+    )
     gates: list[Gate] = Field(
         default_factory=list,
         max_length=MAX_GATES,

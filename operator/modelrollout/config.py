@@ -13,3 +13,11 @@ class OperatorConfig:
     notify_secret: str | None = None  # "namespace/name" of the Secret with the webhook URLs
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     request_timeout: float = 10.0
+    # Prometheus queries run in threads of their own, taken in turn by the rollouts.
+    prometheus_workers: int = 16
+    prometheus_queries_per_rollout: int = 4
+    # Addresses a credentials Secret's token or password may be sent to, besides prometheus_url and the
+    # address a Secret names itself (key `address`).
+    prometheus_credentials_allow: tuple[str, ...] = ()
+    # A Prometheus connection (address, timeout, credentials) unused this long is closed.
+    prometheus_idle_seconds: float = 600.0

@@ -1,39 +1,62 @@
 """One check of a rollout's gates: render every gate's query, ask Prometheus, evaluate the answers.
 
-The operator holds one Measurer; it keeps the Prometheus providers (one per address, timeout and
-credentials) and reads the credentials Secrets a rollout names.
+The operator holds one Measurer. It keeps the Prometheus providers (one per address, timeout and credentials,
+closed when idle or replaced), runs every query in Prometheus' own worker threads where rollouts take turns,
+and reads the credentials Secrets a rollout names, sending them only where the operator allows.
+
+A check whose queries cannot all get a turn within the rollout's analysis interval is deferred (`measure`
+returns None): that wait is the operator's own queueing, so it never counts as a check that could not run.
+The timeout of each query starts when the query does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+from collections.abc import Hashable
 from datetime import datetime, timedelta
 
 from modelrollout import api
 from modelrollout.analysis import CheckMeasurement, CheckResult, GateMeasurement, evaluate_check
 from modelrollout.config import OperatorConfig
 from modelrollout.durations import format_duration
-from modelrollout.kube import Kube, RolloutRef
-from modelrollout.metrics.prometheus import PrometheusProvider, auth_from_secret_data
-from modelrollout.metrics.provider import MetricsError, MetricsProvider
+from modelrollout.kube import Kube, RolloutRef, describe_api_error
+from modelrollout.metrics.credentials import PrometheusAuth, auth_from_secret_data, credentials_refusal
+from modelrollout.metrics.prometheus import PrometheusProvider, QueryDeferred, QueryPool
+from modelrollout.metrics.provider import MetricsError, Sample
+from modelrollout.metrics.providers import ProviderCache
 from modelrollout.metrics.templates import (
     TemplateError,
     TemplateVariables,
     render_gate_query,
     request_count_query,
 )
+from modelrollout.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = timedelta(seconds=10)
 
 
 class Measurer:
-    def __init__(self, kube: Kube, config: OperatorConfig) -> None:
+    def __init__(self, kube: Kube, config: OperatorConfig, *, telemetry: Telemetry | None = None) -> None:
         self.kube = kube
         self.config = config
-        self._providers: dict[
-            tuple[str, timedelta, str | None, tuple[str, str] | None], PrometheusProvider
-        ] = {}
+        self.telemetry = telemetry
+        self.pool = QueryPool(
+            workers=config.prometheus_workers,
+            per_owner=config.prometheus_queries_per_rollout,
+            on_wait=telemetry.prometheus_queue_wait.observe if telemetry else None,
+            on_query=telemetry.prometheus_query_seconds.observe if telemetry else None,
+        )
+        self.providers = ProviderCache(self.pool, idle_seconds=config.prometheus_idle_seconds)
+        # Credentials may go to the operator's own Prometheus and to the addresses it is told to allow.
+        own = (config.prometheus_url,) if config.prometheus_url else ()
+        self.credentials_allow = (*own, *config.prometheus_credentials_allow)
+        self._refusals: dict[Hashable, str] = {}  # the last refusal logged per rollout
 
-    async def _provider(self, spec: api.ModelRolloutSpec, namespace: str) -> MetricsProvider:
+    async def _provider(self, spec: api.ModelRolloutSpec, ref: RolloutRef) -> PrometheusProvider:
         config = spec.analysis.prometheus
         address = config.address if config else self.config.prometheus_url
         if not address:
@@ -42,66 +65,120 @@ class Measurer:
                 "no Prometheus address: set spec.analysis.prometheus.address or "
                 "the operator's --prometheus-url",
             )
-        timeout = config.timeout if config else timedelta(seconds=10)
-        token, basic = None, None
+        timeout = config.timeout if config else DEFAULT_TIMEOUT
+        auth: PrometheusAuth | None = None
         if config and config.secret_ref:
+            name = config.secret_ref.name
             try:
-                data = await self.kube.read_secret_data(namespace, config.secret_ref.name)
-                auth = auth_from_secret_data(data)
+                data = await self.kube.read_secret_data(ref.namespace, name)
             except Exception as error:  # reported as the reason every query failed
                 raise MetricsError(
-                    "", f"Prometheus credentials from Secret {config.secret_ref.name}: {error}"
+                    "", f"Prometheus credentials from Secret {name}: {describe_api_error(error)}"
                 ) from None
-            token, basic = auth.bearer_token, auth.basic_auth
-        key = (address, timeout, token, basic)
-        if key not in self._providers:
-            self._providers[key] = PrometheusProvider(
-                address, timeout=timeout, bearer_token=token, basic_auth=basic
-            )
-        return self._providers[key]
+            refusal = credentials_refusal(address, name, data, self.credentials_allow)
+            self._log_refusal(ref, refusal)
+            if refusal is not None:
+                raise MetricsError("", refusal)
+            try:
+                auth = auth_from_secret_data(data)
+            except ValueError as error:
+                raise MetricsError("", f"Prometheus credentials from Secret {name}: {error}") from None
+        return self.providers.provider((ref.namespace, ref.name), address, timeout, auth)
+
+    def _log_refusal(self, ref: RolloutRef, refusal: str | None) -> None:
+        key = (ref.namespace, ref.name)
+        if refusal is None:
+            self._refusals.pop(key, None)
+        elif self._refusals.get(key) != refusal:
+            self._refusals[key] = refusal
+            log.warning("%s/%s: %s", ref.namespace, ref.name, refusal)
 
     async def measure(
-        self, spec: api.ModelRolloutSpec, ref: RolloutRef, now: datetime, *, virtual_service_namespace: str
+        self,
+        spec: api.ModelRolloutSpec,
+        ref: RolloutRef,
+        now: datetime,
+        *,
+        virtual_service_namespace: str,
     ) -> CheckResult | None:
+        """The check of every gate, or None: the check could not get its turn in time because of the
+        operator's own queueing (not the metrics backend's fault); the caller makes no check this tick and
+        does not count it as an Error. Short hosts are Services in `virtual_service_namespace`, where Istio
+        resolves them."""
         analysis = spec.analysis
-        variables = TemplateVariables.for_rollout(
-            stable=spec.stable,
-            canary=spec.canary,
+        loop = asyncio.get_running_loop()
+        not_after = loop.time() + analysis.interval.total_seconds()
+        self.pool.scheduler.sweep()
+        variables = TemplateVariables.for_spec(
+            spec,
             rollout_name=ref.name,
             rollout_namespace=ref.namespace,
-            window=analysis.window,
+            hosts_namespace=virtual_service_namespace,
         )
         try:
-            provider = await self._provider(spec, ref.namespace)
+            provider = await self._provider(spec, ref)
         except MetricsError as error:
             gates = tuple(
                 GateMeasurement(g, format_duration(g.window or analysis.window), error=error.reason)
                 for g in analysis.gates
             )
             return evaluate_check(CheckMeasurement(now, gates, None, error.reason), analysis.min_requests)
+        finally:
+            if self.telemetry is not None:
+                self.telemetry.prometheus_connections.set(len(self.providers))
+        owner = (ref.namespace, ref.name)
+
+        async def ask(promql: str) -> list[Sample]:
+            return await provider.query(promql, owner=owner, not_after=not_after)
 
         async def gate(g: api.Gate) -> GateMeasurement:
             window = format_duration(g.window or analysis.window)
             try:
-                samples = await provider.query(render_gate_query(g, variables))
+                samples = await ask(render_gate_query(g, variables))
             except (MetricsError, TemplateError) as error:
                 return GateMeasurement(g, window, error=str(error))
             return GateMeasurement(g, window, values=tuple(s.value for s in samples))
 
         async def requests() -> tuple[float | None, str | None]:
             try:
-                samples = await provider.query(request_count_query(variables))
+                samples = await ask(request_count_query(variables))
             except (MetricsError, TemplateError) as error:
                 return None, str(error)
             values = [s.value for s in samples if not math.isnan(s.value)]
             return (sum(values) if values else 0.0), None  # no series at all: no traffic, 0 requests
 
-        measured, (count, count_error) = await asyncio.gather(
-            asyncio.gather(*(gate(g) for g in analysis.gates)), requests()
-        )
+        counting = asyncio.ensure_future(requests())
+        gating = [asyncio.ensure_future(gate(g)) for g in analysis.gates]
+        try:
+            measured = await asyncio.gather(*gating)
+            count, count_error = await counting
+        except QueryDeferred:
+            # The queries still waiting give up their places; those already running finish in their threads
+            # (holding their turns) and are not waited for.
+            for task in (counting, *gating):
+                task.cancel()
+            await asyncio.gather(counting, *gating, return_exceptions=True)
+            self._deferred(ref, analysis.interval)
+            return None
         measurement = CheckMeasurement(now, tuple(measured), count, count_error)
         return evaluate_check(measurement, analysis.min_requests)
 
+    def _deferred(self, ref: RolloutRef, interval: timedelta) -> None:
+        log.debug(
+            "%s/%s: check deferred: its queries got no Prometheus worker within %s (the operator's own "
+            "queue; not counted as an error)",
+            ref.namespace,
+            ref.name,
+            format_duration(interval),
+        )
+        if self.telemetry is not None:
+            self.telemetry.checks_deferred.labels(ref.namespace, ref.name).inc()
+
+    def forget(self, ref: RolloutRef) -> None:
+        """A deleted rollout: its Prometheus connection may close once no other rollout uses it."""
+        self.providers.forget((ref.namespace, ref.name))
+        self._refusals.pop((ref.namespace, ref.name), None)
+
     def close(self) -> None:
-        for provider in self._providers.values():
-            provider.close()
+        self.providers.close()
+        self.pool.shutdown()

@@ -22,7 +22,7 @@ from modelrollout.analysis import CheckResult
 from modelrollout.config import OperatorConfig
 from modelrollout.kube import ACTION_ANNOTATION, Kube, RolloutRef, StaleObject, describe_api_error
 from modelrollout.measure import Measurer
-from modelrollout.metrics.templates import TemplateError, validate_template
+from modelrollout.metrics.templates import spec_template_errors
 from modelrollout.notify import Notification, Notifier, now_text
 from modelrollout.routing.istio_router import IstioRouter
 from modelrollout.routing.router import Backend, Router, RoutingConflict, RoutingProblem, Snapshot, StaleWrite
@@ -59,20 +59,13 @@ def target_of(spec: api.ModelRolloutSpec, namespace: str) -> api.RoutingRecord:
 
 
 def spec_problems(raw: Mapping[str, Any]) -> api.ModelRolloutSpec | list[str]:
-    """The spec, or every reason the operator cannot act on it: what the models refuse, and gate queries
-    that could never be rendered (an unknown or misplaced variable)."""
+    """The spec, or every reason the operator cannot act on it: what the models refuse (a gate query that
+    could never be rendered among it), and a built-in template that does not render with the spec's subset
+    label."""
     spec = api.checked_spec(dict(raw))
     if isinstance(spec, list):
         return spec
-    problems = []
-    for index, gate in enumerate(spec.analysis.gates):
-        if gate.query is None:
-            continue
-        try:
-            validate_template(gate.query)
-        except TemplateError as error:
-            problems.append(f"spec.analysis.gates[{index}].query: gate {gate.name}: {error}")
-    return problems or spec
+    return spec_template_errors(spec) or spec
 
 
 class KubeApi(Protocol):
@@ -95,6 +88,8 @@ class Measuring(Protocol):
     async def measure(
         self, spec: api.ModelRolloutSpec, ref: RolloutRef, now: datetime, *, virtual_service_namespace: str
     ) -> CheckResult | None: ...
+
+    def forget(self, ref: RolloutRef) -> None: ...
 
     def close(self) -> None: ...
 
@@ -157,7 +152,9 @@ class Reconciler:
         """The operator's reconciler over the API server and Prometheus, and its Kube adapter."""
         kube = Kube(api_client, config.request_timeout)
         routers = istio_routers(api_client, config.request_timeout)
-        return cls(kube, routers, Measurer(kube, config), config), kube
+        telemetry = Telemetry()
+        measurer = Measurer(kube, config, telemetry=telemetry)
+        return cls(kube, routers, measurer, config, telemetry=telemetry), kube
 
     def router(self, record: api.RoutingRecord, ref: RolloutRef) -> Router:
         return self.routers(record, f"{ref.namespace}/{ref.name}")
@@ -462,6 +459,7 @@ class Reconciler:
         rollout recorded when it started (status.routing), and on the spec only when nothing was recorded."""
         ref = _ref(body)
         self.telemetry.forget(ref.namespace, ref.name)
+        self.measurer.forget(ref)
         self._latest.pop(ref.uid, None)
         status = api.ModelRolloutStatus.model_validate(body.get("status") or {})
         record = status.routing

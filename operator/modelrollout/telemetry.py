@@ -51,6 +51,30 @@ class Telemetry:
             labels,
             registry=self.registry,
         )
+        self.checks_deferred = Counter(
+            "modelrollout_checks_deferred_total",
+            "Checks put off because their queries got no Prometheus worker within the analysis interval (the "
+            "operator's own queueing; never counted as errors)",
+            labels,
+            registry=self.registry,
+        )
+        self.prometheus_queue_wait = Histogram(
+            "modelrollout_prometheus_queue_wait_seconds",
+            "Time a gate query waited for a Prometheus worker thread of the operator",
+            registry=self.registry,
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.prometheus_query_seconds = Histogram(
+            "modelrollout_prometheus_query_duration_seconds",
+            "Time of one gate query, from its start in a worker thread to its answer (or error)",
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.prometheus_connections = Gauge(
+            "modelrollout_prometheus_connections",
+            "Prometheus clients held open (one per address, timeout and credentials in use)",
+            registry=self.registry,
+        )
         self.reconcile_seconds = Histogram(
             "modelrollout_reconcile_duration_seconds",
             "Time of one reconciliation (gate queries included)",
@@ -94,6 +118,7 @@ class Telemetry:
             self.gate_value,
             self.gate_threshold,
             self.checks,
+            self.checks_deferred,
             self.rollbacks,
             self.write_failures,
         ):

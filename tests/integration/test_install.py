@@ -298,6 +298,70 @@ def test_chart_with_watched_namespaces_applies_to_the_api_server(
     dry_run_apply(kubectl, objects)
 
 
+def secret_rules(role: Manifest) -> list[Manifest]:
+    return [r for r in role["rules"] if "secrets" in r["resources"]]
+
+
+def test_the_chart_reads_only_the_secrets_it_is_told_about(
+    helm: Path, kubectl: Kubectl, namespace: str, other_namespaces: list[str]
+) -> None:
+    """No Secret by default; a bare name is readable where rollouts are watched, NAMESPACE/NAME only in that
+    namespace, and never any other Secret (resourceNames)."""
+    defaults = render(helm, namespace)
+    assert all(not secret_rules(o) for o in defaults if o["kind"] in ("ClusterRole", "Role"))
+
+    team = other_namespaces[0]
+    objects = render(
+        helm,
+        namespace,
+        "--set",
+        f"rbac.prometheusSecrets={{prometheus-auth,{team}/team-prometheus,{team}/team-thanos}}",
+        "--set",
+        "prometheusCredentialsAllow={https://thanos.example.com}",
+    )
+    assert secret_rules(one(objects, "ClusterRole")) == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["prometheus-auth"], "verbs": ["get"]}
+    ]
+    assert one(objects, "Role", team)["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["team-prometheus", "team-thanos"],
+            "verbs": ["get"],
+        }
+    ]
+    binding = one(objects, "RoleBinding", team)
+    assert binding["roleRef"]["name"] == one(objects, "Role", team)["metadata"]["name"]
+    account = one(objects, "ServiceAccount")["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]
+    args = operator_container(one(objects, "Deployment"))["args"]
+    assert flag_values(args, "--prometheus-credentials-allow") == ["https://thanos.example.com"]
+    dry_run_apply(kubectl, objects)
+
+    # Watching namespaces: the bare name in each watched namespace's Role, nothing cluster-wide.
+    watched = render(
+        helm, namespace, "--set", f"watchNamespaces={{{team}}}", "--set", "rbac.prometheusSecrets={p-auth}"
+    )
+    [role] = [o for o in watched if o["kind"] == "Role" and o["metadata"]["namespace"] == team]
+    assert secret_rules(role) == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["p-auth"], "verbs": ["get"]}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("rbac.prometheusSecrets=true", "no longer true/false"),
+        ("rbac.prometheusSecrets={a/b/c}", "neither NAME nor NAMESPACE/NAME"),
+        ("rbac.prometheusSecrets={llm/}", "neither NAME nor NAMESPACE/NAME"),
+    ],
+)
+def test_the_chart_refuses_secret_access_it_cannot_scope(helm: Path, value: str, says: str) -> None:
+    rendered = run_helm(helm, "template", "modelrollout", str(CHART), "--set", value)
+    assert rendered.returncode != 0
+    assert says in rendered.stderr
+
+
 def test_service_monitor_renders_for_the_metrics_service(helm: Path, namespace: str) -> None:
     """The API server here has no ServiceMonitor CRD (it comes with the Prometheus Operator), so the
     ServiceMonitor is checked for shape and for selecting the metrics Service, not applied."""

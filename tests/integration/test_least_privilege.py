@@ -9,6 +9,7 @@ started operator is refused it while driving an ordinary rollout."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import pytest
 import yaml
 from kubernetes import client
 from test_install import CHART, ensure_helm, run_helm
+from test_prometheus_provider import FakePrometheus
 
 from istio_exporter import IstioTrafficExporter
 from modelrollout_dev.devenv.binaries import BinariesError
@@ -32,6 +34,9 @@ from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.netutil import free_port
 from modelrollout_dev.devenv.prometheus import PrometheusServer
 from scenario_support import CANARY, RPS, Kubectl, Rollout, prepared_rollout, wait_for
+
+SECRET = "prometheus-auth"
+TOKEN = "t0k3n-0f-the-pl4tform-team"
 
 pytestmark = [
     pytest.mark.integration,
@@ -87,6 +92,9 @@ def installed(
         "templates/serviceaccount.yaml",
         "--show-only",
         "templates/rbac.yaml",
+        # The one Secret the tests' rollouts name; the operator may read no other.
+        "--set",
+        f"rbac.prometheusSecrets={{{SECRET}}}",
     )
     assert rendered.returncode == 0, rendered.stderr
     objects = [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
@@ -154,6 +162,8 @@ class TokenOperator:
                     "0.5",
                     "--prometheus-url",
                     self.prometheus_url,
+                    "--metrics-port",  # none: the default port may be taken on a shared machine
+                    "0",
                 ],
                 env=env,
                 stdout=log,
@@ -267,6 +277,77 @@ def test_an_error_rate_breach_rolls_back_with_exactly_the_charts_rbac(
     rollout.wait_reasons("RolledBack")
     assert any(t == "Warning" and r == "RolledBack" for t, r, _ in rollout.events())
     assert denials(operator_as_service_account, installed) == []
+
+
+def test_a_secret_the_chart_was_not_told_about_is_refused(
+    rollout: Rollout,
+    installed: Installed,
+    operator_as_service_account: TokenOperator,
+    prometheus: PrometheusServer,
+) -> None:
+    """The chart grants `get` on the Secrets it names, not on Secrets: another one in the same namespace is
+    refused by the API server, and the rollout says so."""
+    rollout.core.create_namespaced_secret(
+        rollout.namespace,
+        client.V1Secret(metadata=client.V1ObjectMeta(name="someone-elses"), data={"token": b64(TOKEN)}),
+    )
+    rollout.create(
+        stages=[{"weight": 10, "duration": "60s"}, {"weight": 100}],
+        prometheus={"address": prometheus.url, "secretRef": {"name": "someone-elses"}},
+    )
+    refused = (
+        f'secrets "someone-elses" is forbidden: User "{installed.user}" cannot get resource "secrets" in API '
+        f'group "" in the namespace "{rollout.namespace}"'
+    )
+    wait_for("the refusal in the rollout's status", lambda: refused in status_texts(rollout))
+
+
+def test_credentials_are_not_sent_to_an_address_the_operator_does_not_allow(
+    rollout: Rollout, operator_as_service_account: TokenOperator, prometheus: PrometheusServer
+) -> None:
+    """Whoever may write a rollout chooses its Prometheus address, not where the platform team's token goes:
+    the operator sends a Secret's credentials only to its own --prometheus-url, an allowed address, or the
+    address the Secret names. Refused, the rollout says why; the credential shows up nowhere."""
+    listener = FakePrometheus(delay=0.0)
+    try:
+        rollout.core.create_namespaced_secret(
+            rollout.namespace,
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(name=SECRET),
+                data={"token": b64(TOKEN), "address": b64(prometheus.url)},
+            ),
+        )
+        rollout.create(
+            stages=[{"weight": 10, "duration": "60s"}, {"weight": 100}],
+            prometheus={"address": listener.url, "secretRef": {"name": SECRET}},
+        )
+        refusal = f"the credentials of Secret {SECRET} are not sent to {listener.url}"
+        status = rollout.wait_status(
+            "a MetricsUnavailable condition naming the refusal",
+            lambda s: any(
+                c["type"] == "MetricsUnavailable" and c["status"] == "True" and refusal in c["message"]
+                for c in s.get("conditions", [])
+            ),
+        )
+        assert f"belongs to {prometheus.url}" in status_texts(rollout)
+        time.sleep(2)  # more checks, all refused before anything is sent
+        assert listener.requests == []
+        assert TOKEN not in json.dumps(status)
+        assert all(TOKEN not in message for _, _, message in rollout.events())
+        assert TOKEN not in operator_as_service_account.log()
+        assert refusal in operator_as_service_account.log()  # logged once, for the operator's owner
+    finally:
+        listener.close()
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def status_texts(rollout: Rollout) -> str:
+    status = rollout.status()
+    texts = [status.get("message") or ""] + [c.get("message", "") for c in status.get("conditions", [])]
+    return "\n".join(texts).replace('\\"', '"')
 
 
 def without(role: dict[str, Any], group: str, resource: str, verb: str) -> dict[str, Any]:
@@ -398,10 +479,7 @@ def test_every_granted_verb_is_needed(
         operator_as_service_account.restart()
         rollout.core.create_namespaced_secret(
             rollout.namespace,
-            client.V1Secret(
-                metadata=client.V1ObjectMeta(name="prometheus-auth"),
-                data={"token": base64.b64encode(b"not-checked").decode()},
-            ),
+            client.V1Secret(metadata=client.V1ObjectMeta(name=SECRET), data={"token": b64("not-checked")}),
         )
         if (resource, verb) == ("modelrollouts", "get"):
             # A claim on the route by a rollout that may be gone: the operator reads whether it still exists.
@@ -412,7 +490,7 @@ def test_every_granted_verb_is_needed(
             )  # fmt: skip
         rollout.create(
             stages=[{"weight": 10, "duration": "1s", "approval": "Manual"}, {"weight": 100}],
-            prometheus={"address": prometheus.url, "secretRef": {"name": "prometheus-auth"}},
+            prometheus={"address": prometheus.url, "secretRef": {"name": SECRET}},
         )
 
         def shown() -> bool:

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +22,7 @@ import pytest
 
 from istio_exporter import IstioTrafficExporter
 from modelrollout import api
-from modelrollout.metrics.prometheus import PrometheusProvider
+from modelrollout.metrics.prometheus import PrometheusProvider, QueryDeferred, QueryPool
 from modelrollout.metrics.provider import MetricsError, Sample
 from modelrollout.metrics.templates import TemplateVariables, render_gate_query, request_count_query
 from modelrollout_dev.devenv.prometheus import PrometheusServer
@@ -130,6 +130,41 @@ def test_builtin_gates_read_back_the_traffic(
     assert "[5s]" in short
     [short_count] = query(provider, short)
     assert short_count.value == pytest.approx(RPS * 5, rel=0.2)
+
+
+@pytest.mark.parametrize("subset_label", ["destination_version", "destination_canonical_revision"])
+def test_builtin_gates_tell_a_subset_canary_from_its_stable(
+    exporter: IstioTrafficExporter, provider: PrometheusProvider, subset_label: str
+) -> None:
+    """One host, two DestinationRule subsets named after their pods' version label: the built-in gates read
+    each side's own traffic (before, both read the sum of the two)."""
+    host = f"llm-{uuid.uuid4().hex[:6]}"
+    exporter.set_traffic(host, "llm", rps=RPS, error_ratio=0.0, latency_ms=100, version="v1")
+    exporter.set_traffic(host, "llm", rps=RPS / 2, error_ratio=0.2, latency_ms=800, version="v2")
+    variables = TemplateVariables.for_rollout(
+        stable=api.Target(host=host, subset="v1"),
+        canary=api.Target(host=host, subset="v2"),
+        rollout_name="chat",
+        rollout_namespace="rollouts",
+        hosts_namespace="llm",
+        window=WINDOW,
+        subset_label=subset_label,
+    )
+    count = request_count_query(variables)
+    assert poll(provider, count, lambda s: bool(s) and s[0].value > RPS / 2 * 5), "no canary samples"
+    time.sleep(WINDOW.total_seconds() / 2)
+
+    [canary_errors] = query(provider, render_gate_query(gate(api.GateTemplate.ISTIO_ERROR_RATE), variables))
+    assert canary_errors.value == pytest.approx(0.2, abs=0.02)
+    [canary_p99] = query(provider, render_gate_query(gate(api.GateTemplate.ISTIO_LATENCY_P99), variables))
+    assert 500 < canary_p99.value <= 1000
+    baseline = variables.targeting("stable")
+    [stable_errors] = query(provider, render_gate_query(gate(api.GateTemplate.ISTIO_ERROR_RATE), baseline))
+    assert stable_errors.value == 0.0
+    [stable_p99] = query(provider, render_gate_query(gate(api.GateTemplate.ISTIO_LATENCY_P99), baseline))
+    assert 50 < stable_p99.value <= 100
+    [canary_count], [stable_count] = query(provider, count), query(provider, request_count_query(baseline))
+    assert canary_count.value < stable_count.value  # a third of the host's requests, not all of them
 
 
 def test_no_traffic_is_no_data_or_nan_never_a_number(
@@ -330,9 +365,9 @@ async def _timed(
 
 def test_a_call_past_its_deadline_keeps_its_slot(fake_prometheus: FakePrometheus) -> None:
     """A server that trickles its answer defeats the HTTP read timeout (each byte resets it); the caller
-    still gets a MetricsError at timeout + slack, the abandoned thread keeps its slot until it ends (3s), and
-    a query queued behind it fails at its own deadline (2.5s) instead of piling another request on the
-    server when the first caller gives up (2s)."""
+    still gets a MetricsError at timeout + slack, and the abandoned thread keeps its slot until it ends (3s):
+    the query queued behind it is not sent before, and then gets its own full timeout, as it is not to blame
+    for the wait."""
     fake_prometheus.delay, fake_prometheus.trickle = 0.0, 3.0
     client = PrometheusProvider(fake_prometheus.url, timeout=timedelta(seconds=1), max_concurrency=1)
 
@@ -347,9 +382,70 @@ def test_a_call_past_its_deadline_keeps_its_slot(fake_prometheus: FakePrometheus
     assert isinstance(queued, MetricsError)
     assert queued.query == "queued"
     assert 1.9 <= first_s < 2.5
-    assert 1.9 <= queued_s < 2.5
-    assert len(fake_prometheus.requests) == 1
+    # Queued 0.5s after the first; its turn came when the first thread ended (about 3s), then its own 2s.
+    assert 4.2 <= queued_s < 5.5
+    assert len(fake_prometheus.requests) == 2
     assert fake_prometheus.max_in_flight == 1
+
+
+def test_the_timeout_starts_when_the_query_does(fake_prometheus: FakePrometheus) -> None:
+    """Six queries of 0.6s on one thread with a 1s timeout: each waits its turn (up to 3s) and none fails,
+    because the wait is the operator's own queue, not Prometheus' slowness."""
+    fake_prometheus.delay = 0.6
+    client = PrometheusProvider(fake_prometheus.url, timeout=timedelta(seconds=1), max_concurrency=1)
+    started = time.monotonic()
+    results = asyncio.run(_many(client, 6))
+    elapsed = time.monotonic() - started
+    assert results == [[]] * 6, results
+    assert fake_prometheus.max_in_flight == 1
+    assert 3.4 <= elapsed < 6.0
+
+
+def test_a_query_that_gets_no_turn_in_time_is_deferred_not_failed(fake_prometheus: FakePrometheus) -> None:
+    fake_prometheus.delay = 1.0
+    client = PrometheusProvider(fake_prometheus.url, timeout=timedelta(seconds=5), max_concurrency=1)
+
+    async def crowded() -> list[list[Sample] | BaseException]:
+        loop = asyncio.get_running_loop()
+        running = asyncio.ensure_future(client.query("running", owner="a"))
+        await asyncio.sleep(0.1)
+        late = await asyncio.gather(
+            client.query("late", owner="b", not_after=loop.time() + 0.3), return_exceptions=True
+        )
+        return [*late, await running]
+
+    late, running = asyncio.run(crowded())
+    assert isinstance(late, QueryDeferred)
+    assert not isinstance(late, MetricsError)  # the analysis never counts it as a query that failed
+    assert running == []
+    assert [params["query"] for params, _ in fake_prometheus.requests] == [["running"]]
+
+
+def test_providers_share_one_pool_and_rollouts_take_turns(fake_prometheus: FakePrometheus) -> None:
+    """Two providers (two credentials) on one pool of two threads: never more than two queries at once in
+    all, and a rollout with many queries does not delay another's beyond its cap."""
+    fake_prometheus.delay = 0.3
+    pool = QueryPool(workers=2, per_owner=1)
+    one = PrometheusProvider(fake_prometheus.url, bearer_token="one", pool=pool)
+    two = PrometheusProvider(fake_prometheus.url, bearer_token="two", pool=pool)
+
+    async def crowd() -> tuple[float, float]:
+        async def timed(coro: Awaitable[object]) -> float:
+            started = time.monotonic()
+            await coro
+            return time.monotonic() - started
+
+        busy = asyncio.gather(*(one.query(f"busy{i}", owner="busy") for i in range(6)))
+        quick = timed(two.query("quick", owner="quick"))
+        quick_s = await quick
+        return quick_s, await timed(busy)
+
+    quick_s, _ = asyncio.run(crowd())
+    pool.shutdown()
+    assert fake_prometheus.max_in_flight == 2
+    assert quick_s < 0.6, f"the one-query rollout waited {quick_s:.2f}s behind the busy one"
+    headers = {h["Authorization"] for _, h in fake_prometheus.requests}
+    assert headers == {"Bearer one", "Bearer two"}
 
 
 def test_credentials_and_the_server_side_timeout_are_sent(fake_prometheus: FakePrometheus) -> None:

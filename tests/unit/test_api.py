@@ -9,7 +9,7 @@ import pytest
 
 from modelrollout import api
 from modelrollout.durations import format_duration, parse_duration
-from spec_cases import INVALID, VALID, Case, edited, sample_spec, sample_status
+from spec_cases import INVALID, OPERATOR_ONLY, VALID, Case, edited, sample_spec, sample_status
 
 
 def test_sample_round_trips() -> None:
@@ -59,6 +59,12 @@ def test_invalid_specs_are_refused_naming_the_field(case: Case) -> None:
     mine = [e for e in errors if e.startswith(case.field)]
     assert mine, errors
     assert any(case.model_says in e for e in mine), mine
+
+
+@pytest.mark.parametrize("case", OPERATOR_ONLY, ids=lambda c: c.id)
+def test_specs_only_the_operator_can_refuse_are_refused_by_the_models(case: Case) -> None:
+    errors = api.spec_errors(edited(case))
+    assert [e for e in errors if e.startswith(case.field) and case.model_says in e], errors
 
 
 def test_unknown_fields_are_refused() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from datetime import timedelta
 
 import pytest
@@ -12,19 +13,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelrollout import api
-from modelrollout.metrics.prometheus import PrometheusAuth, auth_from_secret_data, samples_from_result
+from modelrollout.metrics.credentials import PrometheusAuth, auth_from_secret_data
+from modelrollout.metrics.prometheus import samples_from_result
+from modelrollout.metrics.promql import NAME_CHARS
 from modelrollout.metrics.provider import MetricsError, Sample
 from modelrollout.metrics.templates import (
     KNOWN_VARIABLES,
     TargetVariables,
     TemplateError,
     TemplateVariables,
+    builtin_template,
     escape_promql_string,
     render,
     render_gate_query,
     request_count_query,
+    spec_template_errors,
     validate_template,
 )
+from spec_cases import sample_spec
 
 # ---- a PromQL string-literal reader written from Prometheus' lexer rules, independent of the code under test
 
@@ -137,7 +143,8 @@ def gate(**fields: object) -> api.Gate:
 
 
 SELECTOR = (
-    'reporter="destination", destination_service_name="llm-claude", destination_service_namespace="models"'
+    'reporter="destination", destination_service_name="llm-claude", destination_service_namespace="models", '
+    'destination_version="v2"'  # the canary names DestinationRule subset v2
 )
 
 
@@ -173,8 +180,56 @@ def test_every_builtin_template_targets_the_stable_when_asked() -> None:
     stable = variables().targeting("stable")
     for template in api.GateTemplate:
         query = render_gate_query(gate(template=template.value), stable)
-        assert 'destination_service_name="llm-gpt4o", destination_service_namespace="llm"' in query
+        assert 'destination_service_name="llm-gpt4o", destination_service_namespace="llm"}' in query
         assert "llm-claude" not in query
+        assert "destination_version" not in query  # the stable names no subset: all its series
+
+
+def subset_pair(subset_label: str | None = None) -> TemplateVariables:
+    """Stable and canary on one host, told apart only by their DestinationRule subsets."""
+    return TemplateVariables.for_rollout(
+        stable=api.Target(host="llm", subset="v1"),
+        canary=api.Target(host="llm", subset="v2"),
+        rollout_name="chat",
+        rollout_namespace="llm",
+        window=timedelta(minutes=2),
+        **({"subset_label": subset_label} if subset_label else {}),
+    )
+
+
+@pytest.mark.parametrize("template", list(api.GateTemplate))
+def test_builtin_templates_tell_a_subset_canary_from_its_stable(template: api.GateTemplate) -> None:
+    """Same host, other subset: the built-ins select each side by Istio's destination_version label (the
+    subset is named after the pods' version label), so a subset canary gets working built-in gates."""
+    canary = render_gate_query(gate(template=template.value), subset_pair())
+    stable = render_gate_query(gate(template=template.value), subset_pair().targeting("stable"))
+    selector = 'destination_service_name="llm", destination_service_namespace="llm"'
+    assert f'{selector}, destination_version="v2"' in canary
+    assert f'{selector}, destination_version="v1"' in stable
+    assert canary.replace('"v2"', '"v1"') == stable
+    _, strings = split_promql(canary)
+    assert strings.count("v2") == canary.count("istio_")  # every selector of the query, none missed
+    assert request_count_query(subset_pair()) == (
+        f'sum(increase(istio_requests_total{{reporter="destination", {selector}, destination_version="v2"}}'
+        "[2m]))"
+    )
+
+
+def test_the_subset_label_is_configurable() -> None:
+    query = render_gate_query(
+        gate(template="istio-error-rate"), subset_pair("destination_canonical_revision")
+    )
+    assert 'destination_canonical_revision="v2"' in query
+    assert "destination_version" not in query
+
+
+@pytest.mark.parametrize("label", ["destination-version", 'x"}', "1abc", ""])
+def test_a_subset_label_that_is_not_a_label_name_is_refused(label: str) -> None:
+    with pytest.raises(TemplateError, match="not a Prometheus label name"):
+        builtin_template(api.GateTemplate.ISTIO_ERROR_RATE, label)
+    spec = sample_spec()
+    spec["analysis"]["subsetLabel"] = label
+    assert any(e.startswith("spec.analysis.subsetLabel: ") for e in api.spec_errors(spec))
 
 
 # ---- variables
@@ -191,8 +246,26 @@ def test_every_builtin_template_targets_the_stable_when_asked() -> None:
     ],
 )
 def test_service_and_namespace_come_from_the_host(host: str, service: str, namespace: str) -> None:
-    target = TargetVariables.of(api.Target(host=host), rollout_namespace="llm")
+    target = TargetVariables.of(api.Target(host=host), hosts_namespace="llm")
     assert (target.host, target.service, target.namespace) == (host, service, namespace)
+
+
+def test_short_hosts_live_in_the_virtual_services_namespace() -> None:
+    """Istio resolves a VirtualService's short hosts in the VirtualService's namespace, so that is where
+    the gates look for them; `rollout.namespace` stays the rollout's."""
+    built = TemplateVariables.for_rollout(
+        stable=api.Target(host="llm-gpt4o"),
+        canary=api.Target(host="llm-claude.models"),
+        rollout_name="chat",
+        rollout_namespace="rollouts",
+        window=timedelta(minutes=2),
+        hosts_namespace="mesh",
+    )
+    values = built.values()
+    assert (values["stable.namespace"], values["canary.namespace"]) == ("mesh", "models")
+    assert values["rollout.namespace"] == "rollouts"
+    query = render_gate_query(gate(template="istio-error-rate"), built.targeting("stable"))
+    assert 'destination_service_namespace="mesh"' in query
 
 
 def test_every_known_variable_renders() -> None:
@@ -364,6 +437,73 @@ def test_an_unknown_variable_is_named_with_the_known_ones() -> None:
 def test_malformed_templates_are_refused(template: str) -> None:
     with pytest.raises(TemplateError):
         validate_template(template)
+
+
+def test_unknown_variables_in_a_spec_are_named_with_the_gate_before_anything_runs() -> None:
+    raw = sample_spec()
+    raw["analysis"]["gates"][2]["query"] = 'sum(rate(x{m="{{ canary.modle }}"}[{{ window }}]))'
+    # The models refuse it when the spec is parsed (an InvalidSpec before any traffic moves) ...
+    errors = api.spec_errors(raw)
+    assert errors == [
+        "spec.analysis.gates[2].query: unknown variable {{ canary.modle }} (known: "
+        + ", ".join(KNOWN_VARIABLES)
+        + ")"
+    ]
+    # ... and spec_template_errors says the same of a spec built without validation.
+    spec = api.parse_spec(sample_spec())
+    gates = list(spec.analysis.gates)
+    gates[2] = api.Gate.model_construct(**{**dict(gates[2]), "query": raw["analysis"]["gates"][2]["query"]})
+    built = spec.model_copy(update={"analysis": spec.analysis.model_copy(update={"gates": gates})})
+    assert spec_template_errors(built) == errors
+    assert spec_template_errors(spec) == []
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("x{m={{ target.model }}}", "placeholder {{ target.model }} at offset 4 is outside any string"),
+        ("x{m='{{ target.model }}'}", "inside a single-quoted string"),
+        ('x{m="{{ target.model | upper }}"}', "malformed placeholder"),
+        ('x{m="a}', "unterminated string"),
+        ('x{m="\\{{ target.model }}"}', "follows a backslash"),
+    ],
+)
+def test_every_template_refusal_is_a_spec_error(query: str, says: str) -> None:
+    raw = sample_spec()
+    raw["analysis"]["gates"][1] = {"name": "custom", "query": query, "max": 1}
+    [error] = api.spec_errors(raw)
+    assert error.startswith("spec.analysis.gates[1].query: ")
+    assert says in error
+
+
+def cel_refuses(query: str) -> bool:
+    """The CRD's CEL rule on a gate query, run with Python's re (the regexes are RE2-compatible)."""
+    return len(re.findall(api.ANY_PLACEHOLDER, query, re.ASCII)) != len(
+        re.findall(api.KNOWN_PLACEHOLDER, query, re.ASCII)
+    )
+
+
+def test_the_api_servers_rule_finds_exactly_the_unknown_variables() -> None:
+    """Counting placeholders and known ones (the CEL rule) refuses a query exactly when the models do for an
+    unknown variable: every known name passes, every near miss is refused."""
+    names = set(KNOWN_VARIABLES)
+    for known in KNOWN_VARIABLES:
+        for i in range(len(known) + 1):
+            names.add(known[:i])  # prefixes
+            names.add(known[:i] + known[i + 1 :])  # one character dropped
+            for char in NAME_CHARS:
+                names.add(known[:i] + char + known[i:])  # one inserted
+                names.add(known[:i] + char + known[i + 1 :])  # one replaced
+    names.discard("")
+    for name in sorted(names):
+        query = f'x{{a="{{{{ target.host }}}}", b="{{{{\t{name}  }}}}"}}[{{{{window}}}}]'
+        assert cel_refuses(query) == (name not in KNOWN_VARIABLES), name
+    assert not cel_refuses(sample_spec()["analysis"]["gates"][2]["query"])
+
+
+@given(st.text(alphabet=NAME_CHARS, min_size=1, max_size=30))
+def test_any_name_is_refused_by_the_rule_exactly_when_unknown(name: str) -> None:
+    assert cel_refuses(f'x{{a="{{{{{name}}}}}"}}') == (name not in KNOWN_VARIABLES)
 
 
 def test_the_sample_gate_queries_are_valid_templates() -> None:

@@ -266,9 +266,7 @@ def test_a_query_with_an_unknown_variable_moves_no_traffic() -> None:
 
     status = w.server.status()
     assert (status.phase, status.reason) == (api.Phase.DEGRADED, "InvalidSpec")
-    assert "spec.analysis.gates[1].query" in status.message
-    assert "refusals" in status.message
-    assert "canary.modle" in status.message
+    assert "spec.analysis.gates[1].query: unknown variable {{ canary.modle }}" in status.message
     assert w.server.vs_writes == 0
     assert w.measurer.calls == 0
 

@@ -67,10 +67,46 @@ the operator with exactly these rules.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-{{- if .Values.rbac.prometheusSecrets }}
-# kube.read_secret_data: spec.analysis.prometheus.secretRef, by name, in the rollout's namespace.
+{{- with (include "modelrollout.secretNames" (dict "secrets" .Values.rbac.prometheusSecrets "namespace" "") | fromJsonArray) }}
+# kube.read_secret_data: spec.analysis.prometheus.secretRef, in the rollout's namespace; these names only.
 - apiGroups: [""]
   resources: [secrets]
+  resourceNames: {{ toJson . }}
   verbs: [get]
 {{- end }}
+{{- end }}
+
+{{/*
+The names in rbac.prometheusSecrets for one namespace ("": the bare names, for every watched namespace), as
+a JSON list. A bare name or NAMESPACE/NAME; anything else fails the install.
+*/}}
+{{- define "modelrollout.secretNames" -}}
+{{- if kindIs "bool" .secrets }}
+{{- fail "rbac.prometheusSecrets is a list of the Secrets the operator may read (NAME or NAMESPACE/NAME), no longer true/false: name them, or [] for none" }}
+{{- end }}
+{{- $names := list }}
+{{- range .secrets }}
+{{- $parts := splitList "/" (toString .) }}
+{{- if or (gt (len $parts) 2) (has "" $parts) }}
+{{- fail (printf "rbac.prometheusSecrets: %q is neither NAME nor NAMESPACE/NAME" (toString .)) }}
+{{- end }}
+{{- if and (eq (len $parts) 1) (eq $.namespace "") }}
+{{- $names = append $names (index $parts 0) }}
+{{- else if and (eq (len $parts) 2) (eq (index $parts 0) $.namespace) }}
+{{- $names = append $names (index $parts 1) }}
+{{- end }}
+{{- end }}
+{{- toJson ($names | uniq) }}
+{{- end }}
+
+{{/* The namespaces named in rbac.prometheusSecrets' NAMESPACE/NAME entries, as a JSON list. */}}
+{{- define "modelrollout.secretNamespaces" -}}
+{{- $namespaces := list }}
+{{- range .Values.rbac.prometheusSecrets }}
+{{- $parts := splitList "/" (toString .) }}
+{{- if eq (len $parts) 2 }}
+{{- $namespaces = append $namespaces (index $parts 0) }}
+{{- end }}
+{{- end }}
+{{- toJson ($namespaces | uniq) }}
 {{- end }}

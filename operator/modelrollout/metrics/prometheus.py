@@ -1,71 +1,127 @@
 """MetricsProvider over Prometheus' HTTP API, with prometheus-api-client.
 
-The client is synchronous, so each query runs in a worker thread. Three bounds keep a slow or dead
-Prometheus from hurting the operator: a semaphore caps the threads in flight (a slot is freed only when its
-thread has really finished, so abandoned calls cannot pile up), the HTTP client's own connect/read timeout
-ends a call that hangs, and `asyncio.wait_for` caps what the caller waits, slot included. Prometheus also gets
-the timeout as its `timeout` parameter, so an expensive query is abandoned on the server too, with its own
-error message.
+The client is synchronous, so each query runs in a worker thread of a QueryPool: threads of Prometheus' own
+(the default executor stays for the Kubernetes calls), handed out by a FairScheduler so that rollouts take
+turns and none holds more than its share. Three bounds keep a slow or dead Prometheus from hurting the
+operator: a turn is held until its thread has really finished (abandoned calls cannot pile up), the HTTP
+client's own connect/read timeout ends a call that hangs, and `asyncio.wait_for` caps what the caller waits
+once its query has started. The per-query timeout starts when the query does: the wait for a turn is the
+operator's own queueing, bounded separately by the caller's `not_after` (QueryDeferred), never counted as a
+Prometheus failure. Prometheus also gets the timeout as its `timeout` parameter, so an expensive query is
+abandoned on the server too, with its own error message.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
-import base64
-import binascii
+import functools
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
+from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from modelrollout.metrics.credentials import PrometheusAuth, redacted, shown
 from modelrollout.metrics.provider import MetricsError, Sample, parse_sample_value
+from modelrollout.metrics.scheduler import Deferred, FairScheduler
 
 # The HTTP timeout fires first and says what happened; the asyncio deadline is the backstop for a thread
 # that the HTTP timeout does not end (a server that trickles bytes resets the read timeout at each one).
 _DEADLINE_SLACK_SECONDS = 1.0
 
-
-@dataclass(frozen=True)
-class PrometheusAuth:
-    bearer_token: str | None = None
-    basic_auth: tuple[str, str] | None = None
+T = TypeVar("T")
 
 
-_SECRET_FORMS = "either `token` (bearer token) or `username` and `password` (basic auth)"  # noqa: S105
+class QueryDeferred(Deferred):
+    """A query that did not get a worker thread before its `not_after`: the operator's own queueing."""
 
 
-def auth_from_secret_data(data: Mapping[str, str] | None) -> PrometheusAuth:
-    """Credentials from a Kubernetes Secret's `data` (base64 values). Keys other than the three are ignored
-    (a Secret may also carry a CA bundle); an ambiguous or incomplete set is a ValueError."""
-    data = data or {}
-    present = sorted(key for key in ("token", "username", "password") if key in data)
-    if present == ["token"]:
-        return PrometheusAuth(bearer_token=_decode(data, "token"))
-    if present == ["password", "username"]:
-        return PrometheusAuth(basic_auth=(_decode(data, "username"), _decode(data, "password")))
-    found = ", ".join(sorted(data)) or "none"
-    raise ValueError(f"the Prometheus credentials Secret must hold {_SECRET_FORMS}; keys found: {found}")
+class QueryPool:
+    """Prometheus' worker threads, shared by every provider and handed out fairly between owners (rollouts):
+    `workers` threads, at most `per_owner` of them for one owner at a time."""
 
+    def __init__(
+        self,
+        workers: int = 16,
+        per_owner: int = 4,
+        *,
+        on_wait: Callable[[float], None] | None = None,
+        on_query: Callable[[float], None] | None = None,
+    ) -> None:
+        self.workers = workers
+        self.scheduler = FairScheduler(workers, min(per_owner, workers))
+        self.on_wait = on_wait
+        self.on_query = on_query
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prometheus")
 
-def _decode(data: Mapping[str, str], key: str) -> str:
-    try:
-        value = base64.b64decode(data[key], validate=True).decode("utf-8")
-    except (binascii.Error, ValueError) as bad:
-        raise ValueError(f"Secret key {key!r} is not base64-encoded UTF-8 text: {bad}") from None
-    # Secrets made with `kubectl create secret --from-file` from an editor-saved file end in a newline that
-    # is never part of the credential.
-    value = value.rstrip("\r\n")
-    if not value:
-        raise ValueError(f"Secret key {key!r} is empty")
-    return value
+    async def run(
+        self,
+        owner: Hashable,
+        call: Callable[[], T],
+        *,
+        deadline: float,
+        not_after: float | None = None,
+        finished: Callable[[], None] | None = None,
+    ) -> T:
+        """`call()` in a worker thread once `owner` has a turn; TimeoutError if it runs longer than `deadline`
+        seconds (the thread keeps its turn until it really ends); QueryDeferred if no turn came by
+        `not_after` (loop time). `finished` is called once the call is over or will never start."""
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        try:
+            await self.scheduler.acquire(owner, not_after)
+        except Deferred:
+            if finished:
+                finished()
+            raise QueryDeferred() from None
+        except BaseException:
+            if finished:
+                finished()
+            raise
+        started = loop.time()
+        if self.on_wait:
+            self.on_wait(started - asked)
+        # No await between getting the turn and handing it to the thread's completion, so a cancellation
+        # cannot leak it.
+        try:
+            future = loop.run_in_executor(self._executor, call)
+        except RuntimeError:  # shut down meanwhile (the operator is stopping)
+            self.scheduler.release(owner)
+            if finished:
+                finished()
+            raise
+        future.add_done_callback(functools.partial(self._done, owner, started, finished))
+        # The shield lets a timed-out caller go while the thread runs to its own (HTTP) timeout, still holding
+        # its turn.
+        return await asyncio.wait_for(asyncio.shield(future), deadline)
+
+    def _done(
+        self,
+        owner: Hashable,
+        started: float,
+        finished: Callable[[], None] | None,
+        future: asyncio.Future[Any],
+    ) -> None:
+        self.scheduler.release(owner)
+        if self.on_query:
+            self.on_query(asyncio.get_running_loop().time() - started)
+        if finished:
+            finished()
+        if not future.cancelled():
+            future.exception()  # retrieved: an abandoned call's error is not logged as never retrieved
+
+    def shutdown(self) -> None:
+        """Stop taking work; threads still running end on their own (HTTP) timeouts."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 class PrometheusProvider:
@@ -77,7 +133,10 @@ class PrometheusProvider:
         bearer_token: str | None = None,
         basic_auth: tuple[str, str] | None = None,
         max_concurrency: int = 4,
+        pool: QueryPool | None = None,
     ) -> None:
+        """`pool`: the worker threads to run queries in, shared with other providers; without one, the
+        provider has a pool of its own with `max_concurrency` threads."""
         if timeout <= timedelta(0):
             raise ValueError(f"timeout must be positive, got {timeout}")
         if max_concurrency < 1:
@@ -85,54 +144,74 @@ class PrometheusProvider:
         if bearer_token is not None and basic_auth is not None:
             raise ValueError("give a bearer token or basic auth, not both")
         self.address = address.rstrip("/")
+        self.shown_address = shown(self.address)
         self.timeout = timeout
-        self.max_concurrency = max_concurrency
         self._seconds = timeout.total_seconds()
-        self._slots = asyncio.Semaphore(max_concurrency)
+        self._own_pool = pool is None
+        self.pool = pool or QueryPool(workers=max_concurrency, per_owner=max_concurrency)
+        self.max_concurrency = self.pool.scheduler.per_owner
+        self.busy = 0  # queries waiting for a turn or running in a thread
+        self.last_used = time.monotonic()
+        # No retries inside a query: a down Prometheus must surface within the timeout, and the analysis
+        # already retries at its own pace (errorLimit consecutive checks).
+        # read=False as in requests' own default: a read timeout then surfaces as a timeout, not as a
+        # connection error.
+        retry = Retry(total=0, read=False, raise_on_status=False)
+        session = requests.Session()
         self._client = PrometheusConnect(
             url=self.address,
             headers={"Authorization": f"Bearer {bearer_token}"} if bearer_token else None,
             auth=basic_auth,
-            # No retries inside a query: a down Prometheus must surface within the timeout, and the analysis
-            # already retries at its own pace (errorLimit consecutive checks).
-            # read=False as in requests' own default: a read timeout then surfaces as a timeout, not as a
-            # connection error.
-            retry=Retry(total=0, read=False, raise_on_status=False),
+            retry=retry,
             timeout=self._seconds,
+            session=session,
         )
+        # As many pooled connections as threads may query at once (requests keeps 10 per host otherwise and
+        # opens, then drops, one more per query beyond them). The longer prefix wins over the client's mount.
+        session.mount(f"{self.address}/api/", HTTPAdapter(max_retries=retry, pool_maxsize=self.pool.workers))
 
     @classmethod
     def with_auth(
-        cls, address: str, auth: PrometheusAuth, *, timeout: timedelta = timedelta(seconds=10)
+        cls,
+        address: str,
+        auth: PrometheusAuth,
+        *,
+        timeout: timedelta = timedelta(seconds=10),
+        pool: QueryPool | None = None,
     ) -> PrometheusProvider:
-        return cls(address, timeout=timeout, bearer_token=auth.bearer_token, basic_auth=auth.basic_auth)
+        return cls(
+            address, timeout=timeout, bearer_token=auth.bearer_token, basic_auth=auth.basic_auth, pool=pool
+        )
 
     def close(self) -> None:
         self._client.close()
+        if self._own_pool:
+            self.pool.shutdown()
 
-    async def query(self, promql: str) -> list[Sample]:
+    async def query(
+        self, promql: str, *, owner: Hashable = None, not_after: float | None = None
+    ) -> list[Sample]:
+        """The instant query `promql`, run when `owner` (a rollout; None for all callers alike) gets a turn;
+        QueryDeferred if that is not before `not_after` (loop time)."""
+        self.busy += 1
+        self.last_used = time.monotonic()
         try:
-            return await asyncio.wait_for(self._query(promql), self._seconds + _DEADLINE_SLACK_SECONDS)
+            raw = await self.pool.run(
+                owner,
+                functools.partial(self._fetch, promql),
+                deadline=self._seconds + _DEADLINE_SLACK_SECONDS,
+                not_after=not_after,
+                finished=self._finished,
+            )
         except TimeoutError:
             raise MetricsError(
-                promql, f"no answer from Prometheus at {self.address} within {self._seconds:g}s"
+                promql, f"no answer from Prometheus at {self.shown_address} within {self._seconds:g}s"
             ) from None
-
-    async def _query(self, promql: str) -> list[Sample]:
-        await self._slots.acquire()
-        # No await between acquiring the slot and handing it to the thread's completion, so a cancellation
-        # cannot leak it.
-        call = asyncio.ensure_future(asyncio.to_thread(self._fetch, promql))
-        call.add_done_callback(self._release)
-        # The shield lets a timed-out caller go while the thread runs to its own (HTTP) timeout, still holding
-        # its slot.
-        raw = await asyncio.shield(call)
         return samples_from_result(promql, raw)
 
-    def _release(self, call: asyncio.Future[Any]) -> None:
-        self._slots.release()
-        if not call.cancelled():
-            call.exception()  # retrieved: an abandoned call's error is not logged as never retrieved
+    def _finished(self) -> None:
+        self.busy -= 1
+        self.last_used = time.monotonic()
 
     def _fetch(self, promql: str) -> Any:
         try:
@@ -142,18 +221,22 @@ class PrometheusProvider:
         except requests.Timeout:
             raise MetricsError(
                 promql,
-                f"no answer from Prometheus at {self.address} within {self._seconds:g}s (HTTP timeout)",
+                f"no answer from Prometheus at {self.shown_address} within {self._seconds:g}s (HTTP timeout)",
             ) from None
         except requests.ConnectionError as unreachable:
             raise MetricsError(
-                promql, f"cannot reach Prometheus at {self.address}: {_root_cause(unreachable)}"
+                promql,
+                f"cannot reach Prometheus at {self.shown_address}: {redacted(_root_cause(unreachable))}",
             ) from None
         except requests.RequestException as failed:
-            raise MetricsError(promql, f"request to Prometheus at {self.address} failed: {failed}") from None
+            raise MetricsError(
+                promql, f"request to Prometheus at {self.shown_address} failed: {redacted(str(failed))}"
+            ) from None
         except (ValueError, KeyError, TypeError) as garbled:
             # A 200 that is not Prometheus' JSON: the address points at something else.
             raise MetricsError(
-                promql, f"{self.address} did not answer like Prometheus: {type(garbled).__name__}: {garbled}"
+                promql,
+                f"{self.shown_address} did not answer like Prometheus: {type(garbled).__name__}: {garbled}",
             ) from None
 
 

@@ -1,14 +1,14 @@
 """Gate queries: the built-in Istio templates and the rendering of `{{ ... }}` variables into PromQL.
 
-Pure: no I/O, no clients. Rendering is built so that no value can change the shape of a query:
+Pure: no I/O, no clients. The variables and the scanner that keeps every value inside its string live in
+`promql`; this module knows the API (targets, gates, the spec) and the built-in templates.
 
-- every value is escaped for a PromQL double-quoted string (Prometheus' lexer: Go escapes, no raw newline, and
-  a literal U+FFFD is refused as an invalid rune), so a value can only ever be the content of its string;
-- a placeholder may stand only inside a double-quoted string, where that escaping is meaningful. The one
-  exception is `{{ window }}`, a duration the operator formats itself, which belongs in a range `[...]`.
-
-The template is scanned with PromQL's own lexical rules (strings, escapes, `#` comments) to know where each
-placeholder stands, so a quote inside a comment or an escaped quote cannot fool the check.
+Built-in templates select the target's Istio metrics by `destination_service_name` and
+`destination_service_namespace` (`reporter="destination"`), and, when the target names a DestinationRule
+subset, by the subset label (`analysis.subsetLabel`, default `destination_version`): the convention is that a
+subset is named after the version label of its pods, which Istio's metrics carry as `destination_version`
+(and `destination_canonical_revision`). A short host is a Service in the VirtualService's namespace, as Istio
+resolves it.
 """
 
 from __future__ import annotations
@@ -16,49 +16,69 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from enum import Enum
 from typing import Literal
 
 from modelrollout import api
 from modelrollout.durations import format_duration
+from modelrollout.metrics.promql import (
+    KNOWN_VARIABLES,
+    TemplateError,
+    check_template,
+    escape_promql_string,
+    render_values,
+)
+
+__all__ = [
+    "BUILTIN_TEMPLATES",
+    "KNOWN_VARIABLES",
+    "TargetVariables",
+    "TemplateError",
+    "TemplateVariables",
+    "builtin_template",
+    "escape_promql_string",
+    "render",
+    "render_gate_query",
+    "request_count_query",
+    "spec_template_errors",
+    "validate_template",
+]
 
 Role = Literal["stable", "canary"]
-
-_TARGET_FIELDS = ("host", "service", "namespace", "subset", "port", "model", "promptVersion")
-KNOWN_VARIABLES: tuple[str, ...] = (
-    *(f"{prefix}.{name}" for prefix in ("target", "stable", "canary") for name in _TARGET_FIELDS),
-    "window",
-    "rollout.name",
-    "rollout.namespace",
-)
-# Variables that may stand outside a string: values the operator produces and validates itself.
-_BARE_VARIABLES = frozenset({"window"})
 
 _SELECTOR = (
     'reporter="destination", destination_service_name="{{ target.service }}", '
     'destination_service_namespace="{{ target.namespace }}"'
 )
-
-BUILTIN_TEMPLATES: dict[api.GateTemplate, str] = {
-    # A healthy service may never have exported a 5xx series (Istio creates a series on its first request
-    # with that response code), so the numerator falls back to 0; no traffic at all still gives no data
-    # (empty denominator) or NaN (0/0), which the analysis reads as Inconclusive.
-    api.GateTemplate.ISTIO_ERROR_RATE: (
-        f'(sum(rate(istio_requests_total{{{_SELECTOR}, response_code=~"5.."}}[{{{{ window }}}}]))'
-        f" or vector(0)) / sum(rate(istio_requests_total{{{_SELECTOR}}}[{{{{ window }}}}]))"
-    ),
-    api.GateTemplate.ISTIO_LATENCY_P99: (
-        "histogram_quantile(0.99, sum by (le) "
-        f"(rate(istio_request_duration_milliseconds_bucket{{{_SELECTOR}}}[{{{{ window }}}}])))"
-    ),
-    api.GateTemplate.ISTIO_REQUEST_COUNT: (
-        f"sum(increase(istio_requests_total{{{_SELECTOR}}}[{{{{ window }}}}]))"
-    ),
-}
+_LABEL_NAME = re.compile(api.LABEL_NAME)
 
 
-class TemplateError(ValueError):
-    """A query template that cannot be rendered safely; the message names the placeholder and why."""
+def builtin_template(template: api.GateTemplate, subset_label: str | None = None) -> str:
+    """The PromQL template of a built-in gate; with `subset_label`, its series are also selected by
+    `<subset_label>="{{ target.subset }}"` (for a target that names a subset)."""
+    selector = _SELECTOR
+    if subset_label is not None:
+        if not _LABEL_NAME.match(subset_label):  # the API refuses it too; a label name is code, not a value
+            raise TemplateError(f"subset label {subset_label!r} is not a Prometheus label name")
+        selector += f', {subset_label}="{{{{ target.subset }}}}"'
+    window = "[{{ window }}]"
+    if template == api.GateTemplate.ISTIO_ERROR_RATE:
+        # A healthy service may never have exported a 5xx series (Istio creates a series on its first request
+        # with that response code), so the numerator falls back to 0; no traffic at all still gives no data
+        # (empty denominator) or NaN (0/0), which the analysis reads as Inconclusive.
+        return (
+            f'(sum(rate(istio_requests_total{{{selector}, response_code=~"5.."}}{window}))'
+            f" or vector(0)) / sum(rate(istio_requests_total{{{selector}}}{window}))"
+        )
+    if template == api.GateTemplate.ISTIO_LATENCY_P99:
+        return (
+            "histogram_quantile(0.99, sum by (le) "
+            f"(rate(istio_request_duration_milliseconds_bucket{{{selector}}}{window})))"
+        )
+    return f"sum(increase(istio_requests_total{{{selector}}}{window}))"
+
+
+# The built-ins for a target without a subset.
+BUILTIN_TEMPLATES: dict[api.GateTemplate, str] = {t: builtin_template(t) for t in api.GateTemplate}
 
 
 @dataclass(frozen=True)
@@ -74,14 +94,15 @@ class TargetVariables:
     prompt_version: str | None = None
 
     @classmethod
-    def of(cls, target: api.Target, rollout_namespace: str) -> TargetVariables:
+    def of(cls, target: api.Target, hosts_namespace: str) -> TargetVariables:
         """Service and namespace as Istio's metrics label them: `llm`, `llm.ns` and `llm.ns.svc.cluster.local`
-        all name Service `llm`, in `ns` or, for a short name, in the rollout's namespace."""
+        all name Service `llm`, in `ns` or, for a short name, in `hosts_namespace`: the namespace of the
+        VirtualService that routes to it, where Istio resolves short hosts."""
         labels = target.host.split(".")
         return cls(
             host=target.host,
             service=labels[0],
-            namespace=labels[1] if len(labels) > 1 else rollout_namespace,
+            namespace=labels[1] if len(labels) > 1 else hosts_namespace,
             subset=target.subset,
             port=target.port,
             model=target.model,
@@ -112,6 +133,7 @@ class TemplateVariables:
     window: timedelta
     rollout_name: str
     rollout_namespace: str
+    subset_label: str = api.DEFAULT_SUBSET_LABEL
 
     def __post_init__(self) -> None:
         if format_duration(self.window) == "0s":
@@ -127,9 +149,13 @@ class TemplateVariables:
         rollout_namespace: str,
         window: timedelta,
         target: Role = "canary",
+        hosts_namespace: str | None = None,
+        subset_label: str = api.DEFAULT_SUBSET_LABEL,
     ) -> TemplateVariables:
-        stable_vars = TargetVariables.of(stable, rollout_namespace)
-        canary_vars = TargetVariables.of(canary, rollout_namespace)
+        """`hosts_namespace`: where short hosts live, the VirtualService's namespace (default the
+        rollout's)."""
+        stable_vars = TargetVariables.of(stable, hosts_namespace or rollout_namespace)
+        canary_vars = TargetVariables.of(canary, hosts_namespace or rollout_namespace)
         return cls(
             target=canary_vars if target == "canary" else stable_vars,
             stable=stable_vars,
@@ -137,6 +163,21 @@ class TemplateVariables:
             window=window,
             rollout_name=rollout_name,
             rollout_namespace=rollout_namespace,
+            subset_label=subset_label,
+        )
+
+    @classmethod
+    def for_spec(
+        cls, spec: api.ModelRolloutSpec, *, rollout_name: str, rollout_namespace: str, hosts_namespace: str
+    ) -> TemplateVariables:
+        return cls.for_rollout(
+            stable=spec.stable,
+            canary=spec.canary,
+            rollout_name=rollout_name,
+            rollout_namespace=rollout_namespace,
+            window=spec.analysis.window,
+            hosts_namespace=hosts_namespace,
+            subset_label=spec.analysis.subset_label,
         )
 
     def targeting(self, role: Role) -> TemplateVariables:
@@ -159,7 +200,7 @@ class TemplateVariables:
 def render_gate_query(gate: api.Gate, variables: TemplateVariables) -> str:
     """The PromQL of a gate: its built-in template or its own query, over its own window if it sets one."""
     if gate.template is not None:
-        source = BUILTIN_TEMPLATES[gate.template]
+        source = _builtin_for(gate.template, variables)
     elif gate.query is not None:
         source = gate.query
     else:  # the API refuses such a gate; a hand-built one still gets a clear error
@@ -169,126 +210,36 @@ def render_gate_query(gate: api.Gate, variables: TemplateVariables) -> str:
     return render(source, variables)
 
 
+def _builtin_for(template: api.GateTemplate, variables: TemplateVariables) -> str:
+    return builtin_template(template, variables.subset_label if variables.target.subset else None)
+
+
 def request_count_query(variables: TemplateVariables) -> str:
     """Requests served by the target over the window, for `analysis.minRequests`."""
-    return render(BUILTIN_TEMPLATES[api.GateTemplate.ISTIO_REQUEST_COUNT], variables)
+    return render(_builtin_for(api.GateTemplate.ISTIO_REQUEST_COUNT, variables), variables)
 
 
 def validate_template(template: str) -> None:
     """Raise TemplateError if `template` could not be rendered, whatever the values (for spec checks)."""
-    _render(template, dict.fromkeys(KNOWN_VARIABLES, ""))
+    check_template(template)
 
 
 def render(template: str, variables: TemplateVariables) -> str:
-    return _render(template, variables.values())
+    return render_values(template, variables.values())
 
 
-def escape_promql_string(value: str) -> str:
-    """`value` as the content of a PromQL double-quoted string (without the quotes): the string literal then
-    reads back as exactly `value`."""
-    out: list[str] = []
-    for char in value:
-        code = ord(char)
-        if char in _NAMED_ESCAPES:
-            out.append(_NAMED_ESCAPES[char])
-        elif 0xD800 <= code <= 0xDFFF:
-            # A lone surrogate is no character at all; Prometheus refuses it even as an escape.
-            raise TemplateError(f"value {value!r} is not valid Unicode (lone surrogate U+{code:04X})")
-        elif char == "\ufffd" or not char.isprintable():
-            # Prometheus' lexer takes a literal U+FFFD for a decoding error, and invisible characters would
-            # make a query shown in a status message mislead; both go in as \u escapes.
-            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
-_NAMED_ESCAPES = {
-    "\\": "\\\\",
-    '"': '\\"',
-    "\a": "\\a",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\v": "\\v",
-}
-
-_PLACEHOLDER = re.compile(r"\{\{[ \t]*([A-Za-z0-9_.]+)[ \t]*\}\}")
-
-
-class _Context(Enum):
-    CODE = "outside any string"
-    COMMENT = "inside a # comment"
-    DOUBLE = "inside a double-quoted string"
-    SINGLE = "inside a single-quoted string"
-    RAW = "inside a backtick string"
-
-
-_OPENERS = {'"': _Context.DOUBLE, "'": _Context.SINGLE, "`": _Context.RAW}
-_CLOSERS = {_Context.DOUBLE: '"', _Context.SINGLE: "'", _Context.RAW: "`"}
-
-
-def _render(template: str, values: dict[str, str]) -> str:
-    out: list[str] = []
-    context = _Context.CODE
-    i = 0
-    while i < len(template):
-        if template.startswith("{{", i):
-            match = _PLACEHOLDER.match(template, i)
-            if match is None:
-                snippet = template[i : i + 40]
-                raise TemplateError(
-                    f"malformed placeholder at offset {i}: {snippet!r}; expected {{{{ name }}}}"
-                )
-            name = match.group(1)
-            if name not in values:
-                raise TemplateError(
-                    f"unknown variable {{{{ {name} }}}}; known variables: {', '.join(KNOWN_VARIABLES)}"
-                )
-            if context is _Context.DOUBLE:
-                out.append(escape_promql_string(values[name]))
-            elif context is _Context.CODE and name in _BARE_VARIABLES:
-                out.append(values[name])
-            else:
-                raise TemplateError(_misplaced(name, i, context))
-            i = match.end()
-            continue
-        char = template[i]
-        if context is _Context.CODE:
-            if char == "#":
-                context = _Context.COMMENT
-            elif char in _OPENERS:
-                context = _OPENERS[char]
-        elif context is _Context.COMMENT:
-            if char in "\r\n":
-                context = _Context.CODE
-        elif context is _Context.RAW:
-            if char == "`":
-                context = _Context.CODE
-        else:  # a single- or double-quoted string: a backslash escapes the next character
-            if char == "\\":
-                if template.startswith("{{", i + 1):
-                    # A value glued to a backslash would lose its first escape: `\` + `\"` closes the string.
-                    raise TemplateError(f"placeholder at offset {i + 1} follows a backslash")
-                out.append(template[i : i + 2])
-                i += 2
-                continue
-            if char == _CLOSERS[context]:
-                context = _Context.CODE
-        out.append(char)
-        i += 1
-    if context in (_Context.DOUBLE, _Context.SINGLE, _Context.RAW):
-        raise TemplateError(f"unterminated string in query: {template!r}")
-    return "".join(out)
-
-
-def _misplaced(name: str, offset: int, context: _Context) -> str:
-    where = f"placeholder {{{{ {name} }}}} at offset {offset} is {context.value}"
-    if context is _Context.CODE:
-        return f'{where}; a value must stand inside a double-quoted string, e.g. label="{{{{ {name} }}}}"'
-    return (
-        f"{where}; variables are filled in only inside double-quoted strings "
-        "(and {{ window }} also bare, as in [{{ window }}])"
-    )
+def spec_template_errors(spec: api.ModelRolloutSpec) -> list[str]:
+    """Every gate query of `spec` that could not be rendered whatever the values (unknown variables,
+    misplaced or malformed placeholders, unterminated strings), as `spec.analysis.gates[i].query: why`: a
+    check made before any traffic moves. Built-in templates are checked with the spec's subset label."""
+    errors = []
+    for index, gate in enumerate(spec.analysis.gates):
+        try:
+            if gate.query is not None:
+                check_template(gate.query)
+            elif gate.template is not None:
+                check_template(builtin_template(gate.template, spec.analysis.subset_label))
+        except TemplateError as error:
+            field = "query" if gate.query is not None else "template"
+            errors.append(f"spec.analysis.gates[{index}].{field}: {error}")
+    return errors

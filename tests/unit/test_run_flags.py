@@ -1,0 +1,45 @@
+"""`modelrollout run` flags become the operator's settings."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from modelrollout import run
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    run.add_parser(parser.add_subparsers())
+    return parser.parse_args(["run", *argv])
+
+
+def test_prometheus_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MODELROLLOUT_PROMETHEUS_CREDENTIALS_ALLOW", raising=False)
+    config = run.config_from_args(parse())
+    assert (config.prometheus_workers, config.prometheus_queries_per_rollout) == (16, 4)
+    assert config.prometheus_credentials_allow == ()
+    config = run.config_from_args(
+        parse(
+            "--prometheus-url=http://prometheus.monitoring:9090",
+            "--prometheus-credentials-allow=https://thanos.example.com",
+            "--prometheus-credentials-allow=http://prom.team-a:9090",
+            "--prometheus-workers=32",
+            "--prometheus-queries-per-rollout=2",
+        )
+    )
+    assert config.prometheus_url == "http://prometheus.monitoring:9090"
+    assert config.prometheus_credentials_allow == ("https://thanos.example.com", "http://prom.team-a:9090")
+    assert (config.prometheus_workers, config.prometheus_queries_per_rollout) == (32, 2)
+
+
+def test_allowed_addresses_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELROLLOUT_PROMETHEUS_CREDENTIALS_ALLOW", "http://a:9090  http://b:9090\n")
+    assert run.config_from_args(parse()).prometheus_credentials_allow == ("http://a:9090", "http://b:9090")
+
+
+@pytest.mark.parametrize("flag", ["--prometheus-workers=0", "--prometheus-queries-per-rollout=-1"])
+def test_thread_counts_are_positive(flag: str) -> None:
+    with pytest.raises(SystemExit):
+        parse(flag)
