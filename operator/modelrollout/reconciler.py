@@ -145,7 +145,7 @@ class Reconciler:
         self.notifier: Notifier | None = None
         # The object our last write returned, per rollout, and the resourceVersions it superseded: a body
         # from a watch that has not caught up with our own write is never decided on.
-        self._latest: dict[str, tuple[frozenset[str], dict[str, Any]]] = {}
+        self._latest: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
 
     @classmethod
     def for_cluster(cls, api_client: client.ApiClient, config: OperatorConfig) -> tuple[Reconciler, Kube]:
@@ -195,11 +195,11 @@ class Reconciler:
         return obj
 
     def _remember(self, ref: RolloutRef, superseded: str | None, stored: dict[str, Any]) -> None:
-        previous = self._latest.get(ref.uid, (frozenset(), {}))[0]
-        kept = set(list(previous)[-8:])
-        if superseded is not None:
-            kept.add(superseded)
-        self._latest[ref.uid] = (frozenset(kept), stored)
+        """Keep the object our write returned, and the versions it (and the writes before it) superseded:
+        the last few are enough, a watch is never further behind than that for long."""
+        previous = self._latest.get(ref.uid, ((), {}))[0]
+        versions = (*previous, superseded) if superseded is not None else previous
+        self._latest[ref.uid] = (versions[-8:], stored)
 
     async def _tick(
         self,

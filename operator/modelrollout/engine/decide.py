@@ -171,37 +171,9 @@ def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Obse
 
     restart = status.pair_hash != pair_hash(spec) or _target_changed(status, obs)
     if restart:
-        serving = _serving(status) if status.pair_hash else None
-        if serving is not None and (serving.host, serving.subset) != (spec.stable.host, spec.stable.subset):
-            draft.warn_first(
-                "StableChanged",
-                f"the new stable {describe(spec.stable)} is not what served 100% before "
-                f"({describe(serving)})",
-            )
-        start(draft, spec, "RolloutStarted", obs)
-        if action is not None:
-            record_result(draft, action, f"ignored: {NEW_PAIR}")
-        draft.event(
-            "Normal",
-            "RolloutStarted",
-            f"rolling out {describe(spec.canary)} over {describe(spec.stable)}: "
-            f"stage {progress(spec, 0)} at {draft.status.canary_weight}%",
-        )
+        _restart(draft, spec, status, obs, action)
     else:
-        realign(draft, spec)
-        if pending_return(draft.status):
-            # A return to stable was decided but its VirtualService write was never confirmed (the operator
-            # stopped, or the write failed): finish it before anything else.
-            returning = draft.status.rollback
-            complete_return(draft)
-            if action is not None:
-                if action.strip() == Action.ABORT and returning is not None and returning.reason == "Aborted":
-                    record_result(draft, action, "aborted: traffic on stable")
-                else:
-                    record_result(draft, action, "ignored: traffic is returning to stable")
-        elif action is not None:
-            apply_action(draft, spec, action, obs)
-
+        _continue(draft, spec, obs, action)
     if draft.write is None:
         correct_drift(draft, spec, routing)
     returned = draft.rollback_reason is not None
@@ -214,19 +186,69 @@ def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Obse
     ):
         maybe_advance(draft, spec, obs)
     if routing.stale_owner is not None and draft.status.stable is not None:
-        # A claim left by a ModelRollout that no longer exists: take the route over, with the weights the
-        # status says (a write even when they are right, so the claim changes hands).
-        draft.set_weight(draft.write.canary_weight if draft.write else draft.status.canary_weight)
-        if draft.write is not None:
-            draft.write = replace(draft.write, take_over_from=routing.stale_owner)
-        draft.event(
-            "Warning",
-            "ClaimTakenOver",
-            f"the VirtualService route was claimed by {routing.stale_owner}, which no longer exists; "
-            "this rollout takes it over",
-        )
+        _take_over(draft, routing.stale_owner)
     settle(draft, spec, obs)
     return _plan(draft, status, obs, consume=consume, accepted=accepted, action=action)
+
+
+def _restart(
+    draft: Draft,
+    spec: api.ModelRolloutSpec,
+    status: api.ModelRolloutStatus,
+    obs: Observation,
+    action: str | None,
+) -> None:
+    """Stage 1 of the spec's pair (on the spec's VirtualService), warning first when the new stable is not
+    what served 100% before."""
+    serving = _serving(status) if status.pair_hash else None
+    if serving is not None and (serving.host, serving.subset) != (spec.stable.host, spec.stable.subset):
+        draft.warn_first(
+            "StableChanged",
+            f"the new stable {describe(spec.stable)} is not what served 100% before ({describe(serving)})",
+        )
+    start(draft, spec, "RolloutStarted", obs)
+    if action is not None:
+        record_result(draft, action, f"ignored: {NEW_PAIR}")
+    draft.event(
+        "Normal",
+        "RolloutStarted",
+        f"rolling out {describe(spec.canary)} over {describe(spec.stable)}: "
+        f"stage {progress(spec, 0)} at {draft.status.canary_weight}%",
+    )
+
+
+def _continue(draft: Draft, spec: api.ModelRolloutSpec, obs: Observation, action: str | None) -> None:
+    """The same pair: keep the position valid, finish a pending return, or apply the action."""
+    if draft.status.routing is None and obs.target is not None:
+        draft.update(routing=obs.target)  # a rollout started by an operator that did not record it
+    realign(draft, spec)
+    if pending_return(draft.status):
+        # A return to stable was decided but its VirtualService write was never confirmed (the operator
+        # stopped, or the write failed): finish it before anything else.
+        returning = draft.status.rollback
+        complete_return(draft)
+        if action is not None:
+            if action.strip() == Action.ABORT and returning is not None and returning.reason == "Aborted":
+                record_result(draft, action, "aborted: traffic on stable")
+            else:
+                record_result(draft, action, "ignored: traffic is returning to stable")
+    elif action is not None:
+        apply_action(draft, spec, action, obs)
+
+
+def _take_over(draft: Draft, stale_owner: str) -> None:
+    """A claim left by a ModelRollout that no longer exists: take the route over, with the weights the
+    status says (a write even when they are right, so the claim changes hands)."""
+    if draft.write is None:
+        draft.set_weight(draft.status.canary_weight)
+    if draft.write is not None:
+        draft.write = replace(draft.write, take_over_from=stale_owner)
+    draft.event(
+        "Warning",
+        "ClaimTakenOver",
+        f"the VirtualService route was claimed by {stale_owner}, which no longer exists; "
+        "this rollout takes it over",
+    )
 
 
 def _plan(
