@@ -35,6 +35,18 @@ local health = {
 
 local phase = status.phase
 local message = status.message
+
+-- A spec the operator cannot act on is said beside the phase (a Promoted rollout stays Promoted): whatever the
+-- phase, this generation did not take effect, which Argo CD must show.
+if type(status.conditions) == "table" then
+  for _, condition in ipairs(status.conditions) do
+    if type(condition) == "table" and condition.type == "InvalidSpec" and condition.status == "True" then
+      hs.status = "Degraded"
+      hs.message = "invalid spec: " .. tostring(condition.message or "")
+      return hs
+    end
+  end
+end
 if type(message) ~= "string" or message == "" then
   message = "phase " .. tostring(phase)
   if type(status.reason) == "string" and status.reason ~= "" then

@@ -138,6 +138,19 @@ def test_every_phase_of_the_api_is_covered() -> None:
     assert {phase for phase, _, _ in PHASES} == {phase.value for phase in api.Phase}
 
 
+@pytest.mark.parametrize("phase", ["Promoted", "Progressing", "RolledBack"])
+def test_an_invalid_spec_is_degraded_whatever_the_phase(
+    health: Callable[[dict[str, Any]], tuple[str, str]], phase: str
+) -> None:
+    status = status_of(phase, phase, "promoted: claude serves 100%")
+    status["conditions"].append(
+        {"type": "InvalidSpec", "status": "True", "reason": "InvalidSpec", "message": "spec.stages: bad"}
+    )
+    assert health(rollout(status)) == ("Degraded", "invalid spec: spec.stages: bad")
+    status["conditions"][-1]["status"] = "False"
+    assert health(rollout(status))[0] != "Degraded" or phase == "RolledBack"
+
+
 def test_a_rolled_back_rollout_shows_the_rollback_message(
     health: Callable[[dict[str, Any]], tuple[str, str]],
 ) -> None:
