@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from kubernetes import client
 
@@ -24,8 +23,10 @@ from modelrollout.kube import ACTION_ANNOTATION, Kube, RolloutRef, StaleObject, 
 from modelrollout.measure import Measurer
 from modelrollout.metrics.templates import spec_template_errors
 from modelrollout.notify import Notification, Notifier, now_text
+from modelrollout.observe import Observed, RoutingObserver, backend, target_of
+from modelrollout.ports import KubeApi, Measuring, RouterFactory
 from modelrollout.routing.istio_router import IstioRouter
-from modelrollout.routing.router import Backend, Router, RoutingConflict, RoutingProblem, Snapshot, StaleWrite
+from modelrollout.routing.router import Router, RoutingProblem, StaleWrite
 from modelrollout.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -44,20 +45,6 @@ def _ref(obj: Mapping[str, Any]) -> RolloutRef:
     return RolloutRef(namespace=meta["namespace"], name=meta["name"], uid=meta.get("uid", ""))
 
 
-def _backend(target: api.Target) -> Backend:
-    return Backend(host=target.host, subset=target.subset, port=target.port)
-
-
-def target_of(spec: api.ModelRolloutSpec, namespace: str) -> api.RoutingRecord:
-    """Where the spec routes: the VirtualService (namespace/name), its API version and the managed routes."""
-    istio = spec.traffic_routing.istio
-    return api.RoutingRecord(
-        virtual_service=f"{istio.virtual_service.namespace or namespace}/{istio.virtual_service.name}",
-        api_version=istio.api_version.value,
-        routes=list(istio.routes) if istio.routes else None,
-    )
-
-
 def spec_problems(raw: Mapping[str, Any]) -> api.ModelRolloutSpec | list[str]:
     """The spec, or every reason the operator cannot act on it: what the models refuse (a gate query that
     could never be rendered among it), and a built-in template that does not render with the spec's subset
@@ -66,46 +53,6 @@ def spec_problems(raw: Mapping[str, Any]) -> api.ModelRolloutSpec | list[str]:
     if isinstance(spec, list):
         return spec
     return spec_template_errors(spec) or spec
-
-
-class KubeApi(Protocol):
-    """What the reconciler needs of the API server besides the VirtualService (kube.Kube in a cluster)."""
-
-    async def record_status(
-        self, ref: RolloutRef, status: api.ModelRolloutStatus, resource_version: str | None
-    ) -> dict[str, Any]: ...
-
-    async def get_rollout(self, ref: RolloutRef) -> dict[str, Any] | None: ...
-
-    async def rollout_exists(self, namespace: str, name: str) -> bool: ...
-
-    async def consume_action(self, ref: RolloutRef, value: str) -> dict[str, Any] | None: ...
-
-    async def emit_event(self, ref: RolloutRef, type_: str, reason: str, message: str) -> None: ...
-
-
-class Measuring(Protocol):
-    async def measure(
-        self, spec: api.ModelRolloutSpec, ref: RolloutRef, now: datetime, *, virtual_service_namespace: str
-    ) -> CheckResult | None: ...
-
-    def forget(self, ref: RolloutRef) -> None: ...
-
-    def close(self) -> None: ...
-
-
-# A router for the VirtualService a record names, acting for the rollout `namespace/name` (its claims' owner).
-RouterFactory = Callable[[api.RoutingRecord, str], Router]
-
-
-@dataclass
-class Observed:
-    """One observation of the routing: each router with the snapshot it read (or the problem it met)."""
-
-    spec_router: Router
-    spec_snapshot: Snapshot | None
-    recorded_router: Router | None = None
-    recorded_snapshot: Snapshot | None = None
 
 
 def istio_routers(api_client: client.ApiClient, request_timeout: float) -> RouterFactory:
@@ -142,6 +89,7 @@ class Reconciler:
         self.measurer = measurer
         self.config = config
         self.telemetry = telemetry or Telemetry()
+        self.observer = RoutingObserver(routers, kube.rollout_exists)
         self.notifier: Notifier | None = None
         # The object our last write returned, per rollout, and the resourceVersions it superseded: a body
         # from a watch that has not caught up with our own write is never decided on.
@@ -235,7 +183,7 @@ class Reconciler:
             return plan, obj
 
         target = target_of(spec, ref.namespace)
-        observed, routing, previous = await self._observe_routing(spec, status, target, ref)
+        observed, routing, previous = await self.observer.observe(spec, status, target, ref)
         action = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
         if not check:
             due = engine.analysis_due(spec, status, now, self.config.started_at)
@@ -267,89 +215,6 @@ class Reconciler:
         return executed, obj
 
     # ---- observing the routing ----
-
-    async def _observe_routing(
-        self,
-        spec: api.ModelRolloutSpec,
-        status: api.ModelRolloutStatus,
-        target: api.RoutingRecord,
-        ref: RolloutRef,
-    ) -> tuple[Observed, engine.RoutingView, engine.RoutingView | None]:
-        spec_router = self.router(target, ref)
-        spec_snapshot, spec_problem = await self._read(spec_router)
-        observed = Observed(spec_router, spec_snapshot)
-        recorded_pair = (
-            status.pair_hash is not None and status.stable is not None and status.canary is not None
-        )
-        pair_changed = recorded_pair and status.pair_hash != engine.pair_hash(spec)
-        recorded_target = status.routing or target
-        target_changed = recorded_pair and recorded_target != target
-        retiring: tuple[Backend, ...] = ()
-        if pair_changed and not target_changed and status.stable and status.canary:
-            new = {_backend(spec.stable), _backend(spec.canary)}
-            retiring = tuple(b for b in (_backend(status.stable), _backend(status.canary)) if b not in new)
-        routing = await self._view(
-            spec_router, spec_snapshot, spec_problem, (_backend(spec.stable), _backend(spec.canary)), retiring
-        )
-        previous = None
-        if (pair_changed or target_changed) and status.stable is not None and status.canary is not None:
-            if target_changed:
-                observed.recorded_router = self.router(recorded_target, ref)
-                observed.recorded_snapshot, problem = await self._read(observed.recorded_router)
-            else:
-                observed.recorded_router, observed.recorded_snapshot = spec_router, spec_snapshot
-                problem = spec_problem
-            previous = await self._view(
-                observed.recorded_router,
-                observed.recorded_snapshot,
-                problem,
-                (_backend(status.stable), _backend(status.canary)),
-            )
-        return observed, routing, previous
-
-    async def _read(self, router: Router) -> tuple[Snapshot | None, RoutingProblem | None]:
-        try:
-            return await router.read(), None
-        except RoutingProblem as problem:
-            return None, problem
-
-    async def _view(
-        self,
-        router: Router,
-        snapshot: Snapshot | None,
-        problem: RoutingProblem | None,
-        pair: tuple[Backend, Backend],
-        retiring: tuple[Backend, ...] = (),
-    ) -> engine.RoutingView:
-        stable, canary = pair
-        if snapshot is None:
-            assert problem is not None  # noqa: S101 - _read returns one or the other
-            return engine.RoutingView(problem_reason=problem.reason, problem=str(problem))
-        stale_owner = None
-        for _ in range(2):
-            try:
-                view = router.view(snapshot, stable, canary, retiring=retiring, stale_owner=stale_owner)
-            except RoutingConflict as conflict:
-                owner_ns, _, owner_name = conflict.owner.partition("/")
-                if (
-                    stale_owner is None
-                    and owner_name
-                    and not await self.kube.rollout_exists(owner_ns, owner_name)
-                ):
-                    stale_owner = conflict.owner  # left by a rollout that is gone: ours to take over
-                    continue
-                return engine.RoutingView(conflict_owner=conflict.owner)
-            except RoutingProblem as missing:
-                return engine.RoutingView(problem_reason=missing.reason, problem=str(missing))
-            return engine.RoutingView(
-                canary_weight=view.canary_weight,
-                consistent=view.consistent,
-                canary_present=view.canary_present,
-                claimed=view.claimed,
-                last_writer=snapshot.last_writer,
-                stale_owner=stale_owner,
-            )
-        return engine.RoutingView(conflict_owner=stale_owner)
 
     # ---- executing a plan ----
 
@@ -476,8 +341,8 @@ class Reconciler:
                 return  # the VirtualService is gone: nothing to put back or release
             try:
                 if status.stable is not None and status.canary is not None:
-                    view = await self._view(
-                        router, snapshot, None, (_backend(status.stable), _backend(status.canary))
+                    view = await self.observer.view(
+                        router, snapshot, None, (backend(status.stable), backend(status.canary))
                     )
                     write = engine.deletion_write(status, view)
                     if write is not None:

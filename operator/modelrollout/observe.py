@@ -1,0 +1,126 @@
+"""Observing the routing for one tick: read each VirtualService the rollout needs once, and view it for the
+pairs the engine asks about (the spec's, and the recorded one when the spec names another pair or another
+VirtualService). A claim by another rollout is checked against the API server: one left by a rollout that no
+longer exists is reported as stale, for the engine to take over."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from modelrollout import api, engine
+from modelrollout.kube import RolloutRef
+from modelrollout.ports import RouterFactory
+from modelrollout.routing.router import Backend, Router, RoutingConflict, RoutingProblem, Snapshot
+
+
+def backend(target: api.Target) -> Backend:
+    return Backend(host=target.host, subset=target.subset, port=target.port)
+
+
+def target_of(spec: api.ModelRolloutSpec, namespace: str) -> api.RoutingRecord:
+    """Where the spec routes: the VirtualService (namespace/name), its API version and the managed routes."""
+    istio = spec.traffic_routing.istio
+    return api.RoutingRecord(
+        virtual_service=f"{istio.virtual_service.namespace or namespace}/{istio.virtual_service.name}",
+        api_version=istio.api_version.value,
+        routes=list(istio.routes) if istio.routes else None,
+    )
+
+
+@dataclass
+class Observed:
+    """One observation of the routing: each router with the snapshot it read (or the problem it met)."""
+
+    spec_router: Router
+    spec_snapshot: Snapshot | None
+    recorded_router: Router | None = None
+    recorded_snapshot: Snapshot | None = None
+
+
+class RoutingObserver:
+    def __init__(self, routers: RouterFactory, exists: Callable[[str, str], Awaitable[bool]]) -> None:
+        self._routers = routers
+        self._exists = exists
+
+    def _router(self, record: api.RoutingRecord, ref: RolloutRef) -> Router:
+        return self._routers(record, f"{ref.namespace}/{ref.name}")
+
+    async def observe(
+        self,
+        spec: api.ModelRolloutSpec,
+        status: api.ModelRolloutStatus,
+        target: api.RoutingRecord,
+        ref: RolloutRef,
+    ) -> tuple[Observed, engine.RoutingView, engine.RoutingView | None]:
+        spec_router = self._router(target, ref)
+        spec_snapshot, spec_problem = await self.read(spec_router)
+        observed = Observed(spec_router, spec_snapshot)
+        recorded_pair = (
+            status.pair_hash is not None and status.stable is not None and status.canary is not None
+        )
+        pair_changed = recorded_pair and status.pair_hash != engine.pair_hash(spec)
+        recorded_target = status.routing or target
+        target_changed = recorded_pair and recorded_target != target
+        retiring: tuple[Backend, ...] = ()
+        if pair_changed and not target_changed and status.stable and status.canary:
+            new = {backend(spec.stable), backend(spec.canary)}
+            retiring = tuple(b for b in (backend(status.stable), backend(status.canary)) if b not in new)
+        routing = await self.view(
+            spec_router, spec_snapshot, spec_problem, (backend(spec.stable), backend(spec.canary)), retiring
+        )
+        previous = None
+        if (pair_changed or target_changed) and status.stable is not None and status.canary is not None:
+            if target_changed:
+                observed.recorded_router = self._router(recorded_target, ref)
+                observed.recorded_snapshot, problem = await self.read(observed.recorded_router)
+            else:
+                observed.recorded_router, observed.recorded_snapshot = spec_router, spec_snapshot
+                problem = spec_problem
+            previous = await self.view(
+                observed.recorded_router,
+                observed.recorded_snapshot,
+                problem,
+                (backend(status.stable), backend(status.canary)),
+            )
+        return observed, routing, previous
+
+    async def read(self, router: Router) -> tuple[Snapshot | None, RoutingProblem | None]:
+        try:
+            return await router.read(), None
+        except RoutingProblem as problem:
+            return None, problem
+
+    async def view(
+        self,
+        router: Router,
+        snapshot: Snapshot | None,
+        problem: RoutingProblem | None,
+        pair: tuple[Backend, Backend],
+        retiring: tuple[Backend, ...] = (),
+    ) -> engine.RoutingView:
+        stable, canary = pair
+        if snapshot is None:
+            assert problem is not None  # noqa: S101 - _read returns one or the other
+            return engine.RoutingView(problem_reason=problem.reason, problem=str(problem))
+        stale_owner = None
+        for _ in range(2):
+            try:
+                view = router.view(snapshot, stable, canary, retiring=retiring, stale_owner=stale_owner)
+            except RoutingConflict as conflict:
+                owner_ns, _, owner_name = conflict.owner.partition("/")
+                if stale_owner is None and owner_name and not await self._exists(owner_ns, owner_name):
+                    stale_owner = conflict.owner  # left by a rollout that is gone: ours to take over
+                    continue
+                return engine.RoutingView(conflict_owner=conflict.owner)
+            except RoutingProblem as missing:
+                return engine.RoutingView(problem_reason=missing.reason, problem=str(missing))
+            return engine.RoutingView(
+                canary_weight=view.canary_weight,
+                consistent=view.consistent,
+                canary_present=view.canary_present,
+                claimed=view.claimed,
+                last_writer=snapshot.last_writer,
+                stale_owner=stale_owner,
+            )
+        return engine.RoutingView(conflict_owner=stale_owner)
