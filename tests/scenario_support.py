@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from istio_exporter import IstioTrafficExporter
 from modelrollout import api
 from modelrollout_dev.devenv.environment import EnvironmentState
+from modelrollout_dev.devenv.prometheus import PrometheusServer
 from modelrollout_dev.local_operator import local_command
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
@@ -177,6 +179,21 @@ class Rollout:
         found: list[str] = wait_for(f"events {', '.join(expected)}", arrived, timeout)
         return found
 
+    def gone(self) -> bool:
+        """Whether the ModelRollout is gone (its finalizer done)."""
+        try:
+            self.get()
+        except ApiException as missing:
+            return missing.status == 404
+        return False
+
+    def vs_gone(self) -> bool:
+        try:
+            self.vs()
+        except ApiException as missing:
+            return missing.status == 404
+        return False
+
     def reasons(self) -> list[str]:
         return [reason for _, reason, _ in self.events()]
 
@@ -221,3 +238,42 @@ def prepared_rollout(
     finally:
         exporter.stop_traffic(CANARY, namespace)
         exporter.stop_traffic(STABLE, namespace)
+
+
+@contextmanager
+def serving_exporter(prometheus: PrometheusServer, job: str) -> Iterator[IstioTrafficExporter]:
+    """Synthetic Istio metrics that the session's Prometheus scrapes as `job`; tests set each service's
+    traffic."""
+    serving = IstioTrafficExporter()
+    prometheus.set_targets(job, [serving.address])
+    prometheus.wait_for_job_up(job)
+    try:
+        yield serving
+    finally:
+        prometheus.remove_targets(job)
+        serving.close()
+
+
+def remove_rollouts(api_client: client.ApiClient, namespace: str) -> None:
+    """Delete what a test left, so the next module's operator does not keep driving it (a namespace is never
+    finalized here). The operator still running finishes the finalizers; any it could not are dropped."""
+    objects = client.CustomObjectsApi(api_client)
+    listed = objects.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL)
+    for item in listed["items"]:
+        objects.delete_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, item["metadata"]["name"]
+        )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not objects.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL)["items"]:
+            return
+        time.sleep(0.2)
+    for item in objects.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL)["items"]:
+        objects.patch_namespaced_custom_object(
+            api.GROUP,
+            api.VERSION,
+            namespace,
+            api.PLURAL,
+            item["metadata"]["name"],
+            {"metadata": {"finalizers": []}},
+        )

@@ -56,6 +56,20 @@ class Kube:
         self._core = client.CoreV1Api(api_client)
         self._timeout = request_timeout
 
+    async def _on_rollout(self, call: Any, ref: RolloutRef, *args: Any, **options: Any) -> Any:
+        """One custom-objects call on the ModelRollout `ref`, in a worker thread, with the request timeout."""
+        return await asyncio.to_thread(
+            call,
+            api.GROUP,
+            api.VERSION,
+            ref.namespace,
+            api.PLURAL,
+            ref.name,
+            *args,
+            _request_timeout=self._timeout,
+            **options,
+        )
+
     async def record_status(
         self, ref: RolloutRef, status: api.ModelRolloutStatus, resource_version: str | None
     ) -> dict[str, Any]:
@@ -67,16 +81,7 @@ class Kube:
         if resource_version is not None:
             patch["metadata"] = {"resourceVersion": resource_version}
         try:
-            stored = await asyncio.to_thread(
-                self._objects.patch_namespaced_custom_object_status,
-                api.GROUP,
-                api.VERSION,
-                ref.namespace,
-                api.PLURAL,
-                ref.name,
-                patch,
-                _request_timeout=self._timeout,
-            )
+            stored = await self._on_rollout(self._objects.patch_namespaced_custom_object_status, ref, patch)
         except ApiException as error:
             if error.status == 409:
                 raise StaleObject(
@@ -88,15 +93,7 @@ class Kube:
     async def get_rollout(self, ref: RolloutRef) -> dict[str, Any] | None:
         """The ModelRollout as stored now; None when it is gone."""
         try:
-            found = await asyncio.to_thread(
-                self._objects.get_namespaced_custom_object,
-                api.GROUP,
-                api.VERSION,
-                ref.namespace,
-                api.PLURAL,
-                ref.name,
-                _request_timeout=self._timeout,
-            )
+            found = await self._on_rollout(self._objects.get_namespaced_custom_object, ref)
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -118,15 +115,10 @@ class Kube:
             {"op": "remove", "path": f"/metadata/annotations/{key}"},
         ]
         try:
-            stored = await asyncio.to_thread(
+            stored = await self._on_rollout(
                 self._objects.patch_namespaced_custom_object,
-                api.GROUP,
-                api.VERSION,
-                ref.namespace,
-                api.PLURAL,
-                ref.name,
+                ref,
                 patch,
-                _request_timeout=self._timeout,
                 _content_type="application/json-patch+json",
             )
         except ApiException as error:

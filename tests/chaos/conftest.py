@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 from faults import DelayingProxy
+from kubernetes import client
 
 from istio_exporter import IstioTrafficExporter
 from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.prometheus import PrometheusServer
-from scenario_support import OperatorProcess
+from scenario_support import OperatorProcess, remove_rollouts, serving_exporter
 
 OperatorFactory = Callable[..., OperatorProcess]
 ProxyFactory = Callable[..., DelayingProxy]
@@ -35,12 +36,18 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def exporter(prometheus: PrometheusServer) -> Iterator[IstioTrafficExporter]:
     """Synthetic Istio metrics the session's Prometheus scrapes; tests set each service's traffic."""
-    serving = IstioTrafficExporter()
-    prometheus.set_targets("chaos-istio", [serving.address])
-    prometheus.wait_for_job_up("chaos-istio")
-    yield serving
-    prometheus.remove_targets("chaos-istio")
-    serving.close()
+    with serving_exporter(prometheus, "chaos-istio") as serving:
+        yield serving
+
+
+@pytest.fixture(autouse=True)
+def rollouts_removed(
+    api_client: client.ApiClient, namespace: str, operator_process: OperatorFactory
+) -> Iterator[None]:
+    """Whatever a test created is deleted while its operator still runs (it lifts the finalizers), so no
+    later operator of the session keeps driving it."""
+    yield
+    remove_rollouts(api_client, namespace)
 
 
 @pytest.fixture

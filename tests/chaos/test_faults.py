@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from istio_exporter import IstioTrafficExporter
 from modelrollout import api
 from modelrollout_dev.devenv.environment import DevEnvironment
 from modelrollout_dev.devenv.prometheus import PrometheusServer
-from scenario_support import CANARY, RPS, STABLE, Kubectl, Rollout, wait_for
+from scenario_support import CANARY, RPS, STABLE, Kubectl, Rollout, prepared_rollout, wait_for
 
 pytestmark = pytest.mark.usefixtures("modelrollout_crd")
 
@@ -66,13 +65,8 @@ def receiver() -> Iterator[WebhookReceiver]:
 def rollout(
     api_client: client.ApiClient, kubectl: Kubectl, namespace: str, exporter: IstioTrafficExporter
 ) -> Iterator[Rollout]:
-    exporter.set_traffic(CANARY, namespace, rps=RPS, error_ratio=0.0, latency_ms=200)
-    exporter.set_traffic(STABLE, namespace, rps=RPS, error_ratio=0.0, latency_ms=200)
-    subject = Rollout(api_client, kubectl, namespace)
-    subject.create_vs()
-    yield subject
-    exporter.stop_traffic(CANARY, namespace)
-    exporter.stop_traffic(STABLE, namespace)
+    with prepared_rollout(api_client, kubectl, namespace, exporter) as subject:
+        yield subject
 
 
 def freeze_virtual_services(kubectl: Kubectl, namespace: str) -> str:
@@ -239,14 +233,7 @@ def test_deleting_a_rollout_while_it_ticks_leaves_stable_and_no_claim_every_time
         time.sleep((attempt % 5) * 0.3)
         objects.delete_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, subject.name)
 
-        def gone(s: Rollout = subject) -> bool:
-            try:
-                s.get()
-            except ApiException as missing:
-                return missing.status == 404
-            return False
-
-        wait_for("the rollout gone", gone, timeout=30)
+        wait_for("the rollout gone", subject.gone, timeout=30)
         time.sleep(1.5)  # three ticks' worth: nothing may come back
         vs = subject.vs()
         outcomes.append(
@@ -255,13 +242,5 @@ def test_deleting_a_rollout_while_it_ticks_leaves_stable_and_no_claim_every_time
         objects.delete_namespaced_custom_object(
             "networking.istio.io", "v1", namespace, "virtualservices", "llm"
         )
-        wait_for("the VirtualService gone", lambda s=subject: _vs_gone(s), timeout=30)
+        wait_for("the VirtualService gone", subject.vs_gone, timeout=30)
     assert outcomes == [((100, 0), None)] * 20
-
-
-def _vs_gone(subject: Rollout) -> bool:
-    try:
-        subject.vs()
-    except ApiException as missing:
-        return missing.status == 404
-    return False

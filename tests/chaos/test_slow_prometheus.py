@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -75,38 +75,6 @@ def model_rollout(namespace: str, index: int) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def rollouts_removed(
-    api_client: client.ApiClient, namespace: str, operator_process: OperatorFactory
-) -> Iterator[None]:
-    """Whatever the test created is deleted while its operator still runs (it lifts the finalizers), so no
-    later operator of the session keeps driving it."""
-    yield
-    objects = client.CustomObjectsApi(api_client)
-
-    def left() -> list[dict[str, Any]]:
-        listed = objects.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL)
-        items: list[dict[str, Any]] = listed["items"]
-        return items
-
-    for item in left():
-        objects.delete_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, api.PLURAL, item["metadata"]["name"]
-        )
-    deadline = time.monotonic() + 30
-    while left() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for item in left():
-        objects.patch_namespaced_custom_object(
-            api.GROUP,
-            api.VERSION,
-            namespace,
-            api.PLURAL,
-            item["metadata"]["name"],
-            {"metadata": {"finalizers": []}},
-        )
-
-
 def operator_metrics(port: int) -> dict[str, float]:
     """Sums of the operator's own series by metric and verdict (where there is one)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
@@ -119,7 +87,6 @@ def operator_metrics(port: int) -> dict[str, float]:
     return dict(sums)
 
 
-@pytest.mark.usefixtures("rollouts_removed")
 def test_a_slow_prometheus_rolls_back_no_healthy_rollout(
     api_client: client.ApiClient,
     namespace: str,

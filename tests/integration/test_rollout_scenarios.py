@@ -294,7 +294,7 @@ def test_deleting_a_rollout_mid_way_returns_traffic_to_stable(rollout: Rollout) 
     rollout.objects.delete_namespaced_custom_object(
         api.GROUP, api.VERSION, rollout.namespace, api.PLURAL, rollout.name
     )
-    wait_for("rollout gone", lambda: _gone(rollout))
+    wait_for("rollout gone", rollout.gone)
     assert rollout.weights() == (100, 0)
     assert "modelrollout.io/managed-by" not in (rollout.vs()["metadata"].get("annotations") or {})
 
@@ -305,13 +305,5 @@ def test_deleting_a_promoted_rollout_leaves_the_canary_serving(rollout: Rollout)
     rollout.objects.delete_namespaced_custom_object(
         api.GROUP, api.VERSION, rollout.namespace, api.PLURAL, rollout.name
     )
-    wait_for("rollout gone", lambda: _gone(rollout))
+    wait_for("rollout gone", rollout.gone)
     assert rollout.weights() == (0, 100)
-
-
-def _gone(rollout: Rollout) -> bool:
-    try:
-        rollout.get()
-    except ApiException as error:
-        return error.status == 404
-    return False
