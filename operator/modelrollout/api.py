@@ -31,7 +31,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from modelrollout.durations import DURATION_PATTERN, format_duration, parse_duration
-from modelrollout.metrics.promql import KNOWN_VARIABLES, TemplateError, check_template
+from modelrollout.metrics.promql import KNOWN_VARIABLES, check_template
 
 GROUP = "modelrollout.io"
 VERSION = "v1alpha1"
@@ -216,15 +216,6 @@ class Stage(ApiModel):
     )
 
 
-def _query_template(value: str | None) -> str | None:
-    if value is not None:
-        try:
-            check_template(value)
-        except TemplateError as error:
-            raise ValueError(str(error)) from None
-    return value
-
-
 # The API server refuses a query with an unknown variable too: CEL counts the placeholders and the known ones
 # among them (RE2 has no lookahead to find an unknown one directly, and a regex of their complement costs
 # more than CEL allows on 4096 characters); its message names the first unknown one, found in the query with
@@ -318,7 +309,9 @@ class Gate(ApiModel):
     @field_validator("query")
     @classmethod
     def _query_renders(cls, query: str | None) -> str | None:
-        return _query_template(query)
+        if query is not None:
+            check_template(query)  # a TemplateError is a ValueError: reported with the field's path
+        return query
 
 
 class Analysis(ApiModel):

@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from modelrollout import api, engine
 from modelrollout.kube import RolloutRef
 from modelrollout.ports import RouterFactory
-from modelrollout.routing.router import Backend, Router, RoutingConflict, RoutingProblem, Snapshot
-
-
-def backend(target: api.Target) -> Backend:
-    return Backend(host=target.host, subset=target.subset, port=target.port)
+from modelrollout.routing.router import (
+    Backend,
+    Router,
+    RoutingConflict,
+    RoutingProblem,
+    Snapshot,
+    backend_of,
+)
 
 
 def target_of(spec: api.ModelRolloutSpec, namespace: str) -> api.RoutingRecord:
@@ -43,7 +46,8 @@ class RoutingObserver:
         self._routers = routers
         self._exists = exists
 
-    def _router(self, record: api.RoutingRecord, ref: RolloutRef) -> Router:
+    def router(self, record: api.RoutingRecord, ref: RolloutRef) -> Router:
+        """The router of the VirtualService `record` names, acting for the rollout `ref`."""
         return self._routers(record, f"{ref.namespace}/{ref.name}")
 
     async def observe(
@@ -53,7 +57,7 @@ class RoutingObserver:
         target: api.RoutingRecord,
         ref: RolloutRef,
     ) -> tuple[Observed, engine.RoutingView, engine.RoutingView | None]:
-        spec_router = self._router(target, ref)
+        spec_router = self.router(target, ref)
         spec_snapshot, spec_problem = await self.read(spec_router)
         observed = Observed(spec_router, spec_snapshot)
         recorded_pair = (
@@ -62,17 +66,16 @@ class RoutingObserver:
         pair_changed = recorded_pair and status.pair_hash != engine.pair_hash(spec)
         recorded_target = status.routing or target
         target_changed = recorded_pair and recorded_target != target
+        pair = (backend_of(spec.stable), backend_of(spec.canary))
         retiring: tuple[Backend, ...] = ()
         if pair_changed and not target_changed and status.stable and status.canary:
-            new = {backend(spec.stable), backend(spec.canary)}
-            retiring = tuple(b for b in (backend(status.stable), backend(status.canary)) if b not in new)
-        routing = await self.view(
-            spec_router, spec_snapshot, spec_problem, (backend(spec.stable), backend(spec.canary)), retiring
-        )
+            old = (backend_of(status.stable), backend_of(status.canary))
+            retiring = tuple(b for b in old if b not in pair)
+        routing = await self.view(spec_router, spec_snapshot, spec_problem, pair, retiring)
         previous = None
         if (pair_changed or target_changed) and status.stable is not None and status.canary is not None:
             if target_changed:
-                observed.recorded_router = self._router(recorded_target, ref)
+                observed.recorded_router = self.router(recorded_target, ref)
                 observed.recorded_snapshot, problem = await self.read(observed.recorded_router)
             else:
                 observed.recorded_router, observed.recorded_snapshot = spec_router, spec_snapshot
@@ -81,7 +84,7 @@ class RoutingObserver:
                 observed.recorded_router,
                 observed.recorded_snapshot,
                 problem,
-                (backend(status.stable), backend(status.canary)),
+                (backend_of(status.stable), backend_of(status.canary)),
             )
         return observed, routing, previous
 

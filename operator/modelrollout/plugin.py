@@ -27,7 +27,7 @@ from urllib3.exceptions import HTTPError
 from modelrollout import api, plugin_view
 from modelrollout.kube import ACTION_ANNOTATION
 from modelrollout.routing.istio import managed_route_indexes, read_canary_weight
-from modelrollout.routing.router import Backend, RoutingProblem
+from modelrollout.routing.router import RoutingProblem, backend_of
 
 PROG = "kubectl modelrollout"
 ISTIO_GROUP = "networking.istio.io"
@@ -124,7 +124,9 @@ class Session:
                 _request_timeout=self.timeout,
             )
             indexes = managed_route_indexes(vs, istio.routes)
-            weight, consistent = read_canary_weight(vs, indexes, _backend(spec.stable), _backend(spec.canary))
+            weight, consistent = read_canary_weight(
+                vs, indexes, backend_of(spec.stable), backend_of(spec.canary)
+            )
         except ApiException as error:
             problem = "not found" if error.status == 404 else f"unreadable ({error.status} {error.reason})"
             return plugin_view.LiveTraffic(ref, problem=problem)
@@ -147,10 +149,6 @@ class Session:
             _request_timeout=self.timeout,
             _content_type="application/merge-patch+json",
         )
-
-
-def _backend(target: api.Target) -> Backend:
-    return Backend(host=target.host, subset=target.subset, port=target.port)
 
 
 def _now() -> datetime:

@@ -23,10 +23,10 @@ from modelrollout.kube import ACTION_ANNOTATION, Kube, RolloutRef, StaleObject, 
 from modelrollout.measure import Measurer
 from modelrollout.metrics.templates import spec_template_errors
 from modelrollout.notify import Notification, Notifier, now_text
-from modelrollout.observe import Observed, RoutingObserver, backend, target_of
+from modelrollout.observe import Observed, RoutingObserver, target_of
 from modelrollout.ports import KubeApi, Measuring, RouterFactory
 from modelrollout.routing.istio_router import IstioRouter
-from modelrollout.routing.router import Router, RoutingProblem, StaleWrite
+from modelrollout.routing.router import Router, RoutingProblem, StaleWrite, backend_of
 from modelrollout.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,6 @@ class Reconciler:
     ) -> None:
         self.clock = clock
         self.kube = kube
-        self.routers = routers
         self.measurer = measurer
         self.config = config
         self.telemetry = telemetry or Telemetry()
@@ -103,9 +102,6 @@ class Reconciler:
         telemetry = Telemetry()
         measurer = Measurer(kube, config, telemetry=telemetry)
         return cls(kube, routers, measurer, config, telemetry=telemetry), kube
-
-    def router(self, record: api.RoutingRecord, ref: RolloutRef) -> Router:
-        return self.routers(record, f"{ref.namespace}/{ref.name}")
 
     # ---- the tick ----
 
@@ -213,8 +209,6 @@ class Reconciler:
         )
         self._notify(ref, spec, executed)
         return executed, obj
-
-    # ---- observing the routing ----
 
     # ---- executing a plan ----
 
@@ -333,7 +327,7 @@ class Reconciler:
             if isinstance(spec, list):
                 return  # never started and no VirtualService it could name: nothing claimed
             record = target_of(spec, ref.namespace)
-        router = self.router(record, ref)
+        router = self.observer.router(record, ref)
         for _ in range(MAX_CONFLICTS):
             try:
                 snapshot = await router.read()
@@ -342,7 +336,7 @@ class Reconciler:
             try:
                 if status.stable is not None and status.canary is not None:
                     view = await self.observer.view(
-                        router, snapshot, None, (backend(status.stable), backend(status.canary))
+                        router, snapshot, None, (backend_of(status.stable), backend_of(status.canary))
                     )
                     write = engine.deletion_write(status, view)
                     if write is not None:

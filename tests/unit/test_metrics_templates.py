@@ -23,12 +23,12 @@ from modelrollout.metrics.templates import (
     TemplateError,
     TemplateVariables,
     builtin_template,
+    check_template,
     escape_promql_string,
     render,
     render_gate_query,
     request_count_query,
     spec_template_errors,
-    validate_template,
 )
 from spec_cases import sample_spec
 
@@ -403,7 +403,7 @@ def test_a_placeholder_outside_a_double_quoted_string_is_refused(template: str, 
         render(template, variables())
     assert f"{{{{ {name} }}}}" in str(refused.value)
     with pytest.raises(TemplateError):
-        validate_template(template)
+        check_template(template)
 
 
 def test_quotes_in_comments_and_escaped_quotes_do_not_fool_the_scanner() -> None:
@@ -436,7 +436,7 @@ def test_an_unknown_variable_is_named_with_the_known_ones() -> None:
 )
 def test_malformed_templates_are_refused(template: str) -> None:
     with pytest.raises(TemplateError):
-        validate_template(template)
+        check_template(template)
 
 
 def test_unknown_variables_in_a_spec_are_named_with_the_gate_before_anything_runs() -> None:
@@ -511,7 +511,7 @@ def test_the_sample_gate_queries_are_valid_templates() -> None:
         'sum(rate(llm_refusals_total{service="{{ target.host }}"}[{{ window }}])) / '
         'sum(rate(llm_requests_total{service="{{ target.host }}"}[{{ window }}]))'
     )
-    validate_template(refusal)
+    check_template(refusal)
 
 
 # ---- result parsing (the pure half of the Prometheus provider)

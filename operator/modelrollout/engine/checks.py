@@ -51,22 +51,33 @@ def record_check(draft: Draft, spec: api.ModelRolloutSpec, check: CheckResult) -
         draft.update(consecutive_errors=errors)
         if draft.condition_flip("MetricsUnavailable", True, "QueryFailed", check.summary):
             draft.event("Warning", "MetricsUnavailable", check.summary)
-        if errors > analysis.error_limit and status.hold != api.Hold.METRICS_UNAVAILABLE:
+        if errors > analysis.error_limit:
             why = f"{errors} checks in a row could not run: {check.summary}"
-            if analysis.on_error == api.OnError.ROLLBACK:
-                roll_back(draft, spec, "MetricsUnavailable", None, why)
-            else:
-                draft.update(hold=api.Hold.METRICS_UNAVAILABLE)
-                draft.event("Warning", "Held", f"holding (onError: Hold): {why}")
+            rollback = analysis.on_error == api.OnError.ROLLBACK
+            _past_limit(
+                draft, spec, api.Hold.METRICS_UNAVAILABLE, rollback=rollback, policy="onError", why=why
+            )
     elif check.verdict == api.Verdict.INCONCLUSIVE:
         count = status.consecutive_inconclusive + 1
         draft.update(consecutive_inconclusive=count, consecutive_errors=0)
-        if count > analysis.inconclusive_limit and status.hold != api.Hold.INCONCLUSIVE:
+        if count > analysis.inconclusive_limit:
             why = f"{count} inconclusive checks in a row: {check.summary}"
-            if analysis.on_inconclusive == api.OnInconclusive.ROLLBACK:
-                roll_back(draft, spec, "Inconclusive", None, why)
-            else:
-                draft.update(hold=api.Hold.INCONCLUSIVE)
-                draft.event("Warning", "Held", f"holding (onInconclusive: Hold): {why}")
+            rollback = analysis.on_inconclusive == api.OnInconclusive.ROLLBACK
+            _past_limit(
+                draft, spec, api.Hold.INCONCLUSIVE, rollback=rollback, policy="onInconclusive", why=why
+            )
     else:
         draft.update(consecutive_errors=0, consecutive_inconclusive=0)
+
+
+def _past_limit(
+    draft: Draft, spec: api.ModelRolloutSpec, hold: api.Hold, *, rollback: bool, policy: str, why: str
+) -> None:
+    """Too many checks in a row could not decide: roll back (the hold's name is the reason) or hold, once."""
+    if draft.status.hold == hold:
+        return
+    if rollback:
+        roll_back(draft, spec, hold.value, None, why)
+    else:
+        draft.update(hold=hold)
+        draft.event("Warning", "Held", f"holding ({policy}: Hold): {why}")

@@ -18,7 +18,7 @@ from modelrollout import api
 from modelrollout.conditions import is_true, set_condition
 from modelrollout.engine.actions import NEW_PAIR, ON_STABLE, apply_action, record_result
 from modelrollout.engine.checks import record_check
-from modelrollout.engine.draft import Draft, backend, describe
+from modelrollout.engine.draft import Draft, describe
 from modelrollout.engine.drift import correct_drift
 from modelrollout.engine.model import (
     INVALID_SPEC,
@@ -36,7 +36,7 @@ from modelrollout.engine.model import (
 from modelrollout.engine.returns import complete_return, pending_return
 from modelrollout.engine.settle import settle
 from modelrollout.engine.stages import maybe_advance, progress, realign, start
-from modelrollout.routing.router import RouteWrite
+from modelrollout.routing.router import RouteWrite, backend_of
 
 # Analysis events stand even when the write that followed them failed: the check was made and counted.
 ANALYSIS_EVENTS = ("AnalysisFailed", "MetricsUnavailable")
@@ -61,17 +61,17 @@ def _retirement(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs:
     if not previous.usable:
         return None  # gone, changed beyond recognition, or not ours: nothing of ours to put back there
     target_changed = _target_changed(status, obs)
-    new_pair = {backend(spec.stable), backend(spec.canary)}
-    drop = target_changed or backend(status.canary) not in new_pair
+    new_pair = {backend_of(spec.stable), backend_of(spec.canary)}
+    drop = target_changed or backend_of(status.canary) not in new_pair
     mid_way = status.phase not in TERMINAL
     write: RouteWrite | None = None
     carries_traffic = (previous.canary_weight or 0) > 0 or not previous.consistent
     if mid_way and (carries_traffic or (drop and previous.canary_present)):
         write = RouteWrite(
-            stable=backend(status.stable),
-            canary=backend(status.canary),
+            stable=backend_of(status.stable),
+            canary=backend_of(status.canary),
             canary_weight=0,
-            drop=(backend(status.canary),) if drop else (),
+            drop=(backend_of(status.canary),) if drop else (),
         )
     release = target_changed and previous.claimed
     if write is None and not release:
@@ -131,8 +131,8 @@ def _unusable(draft: Draft, status: api.ModelRolloutStatus, obs: Observation, ac
         draft.summarize(api.Phase.DEGRADED, why, text)
 
 
-def _take_action(status: api.ModelRolloutStatus, obs: Observation) -> tuple[str | None, str | None, bool]:
-    """(action to apply now, annotation value to consume, newly accepted).
+def _take_action(status: api.ModelRolloutStatus, obs: Observation) -> tuple[str | None, str | None]:
+    """(action to apply now, annotation value to consume).
 
     An accepted action is recorded in status before it takes effect and applied until its result is
     recorded: at least once, and once only, since it is applied to the status it was accepted in. The
@@ -140,10 +140,8 @@ def _take_action(status: api.ModelRolloutStatus, obs: Observation) -> tuple[str 
     recording it and removing the annotation); another value waits until the pending one is done."""
     pending = status.pending_action
     if pending is not None:
-        return pending.action, obs.action if obs.action == pending.action else None, False
-    if obs.action is not None:
-        return obs.action, obs.action, True
-    return None, None, False
+        return pending.action, obs.action if obs.action == pending.action else None
+    return obs.action, obs.action
 
 
 def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Observation) -> Plan:
@@ -156,11 +154,11 @@ def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Obse
         now=obs.now,
         generation=obs.generation,
     )
-    action, consume, accepted = _take_action(status, obs)
+    action, consume = _take_action(status, obs)
     routing = obs.routing
     if not routing.usable:
         _unusable(draft, status, obs, action)
-        return _plan(draft, status, obs, consume=consume, accepted=accepted, action=action)
+        return _plan(draft, status, obs, consume=consume, action=action)
     if status.phase == api.Phase.DEGRADED and status.reason in UNUSABLE_ROUTING_REASONS:
         draft.event("Normal", "Recovered", "the VirtualService is usable again")
         draft.update(reason="Recovered")
@@ -188,7 +186,7 @@ def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Obse
     if routing.stale_owner is not None and draft.status.stable is not None:
         _take_over(draft, routing.stale_owner)
     settle(draft, spec, obs)
-    return _plan(draft, status, obs, consume=consume, accepted=accepted, action=action)
+    return _plan(draft, status, obs, consume=consume, action=action)
 
 
 def _restart(
@@ -257,13 +255,12 @@ def _plan(
     obs: Observation,
     *,
     consume: str | None,
-    accepted: bool,
     action: str | None,
 ) -> Plan:
     """The plan for a decided draft: what to record before the write (only what it needs), and the
     outcome, with the write-failure record cleared (a plan that writes nothing found nothing to write)."""
     intent_changes: dict[str, object] = {}
-    if accepted and action is not None:
+    if action is not None and before.pending_action is None:  # taken from the annotation on this tick
         intent_changes["pending_action"] = api.PendingAction(action=action, accepted_at=obs.now)
     write = draft.write
     decided = draft.status
@@ -378,4 +375,4 @@ def deletion_write(status: api.ModelRolloutStatus, view: RoutingView) -> RouteWr
         return None
     if view.canary_weight == 0 and view.consistent:
         return None
-    return RouteWrite(stable=backend(status.stable), canary=backend(status.canary), canary_weight=0)
+    return RouteWrite(stable=backend_of(status.stable), canary=backend_of(status.canary), canary_weight=0)

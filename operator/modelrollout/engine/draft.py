@@ -9,11 +9,7 @@ from typing import Literal
 from modelrollout import api
 from modelrollout.conditions import set_condition, summary_conditions
 from modelrollout.engine.model import Event
-from modelrollout.routing.router import Backend, RouteWrite
-
-
-def backend(target: api.Target) -> Backend:
-    return Backend(host=target.host, subset=target.subset, port=target.port)
+from modelrollout.routing.router import RouteWrite, backend_of
 
 
 def describe(target: api.Target) -> str:
@@ -46,7 +42,7 @@ class Draft:
         stable, canary = self.status.stable, self.status.canary
         if stable is None or canary is None:  # a rollout always records its pair before it writes
             raise ValueError("no stable/canary pair recorded to write")
-        self.write = RouteWrite(stable=backend(stable), canary=backend(canary), canary_weight=weight)
+        self.write = RouteWrite(stable=backend_of(stable), canary=backend_of(canary), canary_weight=weight)
 
     def condition(self, type_: str, status: Literal["True", "False"], reason: str, message: str = "") -> None:
         self.update(

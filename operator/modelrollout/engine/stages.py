@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from modelrollout import api
 from modelrollout.durations import format_duration
-from modelrollout.engine.draft import Draft, backend, describe
+from modelrollout.engine.draft import Draft, describe
 from modelrollout.engine.model import TERMINAL, Observation, pair_hash
-from modelrollout.routing.router import RouteWrite
+from modelrollout.routing.router import backend_of
 
 
 def stage_weight(spec: api.ModelRolloutSpec, stage: int) -> int:
@@ -68,12 +69,10 @@ def start(draft: Draft, spec: api.ModelRolloutSpec, reason: str, obs: Observatio
     draft.set_weight(weight)
     same_route = obs.target is None or previous.routing in (None, obs.target)
     if draft.write is not None and same_route and previous.stable and previous.canary:
-        pair = {backend(spec.stable), backend(spec.canary)}
-        old_canary, old_stable = backend(previous.canary), backend(previous.stable)
-        draft.write = RouteWrite(
-            stable=draft.write.stable,
-            canary=draft.write.canary,
-            canary_weight=weight,
+        pair = {backend_of(spec.stable), backend_of(spec.canary)}
+        old_canary, old_stable = backend_of(previous.canary), backend_of(previous.stable)
+        draft.write = replace(
+            draft.write,
             drop=(old_canary,) if old_canary not in pair else (),
             retire=(old_stable,) if old_stable not in pair else (),
         )

@@ -52,6 +52,7 @@ class FairScheduler:
         self._free = slots
         self._owners: dict[Hashable, _Owner] = {}
         self._places = itertools.count()
+        self._next_sweep = 0.0
 
     def stats(self) -> SchedulerStats:
         return SchedulerStats(
@@ -135,8 +136,13 @@ class FairScheduler:
             del self._owners[owner]
 
     def sweep(self) -> None:
-        """Forget the kept places that have lapsed (owners that never came back, e.g. deleted rollouts)."""
+        """Forget the kept places that have lapsed (owners that never came back, e.g. deleted rollouts).
+        Asked before every check, it looks at the owners at most once per `keep_place`: no kept place lapses
+        sooner, and a pass over thousands of owners is not repeated for each of them."""
         now = asyncio.get_running_loop().time()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.keep_place
         for owner, state in list(self._owners.items()):
             lapsed = state.keep_until is not None and state.keep_until < now
             if lapsed and not state.waiting and not state.running:

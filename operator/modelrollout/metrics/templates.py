@@ -29,18 +29,17 @@ from modelrollout.metrics.promql import (
 )
 
 __all__ = [
-    "BUILTIN_TEMPLATES",
     "KNOWN_VARIABLES",
     "TargetVariables",
     "TemplateError",
     "TemplateVariables",
     "builtin_template",
+    "check_template",
     "escape_promql_string",
     "render",
     "render_gate_query",
     "request_count_query",
     "spec_template_errors",
-    "validate_template",
 ]
 
 Role = Literal["stable", "canary"]
@@ -75,10 +74,6 @@ def builtin_template(template: api.GateTemplate, subset_label: str | None = None
             f"(rate(istio_request_duration_milliseconds_bucket{{{selector}}}{window})))"
         )
     return f"sum(increase(istio_requests_total{{{selector}}}{window}))"
-
-
-# The built-ins for a target without a subset.
-BUILTIN_TEMPLATES: dict[api.GateTemplate, str] = {t: builtin_template(t) for t in api.GateTemplate}
 
 
 @dataclass(frozen=True)
@@ -217,11 +212,6 @@ def _builtin_for(template: api.GateTemplate, variables: TemplateVariables) -> st
 def request_count_query(variables: TemplateVariables) -> str:
     """Requests served by the target over the window, for `analysis.minRequests`."""
     return render(_builtin_for(api.GateTemplate.ISTIO_REQUEST_COUNT, variables), variables)
-
-
-def validate_template(template: str) -> None:
-    """Raise TemplateError if `template` could not be rendered, whatever the values (for spec checks)."""
-    check_template(template)
 
 
 def render(template: str, variables: TemplateVariables) -> str:

@@ -336,13 +336,9 @@ def claims_of(vs: VirtualService) -> dict[str, str]:
     return {route_key(vs, index): text for index in range(len(_http_routes(vs)))}
 
 
-def owner_of(vs: VirtualService, keys: list[str] | None = None) -> str | None:
-    """The first owner other than nobody of the given routes (all routes by default)."""
-    claims = claims_of(vs)
-    for key, owner in claims.items():
-        if keys is None or key in keys:
-            return owner
-    return None
+def owner_of(vs: VirtualService) -> str | None:
+    """An owner of any route of the VirtualService, or None when no route is claimed."""
+    return next(iter(claims_of(vs).values()), None)
 
 
 def _with_claim_annotation(vs: VirtualService, claims: dict[str, str]) -> VirtualService:

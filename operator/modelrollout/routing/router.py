@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from modelrollout import api
+
 RoutingProblemReason = Literal[
     "VirtualServiceNotFound",
     "RouteNotFound",
@@ -28,6 +30,11 @@ class Backend:
     host: str
     subset: str | None = None
     port: int | None = None
+
+
+def backend_of(target: api.Target) -> Backend:
+    """The destination a ModelRollout's stable or canary names."""
+    return Backend(host=target.host, subset=target.subset, port=target.port)
 
 
 @dataclass(frozen=True)
