@@ -161,8 +161,8 @@ INVALID = [
         "gate-no-bound",
         _delete("analysis.gates.0.max"),
         "spec.analysis.gates[0]",
-        "at least one of min and max",
-        "at least one of min and max",
+        "at least one of min, max, compare and test",
+        "at least one of min, max, compare and test",
     ),
     Case(
         "gate-min-above-max",
@@ -307,6 +307,118 @@ INVALID = [
         "'Rollback' or 'Hold'",
     ),
     Case(
+        "llm-template-without-source",
+        _set("analysis.gates.0", {"name": "ttft", "template": "llm-ttft-p99", "max": 2}),
+        "spec.analysis.gates[0]",
+        "needs a source",
+        "needs a source",
+    ),
+    Case(
+        "llm-template-unserved-source",
+        _set(
+            "analysis.gates.0",
+            {"name": "cut", "template": "llm-truncation-rate", "source": "sglang", "max": 1},
+        ),
+        "spec.analysis.gates[0]",
+        "served by source(s) vllm",
+        "served by source(s) vllm, not sglang",
+    ),
+    Case(
+        "source-on-a-query",
+        _set("analysis.gates.2.source", "vllm"),
+        "spec.analysis.gates[2]",
+        "a query takes none",
+        "a query takes none",
+    ),
+    Case(
+        "source-unknown",
+        _set("analysis.gates.0", {"name": "t", "template": "llm-ttft-p99", "source": "tgi", "max": 2}),
+        "spec.analysis.gates[0].source",
+        "Unsupported value",
+        "'vllm', 'sglang', 'otel-genai', 'litellm' or 'istio'",
+    ),
+    Case(
+        "compare-without-bound",
+        _set("analysis.gates.0", {"name": "e", "template": "istio-error-rate", "compare": {}}),
+        "spec.analysis.gates[0].compare",
+        "compare needs at least one of maxIncrease, maxDecrease and maxDelta",
+        "compare needs at least one of maxIncrease, maxDecrease and maxDelta",
+    ),
+    Case(
+        "compare-percent-malformed",
+        _set(
+            "analysis.gates.0",
+            {"name": "e", "template": "istio-error-rate", "compare": {"maxIncrease": "10"}},
+        ),
+        "spec.analysis.gates[0].compare.maxIncrease",
+        "should match",
+        "must be a percentage like 10%",
+    ),
+    Case(
+        "test-with-threshold",
+        _set(
+            "analysis.gates.0",
+            {"name": "e", "template": "istio-error-events", "test": {"kind": "sequential"}, "max": 1},
+        ),
+        "spec.analysis.gates[0]",
+        "it takes no min, max or compare",
+        "it takes no min, max or compare",
+    ),
+    Case(
+        "test-on-a-rate-template",
+        _set(
+            "analysis.gates.0", {"name": "e", "template": "istio-error-rate", "test": {"kind": "sequential"}}
+        ),
+        "spec.analysis.gates[0]",
+        "a sequential gate needs an events template",
+        "a sequential gate needs an events template",
+    ),
+    Case(
+        "events-without-test",
+        _set("analysis.gates.0", {"name": "e", "template": "istio-error-events", "max": 3}),
+        "spec.analysis.gates[0]",
+        "an events template gives raw counters: it needs test",
+        "an events template gives raw counters: it needs test",
+    ),
+    Case(
+        "test-alpha-too-large",
+        _set(
+            "analysis.gates.0",
+            {"name": "e", "template": "istio-error-events", "test": {"kind": "sequential", "alpha": 0.5}},
+        ),
+        "spec.analysis.gates[0].test.alpha",
+        "less than or equal to 0.2",
+        "less than or equal to 0.2",
+    ),
+    Case(
+        "llm-gate-same-model",
+        lambda s: (
+            s["canary"].update(model="gpt-4o"),
+            s["analysis"]["gates"].append(
+                {"name": "t", "template": "llm-ttft-p99", "source": "vllm", "max": 2}
+            ),
+        ),
+        "spec",
+        "stable.model and canary.model must be set and differ",
+        "stable.model and canary.model must be set and differ",
+    ),
+    Case(
+        "cost-without-pricing",
+        lambda s: s["analysis"]["gates"].append(
+            {"name": "cost", "template": "llm-cost-per-request", "source": "vllm", "max": 0.01}
+        ),
+        "spec",
+        "stable.pricing and canary.pricing must be set",
+        "stable.pricing and canary.pricing must be set",
+    ),
+    Case(
+        "min-duration-above-duration",
+        _set("stages.0.minDuration", "3h"),
+        "spec.stages[0]",
+        "minDuration must not be longer than duration",
+        "minDuration must not be longer than duration",
+    ),
+    Case(
         "approval-unknown",
         _set("stages.2.approval", "Maybe"),
         "spec.stages[2].approval",
@@ -375,6 +487,53 @@ VALID = [
     Case("prometheus-omitted", _delete("analysis.prometheus")),
     Case("analysis-omitted", _delete("analysis")),
     Case("istio-v1beta1", _set("trafficRouting.istio.apiVersion", "networking.istio.io/v1beta1")),
+    Case(
+        "llm-gates",
+        _set(
+            "analysis.gates",
+            [
+                {"name": "ttft", "template": "llm-ttft-p99", "source": "vllm", "max": 2},
+                {
+                    "name": "tokens",
+                    "template": "llm-output-tokens",
+                    "source": "sglang",
+                    "compare": {"maxIncrease": "20%"},
+                },
+                {
+                    "name": "latency",
+                    "template": "llm-latency-p99",
+                    "source": "istio",
+                    "max": 5,
+                    "advisory": True,
+                },
+                {
+                    "name": "errors",
+                    "template": "llm-error-events",
+                    "source": "otel-genai",
+                    "test": {"kind": "sequential", "alpha": 0.01, "margin": "10%"},
+                },
+                {"name": "spend", "template": "llm-cost-per-request", "source": "litellm", "max": 0.05},
+                {"name": "slow", "query": 'x{h="{{ target.host }}"}', "test": {"kind": "sequential"}},
+                {
+                    "name": "err",
+                    "template": "istio-error-rate",
+                    "source": "istio",
+                    "compare": {"maxDelta": 0.005, "maxDecrease": "0.5%"},
+                },
+            ],
+        ),
+    ),
+    Case(
+        "cost-with-pricing",
+        lambda s: (
+            s["stable"].update(pricing={"inputPerMillion": 2.5, "outputPerMillion": 10}),
+            s["canary"].update(pricing={"inputPerMillion": 5, "outputPerMillion": 25}),
+            s["analysis"]["gates"].append(
+                {"name": "cost", "template": "llm-cost-per-request", "source": "vllm", "max": 0.01}
+            ),
+        ),
+    ),
+    Case("min-duration-equals-duration", _set("stages.0.minDuration", "2h")),
 ]
 
 

@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from modelrollout.durations import DURATION_PATTERN, format_duration, parse_duration
+from modelrollout.metrics.families import EVENT_TEMPLATES, SUPPORTED_SOURCES, priced_cost
 from modelrollout.metrics.promql import KNOWN_VARIABLES, check_template
 
 GROUP = "modelrollout.io"
@@ -44,6 +45,7 @@ CATEGORIES = ("modelrollout", "progressive-delivery")
 
 MAX_STAGES = 20
 MAX_GATES = 16
+MAX_SERIES = 256  # counter series a sequential gate follows per variant (their last values live in status)
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -59,7 +61,25 @@ class Rule(StrEnum):
     LAST_STAGE_FULL = "the last stage must have weight 100"
     INTERVAL_MIN = "must be at least 1s"
     TEMPLATE_XOR_QUERY = "a gate needs exactly one of template and query"
-    GATE_BOUND = "a gate needs at least one of min and max"
+    GATE_BOUND = "a gate needs at least one of min, max, compare and test"
+    COMPARE_BOUND = "compare needs at least one of maxIncrease, maxDecrease and maxDelta"
+    TEST_ALONE = "a sequential gate tests event counts: it takes no min, max or compare"
+    TEST_NEEDS_COUNTS = (
+        "a sequential gate needs an events template (istio-error-events, llm-error-events, "
+        "llm-truncation-events) or a query that returns event counters"
+    )
+    EVENTS_NEED_TEST = "an events template gives raw counters: it needs test (kind: sequential)"
+    SOURCE_NEEDED = "an llm-* template needs a source (vllm, sglang, otel-genai, litellm or istio)"
+    MIN_DURATION_LE_DURATION = "minDuration must not be longer than duration"
+    MODELS_DIFFER = (
+        "llm-* gates on a non-istio source select each variant by its model name: "
+        "stable.model and canary.model must be set and differ (for a prompt-only change, use a query gate "
+        "with labels that tell the variants apart)"
+    )
+    PRICING_NEEDED = (
+        "llm-cost-per-request on this source prices token counters: stable.pricing and "
+        "canary.pricing must be set"
+    )
     GATE_MIN_LE_MAX = "min must not be greater than max"
     CANARY_DIFFERS = "canary must differ from stable: another host, or the same host with another subset"
     PROMETHEUS_URL = "must be an http or https URL"
@@ -143,6 +163,31 @@ HttpUrl = Annotated[
 ]
 
 
+PERCENT_PATTERN = r"^[0-9]{1,4}(\.[0-9]{1,4})?%$"
+
+
+def _to_fraction(value: Any) -> Any:
+    if isinstance(value, str):
+        if not re.match(PERCENT_PATTERN, value):
+            raise ValueError(f"must be a percentage like 10%, got {value!r}")
+        return float(value[:-1]) / 100
+    return value
+
+
+def _format_percent(value: float) -> str:
+    return f"{value * 100:g}%"
+
+
+# A share written as `10%` on the wire (as people write thresholds), a fraction (0.1) in Python.
+Percent = Annotated[
+    float,
+    BeforeValidator(_to_fraction),
+    Field(ge=0),
+    PlainSerializer(_format_percent, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": PERCENT_PATTERN, "maxLength": 10}),
+]
+
+
 class ApiModel(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields are errors."""
 
@@ -168,11 +213,40 @@ class GateTemplate(StrEnum):
     ISTIO_ERROR_RATE = "istio-error-rate"
     ISTIO_LATENCY_P99 = "istio-latency-p99"
     ISTIO_REQUEST_COUNT = "istio-request-count"
+    ISTIO_ERROR_EVENTS = "istio-error-events"
+    LLM_TTFT_P50 = "llm-ttft-p50"
+    LLM_TTFT_P99 = "llm-ttft-p99"
+    LLM_INTER_TOKEN_LATENCY_P99 = "llm-inter-token-latency-p99"  # noqa: S105 - a template name
+    LLM_TOKENS_PER_SECOND = "llm-tokens-per-second"
+    LLM_LATENCY_P99 = "llm-latency-p99"
+    LLM_OUTPUT_TOKENS = "llm-output-tokens"
+    LLM_TRUNCATION_RATE = "llm-truncation-rate"
+    LLM_ERROR_RATE = "llm-error-rate"
+    LLM_COST_PER_REQUEST = "llm-cost-per-request"
+    LLM_ERROR_EVENTS = "llm-error-events"
+    LLM_TRUNCATION_EVENTS = "llm-truncation-events"
+
+
+class MetricsSource(StrEnum):
+    """Who exports the metrics an llm-* template reads (see `metrics.families`)."""
+
+    VLLM = "vllm"
+    SGLANG = "sglang"
+    OTEL_GENAI = "otel-genai"
+    LITELLM = "litellm"
+    ISTIO = "istio"
 
 
 class IstioApiVersion(StrEnum):
     V1 = "networking.istio.io/v1"
     V1BETA1 = "networking.istio.io/v1beta1"
+
+
+class Pricing(ApiModel):
+    """What the model costs, for llm-cost-per-request gates on sources without a spend counter."""
+
+    input_per_million: float = Field(ge=0, le=1e6, description="USD per million input (prompt) tokens.")
+    output_per_million: float = Field(ge=0, le=1e6, description="USD per million output tokens.")
 
 
 class Target(ApiModel):
@@ -183,6 +257,7 @@ class Target(ApiModel):
     port: int | None = Field(None, ge=1, le=65535, description="Destination port, if the host has several.")
     model: str | None = Field(None, max_length=253, description="Model served (for reports and queries).")
     prompt_version: str | None = Field(None, max_length=253, description="Prompt version served.")
+    pricing: Pricing | None = Field(None, description="USD per million tokens, for cost-per-request gates.")
 
 
 class ObjectReference(ApiModel):
@@ -209,11 +284,33 @@ class TrafficRouting(ApiModel):
 
 
 class Stage(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "!has(self.minDuration) || !has(self.duration) || "
+                "duration(self.minDuration) <= duration(self.duration)",
+                Rule.MIN_DURATION_LE_DURATION,
+                ".minDuration",
+            )
+        )
+    )
+
     weight: int = Field(ge=1, le=100, description="Canary share of traffic in percent during this stage.")
     duration: Duration | None = Field(None, description="Soak time before the stage may advance (e.g. 2h).")
+    min_duration: Duration | None = Field(
+        None,
+        description="With sequential gates: the stage may advance after this long, before its soak ends, "
+        "when every sequential gate has evidence that the canary is no worse (pass with evidence).",
+    )
     approval: Approval = Field(
         Approval.AUTO, description="Manual: after the soak, wait for a human to promote."
     )
+
+    @model_validator(mode="after")
+    def _min_duration_within_duration(self) -> Stage:
+        if self.min_duration is not None and self.duration is not None and self.min_duration > self.duration:
+            raise ValueError(Rule.MIN_DURATION_LE_DURATION)
+        return self
 
 
 # The API server refuses a query with an unknown variable too: CEL counts the placeholders and the known ones
@@ -276,34 +373,154 @@ class PrometheusConfig(ApiModel):
     )
 
 
+class Compare(ApiModel):
+    """Canary against stable: the same query over the same window, one check evaluating both."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel("has(self.maxIncrease) || has(self.maxDecrease) || has(self.maxDelta)", Rule.COMPARE_BOUND)
+        )
+    )
+
+    max_increase: Percent | None = Field(
+        None, description="The canary may exceed the stable by at most this share of the stable's value."
+    )
+    max_decrease: Percent | None = Field(
+        None, description="The canary may fall below the stable by at most this share of the stable's value."
+    )
+    max_delta: float | None = Field(
+        None, ge=0, description="The canary may exceed the stable by at most this much (the gate's unit)."
+    )
+
+    @model_validator(mode="after")
+    def _a_bound(self) -> Compare:
+        if self.max_increase is None and self.max_decrease is None and self.max_delta is None:
+            raise ValueError(Rule.COMPARE_BOUND)
+        return self
+
+
+class TestKind(StrEnum):
+    SEQUENTIAL = "sequential"
+
+
+class SequentialTest(ApiModel):
+    """An anytime-valid test on event counts: is the canary's event rate worse than the stable's by more
+    than `margin`? Checked at every interval without inflating the false-alarm rate above `alpha`."""
+
+    kind: TestKind = TestKind.SEQUENTIAL
+    alpha: float = Field(
+        0.01, ge=1e-6, le=0.2, description="Chance of rolling back a canary that is no worse. Default 0.01."
+    )
+    margin: Percent = Field(
+        0.1, le=10, description="How much worse than the stable is tolerated, e.g. 10%. Default 10%."
+    )
+
+
+_EVENT_LIST = "[" + ", ".join(f"'{t}'" for t in sorted(EVENT_TEMPLATES)) + "]"
+
+
+def _served_by(template: str, sources: tuple[str, ...]) -> str:
+    return f"template {template} is served by source(s) {', '.join(sources)}"
+
+
+# One rule per template, each cheap for CEL's cost estimate (a map literal indexed by the template is not).
+_SOURCE_RULES = tuple(
+    _cel(
+        f"!has(self.template) || self.template != '{template}' || !has(self.source) || self.source in ["
+        + ", ".join(f"'{source}'" for source in sources)
+        + "]",
+        _served_by(template, sources),
+        ".source",
+    )
+    for template, sources in SUPPORTED_SOURCES.items()
+)
+
+
 class Gate(ApiModel):
-    """One check at every interval: a built-in template or any PromQL, compared with min and/or max."""
+    """One check at every interval: a built-in template or any PromQL, compared with min and/or max, with the
+    stable (compare), or tested sequentially on event counts (test)."""
 
     model_config = ConfigDict(
         json_schema_extra=_validations(
             _cel("has(self.template) != has(self.query)", Rule.TEMPLATE_XOR_QUERY),
-            _cel("has(self.min) || has(self.max)", Rule.GATE_BOUND),
+            _cel("has(self.min) || has(self.max) || has(self.compare) || has(self.test)", Rule.GATE_BOUND),
             _cel("!has(self.min) || !has(self.max) || self.min <= self.max", Rule.GATE_MIN_LE_MAX, ".min"),
+            _cel(
+                "!has(self.test) || !(has(self.min) || has(self.max) || has(self.compare))",
+                Rule.TEST_ALONE,
+                ".test",
+            ),
+            _cel(
+                f"!has(self.test) || has(self.query) || self.template in {_EVENT_LIST}",
+                Rule.TEST_NEEDS_COUNTS,
+                ".test",
+            ),
+            _cel(
+                f"!has(self.template) || !(self.template in {_EVENT_LIST}) || has(self.test)",
+                Rule.EVENTS_NEED_TEST,
+                ".template",
+            ),
+            _cel(
+                "!has(self.template) || !self.template.startsWith('llm-') || has(self.source)",
+                Rule.SOURCE_NEEDED,
+                ".source",
+            ),
+            *_SOURCE_RULES,
+            _cel(
+                "!has(self.source) || (has(self.template) && (self.template.startsWith('llm-') || "
+                "self.source == 'istio'))",
+                "source selects the metric families of a built-in template: istio-* templates take none "
+                "(or istio), a query takes none",
+                ".source",
+            ),
         )
     )
 
     name: DnsLabel
     template: GateTemplate | None = None
+    source: MetricsSource | None = Field(
+        None,
+        description="Who exports the metrics of an llm-* template: vllm, sglang, otel-genai, litellm, istio.",
+    )
     query: GateQuery | None = Field(None, description="PromQL; {{ ... }} variables.")
     min: float | None = Field(None, description="The value must be at least this.")
     max: float | None = Field(None, description="The value must be at most this.")
+    compare: Compare | None = Field(None, description="Compare the canary with the stable.")
+    test: SequentialTest | None = Field(
+        None, description="A sequential test on event counts, canary against stable."
+    )
+    advisory: bool = Field(False, description="Measured and reported, never a reason to hold or roll back.")
     window: PositiveDuration | None = Field(
         None, description="Range of rate() for this gate; default analysis.window."
     )
 
     @model_validator(mode="after")
-    def _one_source_and_a_bound(self) -> Gate:
+    def _consistent(self) -> Gate:
         if (self.template is None) == (self.query is None):
             raise ValueError(Rule.TEMPLATE_XOR_QUERY)
-        if self.min is None and self.max is None:
+        if self.min is None and self.max is None and self.compare is None and self.test is None:
             raise ValueError(Rule.GATE_BOUND)
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(Rule.GATE_MIN_LE_MAX)
+        if self.test is not None and (self.min is not None or self.max is not None or self.compare):
+            raise ValueError(Rule.TEST_ALONE)
+        events = self.template is not None and self.template.value in EVENT_TEMPLATES
+        if self.test is not None and self.query is None and not events:
+            raise ValueError(Rule.TEST_NEEDS_COUNTS)
+        if events and self.test is None:
+            raise ValueError(Rule.EVENTS_NEED_TEST)
+        template = self.template.value if self.template is not None else None
+        if template in SUPPORTED_SOURCES:
+            supported = SUPPORTED_SOURCES[template]
+            if self.source is None:
+                raise ValueError(Rule.SOURCE_NEEDED)
+            if self.source.value not in supported:
+                raise ValueError(f"{_served_by(template, supported)}, not {self.source}")
+        elif self.source is not None and (template is None or self.source != MetricsSource.ISTIO):
+            raise ValueError(
+                "source selects the metric families of a built-in template: istio-* templates take none "
+                "(or istio), a query takes none"
+            )
         return self
 
     @field_validator("query")
@@ -312,6 +529,13 @@ class Gate(ApiModel):
         if query is not None:
             check_template(query)  # a TemplateError is a ValueError: reported with the field's path
         return query
+
+    @property
+    def llm_source(self) -> MetricsSource | None:
+        """The source of an llm-* template read from a model server's own metrics (not the mesh's)."""
+        if self.source is None or self.source == MetricsSource.ISTIO:
+            return None
+        return self.source
 
 
 class Analysis(ApiModel):
@@ -356,6 +580,9 @@ class Analysis(ApiModel):
         return gates
 
 
+_PRICED_SOURCES = "[" + ", ".join(f"'{s.value}'" for s in MetricsSource if priced_cost(s.value)) + "]"
+
+
 class ModelRolloutSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=_validations(
@@ -364,6 +591,21 @@ class ModelRolloutSpec(ApiModel):
                 "&& self.stable.subset != self.canary.subset)",
                 Rule.CANARY_DIFFERS,
                 ".canary",
+            ),
+            _cel(
+                "!has(self.analysis) || !has(self.analysis.gates) || self.analysis.gates.all(g, "
+                "!has(g.source) || g.source == 'istio' || (has(self.stable.model) && has(self.canary.model) "
+                "&& self.stable.model != self.canary.model))",
+                Rule.MODELS_DIFFER,
+                ".analysis.gates",
+            ),
+            _cel(
+                "!has(self.analysis) || !has(self.analysis.gates) || self.analysis.gates.all(g, "
+                "!has(g.template) || g.template != 'llm-cost-per-request' || !has(g.source) || "
+                f"!(g.source in {_PRICED_SOURCES}) || "
+                "(has(self.stable.pricing) && has(self.canary.pricing)))",
+                Rule.PRICING_NEEDED,
+                ".analysis.gates",
             ),
         )
     )
@@ -394,6 +636,21 @@ class ModelRolloutSpec(ApiModel):
         if weights and weights[-1] != 100:
             raise ValueError(Rule.LAST_STAGE_FULL)
         return stages
+
+    @model_validator(mode="after")
+    def _llm_gates_can_tell_the_variants_apart(self) -> ModelRolloutSpec:
+        for gate in self.analysis.gates:
+            models = (self.stable.model, self.canary.model)
+            if gate.llm_source is not None and (None in models or models[0] == models[1]):
+                raise ValueError(f"gate {gate.name}: {Rule.MODELS_DIFFER}")
+            if (
+                gate.template == GateTemplate.LLM_COST_PER_REQUEST
+                and gate.source is not None
+                and priced_cost(gate.source.value)
+                and (self.stable.pricing is None or self.canary.pricing is None)
+            ):
+                raise ValueError(f"gate {gate.name}: {Rule.PRICING_NEEDED}")
+        return self
 
     @field_validator("canary")
     @classmethod
@@ -434,6 +691,18 @@ class Verdict(StrEnum):
     ERROR = "Error"
 
 
+class Evidence(StatusModel):
+    """Where a sequential test stands: the counts since the stage began, and what they prove."""
+
+    canary_events: float
+    stable_events: float
+    canary_share: float = Field(description="The canary's share of traffic the test assumes (the weight).")
+    p_value: float = Field(description="Anytime-valid p-value of 'the canary is worse than the margin'.")
+    ratio_low: float | None = Field(None, description="Confidence sequence for canary/stable event rate.")
+    ratio_high: float | None = Field(None, description="Upper end; none: not bounded yet.")
+    no_worse: bool = Field(False, description="The upper end is below 1 + margin: a pass with evidence.")
+
+
 class GateResult(StatusModel):
     name: str
     verdict: Verdict
@@ -443,6 +712,12 @@ class GateResult(StatusModel):
     requests: int | None = None
     window: str | None = None
     message: str | None = None
+    control: float | None = Field(None, description="The stable's value, for a comparing gate.")
+    delta: float | None = Field(None, description="Canary minus stable.")
+    relative_delta: float | None = Field(None, description="(canary - stable) / stable.")
+    control_requests: int | None = None
+    evidence: Evidence | None = None
+    advisory: bool = Field(False, description="Not counted in the check's verdict (advisory, or no control).")
 
 
 class AnalysisResult(StatusModel):
@@ -503,6 +778,30 @@ class RoutingRecord(StatusModel):
     routes: list[str] | None = None
 
 
+class SeriesValue(StatusModel):
+    """A counter's value when last seen, by series (a short fingerprint of its labels)."""
+
+    series: str
+    value: float
+
+
+class Accumulation(StatusModel):
+    """Event counts of a sequential gate (or of the sample-ratio check) since its stage began: raw counter
+    values last seen per series (to take reset-aware deltas), totals, and the running test results."""
+
+    name: str = Field(description="The gate's name, or sample-ratio for the routing check.")
+    stage: int
+    canary_weight: int
+    since: datetime
+    canary_last: list[SeriesValue] = Field(default_factory=list, max_length=MAX_SERIES)
+    stable_last: list[SeriesValue] = Field(default_factory=list, max_length=MAX_SERIES)
+    canary_events: float = 0.0
+    stable_events: float = 0.0
+    p_value: float = 1.0
+    ratio_low: float | None = None
+    ratio_high: float | None = None
+
+
 class ModelRolloutStatus(StatusModel):
     observed_generation: int | None = None
     phase: Phase = Phase.PENDING
@@ -528,6 +827,9 @@ class ModelRolloutStatus(StatusModel):
     consecutive_errors: int = 0
     consecutive_inconclusive: int = 0
     last_analysis: AnalysisResult | None = None
+    accumulations: list[Accumulation] = Field(
+        default_factory=list, description="Counts of the sequential gates in this stage."
+    )
     rollback: Rollback | None = None
     last_action: ActionRecord | None = None
     conditions: list[Condition] = Field(
