@@ -510,7 +510,7 @@ class Gate(ApiModel):
         if events and self.test is None:
             raise ValueError(Rule.EVENTS_NEED_TEST)
         template = self.template.value if self.template is not None else None
-        if template in SUPPORTED_SOURCES:
+        if template is not None and template in SUPPORTED_SOURCES:
             supported = SUPPORTED_SOURCES[template]
             if self.source is None:
                 raise ValueError(Rule.SOURCE_NEEDED)
