@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from istio_exporter import IstioTrafficExporter
+from llm_gates import EVERY_LLM_GATE, llm_gate, llm_variables
 from modelrollout import api
 from modelrollout.metrics.prometheus import PrometheusProvider, QueryDeferred, QueryPool
 from modelrollout.metrics.provider import MetricsError, Sample
@@ -456,3 +457,13 @@ def test_credentials_and_the_server_side_timeout_are_sent(fake_prometheus: FakeP
     assert bearer_params == {"query": ["up"], "timeout": ["4.0"]}
     assert bearer_headers["Authorization"] == "Bearer s3cret"
     assert basic_headers["Authorization"] == "Basic " + base64.b64encode(b"sre:p@ss").decode()
+
+
+def test_prometheus_parses_every_llm_template_on_every_source(provider: PrometheusProvider) -> None:
+    """Each llm-* template on each source that serves it is PromQL that a real Prometheus accepts and runs
+    (with no such series here, the answer is empty, never an error), for both variants."""
+    for template, source in EVERY_LLM_GATE:
+        gate = llm_gate(template, source)
+        for role in ("canary", "stable"):
+            promql = render_gate_query(gate, llm_variables().targeting(role))
+            assert query(provider, promql) == [], (template, source, role, promql)

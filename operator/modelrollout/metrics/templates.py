@@ -16,10 +16,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, TypeVar
 
 from modelrollout import api
 from modelrollout.durations import format_duration
+from modelrollout.metrics.families import FAMILIES, SUPPORTED_SOURCES, Counter, Family, HistogramFamily
 from modelrollout.metrics.promql import (
     KNOWN_VARIABLES,
     TemplateError,
@@ -39,6 +40,7 @@ __all__ = [
     "render",
     "render_gate_query",
     "request_count_query",
+    "requests_series_query",
     "spec_template_errors",
 ]
 
@@ -51,14 +53,35 @@ _SELECTOR = (
 _LABEL_NAME = re.compile(api.LABEL_NAME)
 
 
-def builtin_template(template: api.GateTemplate, subset_label: str | None = None) -> str:
-    """The PromQL template of a built-in gate; with `subset_label`, its series are also selected by
-    `<subset_label>="{{ target.subset }}"` (for a target that names a subset)."""
+def _istio_selector(subset_label: str | None) -> str:
     selector = _SELECTOR
     if subset_label is not None:
         if not _LABEL_NAME.match(subset_label):  # the API refuses it too; a label name is code, not a value
             raise TemplateError(f"subset label {subset_label!r} is not a Prometheus label name")
         selector += f', {subset_label}="{{{{ target.subset }}}}"'
+    return selector
+
+
+def builtin_template(
+    template: api.GateTemplate,
+    subset_label: str | None = None,
+    *,
+    source: api.MetricsSource | None = None,
+    pricing: api.Pricing | None = None,
+) -> str:
+    """The PromQL template of a built-in gate. Istio metrics (the istio-* templates, and llm-* ones on source
+    `istio`) select the target's destination service and, with `subset_label`, its subset
+    (`<subset_label>="{{ target.subset }}"`); the other sources select the target's model by their model
+    label. `pricing` (the target's) prices token counters for llm-cost-per-request."""
+    name = template.value
+    if name in SUPPORTED_SOURCES or source is not None:
+        family = FAMILIES[(source or api.MetricsSource.ISTIO).value]
+        if family.model_label is None:
+            selector = _istio_selector(subset_label)
+        else:
+            selector = f'{family.model_label}="{{{{ target.model }}}}"'
+        return _llm_template(name, family, selector, pricing)
+    selector = _istio_selector(subset_label)
     window = "[{{ window }}]"
     if template == api.GateTemplate.ISTIO_ERROR_RATE:
         # A healthy service may never have exported a 5xx series (Istio creates a series on its first request
@@ -73,7 +96,80 @@ def builtin_template(template: api.GateTemplate, subset_label: str | None = None
             "histogram_quantile(0.99, sum by (le) "
             f"(rate(istio_request_duration_milliseconds_bucket{{{selector}}}{window})))"
         )
+    if template == api.GateTemplate.ISTIO_ERROR_EVENTS:
+        return f'istio_requests_total{{{selector}, response_code=~"5.."}}'
     return f"sum(increase(istio_requests_total{{{selector}}}{window}))"
+
+
+def _series(counter: Counter, selector: str) -> str:
+    matchers = f"{selector}, {counter.matchers}" if counter.matchers else selector
+    return f"{counter.name}{{{matchers}}}"
+
+
+def _rate(counter: Counter, selector: str) -> str:
+    return f"sum(rate({_series(counter, selector)}[{{{{ window }}}}]))"
+
+
+def _quantile(quantile: float, histogram: HistogramFamily, selector: str) -> str:
+    query = (
+        f"histogram_quantile({quantile}, sum by (le) "
+        f"(rate({histogram.name}_bucket{{{selector}}}[{{{{ window }}}}])))"
+    )
+    return query if histogram.to_seconds == 1.0 else f"{query} * {histogram.to_seconds!r}"
+
+
+T = TypeVar("T")
+
+
+def _need(value: T | None, name: str) -> T:
+    if value is None:  # the API refuses such a gate; a hand-built one still gets a clear error
+        raise TemplateError(f"template {name}: its source does not export the metric it needs")
+    return value
+
+
+def _llm_template(name: str, family: Family, selector: str, pricing: api.Pricing | None) -> str:
+    """The PromQL of an llm-* template on one family."""
+    requests = _rate(family.requests, selector)
+    if name in ("llm-ttft-p50", "llm-ttft-p99"):
+        ttft = _need(family.time_to_first_token, name)
+        return _quantile(0.5 if name.endswith("p50") else 0.99, ttft, selector)
+    if name == "llm-inter-token-latency-p99":
+        return _quantile(0.99, _need(family.inter_token_latency, name), selector)
+    if name == "llm-tokens-per-second":
+        # Generation speed as a user sees it: 1 / the mean time between two output tokens.
+        itl = _need(family.inter_token_latency, name)
+        count, total = (Counter(f"{itl.name}_{part}") for part in ("count", "sum"))
+        return f"{_rate(count, selector)} / ({_rate(total, selector)} * {itl.to_seconds!r})"
+    if name == "llm-latency-p99":
+        return _quantile(0.99, _need(family.latency, name), selector)
+    if name == "llm-output-tokens":
+        return f"{_rate(_need(family.output_tokens, name), selector)} / {requests}"
+    if name in ("llm-truncation-rate", "llm-error-rate"):
+        events = _need(family.truncations if name == "llm-truncation-rate" else family.errors, name)
+        # No series of the events yet is zero events (a series appears with its first event), as for Istio.
+        return f"({_rate(events, selector)} or vector(0)) / {requests}"
+    if name == "llm-cost-per-request":
+        if family.spend is not None:
+            return f"{_rate(family.spend, selector)} / {requests}"
+        input_tokens, output_tokens = _need(family.input_tokens, name), _need(family.output_tokens, name)
+        if pricing is None:  # the API refuses such a spec; a hand-built one still gets a clear error
+            raise TemplateError("llm-cost-per-request needs the target's pricing on this source")
+        # Prices are numbers the API validated, never text: they go into the query as float literals.
+        per_input = pricing.input_per_million / 1e6
+        per_output = pricing.output_per_million / 1e6
+        return (
+            f"({_rate(input_tokens, selector)} * {per_input!r} + "
+            f"{_rate(output_tokens, selector)} * {per_output!r}) / {requests}"
+        )
+    if name in ("llm-error-events", "llm-truncation-events"):
+        events = _need(family.errors if name == "llm-error-events" else family.truncations, name)
+        return _series(events, selector)  # raw counters: the operator takes reset-aware deltas
+    raise TemplateError(f"no built-in template {name}")
+
+
+def requests_series_template(subset_label: str | None = None) -> str:
+    """The target's raw Istio request counters, for the sample-ratio check of sequential gates."""
+    return f"istio_requests_total{{{_istio_selector(subset_label)}}}"
 
 
 @dataclass(frozen=True)
@@ -87,6 +183,7 @@ class TargetVariables:
     port: int | None = None
     model: str | None = None
     prompt_version: str | None = None
+    pricing: api.Pricing | None = None
 
     @classmethod
     def of(cls, target: api.Target, hosts_namespace: str) -> TargetVariables:
@@ -102,6 +199,7 @@ class TargetVariables:
             port=target.port,
             model=target.model,
             prompt_version=target.prompt_version,
+            pricing=target.pricing,
         )
 
     def values(self, prefix: str) -> dict[str, str]:
@@ -195,7 +293,7 @@ class TemplateVariables:
 def render_gate_query(gate: api.Gate, variables: TemplateVariables) -> str:
     """The PromQL of a gate: its built-in template or its own query, over its own window if it sets one."""
     if gate.template is not None:
-        source = _builtin_for(gate.template, variables)
+        source = _builtin_for(gate.template, variables, gate.source)
     elif gate.query is not None:
         source = gate.query
     else:  # the API refuses such a gate; a hand-built one still gets a clear error
@@ -205,13 +303,26 @@ def render_gate_query(gate: api.Gate, variables: TemplateVariables) -> str:
     return render(source, variables)
 
 
-def _builtin_for(template: api.GateTemplate, variables: TemplateVariables) -> str:
-    return builtin_template(template, variables.subset_label if variables.target.subset else None)
+def _builtin_for(
+    template: api.GateTemplate, variables: TemplateVariables, source: api.MetricsSource | None = None
+) -> str:
+    return builtin_template(
+        template,
+        variables.subset_label if variables.target.subset else None,
+        source=source,
+        pricing=variables.target.pricing,
+    )
 
 
 def request_count_query(variables: TemplateVariables) -> str:
     """Requests served by the target over the window, for `analysis.minRequests`."""
     return render(_builtin_for(api.GateTemplate.ISTIO_REQUEST_COUNT, variables), variables)
+
+
+def requests_series_query(variables: TemplateVariables) -> str:
+    """The target's raw request counters by series, for the sample-ratio check."""
+    subset_label = variables.subset_label if variables.target.subset else None
+    return render(requests_series_template(subset_label), variables)
 
 
 def render(template: str, variables: TemplateVariables) -> str:
@@ -228,7 +339,15 @@ def spec_template_errors(spec: api.ModelRolloutSpec) -> list[str]:
             if gate.query is not None:
                 check_template(gate.query)
             elif gate.template is not None:
-                check_template(builtin_template(gate.template, spec.analysis.subset_label))
+                for target in (spec.stable, spec.canary):
+                    check_template(
+                        builtin_template(
+                            gate.template,
+                            spec.analysis.subset_label,
+                            source=gate.source,
+                            pricing=target.pricing,
+                        )
+                    )
         except TemplateError as error:
             field = "query" if gate.query is not None else "template"
             errors.append(f"spec.analysis.gates[{index}].{field}: {error}")
