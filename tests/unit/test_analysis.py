@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 import pytest
 
 from modelrollout import api
-from modelrollout.analysis import CheckMeasurement, GateMeasurement, combine, evaluate_check, evaluate_gate
+from modelrollout.analysis import (
+    CheckContext,
+    CheckMeasurement,
+    CheckResult,
+    GateMeasurement,
+    combine,
+    evaluate_check,
+    evaluate_gate,
+)
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 NAN, INF = math.nan, math.inf
@@ -125,3 +133,92 @@ def test_requests_are_reported_on_every_gate() -> None:
         100,
     )
     assert result.gates[0].requests == 1532
+
+
+# ---- comparing gates: canary against the stable, same query, same window
+
+INCREASE = api.Gate(name="tokens", query="x", compare=api.Compare(max_increase=0.2))
+DECREASE = api.Gate(name="tps", query="x", compare=api.Compare(max_decrease=0.1))
+DELTA = api.Gate(name="errors", query="x", compare=api.Compare(max_delta=0.005))
+BOTH = api.Gate(name="p99", query="x", max=5.0, compare=api.Compare(max_increase=0.5))
+
+
+@pytest.mark.parametrize(
+    ("gate", "canary", "control", "control_error", "verdict", "delta", "relative"),
+    [
+        (INCREASE, (240.0,), (200.0,), None, P, 40.0, 0.2),  # +20%: the bound itself passes
+        (INCREASE, (280.0,), (200.0,), None, F, 80.0, 0.4),  # +40% output tokens: a prompt change that spiked
+        (INCREASE, (100.0,), (200.0,), None, P, -100.0, -0.5),  # fewer tokens is no increase
+        (INCREASE, (150.0, 280.0), (200.0, 210.0), None, F, 70.0, 70.0 / 210.0),  # worst series each side
+        (DECREASE, (95.0,), (100.0,), None, P, -5.0, -0.05),
+        (DECREASE, (80.0,), (100.0,), None, F, -20.0, -0.2),
+        (DELTA, (0.012,), (0.01,), None, P, 0.002, 0.2),  # +20% relative, but within the absolute delta
+        (DELTA, (0.016,), (0.01,), None, F, 0.006, 0.6),
+        (DELTA, (0.004,), (0.0,), None, P, 0.004, None),  # a delta needs no relative change
+        (INCREASE, (3.0,), (0.0,), None, INC, 3.0, None),  # from 0 a relative change is undefined
+        (INCREASE, (0.0,), (0.0,), None, P, 0.0, None),
+        (INCREASE, (240.0,), (), None, INC, None, None),  # no control value: never a pass
+        (INCREASE, (240.0,), (NAN,), None, INC, None, None),
+        (INCREASE, (240.0,), None, "timeout", E, None, None),
+        (BOTH, (6.0,), (5.0,), None, F, None, None),  # the threshold fails first
+        (BOTH, (4.0,), (2.0,), None, F, 2.0, 1.0),  # within max, but doubled
+        (BOTH, (4.0,), (3.0,), None, P, 1.0, 1 / 3),
+    ],
+)
+def test_comparing_gates(
+    gate: api.Gate,
+    canary: tuple[float, ...],
+    control: tuple[float, ...] | None,
+    control_error: str | None,
+    verdict: api.Verdict,
+    delta: float | None,
+    relative: float | None,
+) -> None:
+    measured = GateMeasurement(gate, "2m", values=canary, control_values=control, control_error=control_error)
+    result = evaluate_gate(measured)
+    assert result.verdict == verdict, result.message
+    assert result.delta == pytest.approx(delta)
+    assert result.relative_delta == pytest.approx(relative)
+    if delta is not None:
+        assert result.control is not None
+        assert result.value == pytest.approx(result.control + delta)
+
+
+def _weighted_check(
+    *gates: GateMeasurement, control_requests: float | None = 5000.0, weight: int = 10
+) -> CheckResult:
+    measurement = CheckMeasurement(NOW, gates, 500.0, control_requests=control_requests)
+    return evaluate_check(measurement, 100, CheckContext(100, canary_weight=weight))
+
+
+def test_a_comparing_gate_needs_enough_control_traffic() -> None:
+    passing = GateMeasurement(INCREASE, "2m", values=(200.0,), control_values=(200.0,))
+    assert _weighted_check(passing).verdict == P
+    few = _weighted_check(passing, control_requests=40.0)
+    assert few.verdict == INC
+    assert few.gates[0].control_requests == 40
+    assert "40 control requests < minRequests 100" in few.summary
+    assert _weighted_check(passing, control_requests=None).verdict == E
+
+
+def test_advisory_gates_are_reported_but_never_decide() -> None:
+    cost = api.Gate(name="cost", query="x", max=0.01, advisory=True)
+    over_budget = GateMeasurement(cost, "2m", values=(0.05,))
+    healthy = GateMeasurement(MAX_GATE, "2m", values=(0.001,))
+    result = _weighted_check(over_budget, healthy)
+    assert result.verdict == P
+    assert [(g.name, g.verdict, g.advisory) for g in result.gates] == [
+        ("cost", F, True),
+        ("error-rate", P, False),
+    ]
+    assert "cost (advisory) 0.05 violates <= 0.01" in result.summary
+    assert _weighted_check(over_budget, GateMeasurement(MAX_GATE, "2m", values=(0.5,))).verdict == F
+
+
+def test_at_100_percent_there_is_no_control_to_compare_with() -> None:
+    doubled = GateMeasurement(INCREASE, "2m", values=(400.0,), control_values=(200.0,))
+    assert _weighted_check(doubled).verdict == F
+    at_full = _weighted_check(doubled, control_requests=0.0, weight=100)
+    assert at_full.verdict == P  # decided by the other gates (none here), not by a comparison without control
+    assert at_full.gates[0].advisory
+    assert "not counted: no control at 100%" in at_full.summary
