@@ -238,7 +238,14 @@ class FakeMeasurer:
     calls: int = 0
 
     async def measure(
-        self, spec: api.ModelRolloutSpec, ref: RolloutRef, now: datetime, *, virtual_service_namespace: str
+        self,
+        spec: api.ModelRolloutSpec,
+        ref: RolloutRef,
+        now: datetime,
+        *,
+        virtual_service_namespace: str,
+        canary_weight: int | None = None,
+        status: api.ModelRolloutStatus | None = None,
     ) -> CheckResult | None:
         self.calls += 1
         if self.verdict is None:

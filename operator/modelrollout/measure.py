@@ -18,7 +18,14 @@ from collections.abc import Hashable
 from datetime import datetime, timedelta
 
 from modelrollout import api
-from modelrollout.analysis import CheckMeasurement, CheckResult, GateMeasurement, evaluate_check
+from modelrollout.analysis import (
+    CheckContext,
+    CheckMeasurement,
+    CheckResult,
+    GateMeasurement,
+    evaluate_check,
+    needs_control,
+)
 from modelrollout.config import OperatorConfig
 from modelrollout.durations import format_duration
 from modelrollout.kube import Kube, RolloutRef, describe_api_error
@@ -27,6 +34,7 @@ from modelrollout.metrics.prometheus import PrometheusProvider, QueryDeferred, Q
 from modelrollout.metrics.provider import MetricsError, Sample
 from modelrollout.metrics.providers import ProviderCache
 from modelrollout.metrics.templates import (
+    Role,
     TemplateError,
     TemplateVariables,
     render_gate_query,
@@ -100,11 +108,13 @@ class Measurer:
         now: datetime,
         *,
         virtual_service_namespace: str,
+        canary_weight: int | None = None,
+        status: api.ModelRolloutStatus | None = None,
     ) -> CheckResult | None:
         """The check of every gate, or None: the check could not get its turn in time because of the
         operator's own queueing (not the metrics backend's fault); the caller makes no check this tick and
         does not count it as an Error. Short hosts are Services in `virtual_service_namespace`, where Istio
-        resolves them."""
+        resolves them. `canary_weight`: the live weight (at 100 there is no control to compare with)."""
         analysis = spec.analysis
         loop = asyncio.get_running_loop()
         not_after = loop.time() + analysis.interval.total_seconds()
@@ -131,37 +141,61 @@ class Measurer:
         async def ask(promql: str) -> list[Sample]:
             return await provider.query(promql, owner=owner, not_after=not_after)
 
+        async def values(promql: str) -> tuple[tuple[float, ...], str | None]:
+            try:
+                return tuple(s.value for s in await ask(promql)), None
+            except MetricsError as error:
+                return (), str(error)
+
         async def gate(g: api.Gate) -> GateMeasurement:
             window = format_duration(g.window or analysis.window)
             try:
-                samples = await ask(render_gate_query(g, variables))
-            except (MetricsError, TemplateError) as error:
-                return GateMeasurement(g, window, error=str(error))
-            return GateMeasurement(g, window, values=tuple(s.value for s in samples))
+                canary_query = render_gate_query(g, variables)
+                control_query = render_gate_query(g, variables.targeting("stable")) if g.compare else None
+            except TemplateError as unrenderable:
+                return GateMeasurement(g, window, error=str(unrenderable))
+            if control_query is None:
+                found, failure = await values(canary_query)
+                return GateMeasurement(g, window, values=found, error=failure)
+            (found, failure), (control, control_failure) = await asyncio.gather(
+                values(canary_query), values(control_query)
+            )
+            return GateMeasurement(
+                g, window, values=found, error=failure, control_values=control, control_error=control_failure
+            )
 
-        async def requests() -> tuple[float | None, str | None]:
+        async def requests(role: Role) -> tuple[float | None, str | None]:
             try:
-                samples = await ask(request_count_query(variables))
+                samples = await ask(request_count_query(variables.targeting(role)))
             except (MetricsError, TemplateError) as error:
                 return None, str(error)
             values = [s.value for s in samples if not math.isnan(s.value)]
             return (sum(values) if values else 0.0), None  # no series at all: no traffic, 0 requests
 
-        counting = asyncio.ensure_future(requests())
+        counting = asyncio.ensure_future(requests("canary"))
+        controls = any(needs_control(g) for g in analysis.gates)
+        control_counting = asyncio.ensure_future(requests("stable") if controls else _nothing())
         gating = [asyncio.ensure_future(gate(g)) for g in analysis.gates]
         try:
             measured = await asyncio.gather(*gating)
             count, count_error = await counting
+            control_count, control_count_error = await control_counting
         except QueryDeferred:
             # The queries still waiting give up their places; those already running finish in their threads
             # (holding their turns) and are not waited for.
-            for task in (counting, *gating):
+            for task in (counting, control_counting, *gating):
                 task.cancel()
-            await asyncio.gather(counting, *gating, return_exceptions=True)
+            await asyncio.gather(counting, control_counting, *gating, return_exceptions=True)
             self._deferred(ref, analysis.interval)
             return None
-        measurement = CheckMeasurement(now, tuple(measured), count, count_error)
-        return evaluate_check(measurement, analysis.min_requests)
+        measurement = CheckMeasurement(
+            now, tuple(measured), count, count_error, control_count, control_count_error
+        )
+        return evaluate_check(
+            measurement,
+            analysis.min_requests,
+            CheckContext(analysis.min_requests, canary_weight=canary_weight),
+        )
 
     def _deferred(self, ref: RolloutRef, interval: timedelta) -> None:
         log.debug(
@@ -182,3 +216,7 @@ class Measurer:
     def close(self) -> None:
         self.providers.close()
         self.pool.shutdown()
+
+
+async def _nothing() -> tuple[float | None, str | None]:
+    return None, None

@@ -32,7 +32,14 @@ class KubeApi(Protocol):
 
 class Measuring(Protocol):
     async def measure(
-        self, spec: api.ModelRolloutSpec, ref: RolloutRef, now: datetime, *, virtual_service_namespace: str
+        self,
+        spec: api.ModelRolloutSpec,
+        ref: RolloutRef,
+        now: datetime,
+        *,
+        virtual_service_namespace: str,
+        canary_weight: int | None = None,
+        status: api.ModelRolloutStatus | None = None,
     ) -> CheckResult | None: ...
 
     def forget(self, ref: RolloutRef) -> None: ...

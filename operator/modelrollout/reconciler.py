@@ -187,7 +187,14 @@ class Reconciler:
             measured = None
             if due and same and routing.usable:
                 namespace = target.virtual_service.partition("/")[0]
-                measured = await self.measurer.measure(spec, ref, now, virtual_service_namespace=namespace)
+                measured = await self.measurer.measure(
+                    spec,
+                    ref,
+                    now,
+                    virtual_service_namespace=namespace,
+                    canary_weight=routing.canary_weight,
+                    status=status,
+                )
             check.append(measured)
         observation = engine.Observation(
             now=now,

@@ -31,6 +31,7 @@ from modelrollout.metrics.promql import (
 
 __all__ = [
     "KNOWN_VARIABLES",
+    "Role",
     "TargetVariables",
     "TemplateError",
     "TemplateVariables",
