@@ -712,6 +712,7 @@ class GateResult(StatusModel):
     requests: int | None = None
     window: str | None = None
     message: str | None = None
+    bound: str | None = Field(None, description="What the gate requires, in words (for a test or compare).")
     control: float | None = Field(None, description="The stable's value, for a comparing gate.")
     delta: float | None = Field(None, description="Canary minus stable.")
     relative_delta: float | None = Field(None, description="(canary - stable) / stable.")
@@ -789,7 +790,7 @@ class Accumulation(StatusModel):
     """Event counts of a sequential gate (or of the sample-ratio check) since its stage began: raw counter
     values last seen per series (to take reset-aware deltas), totals, and the running test results."""
 
-    name: str = Field(description="The gate's name, or sample-ratio for the routing check.")
+    name: str = Field(description="The gate's name, or (sample-ratio) for the routing check.")
     stage: int
     canary_weight: int
     since: datetime
@@ -800,6 +801,11 @@ class Accumulation(StatusModel):
     p_value: float = 1.0
     ratio_low: float | None = None
     ratio_high: float | None = None
+    margin: float | None = None
+    log_evidence: float = Field(0.0, description="Log Bayes factor of this stage's counts, at the last look.")
+    carried_log_evidence: float = Field(
+        0.0, description="Log Bayes factor carried from the rollout's earlier stages."
+    )
 
 
 class ModelRolloutStatus(StatusModel):

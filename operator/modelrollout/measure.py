@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from modelrollout import api
@@ -26,6 +27,7 @@ from modelrollout.analysis import (
     evaluate_check,
     needs_control,
 )
+from modelrollout.analysis.sequential import series_key
 from modelrollout.config import OperatorConfig
 from modelrollout.durations import format_duration
 from modelrollout.kube import Kube, RolloutRef, describe_api_error
@@ -39,6 +41,7 @@ from modelrollout.metrics.templates import (
     TemplateVariables,
     render_gate_query,
     request_count_query,
+    requests_series_query,
 )
 from modelrollout.telemetry import Telemetry
 
@@ -125,6 +128,14 @@ class Measurer:
             rollout_namespace=ref.namespace,
             hosts_namespace=virtual_service_namespace,
         )
+        context = CheckContext(
+            analysis.min_requests,
+            canary_weight=canary_weight,
+            stage=status.stage if status else 0,
+            stage_started_at=status.stage_started_at if status else None,
+            rollout_started_at=status.rollout_started_at if status else None,
+            accumulations=tuple(status.accumulations) if status else (),
+        )
         try:
             provider = await self._provider(spec, ref)
         except MetricsError as error:
@@ -132,7 +143,8 @@ class Measurer:
                 GateMeasurement(g, format_duration(g.window or analysis.window), error=error.reason)
                 for g in analysis.gates
             )
-            return evaluate_check(CheckMeasurement(now, gates, None, error.reason), analysis.min_requests)
+            failed = CheckMeasurement(now, gates, None, error.reason)
+            return evaluate_check(failed, analysis.min_requests, context)
         finally:
             if self.telemetry is not None:
                 self.telemetry.prometheus_connections.set(len(self.providers))
@@ -141,61 +153,39 @@ class Measurer:
         async def ask(promql: str) -> list[Sample]:
             return await provider.query(promql, owner=owner, not_after=not_after)
 
-        async def values(promql: str) -> tuple[tuple[float, ...], str | None]:
-            try:
-                return tuple(s.value for s in await ask(promql)), None
-            except MetricsError as error:
-                return (), str(error)
-
-        async def gate(g: api.Gate) -> GateMeasurement:
-            window = format_duration(g.window or analysis.window)
-            try:
-                canary_query = render_gate_query(g, variables)
-                control_query = render_gate_query(g, variables.targeting("stable")) if g.compare else None
-            except TemplateError as unrenderable:
-                return GateMeasurement(g, window, error=str(unrenderable))
-            if control_query is None:
-                found, failure = await values(canary_query)
-                return GateMeasurement(g, window, values=found, error=failure)
-            (found, failure), (control, control_failure) = await asyncio.gather(
-                values(canary_query), values(control_query)
-            )
-            return GateMeasurement(
-                g, window, values=found, error=failure, control_values=control, control_error=control_failure
-            )
-
-        async def requests(role: Role) -> tuple[float | None, str | None]:
-            try:
-                samples = await ask(request_count_query(variables.targeting(role)))
-            except (MetricsError, TemplateError) as error:
-                return None, str(error)
-            values = [s.value for s in samples if not math.isnan(s.value)]
-            return (sum(values) if values else 0.0), None  # no series at all: no traffic, 0 requests
-
-        counting = asyncio.ensure_future(requests("canary"))
+        queries = _CheckQueries(ask, variables, analysis)
+        counting = asyncio.ensure_future(queries.requests("canary"))
         controls = any(needs_control(g) for g in analysis.gates)
-        control_counting = asyncio.ensure_future(requests("stable") if controls else _nothing())
-        gating = [asyncio.ensure_future(gate(g)) for g in analysis.gates]
+        control_counting = asyncio.ensure_future(queries.requests("stable") if controls else _nothing())
+        sequential = any(g.test is not None for g in analysis.gates)
+        routing_counting = asyncio.ensure_future(queries.request_counters() if sequential else _no_counters())
+        gating = [asyncio.ensure_future(queries.gate(g)) for g in analysis.gates]
+        tasks = (counting, control_counting, routing_counting, *gating)
         try:
             measured = await asyncio.gather(*gating)
             count, count_error = await counting
             control_count, control_count_error = await control_counting
+            canary_requests, stable_requests, requests_error = await routing_counting
         except QueryDeferred:
             # The queries still waiting give up their places; those already running finish in their threads
             # (holding their turns) and are not waited for.
-            for task in (counting, control_counting, *gating):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(counting, control_counting, *gating, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._deferred(ref, analysis.interval)
             return None
         measurement = CheckMeasurement(
-            now, tuple(measured), count, count_error, control_count, control_count_error
+            now,
+            tuple(measured),
+            count,
+            count_error,
+            control_count,
+            control_count_error,
+            canary_request_counters=canary_requests,
+            stable_request_counters=stable_requests,
+            request_counters_error=requests_error,
         )
-        return evaluate_check(
-            measurement,
-            analysis.min_requests,
-            CheckContext(analysis.min_requests, canary_weight=canary_weight),
-        )
+        return evaluate_check(measurement, analysis.min_requests, context)
 
     def _deferred(self, ref: RolloutRef, interval: timedelta) -> None:
         log.debug(
@@ -220,3 +210,72 @@ class Measurer:
 
 async def _nothing() -> tuple[float | None, str | None]:
     return None, None
+
+
+async def _no_counters() -> tuple[dict[str, float] | None, dict[str, float] | None, str | None]:
+    return None, None, None
+
+
+@dataclass(frozen=True)
+class _CheckQueries:
+    """The queries of one check, each answered or failed on its own (a QueryDeferred ends them all)."""
+
+    ask: Callable[[str], Awaitable[list[Sample]]]
+    variables: TemplateVariables
+    analysis: api.Analysis
+
+    async def values(self, promql: str) -> tuple[tuple[float, ...], str | None]:
+        try:
+            return tuple(s.value for s in await self.ask(promql)), None
+        except MetricsError as error:
+            return (), str(error)
+
+    async def counters(self, promql: str) -> tuple[dict[str, float] | None, str | None]:
+        try:
+            return {series_key(s.labels): s.value for s in await self.ask(promql)}, None
+        except MetricsError as error:
+            return None, str(error)
+
+    async def gate(self, g: api.Gate) -> GateMeasurement:
+        window = format_duration(g.window or self.analysis.window)
+        try:
+            canary_query = render_gate_query(g, self.variables)
+            control_query = (
+                render_gate_query(g, self.variables.targeting("stable")) if g.compare or g.test else None
+            )
+        except TemplateError as unrenderable:
+            return GateMeasurement(g, window, error=str(unrenderable))
+        if g.test is not None and control_query is not None:
+            (canary, failure), (stable, stable_failure) = await asyncio.gather(
+                self.counters(canary_query), self.counters(control_query)
+            )
+            error = failure or stable_failure
+            if error is not None:
+                return GateMeasurement(g, window, error=error)
+            return GateMeasurement(g, window, canary_counters=canary, stable_counters=stable)
+        if control_query is None:
+            found, failure = await self.values(canary_query)
+            return GateMeasurement(g, window, values=found, error=failure)
+        (found, failure), (control, control_failure) = await asyncio.gather(
+            self.values(canary_query), self.values(control_query)
+        )
+        return GateMeasurement(
+            g, window, values=found, error=failure, control_values=control, control_error=control_failure
+        )
+
+    async def requests(self, role: Role) -> tuple[float | None, str | None]:
+        try:
+            samples = await self.ask(request_count_query(self.variables.targeting(role)))
+        except (MetricsError, TemplateError) as error:
+            return None, str(error)
+        values = [s.value for s in samples if not math.isnan(s.value)]
+        return (sum(values) if values else 0.0), None  # no series at all: no traffic, 0 requests
+
+    async def request_counters(self) -> tuple[dict[str, float] | None, dict[str, float] | None, str | None]:
+        (canary, failure), (stable, stable_failure) = await asyncio.gather(
+            *(
+                self.counters(requests_series_query(self.variables.targeting(role)))
+                for role in ("canary", "stable")
+            )
+        )
+        return canary, stable, failure or stable_failure

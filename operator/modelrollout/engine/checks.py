@@ -34,9 +34,28 @@ def record_check(draft: Draft, spec: api.ModelRolloutSpec, check: CheckResult) -
             at=check.at, stage=status.stage, verdict=check.verdict, gates=list(check.gates)
         )
     )
+    if check.accumulations is not None:
+        draft.update(accumulations=list(check.accumulations))
+    if check.sample_ratio is not None:
+        ratio = check.sample_ratio
+        if draft.condition_flip("SampleRatioMismatch", ratio.mismatch, "SampleRatioMismatch", ratio.message):
+            draft.event(
+                "Warning",
+                "SampleRatioMismatch",
+                f"{ratio.message}: routing does not follow the weights; sequential gates cannot pass "
+                "until it does",
+            )
     if check.verdict != api.Verdict.ERROR:
         draft.condition_flip("MetricsUnavailable", False, "", "")
-    if check.verdict == api.Verdict.FAIL:
+    rejected = check.rejected_by_test()
+    if rejected is not None:
+        # An anytime-valid test holds its false-alarm rate at alpha over every look it makes: its
+        # rejection is conclusive at once, failureLimit does not apply on top of it.
+        failed = status.failed_checks + 1
+        draft.update(failed_checks=failed, consecutive_errors=0, consecutive_inconclusive=0)
+        draft.event("Warning", "AnalysisFailed", f"sequential test rejected: {check.summary}")
+        roll_back(draft, spec, "AnalysisFailed", check, f"{rejected.name} {rejected.message}")
+    elif check.verdict == api.Verdict.FAIL:
         failed = status.failed_checks + 1
         draft.update(failed_checks=failed, consecutive_errors=0, consecutive_inconclusive=0)
         draft.event(

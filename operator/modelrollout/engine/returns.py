@@ -18,7 +18,7 @@ def roll_back(
         message=message,
         gate=failing.name if failing else None,
         value=failing.value if failing else None,
-        threshold=bounds_text(failing.min, failing.max) if failing else None,
+        threshold=(failing.bound or bounds_text(failing.min, failing.max)) if failing else None,
         window=failing.window if failing else None,
     )
     draft.update(

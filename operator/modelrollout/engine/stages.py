@@ -64,6 +64,7 @@ def start(draft: Draft, spec: api.ModelRolloutSpec, reason: str, obs: Observatio
         awaiting_approval=False,
         rollback=None,
         last_analysis=None,
+        accumulations=[],
         drift_corrections=[],
     )
     draft.set_weight(weight)
@@ -188,6 +189,28 @@ def passed_here(
     )
 
 
+def evidence_allows(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, now: datetime) -> bool:
+    """A stage may end before its soak when it has a minDuration that has passed and every sequential gate
+    that decides (not advisory) has evidence that the canary is no worse: its confidence sequence for the
+    event-rate ratio lies below 1 + margin."""
+    stage = spec.stages[min(status.stage, len(spec.stages) - 1)]
+    started = status.stage_started_at
+    if stage.min_duration is None or started is None or now - started < stage.min_duration:
+        return False
+    sequential = [g.name for g in spec.analysis.gates if g.test is not None and not g.advisory]
+    last = status.last_analysis
+    if not sequential or last is None:
+        return False
+    results = {g.name: g for g in last.gates}
+    return all(
+        name in results
+        and not results[name].advisory
+        and results[name].evidence is not None
+        and results[name].evidence.no_worse  # type: ignore[union-attr]
+        for name in sequential
+    )
+
+
 def maybe_advance(draft: Draft, spec: api.ModelRolloutSpec, obs: Observation) -> None:
     status = draft.status
     if status.phase in TERMINAL or status.hold is not None or spec.paused:
@@ -196,24 +219,29 @@ def maybe_advance(draft: Draft, spec: api.ModelRolloutSpec, obs: Observation) ->
         # The stage's weight is not live yet (a write is pending or keeps failing): its checks measured
         # other traffic than the status says, and the next stage must not be claimed on top of it.
         return
-    if soak_left(spec, status, obs.now) > timedelta(0):
-        return
+    left = soak_left(spec, status, obs.now)
     if not passed_here(spec, status, obs.operator_started_at):
+        return
+    early = left > timedelta(0)
+    if early and not evidence_allows(spec, status, obs.now):
         return
     position = next_position(spec, status)
     stage = spec.stages[min(status.stage, len(spec.stages) - 1)]
     summary = obs.check.summary if obs.check else "all gates pass"
+    if early:
+        summary = f"passed with evidence, {countdown(left)} before the end of its soak: {summary}"
     if position is not None and position[0] == status.stage:
         advance(draft, spec, status.stage, f"a check passed at {status.canary_weight}%")
     elif stage.approval == api.Approval.MANUAL:
         if not status.awaiting_approval:
+            done = "passes with evidence" if early else "soaked and passes"
             draft.event(
                 "Normal",
                 "AwaitingApproval",
-                f"stage {progress(spec, status.stage)} soaked and passes; waiting for `promote`",
+                f"stage {progress(spec, status.stage)} {done}; waiting for `promote`",
             )
         draft.update(awaiting_approval=True)
     elif position is None:
         promote_done(draft, spec, f"the last stage passed: {summary}")
     else:
-        advance(draft, spec, position[0], "soaked and all gates pass")
+        advance(draft, spec, position[0], summary if early else "soaked and all gates pass")

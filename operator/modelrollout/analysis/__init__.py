@@ -1,0 +1,188 @@
+"""Gate evaluation: measured values to verdicts, and gate verdicts to the verdict of a check. Pure.
+
+A value proves a gate only when it is a finite number inside the bounds; NaN, +/-Inf and empty results never
+pass. With several series the worst one decides. A check with fewer canary requests than `minRequests` in the
+window cannot pass either: its passing gates become Inconclusive.
+
+A comparing gate also evaluates the stable (the control) with the same query over the same window and bounds
+the canary's change from it; without a control value, or with fewer control requests than `minRequests`, it is
+Inconclusive. Advisory gates are evaluated and reported like the others and never decide a check; neither do
+gates that need a control while the canary takes all the traffic (there is none to compare with).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from modelrollout import api
+from modelrollout.analysis.gates import bounds_text, evaluate_gate
+from modelrollout.analysis.model import (
+    CheckContext,
+    CheckMeasurement,
+    CheckResult,
+    GateMeasurement,
+    SampleRatio,
+)
+from modelrollout.analysis.model import number as _number
+from modelrollout.analysis.sequential import SAMPLE_RATIO, Run, evaluate_sequential, sample_ratio
+
+__all__ = [
+    "CheckContext",
+    "CheckMeasurement",
+    "CheckResult",
+    "GateMeasurement",
+    "SampleRatio",
+    "bounds_text",
+    "combine",
+    "evaluate_check",
+    "evaluate_gate",
+    "needs_control",
+]
+
+
+def combine(verdicts: Sequence[api.Verdict]) -> api.Verdict:
+    """Fail beats Error beats Inconclusive beats Pass."""
+    for verdict in (api.Verdict.FAIL, api.Verdict.ERROR, api.Verdict.INCONCLUSIVE):
+        if verdict in verdicts:
+            return verdict
+    return api.Verdict.PASS
+
+
+def needs_control(gate: api.Gate) -> bool:
+    return gate.compare is not None or gate.test is not None
+
+
+def evaluate_check(
+    measurement: CheckMeasurement, min_requests: int, context: CheckContext | None = None
+) -> CheckResult:
+    context = context or CheckContext(min_requests)
+    no_control = context.canary_weight is not None and context.canary_weight >= 100
+    run = Run(
+        context.stage,
+        context.canary_weight or 0,
+        context.stage_started_at or measurement.at,
+        context.rollout_started_at,
+    )
+    previous = {a.name: a for a in context.accumulations}
+    accumulations: list[api.Accumulation] = []
+    results = []
+    for gate_measurement in measurement.gates:
+        if gate_measurement.gate.test is not None:
+            evaluated, accumulation = evaluate_sequential(
+                gate_measurement, run, previous.get(gate_measurement.gate.name)
+            )
+            if accumulation is not None:
+                accumulations.append(accumulation)
+        else:
+            evaluated = evaluate_gate(gate_measurement)
+        if needs_control(gate_measurement.gate):
+            if no_control:
+                evaluated = evaluated.model_copy(
+                    update={
+                        "advisory": True,
+                        "message": f"{evaluated.message}; not counted: no control at 100%",
+                    }
+                )
+            else:
+                evaluated = _control_traffic(evaluated, measurement, min_requests)
+        results.append(evaluated)
+    ratio = None
+    if accumulations or any(g.gate.test is not None for g in measurement.gates):
+        ratio, results = _sample_ratio(measurement, run, previous, accumulations, results)
+    requests = measurement.canary_requests
+    # Only a Pass is withheld below: a Fail or an Error already says something conclusive.
+    withheld: tuple[api.Verdict, str] | None = None
+    if requests is None:
+        withheld = (api.Verdict.ERROR, f"request count failed: {measurement.requests_error}")
+    elif math.isnan(requests) or requests < min_requests:
+        withheld = (
+            api.Verdict.INCONCLUSIVE,
+            f"{_number(requests)} canary requests < minRequests {min_requests}",
+        )
+    count = None if requests is None or math.isnan(requests) else round(requests)
+    adjusted = []
+    for r in results:
+        update: dict[str, object] = {"requests": count}
+        if withheld and r.verdict == api.Verdict.PASS and not r.advisory:
+            update |= {"verdict": withheld[0], "message": f"{r.message}; {withheld[1]}"}
+        adjusted.append(r.model_copy(update=update))
+    counted = [r for r in adjusted if not r.advisory]
+    verdict = combine([r.verdict for r in counted] or ([withheld[0]] if withheld else []))
+    parts = [f"{r.name}{' (advisory)' if r.advisory else ''} {r.message}" for r in adjusted]
+    if withheld and not counted:
+        parts.append(withheld[1])
+    return CheckResult(
+        at=measurement.at,
+        verdict=verdict,
+        gates=tuple(adjusted),
+        canary_requests=requests,
+        summary="; ".join(parts) or "no gates",
+        accumulations=tuple(accumulations) if any(g.gate.test for g in measurement.gates) else None,
+        sample_ratio=ratio,
+    )
+
+
+def _sample_ratio(
+    measurement: CheckMeasurement,
+    run: Run,
+    previous: dict[str, api.Accumulation],
+    accumulations: list[api.Accumulation],
+    results: list[api.GateResult],
+) -> tuple[SampleRatio | None, list[api.GateResult]]:
+    """The routing check of sequential gates; while it finds a mismatch, no sequential gate passes (their
+    test assumes the split the weights say) and none has evidence."""
+    if measurement.canary_request_counters is None or measurement.stable_request_counters is None:
+        if SAMPLE_RATIO in previous:
+            accumulations.append(previous[SAMPLE_RATIO])  # the run goes on; this check could not count
+        return None, results
+    ratio, accumulation = sample_ratio(
+        measurement.canary_request_counters,
+        measurement.stable_request_counters,
+        run,
+        previous.get(SAMPLE_RATIO),
+    )
+    accumulations.append(accumulation)
+    if ratio is None or not ratio.mismatch:
+        return ratio, results
+    held = [
+        r.model_copy(
+            update={
+                "verdict": api.Verdict.INCONCLUSIVE,
+                "evidence": r.evidence.model_copy(update={"no_worse": False}),
+                "message": f"{r.message}; not trusted: sample ratio mismatch",
+            }
+        )
+        if r.evidence is not None and r.verdict == api.Verdict.PASS
+        else r
+        for r in results
+    ]
+    return ratio, held
+
+
+def _control_traffic(
+    evaluated: api.GateResult, measurement: CheckMeasurement, min_requests: int
+) -> api.GateResult:
+    """A gate that compares with the stable cannot pass on too little control traffic."""
+    control = measurement.control_requests
+    count = None if control is None or math.isnan(control) else round(control)
+    evaluated = evaluated.model_copy(update={"control_requests": count})
+    if evaluated.verdict != api.Verdict.PASS:
+        return evaluated
+    if control is None:
+        return evaluated.model_copy(
+            update={
+                "verdict": api.Verdict.ERROR,
+                "message": f"{evaluated.message}; control request count failed: "
+                f"{measurement.control_requests_error}",
+            }
+        )
+    if math.isnan(control) or control < min_requests:
+        return evaluated.model_copy(
+            update={
+                "verdict": api.Verdict.INCONCLUSIVE,
+                "message": f"{evaluated.message}; {_number(control)} control requests "
+                f"< minRequests {min_requests}",
+            }
+        )
+    return evaluated
