@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: bench bench-scale help deps venv binaries crds lint test test-unit test-integration demo dev dev-up dev-down dev-env clean
+.PHONY: bench bench-decisions bench-scale help deps venv binaries crds lint test test-unit test-integration demo dev dev-up dev-down dev-env clean
 
 help:
 	@echo "make demo              two rollouts on simulated traffic: one promotes, one rolls back (~2 min)"
@@ -18,6 +18,7 @@ help:
 	@echo "make test-unit         the pure unit tier only (no servers)"
 	@echo "make test-integration  the tiers that run against the real control plane and Prometheus"
 	@echo "make dev-up|dev-env|dev-down  a detached local environment for your shell"
+	@echo "make bench-decisions   simulated rollouts: threshold vs Mann-Whitney vs sequential gates (no servers)"
 
 deps:
 	@bash scripts/install-system-deps.sh
@@ -74,6 +75,9 @@ dev-down: venv
 N ?= 40
 bench: venv
 	$(BIN)/python bench/core.py
+
+bench-decisions: venv
+	$(BIN)/python bench/decisions.py
 
 bench-scale: binaries
 	$(BIN)/python bench/scale.py --rollouts $(N)

@@ -44,7 +44,7 @@ def numerical_log_bf(x: float, y: float, p0: float, a: float, b: float, one_side
     integrand scaled by its maximum so that nothing overflows."""
 
     def log_integrand(p: float) -> float:
-        return (
+        return float(
             special.xlogy(x + a - 1, p)
             + special.xlog1py(y + b - 1, -p)
             - special.xlogy(x, p0)
