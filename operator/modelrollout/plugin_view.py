@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from modelrollout import api, engine
+from modelrollout.analysis.gates import bound_text
 from modelrollout.engine.actions import NEW_PAIR
 
 # The annotation values, keyed by what the command line calls them.
@@ -326,6 +327,36 @@ def _traffic(obj: Mapping[str, Any], live: LiveTraffic | None) -> str:
     return f"{decided}; VirtualService {live.virtual_service}: canary {live.canary_weight}% live{note}"
 
 
+def _comparison(result: Mapping[str, Any]) -> tuple[str, str, str]:
+    """Canary and stable (control) values and how they differ; for a sequential gate, the event counts of
+    the stage and the evidence: the rate ratio's confidence interval and the anytime-valid p-value."""
+    evidence = _map(result.get("evidence"))
+    if evidence:
+        low, high = evidence.get("ratioLow"), evidence.get("ratioHigh")
+        interval = f"[{number(low)}, {number(high) if high is not None else '+Inf'}]"
+        change = f"ratio {number(result.get('value'))} in {interval} p={number(evidence.get('pValue'))}"
+        if evidence.get("noWorse"):
+            change += " no worse"
+        return number(evidence.get("canaryEvents")), number(evidence.get("stableEvents")), change
+    value = number(result.get("value")) if result else MISSING
+    if result.get("control") is None:
+        return value, MISSING, MISSING
+    delta, relative = result.get("delta"), result.get("relativeDelta")
+    change = ("+" if isinstance(delta, int | float) and delta >= 0 else "") + number(delta)
+    if isinstance(relative, int | float):
+        change += f" ({'+' if relative >= 0 else ''}{relative * 100:.3g}%)"
+    return value, number(result.get("control")), change
+
+
+def _requirement(gate: Mapping[str, Any], result: Mapping[str, Any]) -> str:
+    if result.get("bound"):
+        return str(result["bound"])
+    try:
+        return bound_text(api.Gate.model_validate(gate)) or MISSING
+    except ValueError:  # a gate the operator reports as InvalidSpec: show what it says
+        return bounds(gate.get("min"), gate.get("max"))
+
+
 def _analysis(obj: Mapping[str, Any], now: datetime) -> list[str]:
     spec_analysis = _map(_map(obj.get("spec")).get("analysis"))
     status = _map(obj.get("status"))
@@ -350,24 +381,28 @@ def _analysis(obj: Mapping[str, Any], now: datetime) -> list[str]:
     rows = []
     for name in names:
         gate, result = by_name.get(name, {}), results.get(name, {})
-        minimum = result.get("min", gate.get("min")) if result else gate.get("min")
-        maximum = result.get("max", gate.get("max")) if result else gate.get("max")
         verdict = result.get("verdict")
         note = "" if verdict in (None, api.Verdict.PASS) else str(result.get("message") or "")
+        shown = _text(verdict) if result else "not checked yet"
+        if result.get("advisory") or (not result and gate.get("advisory")):
+            shown += " (advisory)"
+        canary, stable, change = _comparison(result)
         rows.append(
             [
                 name,
-                number(result.get("value")) if result else MISSING,
-                bounds(minimum, maximum),
-                _text(verdict) if result else "not checked yet",
+                canary,
+                stable,
+                change,
+                _requirement(gate, result),
+                shown,
                 _text(result.get("requests")),
                 _text(result.get("window") or gate.get("window") or window),
-                _shorten(note, 70),
+                _shorten(note, 60),
             ]
         )
     lines = [f"Analysis:     {head}"]
     if rows:
-        headers = ["GATE", "VALUE", "THRESHOLD", "VERDICT", "REQUESTS", "WINDOW", "NOTE"]
+        headers = ["GATE", "CANARY", "STABLE", "CHANGE", "REQUIRES", "VERDICT", "REQUESTS", "WINDOW", "NOTE"]
         lines += _table(headers, rows, indent="  ")
     else:
         lines.append("  no gates: nothing can pass, so no stage advances")

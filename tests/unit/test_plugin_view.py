@@ -328,13 +328,63 @@ def test_status_shows_each_gate_value_against_its_threshold_with_its_verdict() -
         "Analysis:     last check Pass at stage 2, 30s ago "
         "(every 1m, window 5m, at least 100 canary requests)"
     )
-    assert lines[head + 1].split() == ["GATE", "VALUE", "THRESHOLD", "VERDICT", "REQUESTS", "WINDOW", "NOTE"]
-    rows = {line.split()[0]: line for line in lines[head + 2 : head + 5]}
-    assert rows["error-rate"].split() == ["error-rate", "0.004", "<=", "0.02", "Pass", "1532", "5m"]
-    assert rows["tokens-per-s"].split() == ["tokens-per-s", "81.25", ">=", "50", "Pass", "1532", "5m"]
-    assert rows["quality"].split() == [
-        "quality", "-", ">=", "0.9", "and", "<=", "1", "Inconclusive", "1532", "10m", "no", "data",
+    assert lines[head + 1].split() == [
+        "GATE", "CANARY", "STABLE", "CHANGE", "REQUIRES", "VERDICT", "REQUESTS", "WINDOW", "NOTE",
     ]  # fmt: skip
+    rows = {line.split()[0]: line for line in lines[head + 2 : head + 5]}
+    assert rows["error-rate"].split() == ["error-rate", "0.004", "-", "-", "<=", "0.02", "Pass", "1532", "5m"]
+    assert rows["tokens-per-s"].split() == [
+        "tokens-per-s",
+        "81.25",
+        "-",
+        "-",
+        ">=",
+        "50",
+        "Pass",
+        "1532",
+        "5m",
+    ]
+    assert rows["quality"].split() == [
+        "quality", "-", "-", "-", ">=", "0.9", "and", "<=", "1", "Inconclusive", "1532", "10m", "no", "data",
+    ]  # fmt: skip
+
+
+def test_status_shows_control_against_treatment_deltas_and_evidence() -> None:
+    obj = rollout("Progressing", "Analysing")
+    obj["spec"]["analysis"]["gates"] = [
+        {
+            "name": "tokens",
+            "template": "llm-output-tokens",
+            "source": "vllm",
+            "compare": {"maxIncrease": "20%"},
+        },
+        {"name": "errors", "template": "llm-error-events", "source": "vllm", "test": {"kind": "sequential"}},
+        {
+            "name": "cost",
+            "template": "llm-cost-per-request",
+            "source": "litellm",
+            "max": 0.01,
+            "advisory": True,
+        },
+    ]
+    obj["status"]["lastAnalysis"]["gates"] = [
+        {"name": "tokens", "verdict": "Fail", "value": 280, "control": 200, "delta": 80, "relativeDelta": 0.4,
+         "bound": "<= +20% over the stable", "message": "280 vs stable 200 (+80, +40%)", "requests": 900},
+        {"name": "errors", "verdict": "Pass", "value": 0.95, "window": "stage", "requests": 900,
+         "bound": "anytime-valid p <= 0.01 (margin 10%)",
+         "evidence": {"canaryEvents": 19, "stableEvents": 80, "canaryShare": 0.2, "pValue": 0.8,
+                      "ratioLow": 0.52, "ratioHigh": 1.06, "noWorse": True}},
+    ]  # fmt: skip
+    lines = render_status(obj, NOW).splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["GATE", "CANARY"])
+    rows = {line.split()[0]: line for line in lines[header + 1 : header + 4]}
+    assert rows["tokens"].split()[:8] == ["tokens", "280", "200", "+80", "(+40%)", "<=", "+20%", "over"]
+    assert "Fail" in rows["tokens"]
+    assert rows["errors"].split()[:3] == ["errors", "19", "80"]
+    assert "ratio 0.95 in [0.52, 1.06] p=0.8 no worse" in rows["errors"]
+    assert "anytime-valid p <= 0.01 (margin 10%)" in rows["errors"]
+    assert "<= 0.01" in rows["cost"]
+    assert "not checked yet (advisory)" in rows["cost"]
 
 
 def test_status_gates_not_checked_yet_come_from_the_spec() -> None:
@@ -345,6 +395,8 @@ def test_status_gates_not_checked_yet_come_from_the_spec() -> None:
     quality = next(line for line in screen.splitlines() if line.strip().startswith("quality"))
     assert quality.split() == [
         "quality",
+        "-",
+        "-",
         "-",
         ">=",
         "0.9",
@@ -366,7 +418,8 @@ def test_status_failing_and_erroring_gates_carry_their_message() -> None:
     obj = rollout("Progressing", "Analysing")
     obj["status"]["lastAnalysis"] |= {"verdict": "Fail", "gates": results}
     screen = render_status(obj, NOW)
-    assert "0.31   <= 0.02" in screen
+    row = next(line for line in screen.splitlines() if line.strip().startswith("error-rate"))
+    assert row.split()[:6] == ["error-rate", "0.31", "-", "-", "<=", "0.02"]
     assert "0.31 violates <= 0.02" in screen
     assert "query failed: connection refused" in screen
 
