@@ -30,6 +30,18 @@ class Telemetry:
         self.gate_value = Gauge(
             "modelrollout_gate_value", "Last value a gate read", (*labels, "gate"), registry=self.registry
         )
+        self.gate_control = Gauge(
+            "modelrollout_gate_control_value",
+            "Last value a comparing gate read for the stable (the control)",
+            (*labels, "gate"),
+            registry=self.registry,
+        )
+        self.gate_p_value = Gauge(
+            "modelrollout_gate_p_value",
+            "Anytime-valid p-value that a sequential gate's canary is worse than its stable by the margin",
+            (*labels, "gate"),
+            registry=self.registry,
+        )
         self.gate_threshold = Gauge(
             "modelrollout_gate_threshold",
             "A gate's bound",
@@ -103,6 +115,10 @@ class Telemetry:
                 # No reading is NaN, not the last number: a dashboard must not show a stale value as current.
                 value = gate.value if gate.value is not None else math.nan
                 self.gate_value.labels(namespace, name, gate.name).set(value)
+                if gate.control is not None:
+                    self.gate_control.labels(namespace, name, gate.name).set(gate.control)
+                if gate.evidence is not None:
+                    self.gate_p_value.labels(namespace, name, gate.name).set(gate.evidence.p_value)
                 for bound, threshold in (("min", gate.min), ("max", gate.max)):
                     if threshold is not None:
                         self.gate_threshold.labels(namespace, name, gate.name, bound).set(threshold)
@@ -116,6 +132,8 @@ class Telemetry:
             self.canary_weight,
             self.stage,
             self.gate_value,
+            self.gate_control,
+            self.gate_p_value,
             self.gate_threshold,
             self.checks,
             self.checks_deferred,

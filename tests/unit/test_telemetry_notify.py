@@ -43,6 +43,22 @@ def test_record_sets_phase_weight_gates_and_counts() -> None:
     assert sample("modelrollout_checks_total", {"namespace": "llm", "name": "chat", "verdict": "Pass"}) == 1
 
 
+def test_comparing_and_sequential_gates_export_the_control_and_the_p_value() -> None:
+    telemetry = Telemetry()
+    compared = api.GateResult(name="tokens", verdict=api.Verdict.PASS, value=210.0, control=200.0)
+    evidence = api.Evidence(canary_events=9, stable_events=80, canary_share=0.1, p_value=0.42)
+    tested = api.GateResult(name="errors", verdict=api.Verdict.PASS, value=1.0, evidence=evidence)
+    check = CheckResult(
+        at=NOW, verdict=api.Verdict.PASS, gates=(compared, tested), canary_requests=500, summary=""
+    )
+    telemetry.record("llm", "chat", api.ModelRolloutStatus(), check, rollback_reason=None)
+    sample = telemetry.registry.get_sample_value
+    where = {"namespace": "llm", "name": "chat"}
+    assert sample("modelrollout_gate_control_value", {**where, "gate": "tokens"}) == 200.0
+    assert sample("modelrollout_gate_control_value", {**where, "gate": "errors"}) is None
+    assert sample("modelrollout_gate_p_value", {**where, "gate": "errors"}) == 0.42
+
+
 def test_a_gate_without_a_reading_is_nan_not_stale() -> None:
     telemetry = Telemetry()
     status = api.ModelRolloutStatus(phase=api.Phase.PROGRESSING)
