@@ -25,7 +25,7 @@ def seeded(seed: int) -> random.Random:
 
 
 def latencies(backend: Backend, rng: random.Random, n: int = SAMPLES) -> list[float]:
-    return [backend.serve(rng)[1] for _ in range(n)]
+    return [backend.serve(rng).latency_ms for _ in range(n)]
 
 
 def median_and_p99(samples: list[float]) -> tuple[float, float]:
@@ -59,33 +59,36 @@ def test_error_rate(error_rate: float) -> None:
     backend = Backend(BackendSettings(error_rate=error_rate, tokens_in=300, tokens_out=120))
     rng = seeded(5)
     replies = [backend.serve(rng) for _ in range(SAMPLES)]
-    errors = [reply for reply in replies if reply[0] != 200]
+    errors = [reply for reply in replies if reply.status != 200]
     assert len(errors) / SAMPLES == pytest.approx(error_rate, abs=0.005)
-    # A failed request sent its prompt but produced nothing.
-    assert {(status, tokens_in, tokens_out) for status, _, tokens_in, tokens_out in errors} <= {(503, 300, 0)}
-    assert {(tokens_in, tokens_out) for status, _, tokens_in, tokens_out in replies if status == 200} <= {
-        (300, 120)
+    # A failed request sent its prompt but produced nothing: no first token, aborted to vLLM.
+    assert {(e.status, e.tokens_in, e.tokens_out, e.ttft_ms, e.finished_reason) for e in errors} <= {
+        (503, 300, 0, None, "abort")
+    }
+    assert {(r.tokens_in, r.tokens_out, r.finished_reason) for r in replies if r.status == 200} <= {
+        (300, 120, "stop")
     }
 
 
 def test_error_code_is_configurable() -> None:
     backend = Backend(BackendSettings(error_rate=1.0, error_code=429))
-    assert backend.serve(seeded(1))[0] == 429
+    assert backend.serve(seeded(1)).status == 429
 
 
 def test_runtime_changes_apply_to_the_next_request() -> None:
     backends = Backends()
     rng = seeded(2)
-    assert all(backends.serve("llm-claude", "llm", rng)[0] == 200 for _ in range(1000))
+    assert all(backends.serve("llm-claude", "llm", rng).status == 200 for _ in range(1000))
     settings = backends.update("llm-claude", "llm", error_rate=1.0, latency_median_ms=900, latency_p99_ms=900)
     assert settings == BackendSettings(error_rate=1.0, latency_median_ms=900.0, latency_p99_ms=900.0)
-    assert backends.serve("llm-claude", "llm", rng)[:2] == (503, pytest.approx(900.0))
+    served = backends.serve("llm-claude", "llm", rng)
+    assert (served.status, served.latency_ms) == (503, pytest.approx(900.0))
     # Only that backend changed; a partial update keeps the other settings.
-    assert backends.serve("llm-gpt4o", "llm", rng)[0] == 200
-    assert backends.serve("llm-claude", "other-namespace", rng)[0] == 200
+    assert backends.serve("llm-gpt4o", "llm", rng).status == 200
+    assert backends.serve("llm-claude", "other-namespace", rng).status == 200
     backends.update("llm-claude", "llm", error_rate=0.0)
     assert backends.get("llm-claude", "llm").settings.latency_median_ms == 900.0
-    assert backends.serve("llm-claude", "llm", rng)[0] == 200
+    assert backends.serve("llm-claude", "llm", rng).status == 200
     assert list(backends.snapshot()) == ["llm/llm-claude", "llm/llm-gpt4o", "other-namespace/llm-claude"]
 
 
@@ -140,7 +143,8 @@ def test_changes_while_serving_never_mix_settings() -> None:
     try:
         rng = seeded(9)
         seen = {
-            (status, round(latency)) for status, latency, _, _ in (backend.serve(rng) for _ in range(20_000))
+            (served.status, round(served.latency_ms))
+            for served in (backend.serve(rng) for _ in range(20_000))
         }
     finally:
         stop.set()
