@@ -20,8 +20,9 @@ model, not the mesh. `model_name` is the backend's setting, or the Service's hos
     vllm:request_prompt_tokens            histogram of input tokens per request
     vllm:request_generation_tokens        histogram of output tokens per request
 
-Their bounds are vLLM's, plus denser ones (as for the Istio latency) so that histogram_quantile reads a p99
-within a few percent; the token histograms have vLLM's 1-2-5 bounds.
+Their bounds are vLLM's, plus denser ones (at most 1.25x apart from 1 ms to 60 s, to 600 s for the end-to-end
+latency) so that histogram_quantile reads a p99 within a few percent; the token histograms have vLLM's 1-2-5
+bounds. The inter-token latency is `itl_ms` for every gap, so its quantiles read within its bucket.
 
 A request the mesh answered itself (404 no route, 503 no weighted destination) never reached a destination
 sidecar, so a destination reporter has nothing to say about it; the simulator counts it in its own stats only.
@@ -184,7 +185,7 @@ VLLM_E2E_BOUNDS: tuple[float, ...] = (
 
 TTFT_BUCKETS_S = _with_dense(VLLM_TTFT_BOUNDS)
 ITL_BUCKETS_S = _with_dense(VLLM_ITL_BOUNDS)
-E2E_BUCKETS_S = _with_dense(VLLM_E2E_BOUNDS)
+E2E_BUCKETS_S = _with_dense(VLLM_E2E_BOUNDS, high=600.0)  # reasoning models take minutes
 # vLLM's 1-2-5 series up to the model's context length; 100k covers a 128k-token model.
 TOKEN_BUCKETS: tuple[float, ...] = tuple(
     float(m * 10**e) for e in range(6) for m in (1, 2, 5) if m * 10**e <= 100_000
