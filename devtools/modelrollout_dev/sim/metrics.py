@@ -31,8 +31,10 @@ A mirror copy reached its backend, so it is recorded like any request, in the Is
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import HistogramMetricFamily, Metric
@@ -251,7 +253,7 @@ class RepeatedHistogram:
     def observe(self, labels: Sequence[str], value: float, times: int = 1) -> None:
         if times <= 0:
             return
-        index = next((i for i, bound in enumerate(self.bounds) if value <= bound), len(self.bounds))
+        index = bisect.bisect_left(self.bounds, value)  # the first bound >= value; past them all: +Inf
         key = tuple(labels)
         with self._lock:
             counts, total = self._series.setdefault(key, ([0.0] * (len(self.bounds) + 1), [0.0]))
@@ -335,21 +337,47 @@ class VllmMetrics:
             buckets=TOKEN_BUCKETS,
             registry=registry,
         )
+        self._models: dict[str, _ModelSeries] = {}
 
     def record(self, model_name: str, served: Served) -> None:
         """One finished request of `model_name`."""
+        model = self._models.get(model_name) or self._bind(model_name)
         if served.ttft_ms is not None:
-            self.ttft.labels(model_name).observe(served.ttft_ms / 1000)
+            model.ttft.observe(served.ttft_ms / 1000)
         gaps = served.tokens_out - 1
         if gaps > 0:
             self.inter_token_latency.observe((model_name,), served.itl_ms / 1000, gaps)
             self.time_per_output_token.observe((model_name,), served.itl_ms / 1000, gaps)
-        self.e2e_latency.labels(model_name).observe(served.latency_ms / 1000)
+        model.e2e_latency.observe(served.latency_ms / 1000)
         self.request_success.labels(model_name, served.finished_reason).inc()
-        self.prompt_tokens.labels(model_name).inc(served.tokens_in)
-        self.generation_tokens.labels(model_name).inc(served.tokens_out)
-        self.request_prompt_tokens.labels(model_name).observe(served.tokens_in)
-        self.request_generation_tokens.labels(model_name).observe(served.tokens_out)
+        model.prompt_tokens.inc(served.tokens_in)
+        model.generation_tokens.inc(served.tokens_out)
+        model.request_prompt_tokens.observe(served.tokens_in)
+        model.request_generation_tokens.observe(served.tokens_out)
+
+    def _bind(self, model_name: str) -> _ModelSeries:
+        """The series of one model, looked up once (`labels()` costs more than the observation)."""
+        model = _ModelSeries(
+            ttft=self.ttft.labels(model_name),
+            e2e_latency=self.e2e_latency.labels(model_name),
+            prompt_tokens=self.prompt_tokens.labels(model_name),
+            generation_tokens=self.generation_tokens.labels(model_name),
+            request_prompt_tokens=self.request_prompt_tokens.labels(model_name),
+            request_generation_tokens=self.request_generation_tokens.labels(model_name),
+        )
+        # Two threads binding one model at once get the same children from prometheus_client: either may win.
+        self._models[model_name] = model
+        return model
+
+
+@dataclass(frozen=True)
+class _ModelSeries:
+    ttft: Histogram
+    e2e_latency: Histogram
+    prompt_tokens: Counter
+    generation_tokens: Counter
+    request_prompt_tokens: Histogram
+    request_generation_tokens: Histogram
 
 
 def model_name(destination: Destination, served: Served) -> str:
