@@ -225,12 +225,19 @@ class Rollout:
 
 @contextmanager
 def prepared_rollout(
-    api_client: client.ApiClient, kubectl: Kubectl, namespace: str, exporter: IstioTrafficExporter
+    api_client: client.ApiClient,
+    kubectl: Kubectl,
+    namespace: str,
+    exporter: IstioTrafficExporter,
+    *,
+    synthetic_traffic: bool = True,
 ) -> Iterator[Rollout]:
-    """Healthy traffic for both services in the exporter and the VirtualService in place; the test creates
-    the ModelRollout. Traffic stops afterwards."""
-    exporter.set_traffic(CANARY, namespace, rps=RPS, error_ratio=0.0, latency_ms=200)
-    exporter.set_traffic(STABLE, namespace, rps=RPS, error_ratio=0.0, latency_ms=200)
+    """Healthy traffic for both services in the exporter (unless `synthetic_traffic` is False: the test
+    brings its own) and the VirtualService in place; the test creates the ModelRollout. Traffic stops
+    afterwards."""
+    if synthetic_traffic:
+        exporter.set_traffic(CANARY, namespace, rps=RPS, error_ratio=0.0, latency_ms=200)
+        exporter.set_traffic(STABLE, namespace, rps=RPS, error_ratio=0.0, latency_ms=200)
     subject = Rollout(api_client, kubectl, namespace)
     subject.create_vs()
     try:

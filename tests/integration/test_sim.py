@@ -7,7 +7,9 @@ the k-th request's picks are the same in every run and only the number of reques
 are judged over >= 1200 requests within 0.06 (a share's standard deviation there is <= 0.0145, so 0.06 is
 four of them); a weight of 0 must get exactly nothing. Gate values are judged over a 10 s window at 300
 requests/s per service: error rate within 0.02 of 5% (sd 0.004), p99 within 25% (the histogram estimate from
-3000 requests has an sd of about 4.5%, measured over 2000 simulated windows; none was off by 20%).
+3000 requests has an sd of about 4.5%, measured over 2000 simulated windows; none was off by 20%). The vLLM
+families are read the same way: the aborted share like the error rate, the truncated share within 0.06, the
+time to first token's p99 within 25%, and the inter-token latency (the same for every gap) within 1%.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from scenario_support import Kubectl, wait_for
 pytestmark = pytest.mark.integration
 
 STABLE, CANARY, SHADOW = "llm-gpt4o", "llm-claude", "llm-shadow"
+STABLE_MODEL = "openai/gpt-4o"
 RPS = 400.0
 GATE_RPS = 600.0  # split 50/50: 300 requests/s per service for the gate queries
 SEED = 20261123
@@ -234,12 +237,16 @@ def test_gate_queries_read_the_backends(
             "latency_p99_ms": 400,
             "tokens_in": 500,
             "tokens_out": 250,
+            "model_name": STABLE_MODEL,
+            "ttft_median_ms": 80,
+            "ttft_p99_ms": 400,
+            "itl_ms": 30,
         },
     )
     control.call(
         "PUT",
         f"/backends/{namespace}/{CANARY}",
-        {"error_rate": 0.05, "latency_median_ms": 300, "latency_p99_ms": 1500},
+        {"error_rate": 0.05, "latency_median_ms": 300, "latency_p99_ms": 1500, "truncation_rate": 0.2},
     )
     job = f"sim-{uuid.uuid4().hex[:6]}"
     prometheus.set_targets(job, [sim.address])
@@ -290,6 +297,27 @@ def test_gate_queries_read_the_backends(
         )
         assert tokens_per_request == pytest.approx(250, rel=0.02)
 
+        # vLLM's families, by model: the stable's set name, the canary's host name (it has none set).
+        def reasons(model: str, selector: str) -> float:
+            finished = f'vllm:request_success_total{{model_name="{model}"'
+            return value(f"sum(rate({finished}, {selector}}}[10s])) / sum(rate({finished}}}[10s]))")
+
+        ttft_p99 = value(
+            "histogram_quantile(0.99, sum by (le) "
+            f'(rate(vllm:time_to_first_token_seconds_bucket{{model_name="{STABLE_MODEL}"}}[10s])))'
+        )
+        assert ttft_p99 == pytest.approx(0.4, rel=0.25)
+        itl, stable_model = "vllm:inter_token_latency_seconds", f'{{model_name="{STABLE_MODEL}"}}'
+        itl_mean = value(
+            f"sum(rate({itl}_sum{stable_model}[10s])) / sum(rate({itl}_count{stable_model}[10s]))"
+        )
+        assert itl_mean == pytest.approx(0.03, rel=0.01)
+        canary_aborted = reasons(CANARY, 'finished_reason="abort"')
+        canary_truncated = reasons(CANARY, 'finished_reason="length"')
+        assert canary_aborted == pytest.approx(0.05, abs=0.02)
+        assert canary_truncated == pytest.approx(0.95 * 0.2, abs=SHARE_TOLERANCE)
+        assert reasons(STABLE_MODEL, 'finished_reason="stop"') == 1.0
+
         # A backend made bad at runtime: the error-rate gate follows (over a 5 s window, to follow faster).
         control.call("PUT", f"/backends/{namespace}/{CANARY}", {"error_rate": 0.3})
         changed = time.monotonic()
@@ -306,6 +334,9 @@ def test_gate_queries_read_the_backends(
             f"window filled after {filled_after:.1f}s: canary error rate {canary_errors:.4f} (set 0.05), "
             f"p99 {canary_p99:.0f} ms (set 1500); stable error rate {stable_errors} (set 0), "
             f"p99 {stable_p99:.0f} ms (set 400); output tokens/request {tokens_per_request:.1f} (set 250); "
+            f"vLLM: stable ttft p99 {ttft_p99 * 1000:.0f} ms (set 400), "
+            f"itl {itl_mean * 1000:.1f} ms (set 30); "
+            f"canary aborted {canary_aborted:.3f} (set 0.05), truncated {canary_truncated:.3f} (0.95 * 0.2); "
             f"error rate 0.3 read after {followed_after:.1f}s"
         )
     finally:

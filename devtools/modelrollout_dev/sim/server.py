@@ -1,7 +1,7 @@
 """The simulator's HTTP face: `/metrics` for Prometheus and a small JSON control API.
 
     GET  /metrics                 Prometheus text: istio_requests_total, istio_request_duration_milliseconds,
-                                  llm_tokens_total
+                                  llm_tokens_total, and vLLM's request families by model_name (see `metrics`)
     GET  /healthz                 "ok"
     GET  /stats                   requests per destination / status / route, mirror copies: since start and
                                   since the last reset; load requests sent and failed (an exception)
@@ -9,14 +9,17 @@
     GET  /backends                every backend's settings, by namespace/host
     GET  /backends/{ns}/{host}    one backend's settings
     PUT  /backends/{ns}/{host}    change some of: error_rate, latency_median_ms, latency_p99_ms, tokens_in,
-                                  tokens_out, error_code; answers the new settings
+                                  tokens_out, error_code, ttft_median_ms, ttft_p99_ms, itl_ms,
+                                  truncation_rate, tokens_out_jitter (numbers), model_name (a string; null:
+                                  the host's name); answers the new settings
     GET  /load                    the running flows
     POST /load                    {"host", "rps", "headers"?, "users"?, "user_header"?, "path"?,
                                   "source_workload"?, "source_namespace"?}: replace the flow of that host
                                   (rps 0 ends it); answers the running flows
     POST /request                 {"host", "headers"?, "path"? (or "uri"), "method"?, "port"?,
                                   "source_workload"?, "source_namespace"?}: route one request now and answer
-                                  its outcome
+                                  its outcome (status, latency_ms, tokens, ttft_ms, finished_reason,
+                                  model_name, destination, route, mirrors)
     GET  /virtualservices         namespace, name and resourceVersion of the VirtualServices in force
 
 Errors are JSON `{"error": "..."}` with 400 (bad input), 404 (no such path) or 405 (wrong method).

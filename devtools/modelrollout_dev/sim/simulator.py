@@ -3,12 +3,14 @@ metrics, driven by a load generator and controlled over HTTP (see `server`).
 
 What is recorded for a request:
 - routed (200 from the mesh): the backend's status, latency and tokens, as `istio_*` metrics of the
-  destination and in the stats under the destination;
+  destination, as `vllm:*` metrics of the backend's model, and in the stats under the destination;
 - a mirror copy: served by the mirror's backend and recorded in the metrics like any request (the mirror's
-  sidecar sees it), its reply discarded; the stats count it under `mirrored`, not as a request;
+  sidecar and engine see it; a backend does not know it serves a mirror), its reply discarded; the stats
+  count it under `mirrored`, not as a request;
 - answered by the mesh itself (404 no VirtualService / no route, 503 no weighted destination, a direct
   response): not in the `istio_*` metrics, because no destination sidecar ever saw it and every series here
-  is reporter="destination"; the stats count it under its status.
+  is reporter="destination", nor in the `vllm:*` ones (no engine saw it); the stats count it under its
+  status.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from typing import Any
 
 from kubernetes import client
 
-from modelrollout_dev.sim.backends import Backends
+from modelrollout_dev.sim.backends import Backends, Served
 from modelrollout_dev.sim.load import Flow, LoadGenerator
-from modelrollout_dev.sim.metrics import MeshMetrics
+from modelrollout_dev.sim.metrics import MeshMetrics, model_name
 from modelrollout_dev.sim.routing import Destination, Request, RouteResult, route
 from modelrollout_dev.sim.server import ControlServer
 from modelrollout_dev.sim.stats import Stats
@@ -42,6 +44,9 @@ class Outcome:
     tokens_in: int = 0
     tokens_out: int = 0
     mirror_statuses: tuple[int, ...] = ()
+    ttft_ms: float | None = None
+    finished_reason: str | None = None
+    model_name: str | None = None
 
     @property
     def destination(self) -> Destination | None:
@@ -57,6 +62,9 @@ class Outcome:
             "latency_ms": self.latency_ms,
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
+            "ttft_ms": self.ttft_ms,
+            "finished_reason": self.finished_reason,
+            "model_name": self.model_name,
             "mirrors": [
                 {**(_describe(mirror) or {}), "status": status}
                 for mirror, status in zip(self.routing.mirrors, self.mirror_statuses, strict=True)
@@ -199,27 +207,30 @@ class Simulator:
             self.stats.count(None, routing.status, route_key)
             return Outcome(routing.status, routing)
         source_namespace = request.source_namespace or self.source_namespace
-        status, latency_ms, tokens_in, tokens_out = self._serve(
-            destination, rng, source_workload, source_namespace
-        )
+        served = self._serve(destination, rng, source_workload, source_namespace)
         mirror_statuses = tuple(
-            self._serve(mirror, rng, source_workload, source_namespace)[0] for mirror in routing.mirrors
+            self._serve(mirror, rng, source_workload, source_namespace).status for mirror in routing.mirrors
         )
-        self.stats.count(destination.key, status, route_key, tuple(mirror.key for mirror in routing.mirrors))
-        return Outcome(status, routing, latency_ms, tokens_in, tokens_out, mirror_statuses)
+        self.stats.count(
+            destination.key, served.status, route_key, tuple(mirror.key for mirror in routing.mirrors)
+        )
+        return Outcome(
+            served.status,
+            routing,
+            served.latency_ms,
+            served.tokens_in,
+            served.tokens_out,
+            mirror_statuses,
+            served.ttft_ms,
+            served.finished_reason,
+            model_name(destination, served),
+        )
 
     def _serve(
         self, destination: Destination, rng: random.Random, source_workload: str, source_namespace: str
-    ) -> tuple[int, float, int, int]:
-        answer = self.backends.serve(destination.service, destination.namespace, rng)
-        status, latency_ms, tokens_in, tokens_out = answer
-        self.metrics.record(
-            destination,
-            status=status,
-            latency_ms=latency_ms,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            source_workload=source_workload,
-            source_namespace=source_namespace,
+    ) -> Served:
+        served = self.backends.serve(destination.service, destination.namespace, rng)
+        self.metrics.record_served(
+            destination, served, source_workload=source_workload, source_namespace=source_namespace
         )
-        return answer
+        return served
