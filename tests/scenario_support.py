@@ -21,6 +21,7 @@ from modelrollout import api
 from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.prometheus import PrometheusServer
 from modelrollout_dev.local_operator import local_command
+from modelrollout_dev.sim.simulator import Simulator
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -112,10 +113,16 @@ class Rollout:
             "networking.istio.io", "v1", self.namespace, "virtualservices", vs
         )
 
-    def create(self, stages: list[dict[str, Any]] | None = None, **analysis: Any) -> None:
+    def create(
+        self,
+        stages: list[dict[str, Any]] | None = None,
+        *,
+        models: tuple[str, str] = ("gpt-4o", "claude-opus-4-8"),
+        **analysis: Any,
+    ) -> None:
         spec = {
-            "stable": {"host": STABLE, "model": "gpt-4o"},
-            "canary": {"host": CANARY, "model": "claude-opus-4-8"},
+            "stable": {"host": STABLE, "model": models[0]},
+            "canary": {"host": CANARY, "model": models[1]},
             "trafficRouting": {"istio": {"virtualService": {"name": "llm"}, "routes": ["primary"]}},
             "stages": stages
             or [{"weight": 10, "duration": "2s"}, {"weight": 50, "duration": "2s"}, {"weight": 100}],
@@ -245,6 +252,23 @@ def prepared_rollout(
     finally:
         exporter.stop_traffic(CANARY, namespace)
         exporter.stop_traffic(STABLE, namespace)
+
+
+@contextmanager
+def simulated_mesh(
+    api_client: client.ApiClient, prometheus: PrometheusServer, job: str, seed: int = 11
+) -> Iterator[Simulator]:
+    """The simulated data plane, following every VirtualService, scraped by the session's Prometheus as
+    `job`."""
+    simulator = Simulator(api_client, None, seed=seed).start()
+    assert simulator.wait_synced(30)
+    prometheus.set_targets(job, [simulator.address])
+    prometheus.wait_for_job_up(job)
+    try:
+        yield simulator
+    finally:
+        prometheus.remove_targets(job)
+        simulator.stop()
 
 
 @contextmanager

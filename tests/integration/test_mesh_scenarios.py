@@ -15,7 +15,16 @@ from istio_exporter import IstioTrafficExporter
 from modelrollout_dev.devenv.prometheus import PrometheusServer
 from modelrollout_dev.sim.routing import Request
 from modelrollout_dev.sim.simulator import Simulator
-from scenario_support import CANARY, STABLE, Kubectl, Rollout, prepared_rollout, remove_rollouts, wait_for
+from scenario_support import (
+    CANARY,
+    STABLE,
+    Kubectl,
+    Rollout,
+    prepared_rollout,
+    remove_rollouts,
+    simulated_mesh,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("modelrollout_crd", "operator")]
 
@@ -25,13 +34,8 @@ SHARE_TOLERANCE = 0.10  # with >= 200 requests per window the binomial spread is
 
 @pytest.fixture(scope="module")
 def mesh(api_client: client.ApiClient, prometheus: PrometheusServer) -> Iterator[Simulator]:
-    simulator = Simulator(api_client, None, seed=11).start()
-    assert simulator.wait_synced(30)
-    prometheus.set_targets("mesh-scenarios", [simulator.address])
-    prometheus.wait_for_job_up("mesh-scenarios")
-    yield simulator
-    prometheus.remove_targets("mesh-scenarios")
-    simulator.stop()
+    with simulated_mesh(api_client, prometheus, "mesh-scenarios") as simulator:
+        yield simulator
 
 
 @pytest.fixture

@@ -197,6 +197,11 @@ def test_a_sample_ratio_mismatch_holds_sequential_gates() -> None:
     assert not biased.gates[0].evidence.no_worse
     names = [a.name for a in biased.accumulations or ()]
     assert names == ["errors", SAMPLE_RATIO]
+    # more canary traffic than its weight also means more canary events: not the canary's fault
+    inflated = check(T0 + timedelta(minutes=5), {"a": 300.0}, {"b": 80.0}, previous=first,
+                     requests=({"r": 12000.0}, {"s": 8000.0}))  # fmt: skip
+    assert inflated.gates[0].verdict == INC
+    assert inflated.rejected_by_test() is None
     fair = check(T0 + timedelta(minutes=5), {"a": 100.0}, {"b": 100.0}, previous=first,
                  requests=({"r": 10050.0}, {"s": 9950.0}))  # fmt: skip
     assert fair.sample_ratio is not None

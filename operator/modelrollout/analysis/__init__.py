@@ -130,8 +130,10 @@ def _sample_ratio(
     accumulations: list[api.Accumulation],
     results: list[api.GateResult],
 ) -> tuple[SampleRatio | None, list[api.GateResult]]:
-    """The routing check of sequential gates; while it finds a mismatch, no sequential gate passes (their
-    test assumes the split the weights say) and none has evidence."""
+    """The routing check of sequential gates. While it finds a mismatch, their tests (which assume the split
+    the weights say) decide nothing: neither a pass nor a rejection is trusted, and none has evidence. A
+    canary served more traffic than its weight also shows more events; rolling it back for that would blame
+    it for the routing."""
     if measurement.canary_request_counters is None or measurement.stable_request_counters is None:
         if SAMPLE_RATIO in previous:
             accumulations.append(previous[SAMPLE_RATIO])  # the run goes on; this check could not count
@@ -153,7 +155,7 @@ def _sample_ratio(
                 "message": f"{r.message}; not trusted: sample ratio mismatch",
             }
         )
-        if r.evidence is not None and r.verdict == api.Verdict.PASS
+        if r.evidence is not None and r.verdict in (api.Verdict.PASS, api.Verdict.FAIL)
         else r
         for r in results
     ]

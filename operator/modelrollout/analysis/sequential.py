@@ -19,7 +19,7 @@ lets a stage advance after its minDuration.
 
 Beside the gates, the same test on the variants' request counts against the weight is the sample-ratio check:
 a mismatch means the traffic split the tests assume is not the one served (routing broken or biased), so
-while it lasts no sequential gate passes.
+while it lasts no sequential gate passes or fails: they are Inconclusive.
 """
 
 from __future__ import annotations
