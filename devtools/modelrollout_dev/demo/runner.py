@@ -46,7 +46,7 @@ class SimClient:
             raw = response.read()
         return json.loads(raw) if raw else None
 
-    def set_backend(self, namespace: str, host: str, **settings: float) -> None:
+    def set_backend(self, namespace: str, host: str, **settings: float | str) -> None:
         self._call("PUT", f"/backends/{namespace}/{host}", settings)
 
     def set_load(self, host: str, rps: float) -> None:
@@ -120,6 +120,9 @@ class Demo:
             raise RuntimeError("the environment started without Prometheus")
         prometheus.set_targets("mesh", [sim_address])
         for rollout in scenario.ROLLOUTS:
+            # The backends serve the models the rollouts name: vLLM's metrics are labelled by model.
+            sim.set_backend(scenario.NAMESPACE, rollout.stable, model_name=rollout.stable_model)
+            sim.set_backend(scenario.NAMESPACE, rollout.canary, model_name=rollout.canary_model)
             sim.set_load(rollout.host, scenario.RPS)
         prometheus.wait_for_job_up("mesh", timeout=30)
 

@@ -1,5 +1,9 @@
 """What the demo rolls out: two services in one namespace, each with its own VirtualService and rollout.
-Durations are compressed to seconds so both finish in about two minutes."""
+Durations are compressed to seconds so both finish in about two minutes.
+
+Each rollout gates on the mesh's error rate and latency and on the vLLM metrics its backends export: time to
+first token, output tokens compared with the stable, a sequential test of errors against the stable, and the
+cost per request (advisory: reported, never deciding)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from modelrollout import api
 NAMESPACE = "llm-demo"
 RPS = 40.0
 REGRESSION_ERROR_RATE = 0.05
+STABLE_PRICING = {"inputPerMillion": 2.5, "outputPerMillion": 10}  # USD
+CANARY_PRICING = {"inputPerMillion": 5, "outputPerMillion": 25}
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,8 @@ def model_rollout(rollout: DemoRollout) -> dict[str, Any]:
         "kind": api.KIND,
         "metadata": {"name": rollout.name, "namespace": NAMESPACE},
         "spec": {
-            "stable": {"host": rollout.stable, "model": rollout.stable_model},
-            "canary": {"host": rollout.canary, "model": rollout.canary_model},
+            "stable": {"host": rollout.stable, "model": rollout.stable_model, "pricing": STABLE_PRICING},
+            "canary": {"host": rollout.canary, "model": rollout.canary_model, "pricing": CANARY_PRICING},
             "trafficRouting": {"istio": {"virtualService": {"name": rollout.host}, "routes": ["primary"]}},
             "stages": [
                 {"weight": 5, "duration": "15s"},
@@ -74,6 +80,26 @@ def model_rollout(rollout: DemoRollout) -> dict[str, Any]:
                 "gates": [
                     {"name": "error-rate", "template": "istio-error-rate", "max": 0.02},
                     {"name": "p99-latency-ms", "template": "istio-latency-p99", "max": 5000},
+                    {"name": "ttft-p99", "template": "llm-ttft-p99", "source": "vllm", "max": 2.0},
+                    {
+                        "name": "output-tokens",
+                        "template": "llm-output-tokens",
+                        "source": "vllm",
+                        "compare": {"maxIncrease": "20%"},
+                    },
+                    {
+                        "name": "errors-vs-stable",
+                        "template": "llm-error-events",
+                        "source": "vllm",
+                        "test": {"kind": "sequential", "alpha": 0.01, "margin": "10%"},
+                    },
+                    {
+                        "name": "cost-per-request",
+                        "template": "llm-cost-per-request",
+                        "source": "vllm",
+                        "max": 0.01,
+                        "advisory": True,
+                    },
                 ],
             },
         },
