@@ -45,7 +45,9 @@ CATEGORIES = ("modelrollout", "progressive-delivery")
 
 MAX_STAGES = 20
 MAX_GATES = 16
-MAX_SERIES = 256  # counter series a sequential gate follows per variant (their last values live in status)
+# Counter series a sequential gate follows per variant (their last values live in status): built-in event
+# templates give one per serving process.
+MAX_SERIES = 128
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"

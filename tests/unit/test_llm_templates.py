@@ -35,7 +35,8 @@ CANARY_MODEL = 'model_name="claude-\\"opus\\"\\\\4"'
         ),
         (
             "llm-truncation-events",
-            f'vllm:request_success_total{{{CANARY_MODEL}, finished_reason="length"}}',
+            "sum by (instance, pod) "
+            f'(vllm:request_success_total{{{CANARY_MODEL}, finished_reason="length"}})',
         ),
         (
             "llm-cost-per-request",

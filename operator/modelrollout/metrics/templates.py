@@ -98,7 +98,7 @@ def builtin_template(
             f"(rate(istio_request_duration_milliseconds_bucket{{{selector}}}{window})))"
         )
     if template == api.GateTemplate.ISTIO_ERROR_EVENTS:
-        return f'istio_requests_total{{{selector}, response_code=~"5.."}}'
+        return per_process(f'istio_requests_total{{{selector}, response_code=~"5.."}}')
     return f"sum(increase(istio_requests_total{{{selector}}}{window}))"
 
 
@@ -164,13 +164,21 @@ def _llm_template(name: str, family: Family, selector: str, pricing: api.Pricing
         )
     if name in ("llm-error-events", "llm-truncation-events"):
         events = _need(family.errors if name == "llm-error-events" else family.truncations, name)
-        return _series(events, selector)  # raw counters: the operator takes reset-aware deltas
+        return per_process(_series(events, selector))
     raise TemplateError(f"no built-in template {name}")
 
 
+def per_process(counters: str) -> str:
+    """Raw counters summed per scraped process (`instance`, and `pod` where relabelling adds it), not per
+    series: the operator takes reset-aware deltas of each sum, and all of a process's counters reset
+    together when it restarts, so a sum that falls is a restart; a series that appears within a process adds
+    to its sum. This keeps the series the operator follows (and keeps in status) to one per process."""
+    return f"sum by (instance, pod) ({counters})"
+
+
 def requests_series_template(subset_label: str | None = None) -> str:
-    """The target's raw Istio request counters, for the sample-ratio check of sequential gates."""
-    return f"istio_requests_total{{{_istio_selector(subset_label)}}}"
+    """The target's raw Istio request counters per process, for the sample-ratio check of sequential gates."""
+    return per_process(f"istio_requests_total{{{_istio_selector(subset_label)}}}")
 
 
 @dataclass(frozen=True)
