@@ -236,6 +236,7 @@ class FakeMeasurer:
     verdict: api.Verdict | None = api.Verdict.PASS
     value: float = 0.004
     calls: int = 0
+    seen: list[tuple[int | None, int | None]] = field(default_factory=list)  # (live weight, status stage)
 
     async def measure(
         self,
@@ -248,6 +249,7 @@ class FakeMeasurer:
         status: api.ModelRolloutStatus | None = None,
     ) -> CheckResult | None:
         self.calls += 1
+        self.seen.append((canary_weight, status.stage if status else None))
         if self.verdict is None:
             return None
         gate = api.GateResult(

@@ -39,6 +39,14 @@ def rollbacks_counted(w: World) -> float:
     return total
 
 
+def test_a_check_is_told_the_live_weight_and_the_recorded_status() -> None:
+    """Sequential gates count per stage at the split the VirtualService shows, from the counts in status."""
+    w = world()
+    at_stage_two(w)
+    w.tick(timedelta(seconds=30))
+    assert w.measurer.seen[-1] == (50, 1)
+
+
 # ---- writes that fail ----
 
 
