@@ -58,6 +58,14 @@ def test_samples_apply(namespace: str, kubectl: Kubectl) -> None:
     assert json.loads(live.stdout)["spec"] == sample_rollout()["spec"]  # nothing pruned, nothing defaulted
 
 
+def test_the_llm_analysis_sample_applies_and_nothing_is_pruned(namespace: str, kubectl: Kubectl) -> None:
+    sample = yaml.safe_load((SAMPLES / "modelrollout-llm.yaml").read_text())
+    applied = kubectl("apply", "-f", "-", input=yaml.safe_dump_all(_in_namespace([sample], namespace)))
+    assert applied.returncode == 0, applied.stderr
+    live = kubectl("-n", namespace, "get", "mro", "chat-llm", "-o", "json")
+    assert json.loads(live.stdout)["spec"] == sample["spec"]
+
+
 @pytest.mark.parametrize("case", INVALID, ids=lambda c: c.id)
 def test_invalid_specs_are_refused_by_the_api_server(
     case: Case, namespace: str, api_client: client.ApiClient
