@@ -819,6 +819,11 @@ class ModelRolloutStatus(StatusModel):
     progress: str | None = Field(None, description="Stage as shown by kubectl get, e.g. 3/6.")
     canary_weight: int = 0
     stage_started_at: datetime | None = None
+    advanced_by: str | None = Field(
+        None,
+        description="What ended the previous stage: Soak (its duration passed), Evidence (sequential gates "
+        "proved the canary no worse after minDuration), Promote (a human), or Recovery.",
+    )
     pair_hash: str | None = Field(
         None, description="Identity of the stable/canary pair this rollout is about."
     )

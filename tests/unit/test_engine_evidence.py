@@ -164,6 +164,7 @@ def test_evidence_advances_a_stage_after_min_duration_and_not_before() -> None:
     assert run.status.stage == 0
     run.tick(timedelta(minutes=1), sequential_check(run.now + timedelta(minutes=1), P, no_worse=True))
     assert run.status.stage == 1
+    assert run.status.advanced_by == "Evidence"
     [message] = [m for r, m in run.events() if r == "StageAdvanced"]
     assert "passed with evidence, 1h19m before the end of its soak" in message
 
@@ -175,3 +176,4 @@ def test_without_min_duration_evidence_does_not_shorten_the_soak() -> None:
     assert run.status.stage == 0
     run.tick(timedelta(minutes=31), sequential_check(run.now + timedelta(minutes=31), P, no_worse=False))
     assert run.status.stage == 1  # the soak is over: a pass advances as always, evidence or not
+    assert run.status.advanced_by == "Soak"

@@ -81,13 +81,13 @@ def apply_action(draft: Draft, spec: api.ModelRolloutSpec, raw: str, obs: Observ
             promote_done(draft, spec, "promoted by a human")
             result = "promoted"
         else:
-            advance(draft, spec, position[0], "promoted by a human")
+            advance(draft, spec, position[0], "promoted by a human", by="Promote")
             result = f"advanced to stage {progress(spec, position[0])}"
         if held is not None:
             result += f" (the {held.value} hold is lifted)"
     elif action == Action.PROMOTE_FULL:
         _lift_hold(draft)
-        advance(draft, spec, last, "promote-full by a human; the last stage is still analysed")
+        advance(draft, spec, last, "promote-full by a human; the last stage is still analysed", by="Promote")
         result = f"went to stage {progress(spec, last)}"
     elif action == Action.ABORT:
         abort(draft)

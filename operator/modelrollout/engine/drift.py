@@ -25,7 +25,13 @@ def correct_drift(draft: Draft, spec: api.ModelRolloutSpec, routing: RoutingView
             and following is not None
             and routing.canary_weight == following[1]
         ):
-            advance(draft, spec, following[0], "completing an advance whose status was not recorded")
+            advance(
+                draft,
+                spec,
+                following[0],
+                "completing an advance whose status was not recorded",
+                by="Recovery",
+            )
             draft.write = None  # already live
             return
         draft.set_weight(status.canary_weight)

@@ -64,6 +64,7 @@ def start(draft: Draft, spec: api.ModelRolloutSpec, reason: str, obs: Observatio
         awaiting_approval=False,
         rollback=None,
         last_analysis=None,
+        advanced_by=None,
         accumulations=[],
         drift_corrections=[],
     )
@@ -79,7 +80,7 @@ def start(draft: Draft, spec: api.ModelRolloutSpec, reason: str, obs: Observatio
         )
 
 
-def advance(draft: Draft, spec: api.ModelRolloutSpec, to_stage: int, why: str) -> None:
+def advance(draft: Draft, spec: api.ModelRolloutSpec, to_stage: int, why: str, by: str = "Soak") -> None:
     to_stage = min(to_stage, len(spec.stages) - 1)
     weight = stage_weight(spec, to_stage)
     draft.update(
@@ -91,6 +92,7 @@ def advance(draft: Draft, spec: api.ModelRolloutSpec, to_stage: int, why: str) -
         reason="StageAdvanced",
         consecutive_inconclusive=0,
         awaiting_approval=False,
+        advanced_by=by,
     )
     draft.set_weight(weight)
     draft.event("Normal", "StageAdvanced", f"stage {progress(spec, to_stage)} at {weight}%: {why}")
@@ -231,7 +233,7 @@ def maybe_advance(draft: Draft, spec: api.ModelRolloutSpec, obs: Observation) ->
     if early:
         summary = f"passed with evidence, {countdown(left)} before the end of its soak: {summary}"
     if position is not None and position[0] == status.stage:
-        advance(draft, spec, status.stage, f"a check passed at {status.canary_weight}%")
+        advance(draft, spec, status.stage, f"a check passed at {status.canary_weight}%", by="Recovery")
     elif stage.approval == api.Approval.MANUAL:
         if not status.awaiting_approval:
             done = "passes with evidence" if early else "soaked and passes"
@@ -243,5 +245,7 @@ def maybe_advance(draft: Draft, spec: api.ModelRolloutSpec, obs: Observation) ->
         draft.update(awaiting_approval=True)
     elif position is None:
         promote_done(draft, spec, f"the last stage passed: {summary}")
+    elif early:
+        advance(draft, spec, position[0], summary, by="Evidence")
     else:
-        advance(draft, spec, position[0], summary if early else "soaked and all gates pass")
+        advance(draft, spec, position[0], "soaked and all gates pass")
