@@ -411,7 +411,7 @@ class SequentialTest(ApiModel):
 
     kind: TestKind = TestKind.SEQUENTIAL
     alpha: float = Field(
-        0.01, ge=1e-6, le=0.2, description="Chance of rolling back a canary that is no worse. Default 0.01."
+        0.01, ge=0.0001, le=0.2, description="Chance of rolling back a canary that is no worse. Default 0.01."
     )
     margin: Percent = Field(
         0.1, le=10, description="How much worse than the stable is tolerated, e.g. 10%. Default 10%."
