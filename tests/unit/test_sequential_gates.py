@@ -214,3 +214,15 @@ def test_counts_never_go_negative_or_nan() -> None:
     weird = check(T0 + timedelta(minutes=1), {"a": math.nan}, {"b": -3.0}, previous=first)
     [accumulation] = weird.accumulations or ()
     assert (accumulation.canary_events, accumulation.stable_events) == (0.0, 0.0)
+
+
+def test_counts_of_gates_that_are_no_longer_sequential_are_dropped() -> None:
+    first = check(T0, {"a": 5.0}, {"b": 5.0})
+    assert first.accumulations
+    plain = GateMeasurement(api.Gate(name="rate", query="x", max=1), "2m", values=(0.1,))
+    measurement = CheckMeasurement(T0 + timedelta(minutes=1), (plain,), 1000.0)
+    context = CheckContext(
+        100, canary_weight=50, stage=2, stage_started_at=T0, accumulations=first.accumulations
+    )
+    assert evaluate_check(measurement, 100, context).accumulations == ()
+    assert evaluate_check(measurement, 100, CheckContext(100, canary_weight=50)).accumulations is None

@@ -118,7 +118,10 @@ def evaluate_check(
         gates=tuple(adjusted),
         canary_requests=requests,
         summary="; ".join(parts) or "no gates",
-        accumulations=tuple(accumulations) if any(g.gate.test for g in measurement.gates) else None,
+        # Without sequential gates (any more) nothing is kept; None leaves status as it is.
+        accumulations=tuple(accumulations)
+        if any(g.gate.test for g in measurement.gates) or context.accumulations
+        else None,
         sample_ratio=ratio,
     )
 
