@@ -165,7 +165,7 @@ class Measurer:
             measured = await asyncio.gather(*gating)
             count, count_error = await counting
             control_count, control_count_error = await control_counting
-            canary_requests, stable_requests, requests_error = await routing_counting
+            canary_requests, stable_requests = await routing_counting
         except QueryDeferred:
             # The queries still waiting give up their places; those already running finish in their threads
             # (holding their turns) and are not waited for.
@@ -183,7 +183,6 @@ class Measurer:
             control_count_error,
             canary_request_counters=canary_requests,
             stable_request_counters=stable_requests,
-            request_counters_error=requests_error,
         )
         return evaluate_check(measurement, analysis.min_requests, context)
 
@@ -212,8 +211,8 @@ async def _nothing() -> tuple[float | None, str | None]:
     return None, None
 
 
-async def _no_counters() -> tuple[dict[str, float] | None, dict[str, float] | None, str | None]:
-    return None, None, None
+async def _no_counters() -> tuple[dict[str, float] | None, dict[str, float] | None]:
+    return None, None
 
 
 @dataclass(frozen=True)
@@ -271,11 +270,12 @@ class _CheckQueries:
         values = [s.value for s in samples if not math.isnan(s.value)]
         return (sum(values) if values else 0.0), None  # no series at all: no traffic, 0 requests
 
-    async def request_counters(self) -> tuple[dict[str, float] | None, dict[str, float] | None, str | None]:
-        (canary, failure), (stable, stable_failure) = await asyncio.gather(
+    async def request_counters(self) -> tuple[dict[str, float] | None, dict[str, float] | None]:
+        """Both variants' request counters; None for a variant whose query failed (no sample-ratio check)."""
+        (canary, _), (stable, _) = await asyncio.gather(
             *(
                 self.counters(requests_series_query(self.variables.targeting(role)))
                 for role in ("canary", "stable")
             )
         )
-        return canary, stable, failure or stable_failure
+        return canary, stable

@@ -135,7 +135,8 @@ def _signed(delta: float, relative: float | None) -> str:
 
 
 def bound_text(gate: api.Gate) -> str:
-    """What the gate requires, in words: `<= 0.02`, `<= +20% over the stable`, ..."""
+    """What the gate requires, in words: `<= 0.02`, `<= +20% over the stable`, `anytime-valid p <= 0.01
+    (margin 10%)`."""
     parts = [bounds_text(gate.min, gate.max)] if gate.min is not None or gate.max is not None else []
     compare = gate.compare
     if compare is not None:
@@ -145,4 +146,6 @@ def bound_text(gate: api.Gate) -> str:
             parts.append(f">= -{compare.max_decrease * 100:g}% under the stable")
         if compare.max_delta is not None:
             parts.append(f"<= stable + {_number(compare.max_delta)}")
+    if gate.test is not None:
+        parts.append(f"anytime-valid p <= {_number(gate.test.alpha)} (margin {gate.test.margin * 100:g}%)")
     return " and ".join(parts)

@@ -34,10 +34,10 @@ class CheckMeasurement:
     requests_error: str | None = None
     control_requests: float | None = None  # measured when a gate compares with the stable
     control_requests_error: str | None = None
-    # Raw request counters by series per variant, for the sample-ratio check of sequential gates.
+    # Raw request counters by series per variant, for the sample-ratio check of sequential gates (None: not
+    # measured, or the query failed; the check is then skipped, the run goes on).
     canary_request_counters: Mapping[str, float] | None = None
     stable_request_counters: Mapping[str, float] | None = None
-    request_counters_error: str | None = None
 
 
 @dataclass(frozen=True)

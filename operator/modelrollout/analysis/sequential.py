@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from modelrollout import api
+from modelrollout.analysis.gates import bound_text
 from modelrollout.analysis.model import GateMeasurement, SampleRatio
 from modelrollout.analysis.model import number as _number
 from modelrollout.stats.counters import accumulate, fingerprint
@@ -85,40 +86,31 @@ def _counted(
 ) -> tuple[api.Accumulation, bool]:
     """The run's totals after this check, and whether it is a fresh run (this check is its baseline)."""
     fresh = not run.continues(previous)
-    before = None if fresh or previous is None else previous
-    carried = previous if fresh and run.carries(previous, margin) else None
+    before = None if fresh else previous
     canary_delta, canary_last = accumulate(_last(before, "canary"), canary)
     stable_delta, stable_last = accumulate(_last(before, "stable"), stable)
-    running: dict[str, float | None]
-    if before is not None:
-        running = {
-            "p_value": before.p_value,
-            "ratio_low": before.ratio_low,
-            "ratio_high": before.ratio_high,
-            "log_evidence": before.log_evidence,
-            "carried_log_evidence": before.carried_log_evidence,
+    if before is None:
+        before = api.Accumulation(
+            name=name, stage=run.stage, canary_weight=run.canary_weight, since=run.since
+        )
+        if previous is not None and run.carries(previous, margin):
+            # A new stage: the counts and the interval start over, the evidence does not.
+            before = before.model_copy(
+                update={
+                    "p_value": previous.p_value,
+                    "carried_log_evidence": previous.carried_log_evidence + previous.log_evidence,
+                }
+            )
+    counted = before.model_copy(
+        update={
+            "canary_last": _values(canary_last),
+            "stable_last": _values(stable_last),
+            "canary_events": before.canary_events + canary_delta,
+            "stable_events": before.stable_events + stable_delta,
+            "margin": margin,
         }
-    elif carried is not None:  # a new stage: the counts and the interval start over, the evidence does not
-        running = {
-            "p_value": carried.p_value,
-            "carried_log_evidence": carried.carried_log_evidence + carried.log_evidence,
-        }
-    else:
-        running = {}
-    return (
-        api.Accumulation(
-            name=name,
-            stage=run.stage,
-            canary_weight=run.canary_weight,
-            since=run.since,
-            canary_last=_values(canary_last),
-            stable_last=_values(stable_last),
-            canary_events=(before.canary_events if before else 0.0) + canary_delta,
-            stable_events=(before.stable_events if before else 0.0) + stable_delta,
-            margin=margin,
-        ).model_copy(update=running),
-        fresh,
     )
+    return counted, fresh
 
 
 def _last(previous: api.Accumulation | None, role: str) -> dict[str, float] | None:
@@ -149,7 +141,7 @@ def evaluate_sequential(
             window="stage",
             message=message,
             advisory=gate.advisory,
-            bound=f"anytime-valid p <= {_number(test.alpha)} (margin {test.margin * 100:g}%)",
+            bound=bound_text(gate),
             evidence=evidence,
         )
 
@@ -189,7 +181,6 @@ def evaluate_sequential(
     high = tested.ratio_high if math.isfinite(tested.ratio_high) else None
     log_evidence = accumulation.carried_log_evidence + tested.log_bayes_factor
     p_value = min(accumulation.p_value, math.exp(-log_evidence) if log_evidence > -700 else 1.0, 1.0)
-    rejected = log_evidence >= -math.log(test.alpha)
     accumulation = accumulation.model_copy(
         update={
             "p_value": p_value,
@@ -210,7 +201,7 @@ def evaluate_sequential(
     interval = f"rate ratio in [{_number(tested.ratio_low)}, {_number(tested.ratio_high)}]"
     text = f"{counts}: p={p_value:.3g}, {interval}"
     observed = _observed_ratio(tested.canary_events, tested.stable_events, tested.canary_share)
-    if rejected or p_value <= test.alpha:
+    if p_value <= test.alpha:  # the evidence reached 1/alpha: now, or (carried) in an earlier look
         verdict, message = api.Verdict.FAIL, f"{text}: worse than the stable by more than {test.margin:.0%}"
     elif tested.no_worse:
         verdict, message = api.Verdict.PASS, f"{text}: no worse than the stable, with evidence"

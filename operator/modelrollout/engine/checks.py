@@ -42,22 +42,21 @@ def record_check(draft: Draft, spec: api.ModelRolloutSpec, check: CheckResult) -
             draft.event(
                 "Warning",
                 "SampleRatioMismatch",
-                f"{ratio.message}: routing does not follow the weights; sequential gates cannot pass "
+                f"{ratio.message}: routing does not follow the weights; sequential gates decide nothing "
                 "until it does",
             )
     if check.verdict != api.Verdict.ERROR:
         draft.condition_flip("MetricsUnavailable", False, "", "")
-    rejected = check.rejected_by_test()
-    if rejected is not None:
-        # An anytime-valid test holds its false-alarm rate at alpha over every look it makes: its
-        # rejection is conclusive at once, failureLimit does not apply on top of it.
+    if check.verdict == api.Verdict.FAIL:
         failed = status.failed_checks + 1
         draft.update(failed_checks=failed, consecutive_errors=0, consecutive_inconclusive=0)
-        draft.event("Warning", "AnalysisFailed", f"sequential test rejected: {check.summary}")
-        roll_back(draft, spec, "AnalysisFailed", check, f"{rejected.name} {rejected.message}")
-    elif check.verdict == api.Verdict.FAIL:
-        failed = status.failed_checks + 1
-        draft.update(failed_checks=failed, consecutive_errors=0, consecutive_inconclusive=0)
+        rejected = check.rejected_by_test()
+        if rejected is not None:
+            # An anytime-valid test holds its false-alarm rate at alpha over every look it makes: its
+            # rejection is conclusive at once, failureLimit does not apply on top of it.
+            draft.event("Warning", "AnalysisFailed", f"sequential test rejected: {check.summary}")
+            roll_back(draft, spec, "AnalysisFailed", check, f"{rejected.name} {rejected.message}")
+            return
         draft.event(
             "Warning",
             "AnalysisFailed",

@@ -203,14 +203,8 @@ def evidence_allows(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, 
     last = status.last_analysis
     if not sequential or last is None:
         return False
-    results = {g.name: g for g in last.gates}
-    return all(
-        name in results
-        and not results[name].advisory
-        and results[name].evidence is not None
-        and results[name].evidence.no_worse  # type: ignore[union-attr]
-        for name in sequential
-    )
+    evidence = {g.name: g.evidence for g in last.gates if not g.advisory}
+    return all((found := evidence.get(name)) is not None and found.no_worse for name in sequential)
 
 
 def maybe_advance(draft: Draft, spec: api.ModelRolloutSpec, obs: Observation) -> None:
