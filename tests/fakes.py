@@ -246,6 +246,7 @@ class FakeMeasurer:
         *,
         virtual_service_namespace: str,
         canary_weight: int | None = None,
+        mirror: int = 0,
         status: api.ModelRolloutStatus | None = None,
     ) -> CheckResult | None:
         self.calls += 1

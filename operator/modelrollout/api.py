@@ -60,7 +60,13 @@ DEFAULT_SUBSET_LABEL = "destination_version"
 # Messages shared by the CEL rules and the Python validators, so both sides say the same thing.
 class Rule(StrEnum):
     WEIGHTS_INCREASING = "stage weights must be strictly increasing"
-    LAST_STAGE_FULL = "the last stage must have weight 100"
+    LAST_STAGE_FULL = "the last stage must have weight 100 (or every stage be a shadow stage)"
+    WEIGHT_XOR_SHADOW = "a stage needs exactly one of weight and shadow"
+    SHADOW_FIRST = "shadow stages come before weighted stages"
+    OVERRIDE_HEADER_RESERVED = (
+        "an override cannot match the bucket header or a dimension header "
+        "(x-model, x-prompt-version, x-experiment-id, x-variant): the operator writes those"
+    )
     INTERVAL_MIN = "must be at least 1s"
     TEMPLATE_XOR_QUERY = "a gate needs exactly one of template and query"
     GATE_BOUND = "a gate needs at least one of min, max, compare and test"
@@ -288,16 +294,26 @@ class TrafficRouting(ApiModel):
 class Stage(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=_validations(
+            _cel("has(self.weight) != has(self.shadow)", Rule.WEIGHT_XOR_SHADOW),
             _cel(
                 "!has(self.minDuration) || !has(self.duration) || "
                 "duration(self.minDuration) <= duration(self.duration)",
                 Rule.MIN_DURATION_LE_DURATION,
                 ".minDuration",
-            )
+            ),
         )
     )
 
-    weight: int = Field(ge=1, le=100, description="Canary share of traffic in percent during this stage.")
+    weight: int | None = Field(
+        None, ge=1, le=100, description="Canary share of traffic in percent during this stage."
+    )
+    shadow: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description="A shadow stage: stable keeps all live traffic and this percent of it is mirrored to "
+        "the canary, whose answers the mesh drops. Shadow stages come before weighted ones.",
+    )
     duration: Duration | None = Field(None, description="Soak time before the stage may advance (e.g. 2h).")
     min_duration: Duration | None = Field(
         None,
@@ -307,6 +323,22 @@ class Stage(ApiModel):
     approval: Approval = Field(
         Approval.AUTO, description="Manual: after the soak, wait for a human to promote."
     )
+
+    @property
+    def canary_weight(self) -> int:
+        """The canary's share of live traffic: 0 in a shadow stage."""
+        return self.weight or 0
+
+    @property
+    def mirror(self) -> int:
+        """The percent of live traffic mirrored to the canary: 0 in a weighted stage."""
+        return self.shadow or 0
+
+    @model_validator(mode="after")
+    def _weight_or_shadow(self) -> Stage:
+        if (self.weight is None) == (self.shadow is None):
+            raise ValueError(Rule.WEIGHT_XOR_SHADOW)
+        return self
 
     @model_validator(mode="after")
     def _min_duration_within_duration(self) -> Stage:
@@ -585,6 +617,91 @@ class Analysis(ApiModel):
 _PRICED_SOURCES = "[" + ", ".join(f"'{s.value}'" for s in MetricsSource if priced_cost(s.value)) + "]"
 
 
+# ---- experiments: sticky assignment, overrides, dimensions ----
+
+# A request header name as Istio matches it: lower case (Istio refuses upper-case keys in header matches),
+# no pseudo-headers.
+HEADER_NAME = r"^[a-z0-9]([a-z0-9_-]*[a-z0-9])?$"
+HeaderName = Annotated[str, Field(pattern=HEADER_NAME, min_length=1, max_length=64)]
+# What an experiment id may hold: it travels in a header value and into the bucket hash.
+EXPERIMENT_ID = r"^[A-Za-z0-9]([A-Za-z0-9._:/-]*[A-Za-z0-9])?$"
+DIMENSION_HEADERS = ("x-model", "x-prompt-version", "x-experiment-id", "x-variant")
+MAX_OVERRIDES = 8
+_DIMENSION_LIST = "[" + ", ".join(f"'{h}'" for h in DIMENSION_HEADERS) + "]"
+
+
+class Variant(StrEnum):
+    STABLE = "stable"
+    CANARY = "canary"
+
+
+class Stickiness(ApiModel):
+    bucket_header: HeaderName = Field(
+        description="Request header carrying the user's bucket (0-99): buckets 0 .. weight-1 go to the "
+        "canary, the rest to stable, so a user never moves back from canary to stable as the rollout "
+        "advances. Requests without it follow the weighted route. Apps compute the bucket with "
+        "modelrollout.assign.bucket(experiment id, user id)."
+    )
+
+
+class Override(ApiModel):
+    header: HeaderName = Field(description="Request header to match (lower case).")
+    value: str = Field(min_length=1, max_length=256, description="Exact value that pins the request.")
+    variant: Variant = Field(description="Where a matching request always goes: stable or canary.")
+
+
+class Experiment(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "!has(self.overrides) || self.overrides.all(o, !(o.header in "
+                f"{_DIMENSION_LIST}) && (!has(self.stickiness) || o.header != self.stickiness.bucketHeader))",
+                Rule.OVERRIDE_HEADER_RESERVED,
+                ".overrides",
+            ),
+            _cel(
+                f"!has(self.stickiness) || !(self.stickiness.bucketHeader in {_DIMENSION_LIST})",
+                "the bucket header cannot be a dimension header "
+                "(x-model, x-prompt-version, x-experiment-id, x-variant)",
+                ".stickiness.bucketHeader",
+            ),
+        )
+    )
+
+    id: str | None = Field(
+        None,
+        pattern=EXPERIMENT_ID,
+        max_length=253,
+        description="Experiment id, sent in x-experiment-id and hashed into user buckets; defaults to "
+        "<namespace>/<name>/<pair hash>, shown in status.experimentId.",
+    )
+    stickiness: Stickiness | None = Field(None, description="Sticky per-user assignment by bucket header.")
+    overrides: list[Override] = Field(
+        default_factory=list,
+        max_length=MAX_OVERRIDES,
+        description="Header matches that always route to one variant (testers, internal traffic), placed "
+        "ahead of every other route of the rollout, whatever the weights.",
+    )
+    dimensions: bool = Field(
+        True,
+        description="Set x-model, x-prompt-version, x-experiment-id and x-variant on every request the "
+        "managed routes send to stable or canary.",
+    )
+
+    @model_validator(mode="after")
+    def _reserved_headers(self) -> Experiment:
+        bucket = self.stickiness.bucket_header if self.stickiness else None
+        if bucket in DIMENSION_HEADERS:
+            raise ValueError(
+                "stickiness.bucketHeader: the bucket header cannot be a dimension header "
+                "(x-model, x-prompt-version, x-experiment-id, x-variant)"
+            )
+        for override in self.overrides:
+            if override.header in DIMENSION_HEADERS or override.header == bucket:
+                raise ValueError(f"overrides: {Rule.OVERRIDE_HEADER_RESERVED}")
+        return self
+
+
 class ModelRolloutSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=_validations(
@@ -620,11 +737,21 @@ class ModelRolloutSpec(ApiModel):
         max_length=MAX_STAGES,
         json_schema_extra=_validations(
             _cel(
-                "self.all(a, self.exists_one(b, b.weight == a.weight)) && self.map(s, s.weight).isSorted()",
+                "self.filter(s, has(s.weight)).all(a, self.filter(s, has(s.weight)).exists_one(b, "
+                "b.weight == a.weight)) && self.filter(s, has(s.weight)).map(s, s.weight).isSorted()",
                 Rule.WEIGHTS_INCREASING,
             ),
-            _cel("self[size(self) - 1].weight == 100", Rule.LAST_STAGE_FULL),
+            _cel("self.map(s, has(s.shadow) ? 0 : 1).isSorted()", Rule.SHADOW_FIRST),
+            _cel(
+                "!has(self[size(self) - 1].weight) || self[size(self) - 1].weight == 100",
+                Rule.LAST_STAGE_FULL,
+            ),
         ),
+    )
+    experiment: Experiment | None = Field(
+        None,
+        description="Sticky per-user assignment, tester overrides and experiment dimension headers; all of "
+        "it is removed again by abort, rollback, promotion and deletion.",
     )
     analysis: Analysis = Field(Analysis(), description="Gates and the limits that act on them.")  # frozen
     paused: bool = Field(False, description="Freeze: weights stay as they are and nothing advances.")
@@ -632,10 +759,13 @@ class ModelRolloutSpec(ApiModel):
     @field_validator("stages")
     @classmethod
     def _weights_rise_to_100(cls, stages: list[Stage]) -> list[Stage]:
-        weights = [stage.weight for stage in stages]
+        weights = [stage.weight for stage in stages if stage.weight is not None]
         if any(later <= earlier for earlier, later in pairwise(weights)):
             raise ValueError(Rule.WEIGHTS_INCREASING)
-        if weights and weights[-1] != 100:
+        shadow = [stage.shadow is not None for stage in stages]
+        if shadow != sorted(shadow, reverse=True):
+            raise ValueError(Rule.SHADOW_FIRST)
+        if stages and stages[-1].weight not in (None, 100):
             raise ValueError(Rule.LAST_STAGE_FULL)
         return stages
 
@@ -818,6 +948,8 @@ class ModelRolloutStatus(StatusModel):
     stage_count: int | None = None
     progress: str | None = Field(None, description="Stage as shown by kubectl get, e.g. 3/6.")
     canary_weight: int = 0
+    shadow: int = Field(0, description="Percent of live traffic mirrored to the canary (shadow stages).")
+    experiment_id: str | None = Field(None, description="The experiment id requests carry.")
     stage_started_at: datetime | None = None
     advanced_by: str | None = Field(
         None,

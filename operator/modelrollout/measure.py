@@ -112,12 +112,14 @@ class Measurer:
         *,
         virtual_service_namespace: str,
         canary_weight: int | None = None,
+        mirror: int = 0,
         status: api.ModelRolloutStatus | None = None,
     ) -> CheckResult | None:
         """The check of every gate, or None: the check could not get its turn in time because of the
         operator's own queueing (not the metrics backend's fault); the caller makes no check this tick and
         does not count it as an Error. Short hosts are Services in `virtual_service_namespace`, where Istio
-        resolves them. `canary_weight`: the live weight (at 100 there is no control to compare with)."""
+        resolves them. `canary_weight`: the live weight (at 100 there is no control to compare with);
+        `mirror`: the live percent mirrored to the canary (a shadow stage)."""
         analysis = spec.analysis
         loop = asyncio.get_running_loop()
         not_after = loop.time() + analysis.interval.total_seconds()
@@ -131,6 +133,7 @@ class Measurer:
         context = CheckContext(
             analysis.min_requests,
             canary_weight=canary_weight,
+            mirror=mirror,
             stage=status.stage if status else 0,
             stage_started_at=status.stage_started_at if status else None,
             rollout_started_at=status.rollout_started_at if status else None,

@@ -13,6 +13,7 @@ from modelrollout.kube import RolloutRef
 from modelrollout.ports import RouterFactory
 from modelrollout.routing.router import (
     Backend,
+    ExperimentRoutes,
     Router,
     RoutingConflict,
     RoutingProblem,
@@ -71,7 +72,10 @@ class RoutingObserver:
         if pair_changed and not target_changed and status.stable and status.canary:
             old = (backend_of(status.stable), backend_of(status.canary))
             retiring = tuple(b for b in old if b not in pair)
-        routing = await self.view(spec_router, spec_snapshot, spec_problem, pair, retiring)
+        experiment = engine.live_experiment(spec, status, f"{ref.namespace}/{ref.name}")
+        routing = await self.view(
+            spec_router, spec_snapshot, spec_problem, pair, retiring, experiment=experiment
+        )
         previous = None
         if (pair_changed or target_changed) and status.stable is not None and status.canary is not None:
             if target_changed:
@@ -101,6 +105,8 @@ class RoutingObserver:
         problem: RoutingProblem | None,
         pair: tuple[Backend, Backend],
         retiring: tuple[Backend, ...] = (),
+        *,
+        experiment: ExperimentRoutes | None = None,
     ) -> engine.RoutingView:
         stable, canary = pair
         if snapshot is None:
@@ -109,7 +115,14 @@ class RoutingObserver:
         stale_owner = None
         for _ in range(2):
             try:
-                view = router.view(snapshot, stable, canary, retiring=retiring, stale_owner=stale_owner)
+                view = router.view(
+                    snapshot,
+                    stable,
+                    canary,
+                    retiring=retiring,
+                    stale_owner=stale_owner,
+                    experiment=experiment,
+                )
             except RoutingConflict as conflict:
                 owner_ns, _, owner_name = conflict.owner.partition("/")
                 if stale_owner is None and owner_name and not await self._exists(owner_ns, owner_name):
@@ -123,6 +136,8 @@ class RoutingObserver:
                 consistent=view.consistent,
                 canary_present=view.canary_present,
                 claimed=view.claimed,
+                mirror=view.mirror,
+                experiment_in_place=view.experiment_in_place,
                 last_writer=snapshot.last_writer,
                 stale_owner=stale_owner,
             )

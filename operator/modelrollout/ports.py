@@ -39,6 +39,7 @@ class Measuring(Protocol):
         *,
         virtual_service_namespace: str,
         canary_weight: int | None = None,
+        mirror: int = 0,
         status: api.ModelRolloutStatus | None = None,
     ) -> CheckResult | None: ...
 

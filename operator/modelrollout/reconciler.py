@@ -193,6 +193,7 @@ class Reconciler:
                     now,
                     virtual_service_namespace=namespace,
                     canary_weight=routing.canary_weight,
+                    mirror=routing.mirror,
                     status=status,
                 )
             check.append(measured)
@@ -206,6 +207,7 @@ class Reconciler:
             check=check[0],
             action=action,
             status_recorded=bool(raw_status),
+            rollout=f"{ref.namespace}/{ref.name}",
         )
         plan = engine.decide(spec, status, observation)
         # A check is used by one decision that got recorded; after a conflict the next decision reuses it.

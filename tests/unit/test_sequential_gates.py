@@ -190,7 +190,7 @@ def test_a_sample_ratio_mismatch_holds_sequential_gates() -> None:
                    requests=({"r": 12000.0}, {"s": 8000.0}))  # fmt: skip
     assert biased.sample_ratio is not None
     assert biased.sample_ratio.mismatch
-    assert "the canary got 60.00% of 2e+04 requests at weight 50%" in biased.sample_ratio.message
+    assert "the canary got 60.00% of 2e+04 requests at 50%" in biased.sample_ratio.message
     assert biased.gates[0].verdict == INC
     assert "sample ratio mismatch" in (biased.gates[0].message or "")
     assert biased.gates[0].evidence is not None

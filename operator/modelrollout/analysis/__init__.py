@@ -63,6 +63,7 @@ def evaluate_check(
         context.canary_weight or 0,
         context.stage_started_at or measurement.at,
         context.rollout_started_at,
+        context.mirror,
     )
     previous = {a.name: a for a in context.accumulations}
     accumulations: list[api.Accumulation] = []

@@ -46,6 +46,7 @@ class CheckContext:
 
     min_requests: int
     canary_weight: int | None = None  # live; 100 leaves no control to compare with
+    mirror: int = 0  # live percent mirrored to the canary (a shadow stage)
     stage: int = 0
     stage_started_at: datetime | None = None
     rollout_started_at: datetime | None = None

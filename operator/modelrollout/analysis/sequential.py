@@ -55,6 +55,21 @@ class Run:
     canary_weight: int
     since: datetime
     rollout_started_at: datetime | None = None
+    mirror: int = 0  # a shadow stage: stable serves everything, this percent of it is copied to the canary
+
+    @property
+    def canary_share(self) -> float:
+        """The canary's share of the traffic both variants see: its weight, or in a shadow stage the
+        mirrored copies among stable's requests and those copies (mirror / (100 + mirror))."""
+        if self.mirror and not self.canary_weight:
+            return self.mirror / (100 + self.mirror)
+        return self.canary_weight / 100
+
+    @property
+    def exposure(self) -> str:
+        return (
+            f"shadow {self.mirror}%" if self.mirror and not self.canary_weight else f"{self.canary_weight}%"
+        )
 
     def carries(self, previous: api.Accumulation | None, margin: float | None) -> bool:
         """Whether `previous` is an earlier stage of this rollout whose evidence this run continues."""
@@ -163,7 +178,7 @@ def evaluate_sequential(
     tested = rate_ratio_test(
         accumulation.canary_events,
         accumulation.stable_events,
-        run.canary_weight / 100,
+        run.canary_share,
         margin=test.margin,
         alpha=test.alpha,
         previous=Running(
@@ -174,7 +189,7 @@ def evaluate_sequential(
     )
     counts = (
         f"{_number(accumulation.canary_events)} canary vs {_number(accumulation.stable_events)} stable "
-        f"events at {run.canary_weight}%"
+        f"events at {run.exposure}"
     )
     if isinstance(tested, Untestable):
         return result(api.Verdict.INCONCLUSIVE, f"{counts}: {tested.reason}"), accumulation
@@ -230,7 +245,7 @@ def sample_ratio(
     tested = sample_ratio_test(
         accumulation.canary_events,
         accumulation.stable_events,
-        run.canary_weight / 100,
+        run.canary_share,
         alpha=SAMPLE_RATIO_ALPHA,
         previous_p_value=accumulation.p_value,
     )
@@ -240,6 +255,6 @@ def sample_ratio(
     share = "no requests" if math.isnan(tested.observed_share) else f"{tested.observed_share:.2%}"
     message = (
         f"the canary got {share} of {_number(tested.canary_requests + tested.stable_requests)} requests "
-        f"at weight {run.canary_weight}% (p={tested.p_value:.3g})"
+        f"at {run.exposure} (p={tested.p_value:.3g})"
     )
     return SampleRatio(mismatch=tested.rejected, message=message, p_value=tested.p_value), accumulation

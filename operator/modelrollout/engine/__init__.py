@@ -8,12 +8,14 @@ checks    when gates are due, and what a check's verdict does
 actions   which human actions fit (shared with the kubectl plugin), and what they do
 returns   rollbacks and aborts
 drift     weights changed by someone else, or by our own unrecorded write
+experiment  the routes and headers an experiment adds while its rollout is under way
 settle    phase, reason, message and conditions
 """
 
 from modelrollout.engine.actions import action_refusal
 from modelrollout.engine.checks import analysis_due
 from modelrollout.engine.decide import decide, deletion_write, invalid_spec, write_failed
+from modelrollout.engine.experiment import live_experiment
 from modelrollout.engine.model import (
     DRIFT_LIMIT,
     DRIFT_WINDOW,
@@ -50,6 +52,7 @@ __all__ = [
     "decide",
     "deletion_write",
     "invalid_spec",
+    "live_experiment",
     "pair_hash",
     "write_failed",
 ]

@@ -20,6 +20,7 @@ from modelrollout.engine.actions import NEW_PAIR, ON_STABLE, apply_action, recor
 from modelrollout.engine.checks import record_check
 from modelrollout.engine.draft import Draft, describe
 from modelrollout.engine.drift import correct_drift
+from modelrollout.engine.experiment import experiment_id, experiment_routes
 from modelrollout.engine.model import (
     INVALID_SPEC,
     TERMINAL,
@@ -84,7 +85,8 @@ def _retirement(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs:
         else f"the spec names {what}: the previous VirtualService is released"
     )
     draft.event("Normal" if write is None else "Warning", "Superseded", message)
-    draft.update(canary_weight=0 if write is not None else status.canary_weight)
+    if write is not None:
+        draft.update(canary_weight=0, shadow=0)
     if status.phase not in TERMINAL:
         draft.summarize(api.Phase.PENDING, "Superseded", f"{message}; the new rollout starts next")
     return Plan(
@@ -154,6 +156,9 @@ def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Obse
         now=obs.now,
         generation=obs.generation,
     )
+    draft.experiment = experiment_routes(spec, obs.rollout)
+    if spec.experiment is not None:
+        draft.update(experiment_id=experiment_id(spec, obs.rollout))
     action, consume = _take_action(status, obs)
     routing = obs.routing
     if not routing.usable:
@@ -238,7 +243,7 @@ def _take_over(draft: Draft, stale_owner: str) -> None:
     """A claim left by a ModelRollout that no longer exists: take the route over, with the weights the
     status says (a write even when they are right, so the claim changes hands)."""
     if draft.write is None:
-        draft.set_weight(draft.status.canary_weight)
+        draft.keep_traffic()
     if draft.write is not None:
         draft.write = replace(draft.write, take_over_from=stale_owner)
     draft.event(
@@ -371,8 +376,17 @@ def deletion_write(status: api.ModelRolloutStatus, view: RoutingView) -> RouteWr
     it)."""
     if status.pair_hash is None or status.stable is None or status.canary is None:
         return None
-    if status.phase == api.Phase.PROMOTED or not view.usable:
+    if not view.usable:
         return None
-    if view.canary_weight == 0 and view.consistent:
+    if status.phase == api.Phase.PROMOTED:
+        # The promoted canary keeps its traffic; only experiment leftovers (if any) leave with the rollout.
+        if view.experiment_in_place and not view.mirror:
+            return None
+        return RouteWrite(
+            stable=backend_of(status.stable),
+            canary=backend_of(status.canary),
+            canary_weight=view.canary_weight or 0,
+        )
+    if view.canary_weight == 0 and view.consistent and not view.mirror and view.experiment_in_place:
         return None
     return RouteWrite(stable=backend_of(status.stable), canary=backend_of(status.canary), canary_weight=0)

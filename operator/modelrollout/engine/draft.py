@@ -8,8 +8,8 @@ from typing import Literal
 
 from modelrollout import api
 from modelrollout.conditions import set_condition, summary_conditions
-from modelrollout.engine.model import Event
-from modelrollout.routing.router import RouteWrite, backend_of
+from modelrollout.engine.model import TERMINAL, Event
+from modelrollout.routing.router import ExperimentRoutes, RouteWrite, backend_of
 
 
 def describe(target: api.Target) -> str:
@@ -26,6 +26,21 @@ class Draft:
     early_events: list[Event] = field(default_factory=list)
     write: RouteWrite | None = None
     rollback_reason: str | None = None
+    experiment: ExperimentRoutes | None = None  # the spec's, while the rollout is under way
+
+    def set_traffic(self, weight: int, mirror: int = 0) -> None:
+        """Write the status' own pair at `weight` (stable gets the rest) with `mirror` percent copied to the
+        canary, and the experiment's routes while the rollout is under way (none once it finished)."""
+        stable, canary = self.status.stable, self.status.canary
+        if stable is None or canary is None:  # a rollout always records its pair before it writes
+            raise ValueError("no stable/canary pair recorded to write")
+        self.write = RouteWrite(
+            stable=backend_of(stable),
+            canary=backend_of(canary),
+            canary_weight=weight,
+            mirror=mirror,
+            experiment=self.experiment if self.status.phase not in TERMINAL else None,
+        )
 
     def update(self, **changes: object) -> None:
         self.status = self.status.model_copy(update=changes)
@@ -38,11 +53,12 @@ class Draft:
         self.early_events.append(Event("Warning", reason, message))
 
     def set_weight(self, weight: int) -> None:
-        """Write the status' own pair at `weight` (stable gets the rest)."""
-        stable, canary = self.status.stable, self.status.canary
-        if stable is None or canary is None:  # a rollout always records its pair before it writes
-            raise ValueError("no stable/canary pair recorded to write")
-        self.write = RouteWrite(stable=backend_of(stable), canary=backend_of(canary), canary_weight=weight)
+        """`set_traffic` without a mirror."""
+        self.set_traffic(weight)
+
+    def keep_traffic(self) -> None:
+        """Write what the status says (weight and mirror) again."""
+        self.set_traffic(self.status.canary_weight, self.status.shadow)
 
     def condition(self, type_: str, status: Literal["True", "False"], reason: str, message: str = "") -> None:
         self.update(

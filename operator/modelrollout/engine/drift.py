@@ -6,13 +6,25 @@ from modelrollout import api
 from modelrollout.durations import format_duration
 from modelrollout.engine.draft import Draft
 from modelrollout.engine.model import DRIFT_LIMIT, DRIFT_WINDOW, FIELD_MANAGER, TERMINAL, RoutingView
-from modelrollout.engine.stages import advance, next_position
+from modelrollout.engine.stages import advance, exposure, next_position, stage_mirror
 
 
 def correct_drift(draft: Draft, spec: api.ModelRolloutSpec, routing: RoutingView) -> None:
-    """Put back a weight someone else changed; past DRIFT_LIMIT corrections per window, hold instead."""
+    """Put back a weight or mirror someone else changed; past DRIFT_LIMIT corrections per window, hold
+    instead. Experiment routes and headers that differ from what the spec says are rewritten: after an edit of
+    spec.experiment that is the edit taking effect, not someone fighting the operator."""
     status = draft.status
-    if routing.canary_weight == status.canary_weight and routing.consistent:
+    if (routing.canary_weight, routing.mirror) == (
+        status.canary_weight,
+        status.shadow,
+    ) and routing.consistent:
+        if not routing.experiment_in_place:
+            draft.keep_traffic()
+            draft.event(
+                "Normal",
+                "ExperimentRoutesUpdated",
+                "the experiment's routes and headers on the VirtualService are set to what the spec says",
+            )
         return
     if routing.last_writer in (None, FIELD_MANAGER):
         # Our own write that the status does not show: the operator stopped (or the status write failed)
@@ -24,6 +36,7 @@ def correct_drift(draft: Draft, spec: api.ModelRolloutSpec, routing: RoutingView
             and status.phase not in TERMINAL
             and following is not None
             and routing.canary_weight == following[1]
+            and routing.mirror == stage_mirror(spec, following[0])
         ):
             advance(
                 draft,
@@ -34,7 +47,7 @@ def correct_drift(draft: Draft, spec: api.ModelRolloutSpec, routing: RoutingView
             )
             draft.write = None  # already live
             return
-        draft.set_weight(status.canary_weight)
+        draft.keep_traffic()
         return
     recent = [t for t in status.drift_corrections if draft.now - t < DRIFT_WINDOW]
     if len(recent) >= DRIFT_LIMIT:
@@ -48,10 +61,10 @@ def correct_drift(draft: Draft, spec: api.ModelRolloutSpec, routing: RoutingView
             )
         return
     draft.update(drift_corrections=[*recent, draft.now])
-    draft.set_weight(status.canary_weight)
+    draft.keep_traffic()
     draft.event(
         "Warning",
         "DriftCorrected",
-        f"canary weight {routing.canary_weight}% set by "
-        f"{routing.last_writer} put back to {status.canary_weight}%",
+        f"canary at {exposure(routing.canary_weight or 0, routing.mirror)} set by "
+        f"{routing.last_writer} put back to {exposure(status.canary_weight, status.shadow)}",
     )

@@ -48,6 +48,8 @@ class RoutingView:
     conflict_owner: str | None = None
     stale_owner: str | None = None  # a claim left by a ModelRollout that no longer exists
     claimed: bool = True  # our claim is on the managed routes
+    mirror: int = 0  # percent of the managed routes' traffic mirrored to the canary
+    experiment_in_place: bool = True  # the experiment's routes and headers are as the status says
 
     @property
     def usable(self) -> bool:
@@ -67,6 +69,7 @@ class Observation:
     check: CheckResult | None = None
     action: str | None = None  # the action annotation's value, as found on the object
     status_recorded: bool = True  # False: the object has no status at all yet
+    rollout: str = ""  # namespace/name, for the default experiment id
 
 
 @dataclass(frozen=True)

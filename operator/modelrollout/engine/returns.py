@@ -12,6 +12,7 @@ def roll_back(
     draft: Draft, spec: api.ModelRolloutSpec, reason: str, check: CheckResult | None, message: str
 ) -> None:
     failing = check.failing() if check else None
+    shadow = draft.status.shadow and not draft.status.canary_weight
     rollback = api.Rollback(
         at=draft.now,
         reason=reason,
@@ -25,6 +26,7 @@ def roll_back(
         phase=api.Phase.ROLLED_BACK,
         reason=reason,
         canary_weight=0,
+        shadow=0,
         rollback=rollback,
         hold=None,
         awaiting_approval=False,
@@ -34,7 +36,8 @@ def roll_back(
     draft.event(
         "Warning",
         "RolledBack",
-        f"traffic returned to stable at stage {progress(spec, draft.status.stage)}: {message}",
+        f"{'shadow stopped: the mirror to the canary removed' if shadow else 'traffic returned to stable'} "
+        f"at stage {progress(spec, draft.status.stage)}: {message}",
     )
 
 
@@ -44,6 +47,7 @@ def abort(draft: Draft) -> None:
         phase=api.Phase.ABORTED,
         reason="Aborted",
         canary_weight=0,
+        shadow=0,
         hold=None,
         awaiting_approval=False,
         rollback=aborted,
@@ -61,7 +65,9 @@ def pending_return(status: api.ModelRolloutStatus) -> bool:
 def complete_return(draft: Draft) -> None:
     pending = draft.status.rollback or api.Rollback(at=draft.now, reason="RolledBack")
     phase = api.Phase.ABORTED if pending.reason == "Aborted" else api.Phase.ROLLED_BACK
-    draft.update(phase=phase, reason=pending.reason, canary_weight=0, hold=None, awaiting_approval=False)
+    draft.update(
+        phase=phase, reason=pending.reason, canary_weight=0, shadow=0, hold=None, awaiting_approval=False
+    )
     draft.set_weight(0)
     draft.rollback_reason = pending.reason
     draft.event(

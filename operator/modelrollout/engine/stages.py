@@ -14,7 +14,16 @@ from modelrollout.routing.router import backend_of
 
 
 def stage_weight(spec: api.ModelRolloutSpec, stage: int) -> int:
-    return spec.stages[min(stage, len(spec.stages) - 1)].weight
+    return spec.stages[min(stage, len(spec.stages) - 1)].canary_weight
+
+
+def stage_mirror(spec: api.ModelRolloutSpec, stage: int) -> int:
+    return spec.stages[min(stage, len(spec.stages) - 1)].mirror
+
+
+def exposure(weight: int, mirror: int) -> str:
+    """How a position reads: `10%`, or `shadow 50%` for a shadow stage."""
+    return f"shadow {mirror}%" if mirror and not weight else f"{weight}%"
 
 
 def progress(spec: api.ModelRolloutSpec, stage: int) -> str:
@@ -32,10 +41,10 @@ def next_position(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus) ->
     """(stage, weight) a promote goes to, or None at the last stage. Below its stage's weight (after a
     stage-list edit) the rollout first enters that stage."""
     stage = min(status.stage, len(spec.stages) - 1)
-    if status.canary_weight < spec.stages[stage].weight:
-        return stage, spec.stages[stage].weight
+    if status.canary_weight < spec.stages[stage].canary_weight:
+        return stage, spec.stages[stage].canary_weight
     if stage + 1 < len(spec.stages):
-        return stage + 1, spec.stages[stage + 1].weight
+        return stage + 1, spec.stages[stage + 1].canary_weight
     return None
 
 
@@ -43,7 +52,7 @@ def start(draft: Draft, spec: api.ModelRolloutSpec, reason: str, obs: Observatio
     """Stage 1 of the spec's pair. Destinations of a previous pair that are not part of this one leave the
     route: its canary is dropped, its stable stays at weight 0 (the user's own destination)."""
     previous = draft.status
-    weight = stage_weight(spec, 0)
+    weight, mirror = stage_weight(spec, 0), stage_mirror(spec, 0)
     draft.update(
         phase=api.Phase.PROGRESSING,
         reason=reason,
@@ -51,6 +60,7 @@ def start(draft: Draft, spec: api.ModelRolloutSpec, reason: str, obs: Observatio
         stage_count=len(spec.stages),
         progress=progress(spec, 0),
         canary_weight=weight,
+        shadow=mirror,
         stage_started_at=draft.now,
         pair_hash=pair_hash(spec),
         stable=spec.stable,
@@ -68,7 +78,7 @@ def start(draft: Draft, spec: api.ModelRolloutSpec, reason: str, obs: Observatio
         accumulations=[],
         drift_corrections=[],
     )
-    draft.set_weight(weight)
+    draft.set_traffic(weight, mirror)
     same_route = obs.target is None or previous.routing in (None, obs.target)
     if draft.write is not None and same_route and previous.stable and previous.canary:
         pair = {backend_of(spec.stable), backend_of(spec.canary)}
@@ -82,11 +92,12 @@ def start(draft: Draft, spec: api.ModelRolloutSpec, reason: str, obs: Observatio
 
 def advance(draft: Draft, spec: api.ModelRolloutSpec, to_stage: int, why: str, by: str = "Soak") -> None:
     to_stage = min(to_stage, len(spec.stages) - 1)
-    weight = stage_weight(spec, to_stage)
+    weight, mirror = stage_weight(spec, to_stage), stage_mirror(spec, to_stage)
     draft.update(
         stage=to_stage,
         progress=progress(spec, to_stage),
         canary_weight=weight,
+        shadow=mirror,
         stage_started_at=draft.now,
         phase=api.Phase.PROGRESSING,
         reason="StageAdvanced",
@@ -94,13 +105,20 @@ def advance(draft: Draft, spec: api.ModelRolloutSpec, to_stage: int, why: str, b
         awaiting_approval=False,
         advanced_by=by,
     )
-    draft.set_weight(weight)
-    draft.event("Normal", "StageAdvanced", f"stage {progress(spec, to_stage)} at {weight}%: {why}")
+    draft.set_traffic(weight, mirror)
+    draft.event(
+        "Normal", "StageAdvanced", f"stage {progress(spec, to_stage)} at {exposure(weight, mirror)}: {why}"
+    )
 
 
 def promote_done(draft: Draft, spec: api.ModelRolloutSpec, why: str) -> None:
     draft.update(
-        phase=api.Phase.PROMOTED, reason="Promoted", canary_weight=100, hold=None, awaiting_approval=False
+        phase=api.Phase.PROMOTED,
+        reason="Promoted",
+        canary_weight=100,
+        shadow=0,
+        hold=None,
+        awaiting_approval=False,
     )
     draft.set_weight(100)
     draft.event("Normal", "Promoted", f"{describe(spec.canary)} serves 100%: {why}")
@@ -119,41 +137,50 @@ def realign(draft: Draft, spec: api.ModelRolloutSpec) -> None:
     draft.update(stage_count=len(stages), progress=progress(spec, status.stage))
     if status.phase in TERMINAL or status.pair_hash is None:
         return
-    live = status.canary_weight
+    live, mirror = status.canary_weight, status.shadow
     stage = status.stage
-    if stage < len(stages) and (stages[stage].weight == live or (stage == 0 and live < stages[0].weight)):
+    if stage < len(stages) and (
+        (stages[stage].canary_weight, stages[stage].mirror) == (live, mirror)
+        or (stage == 0 and not mirror and live < stages[0].canary_weight)
+    ):
         return
-    below = [index for index, s in enumerate(stages) if s.weight <= live]
+    # A shadow stage sends no user to the canary: it is "below" any weighted position.
+    below = [index for index, s in enumerate(stages) if s.canary_weight <= live]
     new_stage = max(below) if below else 0
-    new_weight = stages[new_stage].weight if below else live
-    was = f"stage {stage + 1} at {live}%"
+    new_weight, new_mirror = (
+        (stages[new_stage].canary_weight, stages[new_stage].mirror) if below else (live, 0)
+    )
+    moved = (new_weight, new_mirror) != (live, mirror)
+    was = f"stage {stage + 1} at {exposure(live, mirror)}"
     draft.update(
         stage=new_stage,
         progress=progress(spec, new_stage),
         canary_weight=new_weight,
-        stage_started_at=draft.now if new_weight != live else status.stage_started_at,
+        shadow=new_mirror,
+        stage_started_at=draft.now if moved else status.stage_started_at,
         awaiting_approval=False,
         reason="StagesChanged",
     )
-    if new_weight != live:
-        draft.set_weight(new_weight)
+    if moved:
+        draft.set_traffic(new_weight, new_mirror)
     where = (
-        f"stage {progress(spec, new_stage)} at {new_weight}%"
+        f"stage {progress(spec, new_stage)} at {exposure(new_weight, new_mirror)}"
         if below
-        else f"{live}%, below stage {progress(spec, 0)} ({stages[0].weight}%), entered once a check passes"
+        else f"{live}%, below stage {progress(spec, 0)} ({stages[0].canary_weight}%), entered once a check "
+        "passes"
     )
     draft.event(
         "Warning",
         "StagesChanged",
         f"spec.stages changed under {was}: continuing at {where}; the soak of the stage starts again"
-        if new_weight != live
+        if moved
         else f"spec.stages changed under {was}: continuing at {where}",
     )
 
 
 def soak_left(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, now: datetime) -> timedelta:
     stage = spec.stages[min(status.stage, len(spec.stages) - 1)]
-    if status.canary_weight < stage.weight:
+    if status.canary_weight < stage.canary_weight:
         return timedelta(0)  # before the stage (after a stage-list edit): no soak of its own
     duration = stage.duration or timedelta(0)
     started = status.stage_started_at or now
@@ -211,7 +238,10 @@ def maybe_advance(draft: Draft, spec: api.ModelRolloutSpec, obs: Observation) ->
     status = draft.status
     if status.phase in TERMINAL or status.hold is not None or spec.paused:
         return
-    if draft.write is not None or obs.routing.canary_weight != status.canary_weight:
+    if draft.write is not None or (obs.routing.canary_weight, obs.routing.mirror) != (
+        status.canary_weight,
+        status.shadow,
+    ):
         # The stage's weight is not live yet (a write is pending or keeps failing): its checks measured
         # other traffic than the status says, and the next stage must not be claimed on top of it.
         return
@@ -228,7 +258,8 @@ def maybe_advance(draft: Draft, spec: api.ModelRolloutSpec, obs: Observation) ->
         summary = f"passed with evidence, {countdown(left)} before the end of its soak: {summary}"
     if position is not None and position[0] == status.stage:
         advance(draft, spec, status.stage, f"a check passed at {status.canary_weight}%", by="Recovery")
-    elif stage.approval == api.Approval.MANUAL:
+    elif stage.approval == api.Approval.MANUAL or (position is None and stage.shadow is not None):
+        # A shadow-only rollout ends in its last shadow stage: sending users to the canary is a human's call.
         if not status.awaiting_approval:
             done = "passes with evidence" if early else "soaked and passes"
             draft.event(

@@ -1,9 +1,10 @@
 """Pure transforms of an Istio VirtualService, as the plain dict the Kubernetes API returns.
 
-The VirtualService belongs to the user: these functions change only the weights of the managed routes (and add
-the canary destination where it is missing) and the ownership annotation. Every function that returns a
-VirtualService returns a new dict and leaves its input untouched, so the caller can compare and skip no-op
-writes. No I/O, no Kubernetes client: the import-linter contract keeps it that way.
+The VirtualService belongs to the user: these functions change only the weights of the managed routes (and
+add the canary destination where it is missing), what an experiment adds (a shadow mirror, dimension
+headers, override and bucket routes: see `routing.experiment`) and the ownership annotation. Every function
+that returns a VirtualService returns a new dict and leaves its input untouched, so the caller can compare and
+skip no-op writes. No I/O, no Kubernetes client: the import-linter contract keeps it that way.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from modelrollout.routing.router import Backend, RouteView, RouteWrite, RoutingConflict, RoutingProblem
+from modelrollout.routing import experiment as extras
+from modelrollout.routing.router import (
+    Backend,
+    ExperimentRoutes,
+    RouteView,
+    RouteWrite,
+    RoutingConflict,
+    RoutingProblem,
+)
 
 MANAGED_BY = "modelrollout.io/managed-by"
 
@@ -37,7 +46,7 @@ def _http_routes(vs: VirtualService) -> list[dict[str, Any]]:
 
 def _route_label(vs: VirtualService, index: int) -> str:
     name = _http_routes(vs)[index].get("name")
-    return f"route {name!r}" if name else f"route http[{index}]"
+    return f"route {name!r}" if name else f"route {route_key(vs, index)}"
 
 
 # ---- route selection ----
@@ -48,11 +57,14 @@ def managed_route_indexes(vs: VirtualService, routes: list[str] | None) -> list[
 
     Without names the VirtualService must have exactly one http route: guessing among several could move
     traffic the user meant to pin (a header route to the canary, say)."""
-    http = _http_routes(vs)
+    # Routes generated for an experiment stand in front of the managed ones and are never managed themselves.
+    every = _http_routes(vs)
+    user = [index for index, route in enumerate(every) if not extras.is_generated(route)]
+    http = [every[index] for index in user]
     where = f"VirtualService {virtual_service_ref(vs)}"
     if not routes:
         if len(http) == 1:
-            return [0]
+            return [user[0]]
         if not http:
             raise RoutingProblem("RouteNotFound", f"{where} has no http route")
         raise RoutingProblem(
@@ -63,7 +75,7 @@ def managed_route_indexes(vs: VirtualService, routes: list[str] | None) -> list[
     indexes: list[int] = []
     missing: list[str] = []
     for wanted in dict.fromkeys(routes):
-        found = [index for index, route in enumerate(http) if route.get("name") == wanted]
+        found = [user[i] for i, route in enumerate(http) if route.get("name") == wanted]
         if not found:
             missing.append(wanted)
         elif len(found) > 1:
@@ -221,15 +233,22 @@ def split_view(
     stable: Backend,
     canary: Backend,
     retiring: tuple[Backend, ...] = (),
+    *,
+    experiment: ExperimentRoutes | None = None,
 ) -> RouteView:
     """The split between `stable` and `canary` in the managed routes. Not consistent when the routes
-    disagree or a route's stable and canary weights do not sum to 100 (a retiring destination that still
-    carries traffic makes it so); the weight is then the largest canary weight seen."""
+    disagree (in weights or mirror) or a route's stable and canary weights do not sum to 100 (a retiring
+    destination that still carries traffic makes it so); the weight is then the largest canary weight seen,
+    the mirror the largest share mirrored to the canary. `experiment_in_place` compares the routes and
+    headers an experiment owns with those `experiment` adds at that weight (None: none at all)."""
     if not indexes:
         raise ValueError("no managed route to read")
+    namespace = (vs.get("metadata") or {}).get("namespace")
     canary_weights: list[int] = []
+    mirrors: list[int] = []
     consistent = True
     present = False
+    http = _http_routes(vs)
     for index in indexes:
         split = _split(vs, index, stable, canary, retiring)
         stable_weight = _weight(split.destinations, split.stable)
@@ -237,8 +256,25 @@ def split_view(
         consistent = consistent and stable_weight + canary_weight == 100
         present = present or split.canary is not None
         canary_weights.append(canary_weight)
-    consistent = consistent and len(set(canary_weights)) == 1
-    return RouteView(canary_weight=max(canary_weights), consistent=consistent, canary_present=present)
+        mirrors.append(
+            extras.mirror_percent(http[index], lambda found: destination_matches(canary, found, namespace))
+        )
+    consistent = consistent and len(set(canary_weights)) == 1 and len(set(mirrors)) == 1
+    desired = RouteWrite(
+        stable=stable,
+        canary=canary,
+        canary_weight=max(canary_weights),
+        mirror=max(mirrors),
+        retire=retiring,
+        experiment=experiment,
+    )
+    return RouteView(
+        canary_weight=max(canary_weights),
+        consistent=consistent,
+        canary_present=present,
+        mirror=max(mirrors),
+        experiment_in_place=experiment_in_place(vs, indexes, desired),
+    )
 
 
 def read_canary_weight(
@@ -251,18 +287,39 @@ def read_canary_weight(
 
 def with_split(vs: VirtualService, indexes: list[int], desired: RouteWrite) -> tuple[VirtualService, bool]:
     """A copy of the VirtualService with stable at 100 - canary_weight and canary at canary_weight in every
-    managed route, the `drop` destinations removed and the `retire` ones at weight 0, and whether that
-    differs from the input. A missing canary destination is added right after the stable one; weights are
-    always written explicitly so the split never depends on Istio's implicit single-destination rule."""
+    managed route, the `drop` destinations removed and the `retire` ones at weight 0, the canary mirrored at
+    `desired.mirror` percent (or not at all), the experiment's routes and headers as `desired.experiment`
+    says (or none), and whether that differs from the input. A missing canary destination is added right
+    after the stable one; weights are always written explicitly so the split never depends on Istio's
+    implicit single-destination rule."""
     weight = desired.canary_weight
     if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
         raise ValueError(f"canary weight must be an integer in 0..100, not {weight!r}")
+    if isinstance(desired.mirror, bool) or not 0 <= desired.mirror <= 100:
+        raise ValueError(f"mirror percent must be an integer in 0..100, not {desired.mirror!r}")
     # Dropping the pair's own canary: the return of a superseded pair, which leaves the route altogether.
-    drop_canary = desired.canary in desired.drop
-    if drop_canary and weight != 0:
-        raise ValueError(f"a canary that leaves the route cannot keep weight {weight}")
-    namespace = (vs.get("metadata") or {}).get("namespace")
+    if desired.canary in desired.drop and (weight != 0 or desired.mirror or desired.experiment is not None):
+        raise ValueError("a canary that leaves the route cannot keep weight, mirror or experiment routes")
     result = copy.deepcopy(vs)
+    keys = [route_key(vs, index) for index in indexes]
+    http: list[dict[str, Any]] = (result.get("spec") or {}).get("http") or []
+    managed = [http[index] for index in indexes]
+    if http:
+        result["spec"]["http"] = http = extras.without_generated(http, keys)
+    generated = [
+        (route, _rewrite_route(result, http.index(route), key, desired))
+        for route, key in zip(managed, keys, strict=True)
+    ]
+    for route, routes in generated:
+        index = http.index(route)
+        http[index:index] = routes
+    return result, result != vs
+
+
+def _rewrite_route(vs: VirtualService, index: int, key: str, desired: RouteWrite) -> list[dict[str, Any]]:
+    """Set one managed route (in place) as `desired` says; the experiment routes to put before it."""
+    namespace = (vs.get("metadata") or {}).get("namespace")
+    drop_canary = desired.canary in desired.drop
     retiring = (*desired.drop, *desired.retire)
 
     def role(destination: dict[str, Any]) -> str:
@@ -276,28 +333,85 @@ def with_split(vs: VirtualService, indexes: list[int], desired: RouteWrite) -> t
             return "retire"
         return "other"
 
-    for index in indexes:
-        route = _http_routes(result)[index]
-        kept = []
-        for entry in route.get("route") or []:
-            kind = role(entry.get("destination") or {})
-            if kind == "drop":
-                continue
-            if kind == "retire":
-                entry["weight"] = 0
-            kept.append(entry)
-        route["route"] = kept
-        split = _split(result, index, desired.stable, desired.canary, retiring)
-        split.destinations[split.stable]["weight"] = 100 - weight
-        if split.canary is None and drop_canary:
+    route = _http_routes(vs)[index]
+    kept = []
+    for entry in route.get("route") or []:
+        kind = role(entry.get("destination") or {})
+        if kind == "drop":
             continue
-        if split.canary is None:
-            split.destinations.insert(
-                split.stable + 1, {"destination": _destination_of(desired.canary), "weight": weight}
-            )
-        else:
-            split.destinations[split.canary]["weight"] = weight
-    return result, result != vs
+        if kind == "retire":
+            entry["weight"] = 0
+        extras.strip_dimensions(entry)
+        kept.append(entry)
+    route["route"] = kept
+    extras.strip_mirror(
+        route,
+        lambda found: any(destination_matches(b, found, namespace) for b in (desired.canary, *retiring)),
+    )
+    split = _split(vs, index, desired.stable, desired.canary, retiring)
+    split.destinations[split.stable]["weight"] = 100 - desired.canary_weight
+    if split.canary is None and drop_canary:
+        return []
+    if split.canary is None:
+        canary_at = split.stable + 1
+        split.destinations.insert(
+            canary_at, {"destination": _destination_of(desired.canary), "weight": desired.canary_weight}
+        )
+    else:
+        canary_at = split.canary
+        split.destinations[canary_at]["weight"] = desired.canary_weight
+    where = f"{_route_label(vs, index)} of VirtualService {virtual_service_ref(vs)}"
+    if desired.mirror:
+        extras.add_mirror(route, _destination_of(desired.canary), desired.mirror, where)
+    experiment = desired.experiment
+    if experiment is None:
+        return []
+    stable_entry, canary_entry = split.destinations[split.stable], split.destinations[canary_at]
+    extras.set_dimensions(stable_entry, experiment.stable_headers)
+    extras.set_dimensions(canary_entry, experiment.canary_headers)
+    return extras.experiment_routes(
+        route,
+        key,
+        experiment,
+        entries={"stable": stable_entry, "canary": canary_entry},
+        weight=desired.canary_weight,
+        where=where,
+    )
+
+
+def _experiment_part(vs: VirtualService, indexes: list[int]) -> tuple[list[Any], list[Any]]:
+    """What an experiment owns in the managed routes: its generated routes and the dimension headers of the
+    managed destinations."""
+    http = _http_routes(vs)
+    keys = [route_key(vs, index) for index in indexes]
+    headers = [
+        [
+            (entry.get("destination"), dimensions)
+            for entry in http[index].get("route") or []
+            if (dimensions := extras.dimensions_of(entry))
+        ]
+        for index in indexes
+    ]
+    return extras.generated_of(http, keys), headers
+
+
+def experiment_in_place(vs: VirtualService, indexes: list[int], desired: RouteWrite) -> bool:
+    """Whether the VirtualService holds exactly the routes and headers `desired.experiment` adds at
+    `desired.canary_weight` (mirror and weights aside: they are read as numbers)."""
+    expected, _ = with_split(vs, indexes, desired)
+    return _experiment_part(vs, indexes) == _experiment_part(expected, _same_routes(vs, indexes, expected))
+
+
+def _same_routes(vs: VirtualService, indexes: list[int], other: VirtualService) -> list[int]:
+    """Indexes into `other` of the routes at `indexes` in `vs`, the two differing only in generated routes
+    (the user's routes keep their order)."""
+
+    def user_indexes(service: VirtualService) -> list[int]:
+        return [i for i, route in enumerate(_http_routes(service)) if not extras.is_generated(route)]
+
+    position = {index: n for n, index in enumerate(user_indexes(vs))}
+    theirs = user_indexes(other)
+    return [theirs[position[index]] for index in indexes]
 
 
 def with_canary_weight(
@@ -311,9 +425,13 @@ def with_canary_weight(
 
 
 def route_key(vs: VirtualService, index: int) -> str:
-    """How a claim names a route: its name, or `http[i]` for an unnamed one."""
-    name = _http_routes(vs)[index].get("name")
-    return str(name) if name else f"http[{index}]"
+    """How a claim names a route: its name, or `http[i]` for an unnamed one, i counting the user's routes
+    only (routes generated for an experiment come and go in front of it)."""
+    http = _http_routes(vs)
+    name = http[index].get("name")
+    if name:
+        return str(name)
+    return f"http[{sum(1 for route in http[:index] if not extras.is_generated(route))}]"
 
 
 def claims_of(vs: VirtualService) -> dict[str, str]:
@@ -333,7 +451,8 @@ def claims_of(vs: VirtualService) -> dict[str, str]:
             parsed = None
         if isinstance(parsed, dict) and all(isinstance(v, str) for v in parsed.values()):
             return {str(k): v for k, v in parsed.items() if v}
-    return {route_key(vs, index): text for index in range(len(_http_routes(vs)))}
+    http = _http_routes(vs)
+    return {route_key(vs, i): text for i in range(len(http)) if not extras.is_generated(http[i])}
 
 
 def owner_of(vs: VirtualService) -> str | None:

@@ -31,6 +31,7 @@ from modelrollout.routing.istio import (
 )
 from modelrollout.routing.router import (
     Backend,
+    ExperimentRoutes,
     Router,
     RouteView,
     RouteWrite,
@@ -97,6 +98,7 @@ class IstioRouter(Router):
         *,
         retiring: tuple[Backend, ...] = (),
         stale_owner: str | None = None,
+        experiment: ExperimentRoutes | None = None,
     ) -> RouteView:
         vs: VirtualService = snapshot.body
         indexes = managed_route_indexes(vs, self.routes)
@@ -108,7 +110,7 @@ class IstioRouter(Router):
                 f"VirtualService {virtual_service_ref(vs)} is already managed by ModelRollout {other}; "
                 f"{self.owner} leaves it alone",
             )
-        split = split_view(vs, indexes, stable, canary, retiring)
+        split = split_view(vs, indexes, stable, canary, retiring, experiment=experiment)
         claimed = any(snapshot.claims.get(key) == self.owner for key in keys)
         return replace(split, claimed=claimed)
 
@@ -124,12 +126,23 @@ class IstioRouter(Router):
             return snapshot
         stored = self._snapshot(await self._replace(body))
         shown = split_view(
-            stored.body, managed_route_indexes(stored.body, self.routes), desired.stable, desired.canary
+            stored.body,
+            managed_route_indexes(stored.body, self.routes),
+            desired.stable,
+            desired.canary,
+            experiment=desired.experiment,
         )
-        if shown.canary_weight != desired.canary_weight or not shown.consistent:
+        if (
+            shown.canary_weight != desired.canary_weight
+            or shown.mirror != desired.mirror
+            or not shown.consistent
+            or not shown.experiment_in_place
+        ):
             raise RuntimeError(
-                f"VirtualService {self.ref} reads back canary weight {shown.canary_weight} "
-                f"(consistent: {shown.consistent}) after writing {desired.canary_weight}"
+                f"VirtualService {self.ref} reads back canary weight {shown.canary_weight}, mirror "
+                f"{shown.mirror}% (consistent: {shown.consistent}, experiment routes in place: "
+                f"{shown.experiment_in_place}) after writing {desired.canary_weight}, "
+                f"mirror {desired.mirror}%"
             )
         return stored
 

@@ -20,6 +20,7 @@ RoutingProblemReason = Literal[
     "AmbiguousRoute",
     "HostNotInRoute",
     "UnexpectedDestination",
+    "ExperimentConflict",
 ]
 
 
@@ -35,6 +36,27 @@ class Backend:
 def backend_of(target: api.Target) -> Backend:
     """The destination a ModelRollout's stable or canary names."""
     return Backend(host=target.host, subset=target.subset, port=target.port)
+
+
+@dataclass(frozen=True)
+class HeaderOverride:
+    """Requests whose `header` equals `value` always go to `variant`."""
+
+    header: str
+    value: str
+    variant: Literal["stable", "canary"]
+
+
+@dataclass(frozen=True)
+class ExperimentRoutes:
+    """What an experiment adds to the managed routes besides the weights: tester overrides and sticky bucket
+    routes ahead of each managed route, and request headers set on each variant's destinations. Absent
+    (None in a RouteWrite) means none of it: the kill switch."""
+
+    overrides: tuple[HeaderOverride, ...] = ()
+    bucket_header: str | None = None
+    stable_headers: tuple[tuple[str, str], ...] = ()
+    canary_headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,12 +80,16 @@ class RouteView:
     When `consistent` is False the managed routes disagree or their weights do not sum to 100;
     `canary_weight` is then the largest canary weight seen, so acting on it never understates the canary's
     exposure. `canary_present` says whether any managed route still names the canary (at any weight);
-    `claimed` whether our claim is on the managed routes."""
+    `claimed` whether our claim is on the managed routes. `mirror` is the largest percent of a managed
+    route's traffic mirrored to the canary; `experiment_in_place` whether the experiment's routes and
+    headers are exactly those the viewer asked about, at the live weight."""
 
     canary_weight: int
     consistent: bool
     canary_present: bool
     claimed: bool = False
+    mirror: int = 0
+    experiment_in_place: bool = True
 
 
 @dataclass(frozen=True)
@@ -72,11 +98,15 @@ class RouteWrite:
 
     `drop` names destinations to remove from the managed routes (the canary of a pair that was superseded);
     `retire` names destinations to keep at weight 0 (the stable of a superseded pair). `take_over_from` is a
-    claim to replace: one left by a ModelRollout that no longer exists."""
+    claim to replace: one left by a ModelRollout that no longer exists. `mirror` is the percent of each
+    managed route's traffic mirrored to the canary (a shadow stage); `experiment` the routes and headers of
+    an experiment, None for none (anything of an earlier one is removed)."""
 
     stable: Backend
     canary: Backend
     canary_weight: int
+    mirror: int = 0
+    experiment: ExperimentRoutes | None = None
     drop: tuple[Backend, ...] = ()
     retire: tuple[Backend, ...] = ()
     take_over_from: str | None = None
@@ -117,8 +147,10 @@ class Router(Protocol):
         *,
         retiring: tuple[Backend, ...] = (),
         stale_owner: str | None = None,
+        experiment: ExperimentRoutes | None = None,
     ) -> RouteView:
         """The split between `stable` and `canary`; destinations in `retiring` are tolerated at any weight.
+        `experiment_in_place` compares the VirtualService with `experiment` at the live weight.
         RoutingProblem for a route that does not fit, RoutingConflict for a route another rollout claims
         (other than `stale_owner`, a claim the caller knows to be left by a rollout that is gone)."""
         ...
