@@ -83,12 +83,17 @@ class FakeApiServer:
         raw = (self.vs(name)["metadata"].get("annotations") or {}).get("modelrollout.io/managed-by")
         return json.loads(raw) if raw else {}
 
-    def edit_vs(self, change: Callable[[dict[str, Any]], None], manager: str = "kubectl-edit") -> None:
+    def edit_vs(
+        self,
+        change: Callable[[dict[str, Any]], None],
+        manager: str = "kubectl-edit",
+        at: str = "2026-11-23T23:59:59Z",
+    ) -> None:
         vs = self.vs()
         change(vs)
         vs["metadata"]["managedFields"] = [
             *vs["metadata"].get("managedFields", []),
-            {"manager": manager, "time": "2026-11-23T23:59:59Z", "fieldsV1": {"f:spec": {"f:http": {}}}},
+            {"manager": manager, "time": at, "fieldsV1": {"f:spec": {"f:http": {}}}},
         ]
         self.put_vs(vs)
 
@@ -237,6 +242,7 @@ class FakeMeasurer:
     value: float = 0.004
     calls: int = 0
     seen: list[tuple[int | None, int | None]] = field(default_factory=list)  # (live weight, status stage)
+    mirrors: list[int] = field(default_factory=list)  # the live mirror percent of each check
 
     async def measure(
         self,
@@ -251,6 +257,7 @@ class FakeMeasurer:
     ) -> CheckResult | None:
         self.calls += 1
         self.seen.append((canary_weight, status.stage if status else None))
+        self.mirrors.append(mirror)
         if self.verdict is None:
             return None
         gate = api.GateResult(

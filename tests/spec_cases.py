@@ -427,6 +427,112 @@ INVALID = [
     ),
 ]
 
+_SHADOW_THEN_WEIGHTS = [{"shadow": 100, "duration": "1h"}, {"weight": 10, "duration": "1h"}, {"weight": 100}]
+_EXPERIMENT = {
+    "id": "exp-claude-migration-v1",
+    "stickiness": {"bucketHeader": "x-user-bucket"},
+    "overrides": [
+        {"header": "x-experiment", "value": "canary", "variant": "canary"},
+        {"header": "x-internal", "value": "yes", "variant": "stable"},
+    ],
+    "dimensions": True,
+}
+
+
+def _override(**changes: Any) -> Callable[[Spec], None]:
+    return _set(
+        "experiment",
+        {"overrides": [{"header": "x-experiment", "value": "on", "variant": "canary", **changes}]},
+    )
+
+
+INVALID += [
+    Case(
+        "shadow-after-weight",
+        _set("stages", [{"weight": 5}, {"shadow": 50}, {"weight": 100}]),
+        "spec.stages",
+        "shadow stages come before weighted stages",
+        "shadow stages come before weighted stages",
+    ),
+    Case(
+        "shadow-and-weight",
+        _set("stages.0", {"weight": 1, "shadow": 50}),
+        "spec.stages[0]",
+        "exactly one of weight and shadow",
+        "exactly one of weight and shadow",
+    ),
+    Case(
+        "stage-without-weight-or-shadow",
+        _set("stages.0", {"duration": "1h"}),
+        "spec.stages[0]",
+        "exactly one of weight and shadow",
+        "exactly one of weight and shadow",
+    ),
+    Case(
+        "shadow-0",
+        _set("stages", [{"shadow": 0}, {"weight": 100}]),
+        "spec.stages[0].shadow",
+        "greater than or equal to 1",
+        "greater than or equal to 1",
+    ),
+    Case(
+        "shadow-101",
+        _set("stages", [{"shadow": 101}, {"weight": 100}]),
+        "spec.stages[0].shadow",
+        "less than or equal to 100",
+        "less than or equal to 100",
+    ),
+    Case(
+        "override-names-no-variant",
+        _override(variant="treatment"),
+        "spec.experiment.overrides[0].variant",
+        "Unsupported value",
+        "'stable' or 'canary'",
+    ),
+    Case(
+        "override-without-variant",
+        lambda s: s.update(experiment={"overrides": [{"header": "x-experiment", "value": "on"}]}),
+        "spec.experiment.overrides[0].variant",
+        "Required value",
+        "Field required",
+    ),
+    Case(
+        "override-header-upper-case",
+        _override(header="X-Experiment"),
+        "spec.experiment.overrides[0].header",
+        "should match",
+        "should match",
+    ),
+    Case(
+        "override-header-reserved",
+        _override(header="x-variant"),
+        "spec.experiment",
+        "the operator writes those",
+        "the operator writes those",
+    ),
+    Case(
+        "bucket-header-not-a-header-name",
+        _set("experiment", {"stickiness": {"bucketHeader": "x user bucket"}}),
+        "spec.experiment.stickiness.bucketHeader",
+        "should match",
+        "should match",
+    ),
+    Case(
+        "bucket-header-reserved",
+        _set("experiment", {"stickiness": {"bucketHeader": "x-model"}}),
+        "spec.experiment",
+        "cannot be a dimension header",
+        "cannot be a dimension header",
+    ),
+    Case(
+        "experiment-id-with-spaces",
+        _set("experiment", {"id": "my experiment"}),
+        "spec.experiment.id",
+        "should match",
+        "should match",
+    ),
+]
+
 # Specs the models refuse and the API server cannot: placing a variable needs PromQL's lexer (strings,
 # escapes, comments), which CEL does not have. The operator refuses them with an InvalidSpec condition before
 # it moves any traffic.
@@ -454,6 +560,12 @@ OPERATOR_ONLY = [
 # The other side of each edge: specs that must be accepted.
 VALID = [
     Case("sample", lambda s: None),
+    Case("shadow-then-weights", _set("stages", _SHADOW_THEN_WEIGHTS)),
+    Case(
+        "shadow-only", _set("stages", [{"shadow": 10, "duration": "1h"}, {"shadow": 100, "duration": "1h"}])
+    ),
+    Case("experiment-full", _set("experiment", _EXPERIMENT)),
+    Case("experiment-empty", _set("experiment", {})),
     Case("single-stage-100", _stages(100)),
     Case("weights-1-and-100", _stages(1, 100)),
     Case("duration-compound", _set("stages.0.duration", "1h30m")),

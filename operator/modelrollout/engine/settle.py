@@ -8,7 +8,14 @@ from modelrollout import api
 from modelrollout.durations import format_duration
 from modelrollout.engine.draft import Draft, describe
 from modelrollout.engine.model import TERMINAL, Observation
-from modelrollout.engine.stages import check_window, countdown, progress, soak_left, window_wait
+from modelrollout.engine.stages import (
+    check_window,
+    countdown,
+    exposure,
+    progress,
+    soak_left,
+    window_wait,
+)
 
 ACTIVE_REASONS = ("StageAdvanced", "RolloutStarted", "Retried", "StagesChanged")
 
@@ -16,7 +23,7 @@ ACTIVE_REASONS = ("StageAdvanced", "RolloutStarted", "Retried", "StagesChanged")
 def settle(draft: Draft, spec: api.ModelRolloutSpec, obs: Observation) -> None:
     status = draft.status
     phase, reason = status.phase, status.reason or ""
-    where = f"stage {progress(spec, status.stage)} at {status.canary_weight}%"
+    where = f"stage {progress(spec, status.stage)} at {exposure(status.canary_weight, status.shadow)}"
     last = status.last_analysis
     gates = f": {'; '.join(f'{g.name} {g.message}' for g in last.gates)}" if last and last.gates else ""
     if phase == api.Phase.PROMOTED:
