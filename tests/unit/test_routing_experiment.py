@@ -125,6 +125,7 @@ def test_overrides_and_bucket_routes_stand_in_front_of_the_weighted_route_in_ord
     assert override["route"][0]["destination"] == {"host": "llm-canary"}
     assert support["route"][0]["destination"] == {"host": "llm-stable"}
     assert canary_buckets["match"] == [{"headers": {"x-user-bucket": {"regex": bucket_regex(25)}}}]
+    assert stable_buckets["route"][0]["destination"] == {"host": "llm-stable"}
     for generated in updated["spec"]["http"][1:5]:
         assert generated["timeout"] == "30s"  # the managed route's own settings come along
         assert generated["route"][0]["weight"] == 100
