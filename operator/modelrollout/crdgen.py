@@ -117,6 +117,9 @@ PRINTER_COLUMNS = [
     _column("Phase", ".status.phase", "string", "Where the rollout stands"),
     _column("Stage", ".status.progress", "string", "Current stage of all stages, e.g. 3/6"),
     _column("Weight", ".status.canaryWeight", "integer", "Canary share of traffic in percent"),
+    _column(
+        "Shadow", ".status.shadow", "integer", "Percent of live traffic mirrored to the canary", priority=1
+    ),
     _column("Stable", ".spec.stable.model", "string", "Model serving today", priority=1),
     _column("Canary", ".spec.canary.model", "string", "Model being rolled out", priority=1),
     _column("Message", ".status.message", "string", "Latest analysis or decision, in short"),

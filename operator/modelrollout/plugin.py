@@ -26,7 +26,7 @@ from urllib3.exceptions import HTTPError
 
 from modelrollout import api, plugin_view
 from modelrollout.kube import ACTION_ANNOTATION
-from modelrollout.routing.istio import managed_route_indexes, read_canary_weight
+from modelrollout.routing.istio import managed_route_indexes, split_view
 from modelrollout.routing.router import RoutingProblem, backend_of
 
 PROG = "kubectl modelrollout"
@@ -124,15 +124,15 @@ class Session:
                 _request_timeout=self.timeout,
             )
             indexes = managed_route_indexes(vs, istio.routes)
-            weight, consistent = read_canary_weight(
-                vs, indexes, backend_of(spec.stable), backend_of(spec.canary)
-            )
+            view = split_view(vs, indexes, backend_of(spec.stable), backend_of(spec.canary))
         except ApiException as error:
             problem = "not found" if error.status == 404 else f"unreadable ({error.status} {error.reason})"
             return plugin_view.LiveTraffic(ref, problem=problem)
         except RoutingProblem as problem:
             return plugin_view.LiveTraffic(ref, problem=problem.message)
-        return plugin_view.LiveTraffic(ref, canary_weight=weight, consistent=consistent)
+        return plugin_view.LiveTraffic(
+            ref, canary_weight=view.canary_weight, consistent=view.consistent, mirror=view.mirror
+        )
 
     # ---- writes ----
 

@@ -54,6 +54,7 @@ class LiveTraffic:
     canary_weight: int | None = None
     consistent: bool = True
     problem: str | None = None
+    mirror: int = 0
 
 
 # ---- small helpers ----
@@ -248,13 +249,14 @@ def render_list(rollouts: Sequence[Mapping[str, Any]], now: datetime, *, all_nam
         meta = _map(obj.get("metadata"))
         status = _map(obj.get("status"))
         weight = status.get("canaryWeight")
+        shadow = status.get("shadow")
         verdict = _map(status.get("lastAnalysis")).get("verdict")
         message = generation_lag(obj) or str(status.get("message") or "")
         row = [
             _text(meta.get("name")),
             _text(status.get("phase")),
             progress(obj),
-            f"{weight}%" if weight is not None else MISSING,
+            f"shadow {shadow}%" if shadow and not weight else f"{weight}%" if weight is not None else MISSING,
             _text(verdict),
             age(meta.get("creationTimestamp"), now),
             _shorten(message, LIST_MESSAGE_WIDTH) or MISSING,
@@ -306,7 +308,11 @@ def _stages(obj: Mapping[str, Any], now: datetime) -> list[str]:
             [
                 ">" if index == current else "",
                 str(index + 1),
-                f"{stage['weight']}%" if stage.get("weight") is not None else MISSING,
+                f"{stage['weight']}%"
+                if stage.get("weight") is not None
+                else f"shadow {stage['shadow']}%"
+                if stage.get("shadow") is not None
+                else MISSING,
                 _text(stage.get("duration")),
                 str(stage.get("approval") or api.Approval.AUTO.value),
                 _stage_state(index, current, status, now),
@@ -318,13 +324,23 @@ def _stages(obj: Mapping[str, Any], now: datetime) -> list[str]:
 def _traffic(obj: Mapping[str, Any], live: LiveTraffic | None) -> str:
     status = _map(obj.get("status"))
     weight = status.get("canaryWeight")
-    decided = f"canary {weight}%, stable {100 - int(weight)}% (status)" if weight is not None else "no status"
+    shadow = status.get("shadow")
+    mirrored = f", {shadow}% mirrored to the canary" if shadow else ""
+    decided = (
+        f"canary {weight}%, stable {100 - int(weight)}%{mirrored} (status)"
+        if weight is not None
+        else "no status"
+    )
     if live is None:
         return decided
     if live.problem:
         return f"{decided}; VirtualService {live.virtual_service}: {live.problem}"
     note = " (routes disagree or do not sum to 100)" if not live.consistent else ""
-    return f"{decided}; VirtualService {live.virtual_service}: canary {live.canary_weight}% live{note}"
+    live_mirror = f", {live.mirror}% mirrored" if live.mirror else ""
+    return (
+        f"{decided}; VirtualService {live.virtual_service}: canary {live.canary_weight}%{live_mirror} "
+        f"live{note}"
+    )
 
 
 def _comparison(result: Mapping[str, Any]) -> tuple[str, str, str]:
