@@ -58,11 +58,17 @@ def test_samples_apply(namespace: str, kubectl: Kubectl) -> None:
     assert json.loads(live.stdout)["spec"] == sample_rollout()["spec"]  # nothing pruned, nothing defaulted
 
 
-def test_the_llm_analysis_sample_applies_and_nothing_is_pruned(namespace: str, kubectl: Kubectl) -> None:
-    sample = yaml.safe_load((SAMPLES / "modelrollout-llm.yaml").read_text())
+@pytest.mark.parametrize(
+    ("file", "name"),
+    [("modelrollout-llm.yaml", "chat-llm"), ("modelrollout-experiment.yaml", "chat-experiment")],
+)
+def test_the_llm_and_experiment_samples_apply_and_nothing_is_pruned(
+    namespace: str, kubectl: Kubectl, file: str, name: str
+) -> None:
+    sample = yaml.safe_load((SAMPLES / file).read_text())
     applied = kubectl("apply", "-f", "-", input=yaml.safe_dump_all(_in_namespace([sample], namespace)))
     assert applied.returncode == 0, applied.stderr
-    live = kubectl("-n", namespace, "get", "mro", "chat-llm", "-o", "json")
+    live = kubectl("-n", namespace, "get", "mro", name, "-o", "json")
     assert json.loads(live.stdout)["spec"] == sample["spec"]
 
 
