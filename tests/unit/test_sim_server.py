@@ -87,3 +87,34 @@ def test_put_refuses_bad_llm_settings(sim: Simulator, body: dict[str, Any], mess
     assert refused.value.code == 400
     assert message in json.load(refused.value)["error"]
     assert call(sim, "GET", f"/backends/{NS}/llm-claude")["settings"]["model_name"] == ""
+
+
+def test_load_takes_bucket_settings(sim: Simulator) -> None:
+    body = {"host": "llm", "rps": 5, "bucket_header": "x-user-bucket", "experiment_id": "exp-1"}
+    flows = call(sim, "POST", "/load", body)["flows"]
+    assert [(f["host"], f["bucket_header"], f["experiment_id"]) for f in flows] == [
+        ("llm", "x-user-bucket", "exp-1")
+    ]
+    assert call(sim, "GET", "/load")["flows"] == flows
+    # Without them a flow sends no bucket.
+    assert call(sim, "POST", "/load", {"host": "llm", "rps": 5})["flows"][0]["bucket_header"] is None
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"bucket_header": 7, "experiment_id": "exp-1"}, '"bucket_header" must be a string'),
+        ({"bucket_header": "x-user-bucket", "experiment_id": ["exp-1"]}, '"experiment_id" must be a string'),
+        ({"bucket_header": "x-user-bucket"}, "bucket_header and experiment_id go together"),
+        (
+            {"bucket_header": "x-user-id", "experiment_id": "exp-1"},
+            "bucket_header must differ from user_header",
+        ),
+    ],
+)
+def test_load_refuses_bad_bucket_settings(sim: Simulator, body: dict[str, Any], message: str) -> None:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        call(sim, "POST", "/load", {"host": "llm", "rps": 5, **body})
+    assert refused.value.code == 400
+    assert message in json.load(refused.value)["error"]
+    assert call(sim, "GET", "/load")["flows"] == []

@@ -14,8 +14,10 @@
                                   the host's name); answers the new settings
     GET  /load                    the running flows
     POST /load                    {"host", "rps", "headers"?, "users"?, "user_header"?, "path"?,
-                                  "source_workload"?, "source_namespace"?}: replace the flow of that host
-                                  (rps 0 ends it); answers the running flows
+                                  "source_workload"?, "source_namespace"?, "bucket_header"?,
+                                  "experiment_id"?}: replace the flow of that host (rps 0 ends it); with
+                                  bucket_header and experiment_id (strings, both or neither) each request
+                                  also carries its user's sticky bucket; answers the running flows
     POST /request                 {"host", "headers"?, "path"? (or "uri"), "method"?, "port"?,
                                   "source_workload"?, "source_namespace"?}: route one request now and answer
                                   its outcome (status, latency_ms, tokens, ttft_ms, finished_reason,
@@ -43,7 +45,18 @@ if TYPE_CHECKING:
 
 MAX_BODY_BYTES = 1 << 20
 _LOAD_FIELDS = frozenset(
-    {"host", "rps", "headers", "users", "user_header", "path", "source_workload", "source_namespace"}
+    {
+        "host",
+        "rps",
+        "headers",
+        "users",
+        "user_header",
+        "path",
+        "source_workload",
+        "source_namespace",
+        "bucket_header",
+        "experiment_id",
+    }
 )
 _REQUEST_FIELDS = frozenset(
     {"host", "headers", "path", "uri", "method", "port", "source_workload", "source_namespace"}
@@ -161,6 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
             path=str(body.get("path", "/v1/chat/completions")),
             source_workload=str(body.get("source_workload", "loadgen")),
             source_namespace=str(body.get("source_namespace") or self.simulator.source_namespace),
+            bucket_header=_optional_string(body, "bucket_header"),
+            experiment_id=_optional_string(body, "experiment_id"),
         )
         self.simulator.load.set_flow(flow)
 
@@ -231,6 +246,13 @@ def _headers(value: Any) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise BadRequest('"headers" must be an object of strings')
     return {str(name): text for name, text in value.items()}
+
+
+def _optional_string(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f'"{name}" must be a string, got {value!r}')
+    return value
 
 
 def _integer(body: dict[str, Any], name: str, default: int) -> int:

@@ -181,8 +181,11 @@ class Simulator:
         path: str = "/v1/chat/completions",
         source_workload: str = "loadgen",
         source_namespace: str | None = None,
+        bucket_header: str | None = None,
+        experiment_id: str | None = None,
     ) -> Flow:
-        """Send `rps` requests per second to `host` (0 stops that flow)."""
+        """Send `rps` requests per second to `host` (0 stops that flow). With `bucket_header` and
+        `experiment_id`, each request also carries its user's sticky bucket in that header."""
         flow = Flow(
             host=host,
             rps=float(rps),
@@ -191,6 +194,8 @@ class Simulator:
             path=path,
             source_workload=source_workload,
             source_namespace=source_namespace or self.source_namespace,
+            bucket_header=bucket_header,
+            experiment_id=experiment_id,
         )
         self.load.set_flow(flow)
         return flow
