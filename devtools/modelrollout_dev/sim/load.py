@@ -26,6 +26,7 @@ from modelrollout.assign import bucket
 from modelrollout_dev.sim.routing import Request
 
 MAX_BACKLOG_SECONDS = 1.0
+USER_HEADER = "x-user-id"  # where a flow sends its user ids, unless told otherwise
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class Flow:
     rps: float
     headers: Mapping[str, str] = field(default_factory=dict)
     users: int = 100  # distinct user ids; 0 sends no user header
-    user_header: str = "x-user-id"
+    user_header: str = USER_HEADER
     path: str = "/v1/chat/completions"
     source_workload: str = "loadgen"
     source_namespace: str = "default"

@@ -5,6 +5,10 @@
     GET  /healthz                 "ok"
     GET  /stats                   requests per destination / status / route, mirror copies: since start and
                                   since the last reset; load requests sent and failed (an exception)
+    GET  /stats/users             answers per user id and destination (only the answering one, never a mirror;
+                                  requests without a user id are not kept): {"since_start": {user: {dest:
+                                  n}}, "since_reset": ...}; a load flow's users are its user_header's values,
+                                  a /request's its x-user-id
     POST /stats/reset             start a new "since_reset" window
     GET  /backends                every backend's settings, by namespace/host
     GET  /backends/{ns}/{host}    one backend's settings
@@ -21,7 +25,8 @@
     POST /request                 {"host", "headers"?, "path"? (or "uri"), "method"?, "port"?,
                                   "source_workload"?, "source_namespace"?}: route one request now and answer
                                   its outcome (status, latency_ms, tokens, ttft_ms, finished_reason,
-                                  model_name, destination, route, mirrors)
+                                  model_name, destination, route, the headers and authority the
+                                  destination received, user_id, mirrors with their authority)
     GET  /virtualservices         namespace, name and resourceVersion of the VirtualServices in force
 
 Errors are JSON `{"error": "..."}` with 400 (bad input), 404 (no such path) or 405 (wrong method).
@@ -37,7 +42,7 @@ from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from modelrollout_dev.sim.load import Flow
+from modelrollout_dev.sim.load import USER_HEADER, Flow
 from modelrollout_dev.sim.routing import Request
 
 if TYPE_CHECKING:
@@ -122,6 +127,9 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/stats":
                 self._expect(method, "GET")
                 self._json(200, self._stats())
+            elif path == "/stats/users":
+                self._expect(method, "GET")
+                self._json(200, self.simulator.stats.users())
             elif path == "/stats/reset":
                 self._expect(method, "POST")
                 self.simulator.stats.reset()
@@ -170,7 +178,7 @@ class _Handler(BaseHTTPRequestHandler):
             rps=float(rps),
             headers=_headers(body.get("headers")),
             users=_integer(body, "users", 100),
-            user_header=str(body.get("user_header", "x-user-id")),
+            user_header=str(body.get("user_header", USER_HEADER)),
             path=str(body.get("path", "/v1/chat/completions")),
             source_workload=str(body.get("source_workload", "loadgen")),
             source_namespace=str(body.get("source_namespace") or self.simulator.source_namespace),
@@ -195,7 +203,9 @@ class _Handler(BaseHTTPRequestHandler):
             port=_integer(body, "port", 0) if port is not None else None,
             source_namespace=str(body.get("source_namespace") or self.simulator.source_namespace),
         )
-        outcome = self.simulator.handle(request, source_workload=str(body.get("source_workload", "client")))
+        outcome = self.simulator.handle(
+            request, source_workload=str(body.get("source_workload", "client")), user_header=USER_HEADER
+        )
         return outcome.as_dict()
 
     # ---- plumbing ----

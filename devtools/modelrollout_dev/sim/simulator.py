@@ -9,7 +9,7 @@ What is recorded for a request:
 - a mirror copy: served by the mirror's backend and recorded in the metrics like any request (the mirror's
   sidecar and engine see it; a backend does not know it serves a mirror), its reply discarded; it carries the
   headers the destination received and counts in `sim_backend_requests_total` with mirrored="true"; the
-  stats count it under `mirrored`, not as a request;
+  stats count it under `mirrored`, not as a request, and never as a user's answer;
 - answered by the mesh itself (404 no VirtualService / no route, 503 no weighted destination, a direct
   response): not in the `istio_*` metrics, because no destination sidecar ever saw it and every series here
   is reporter="destination", nor in the `vllm:*` ones (no engine saw it); the stats count it under its
@@ -27,7 +27,7 @@ from typing import Any
 from kubernetes import client
 
 from modelrollout_dev.sim.backends import Backends, Served
-from modelrollout_dev.sim.load import Flow, LoadGenerator
+from modelrollout_dev.sim.load import USER_HEADER, Flow, LoadGenerator
 from modelrollout_dev.sim.metrics import MeshMetrics, model_name
 from modelrollout_dev.sim.routing import Destination, Request, RouteResult, route
 from modelrollout_dev.sim.server import ControlServer
@@ -50,6 +50,7 @@ class Outcome:
     ttft_ms: float | None = None
     finished_reason: str | None = None
     model_name: str | None = None
+    user_id: str | None = None  # the user id the request carried, if any
 
     @property
     def destination(self) -> Destination | None:
@@ -70,6 +71,7 @@ class Outcome:
             "ttft_ms": self.ttft_ms,
             "finished_reason": self.finished_reason,
             "model_name": self.model_name,
+            "user_id": self.user_id,
             "mirrors": [
                 {**(_describe(mirror) or {}), "status": status, "authority": self.routing.mirror_authority}
                 for mirror, status in zip(self.routing.mirrors, self.mirror_statuses, strict=True)
@@ -201,25 +203,33 @@ class Simulator:
         return flow
 
     def handle(
-        self, request: Request, *, source_workload: str = "client", rng: random.Random | None = None
+        self,
+        request: Request,
+        *,
+        source_workload: str = "client",
+        rng: random.Random | None = None,
+        user_header: str | None = USER_HEADER,
     ) -> Outcome:
-        """Route one request, have its backend answer, record it. Without `rng`, the simulator's own (shared
-        by callers, so under a lock)."""
+        """Route one request, have its backend answer, record it (per user too, if it carries
+        `user_header`). Without `rng`, the simulator's own (shared by callers, so under a lock)."""
+        user_id = request.headers.get(user_header.lower()) if user_header else None
         if rng is not None:
-            return self._handle(request, source_workload, rng)
+            return self._handle(request, source_workload, rng, user_id)
         with self._rng_lock:
-            return self._handle(request, source_workload, self._rng)
+            return self._handle(request, source_workload, self._rng, user_id)
 
     def _send(self, flow: Flow, request: Request, rng: random.Random) -> None:
-        self._handle(request, flow.source_workload, rng)
+        self._handle(request, flow.source_workload, rng, request.headers.get(flow.user_header.lower()))
 
-    def _handle(self, request: Request, source_workload: str, rng: random.Random) -> Outcome:
+    def _handle(
+        self, request: Request, source_workload: str, rng: random.Random, user_id: str | None
+    ) -> Outcome:
         routing = route(self._virtual_services(), request, rng, shadow_host_suffix=self.shadow_host_suffix)
         route_key = f"{routing.virtual_service}#{routing.route}" if routing.route else None
         destination = routing.destination
         if destination is None:
             self.stats.count(None, routing.status, route_key)
-            return Outcome(routing.status, routing)
+            return Outcome(routing.status, routing, user_id=user_id)
         source_namespace = request.source_namespace or self.source_namespace
         served = self._serve(destination, routing, rng, source_workload, source_namespace, mirrored=False)
         mirror_statuses = tuple(
@@ -227,7 +237,11 @@ class Simulator:
             for mirror in routing.mirrors
         )
         self.stats.count(
-            destination.key, served.status, route_key, tuple(mirror.key for mirror in routing.mirrors)
+            destination.key,
+            served.status,
+            route_key,
+            tuple(mirror.key for mirror in routing.mirrors),
+            user_id,
         )
         return Outcome(
             served.status,
@@ -239,6 +253,7 @@ class Simulator:
             served.ttft_ms,
             served.finished_reason,
             model_name(destination, served),
+            user_id,
         )
 
     def _serve(
