@@ -1,6 +1,8 @@
 """The simulated mesh against the real API server and Prometheus: it routes by the VirtualService it watches
 (weights, a header route, a mirror), follows weight changes within moments, and the built-in gate queries read
-back, through a real Prometheus scraping it, the error rate and p99 its backends were set to.
+back, through a real Prometheus scraping it, the error rate and p99 its backends were set to. An experiment's
+VirtualService (sticky bucket routes, per-destination headers, a mirror), accepted by Istio's schema, keeps
+every user on one destination and brings each backend the headers of its arm.
 
 Tolerances and why they never need a rerun: the load generator draws from a seeded generator in one thread, so
 the k-th request's picks are the same in every run and only the number of requests in a window varies. Shares
@@ -29,8 +31,10 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelrollout import api
+from modelrollout.assign import bucket
 from modelrollout.metrics.prometheus import PrometheusProvider
 from modelrollout.metrics.templates import TemplateVariables, render_gate_query, request_count_query
 from modelrollout_dev.devenv.environment import EnvironmentState
@@ -118,13 +122,17 @@ def apply_vs(
 ) -> None:
     """Create the VirtualService with kubectl (Istio's schema validates it) and wait until the simulator
     routes by it."""
-    applied = kubectl(
-        "apply", "-o", "json", "-f", "-", input=json.dumps(virtual_service(namespace, *weights, mirror))
-    )
+    apply_manifest(kubectl, sim, virtual_service(namespace, *weights, mirror))
+
+
+def apply_manifest(kubectl: Kubectl, sim: Simulator, manifest: dict[str, Any]) -> None:
+    applied = kubectl("apply", "-o", "json", "-f", "-", input=json.dumps(manifest))
     assert applied.returncode == 0, applied.stderr
-    resource_version = json.loads(applied.stdout)["metadata"]["resourceVersion"]
+    metadata = json.loads(applied.stdout)["metadata"]
     assert sim.watcher is not None
-    assert sim.watcher.wait_for(namespace, "llm", resource_version, timeout=10)
+    assert sim.watcher.wait_for(
+        metadata["namespace"], metadata["name"], metadata["resourceVersion"], timeout=10
+    )
 
 
 def set_weights(api_client: client.ApiClient, namespace: str, stable: int, canary: int) -> str:
@@ -364,3 +372,105 @@ def test_entry_point(env_state: EnvironmentState, kubectl: Kubectl, namespace: s
         process.terminate()
         _, stderr = process.communicate(timeout=15)
     assert process.returncode == 0, stderr
+
+
+EXPERIMENT_ID = "chat-exp-1"
+CANARY_BUCKETS = 20  # buckets 0..19 go to the canary
+
+
+def arm(host: str, model: str, prompt_version: str, variant: str) -> dict[str, Any]:
+    """A route destination with the headers the operator writes for one arm of the experiment."""
+    dimensions = {
+        "x-model": model,
+        "x-prompt-version": prompt_version,
+        "x-experiment-id": EXPERIMENT_ID,
+        "x-variant": variant,
+    }
+    return {"destination": {"host": host}, "headers": {"request": {"set": dimensions}}}
+
+
+def experiment_virtual_service(namespace: str) -> dict[str, Any]:
+    stable, canary = arm(STABLE, STABLE_MODEL, "p1", "stable"), arm(CANARY, "claude-x", "p2", "canary")
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "llm", "namespace": namespace},
+        "spec": {
+            "hosts": ["llm"],
+            "http": [
+                {
+                    "name": "canary-buckets",
+                    "match": [{"headers": {"x-user-bucket": {"regex": "[0-9]|1[0-9]"}}}],
+                    "route": [canary],
+                },
+                {
+                    # Stable's users are shadowed to a third service: the copies carry stable's arm.
+                    "name": "stable-buckets",
+                    "match": [{"headers": {"x-user-bucket": {"regex": "[2-9][0-9]"}}}],
+                    "headers": {"request": {"remove": ["x-debug"]}},
+                    "route": [stable],
+                    "mirrors": [{"destination": {"host": SHADOW}, "percentage": {"value": 100}}],
+                },
+                {"name": "primary", "route": [{**stable, "weight": 80}, {**canary, "weight": 20}]},
+            ],
+        },
+    }
+
+
+def test_experiment_routes_keep_users_and_bring_backends_their_headers(
+    kubectl: Kubectl, namespace: str, sim: Simulator, control: Control
+) -> None:
+    apply_manifest(kubectl, sim, experiment_virtual_service(namespace))
+    load = {"host": "llm", "rps": RPS, "users": 300, "headers": {"x-debug": "1"}}
+    control.call("POST", "/load", {**load, "bucket_header": "x-user-bucket", "experiment_id": EXPERIMENT_ID})
+    control.measure()
+    # Stopped before reading, so that the counts below are of the same requests: with no flow left the load
+    # generator sends nothing once the batch under way is done.
+    control.call("POST", "/load", {"host": "llm", "rps": 0})
+
+    def stopped() -> dict[str, Any] | None:
+        before = control.call("GET", "/stats")
+        time.sleep(0.3)
+        after: dict[str, Any] = control.call("GET", "/stats")
+        return after if after["load"]["sent"] == before["load"]["sent"] else None
+
+    window = wait_for("the load to stop", stopped, timeout=10)["since_reset"]
+    users: dict[str, dict[str, int]] = control.call("GET", "/stats/users")["since_reset"]
+    stable_key, canary_key = f"{namespace}/{STABLE}", f"{namespace}/{CANARY}"
+    for user, answers in users.items():
+        expected = canary_key if bucket(EXPERIMENT_ID, user) < CANARY_BUCKETS else stable_key
+        assert list(answers) == [expected], (user, answers)
+    assert sum(sum(answers.values()) for answers in users.values()) == window["requests"]
+    assert set(window["routes"]) == {f"{namespace}/llm#canary-buckets", f"{namespace}/llm#stable-buckets"}
+
+    received: dict[tuple[str, ...], float] = {}
+    text = urllib.request.urlopen(f"{sim.url}/metrics", timeout=10).read().decode()  # noqa: S310
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "sim_backend_requests_total":
+                labels = sample.labels
+                key = tuple(
+                    labels[name] for name in ("service", "model", "prompt_version", "variant", "mirrored")
+                )
+                assert labels["experiment_id"] == EXPERIMENT_ID, labels
+                received[key] = sample.value
+    # Every request reached its backend with its arm's four headers; each of stable's also reached the shadow.
+    at_stable = (STABLE, STABLE_MODEL, "p1", "stable", "false")
+    at_shadow = (SHADOW, STABLE_MODEL, "p1", "stable", "true")
+    assert set(received) == {at_stable, (CANARY, "claude-x", "p2", "canary", "false"), at_shadow}
+    assert received[at_shadow] == received[at_stable]
+    # One request through the control API: the route's removal and the arm's headers, what stable received.
+    outcome = control.route(host="llm", headers={"x-user-id": "u", "x-user-bucket": "50", "x-debug": "1"})
+    assert outcome["headers"] == {
+        "x-user-id": "u",
+        "x-user-bucket": "50",
+        "x-model": STABLE_MODEL,
+        "x-prompt-version": "p1",
+        "x-experiment-id": EXPERIMENT_ID,
+        "x-variant": "stable",
+    }
+    canary_users = sum(1 for answers in users.values() if canary_key in answers) / len(users)
+    print(
+        f"{len(users)} users over {window['requests']} requests, each answered by one destination; "
+        f"{canary_users:.2f} of them on the canary (buckets 0..19); backends received {received}"
+    )

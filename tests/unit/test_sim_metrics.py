@@ -1,5 +1,6 @@
 """The simulator's `/metrics`: vLLM's request families, by the names, labels and units of a real vLLM engine,
-next to the Istio ones on the same registry, read back by parsing the exposition text.
+next to the Istio ones on the same registry, and the experiment headers each backend received, read back by
+parsing the exposition text.
 
 The histogram test reads a p99 the way Prometheus does (histogram_quantile: linear within the bucket) from
 20,000 seeded requests and wants it within 5% of the configured p99: the sample p99's own standard error is
@@ -12,6 +13,7 @@ import itertools
 import math
 import random
 from collections.abc import Iterable
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -277,3 +279,104 @@ def test_simulator_records_routed_and_mirrored_requests_not_mesh_answers() -> No
         "llm-gpt4o",
         "shadow-model",
     }
+
+
+def dimensions(model: str, prompt_version: str, variant: str) -> dict[str, Any]:
+    """A destination's `headers`, as the operator writes them for one arm of experiment exp-1."""
+    return {
+        "request": {
+            "set": {
+                "x-model": model,
+                "x-prompt-version": prompt_version,
+                "x-experiment-id": "exp-1",
+                "x-variant": variant,
+            }
+        }
+    }
+
+
+STABLE_ARM = dimensions("gpt-4o", "p1", "stable")
+CANARY_ARM = dimensions("claude-x", "p2", "canary")
+
+# Sticky buckets 0..19 to the canary, 20..99 to stable, an override header to the canary, and the weighted
+# route (all on stable here) for requests without a bucket, mirrored to a shadow service.
+EXPERIMENT = {
+    "apiVersion": "networking.istio.io/v1",
+    "kind": "VirtualService",
+    "metadata": {"name": "chat", "namespace": NS, "creationTimestamp": "2026-01-01T00:00:00Z"},
+    "spec": {
+        "hosts": ["llm"],
+        "http": [
+            {
+                "name": "override-canary",
+                "match": [{"headers": {"x-experiment": {"exact": "canary"}}}],
+                "route": [{"destination": {"host": "llm-claude"}, "headers": CANARY_ARM}],
+            },
+            {
+                "name": "canary-buckets",
+                "match": [{"headers": {"x-user-bucket": {"regex": "[0-9]|1[0-9]"}}}],
+                "route": [{"destination": {"host": "llm-claude"}, "headers": CANARY_ARM}],
+            },
+            {
+                "name": "stable-buckets",
+                "match": [{"headers": {"x-user-bucket": {"regex": "[2-9][0-9]"}}}],
+                "route": [{"destination": {"host": "llm-gpt4o"}, "headers": STABLE_ARM}],
+            },
+            {
+                "name": "primary",
+                "route": [
+                    {"destination": {"host": "llm-gpt4o"}, "weight": 100, "headers": STABLE_ARM},
+                    {"destination": {"host": "llm-claude"}, "weight": 0, "headers": CANARY_ARM},
+                ],
+                "mirrors": [{"destination": {"host": "llm-shadow"}}],
+            },
+        ],
+    },
+}
+PLAIN = {
+    "apiVersion": "networking.istio.io/v1",
+    "kind": "VirtualService",
+    "metadata": {"name": "embed", "namespace": NS, "creationTimestamp": "2026-01-01T00:00:00Z"},
+    "spec": {"hosts": ["embed"], "http": [{"route": [{"destination": {"host": "llm-embed"}}]}]},
+}
+
+
+def test_backends_count_the_experiment_headers_they_received() -> None:
+    sim = Simulator(None, [NS], seed=3, virtual_services=lambda: [EXPERIMENT, PLAIN])
+    try:
+        rng = seeded(37)
+        for bucket in range(100):
+            sim.handle(Request("llm", headers={"x-user-bucket": str(bucket)}), rng=rng)
+        for _ in range(5):
+            sim.handle(Request("llm", headers={"x-experiment": "canary"}), rng=rng)
+        for _ in range(10):
+            sim.handle(Request("llm"), rng=rng)
+        # The client's own experiment headers are overwritten by the arm's.
+        sim.handle(Request("llm", headers={"x-user-bucket": "3", "x-variant": "stable"}), rng=rng)
+        sim.handle(Request("embed"), rng=rng)
+        assert sim.handle(Request("no-such-host"), rng=rng).status == 404
+        found = samples(sim.metrics)
+    finally:
+        sim.server.stop()
+    received = [s for s in found if s.name == "sim_backend_requests_total"]
+    for sample in received:
+        assert set(sample.labels) == {
+            "service",
+            "namespace",
+            "model",
+            "prompt_version",
+            "experiment_id",
+            "variant",
+            "mirrored",
+        }
+    name = "sim_backend_requests_total"
+    canary = {"model": "claude-x", "prompt_version": "p2", "experiment_id": "exp-1", "variant": "canary"}
+    stable = {"model": "gpt-4o", "prompt_version": "p1", "experiment_id": "exp-1", "variant": "stable"}
+    assert value(found, name, service="llm-claude", namespace=NS, mirrored="false", **canary) == 26
+    assert value(found, name, service="llm-gpt4o", namespace=NS, mirrored="false", **stable) == 90
+    # A mirror copy carries what the picked destination received: stable's arm, at the shadow service.
+    assert value(found, name, service="llm-shadow", namespace=NS, mirrored="true", **stable) == 10
+    # A request without the headers counts under empty values; the mesh's own 404 reached no backend.
+    unlabelled = {"model": "", "prompt_version": "", "experiment_id": "", "variant": ""}
+    assert value(found, name, service="llm-embed", mirrored="false", **unlabelled) == 1
+    assert sum(s.value for s in received) == 26 + 90 + 10 + 1

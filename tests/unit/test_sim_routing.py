@@ -1,4 +1,5 @@
-"""The simulated sidecar's routing: tables for host selection, match rules, weights and mirroring.
+"""The simulated sidecar's routing: tables for host selection, match rules, weights, mirroring, and what the
+destination and its mirrors receive after the VirtualService's header operations.
 
 Shares are measured over 10,000 seeded picks and must land within 0.02 of the configured share: the standard
 deviation of a share p over n picks is sqrt(p(1-p)/n) <= 0.005 here, so 0.02 is four of them, and the seed
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from modelrollout_dev.sim.headers import shadow_authority
 from modelrollout_dev.sim.routing import (
     Destination,
     Request,
@@ -447,3 +449,250 @@ def test_direct_response_and_redirect() -> None:
 def test_unnamed_routes_are_named_by_index() -> None:
     table = [vs({"match": [{"uri": {"prefix": "/a"}}], "route": [dest("a")]}, {"route": [dest("b")]})]
     assert one(table, Request("llm", path="/b")).route == "http[1]"
+
+
+# ---- what the destination receives: header operations and authority ----
+
+LONE, WEIGHTED = "lone", "weighted"
+SHAPES = (LONE, WEIGHTED)
+
+
+def picked_route(
+    route_headers: dict[str, Any] | None,
+    destination_headers: dict[str, Any] | None,
+    shape: str,
+    **route_fields: Any,
+) -> dict[str, Any]:
+    """A route to `picked`: alone (Istio merges the operations into one set), or at weight 100 beside `other`
+    at 0 (the picked one's operations go on Envoy's weighted cluster). `other` sets x-other, which the
+    request must never carry: only the picked destination's operations apply."""
+    picked: dict[str, Any] = dest("picked", None if shape == LONE else 100)
+    if destination_headers is not None:
+        picked["headers"] = destination_headers
+    destinations = [picked]
+    if shape == WEIGHTED:
+        destinations.append({**dest("other", 0), "headers": {"request": {"set": {"x-other": "1"}}}})
+    http: dict[str, Any] = {"name": "primary", "route": destinations, **route_fields}
+    if route_headers is not None:
+        http["headers"] = route_headers
+    return http
+
+
+def received(
+    route_headers: dict[str, Any] | None,
+    destination_headers: dict[str, Any] | None,
+    client_headers: dict[str, str],
+    shape: str,
+) -> dict[str, str]:
+    result = one(
+        [vs(picked_route(route_headers, destination_headers, shape))], Request("llm", headers=client_headers)
+    )
+    assert result.destination is not None
+    assert result.destination.service == "picked"
+    assert "x-other" not in result.headers
+    return dict(result.headers)
+
+
+def request_ops(**operations: Any) -> dict[str, Any]:
+    return {"request": operations}
+
+
+# One set of operations behaves the same at either level and in either shape: (operations, client, received).
+SINGLE_LEVEL = [
+    ({"set": {"x-model": "gpt-4o"}}, {}, {"x-model": "gpt-4o"}),
+    # `set` replaces what the client sent; names are case-insensitive and received lower-case.
+    ({"set": {"X-Variant": "stable"}}, {"x-variant": "canary"}, {"x-variant": "stable"}),
+    ({"add": {"x-tag": "b"}}, {"x-tag": "a"}, {"x-tag": "a, b"}),
+    ({"add": {"x-tag": "b"}}, {}, {"x-tag": "b"}),
+    ({"remove": ["x-debug"]}, {"x-debug": "1", "x-keep": "2"}, {"x-keep": "2"}),
+    ({"remove": ["X-Debug"]}, {"x-debug": "1"}, {}),
+    ({"remove": ["x-absent"]}, {"x-keep": "2"}, {"x-keep": "2"}),
+    # Removals come first, then sets, then adds, whatever the order they are written in.
+    ({"set": {"x-a": "new"}, "remove": ["x-a"]}, {"x-a": "old"}, {"x-a": "new"}),
+    ({"add": {"x-a": "2"}, "set": {"x-a": "1"}}, {"x-a": "0"}, {"x-a": "1, 2"}),
+    # An empty value is never written (Envoy's keep_empty_value is off).
+    ({"set": {"x-a": ""}}, {"x-a": "kept"}, {"x-a": "kept"}),
+    ({"add": {"x-b": ""}}, {}, {}),
+    # The authority is rewritten, never sent as a header; `:`-names and removing `host` are dropped.
+    ({"set": {"host": "elsewhere", ":authority": "other"}}, {"x-a": "1"}, {"x-a": "1"}),
+    ({"set": {":path": "/x"}, "remove": ["host", ":path"]}, {"x-a": "1"}, {"x-a": "1"}),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(("operations", "client", "expected"), SINGLE_LEVEL)
+def test_route_level_operations(
+    shape: str, operations: dict[str, Any], client: dict[str, str], expected: dict[str, str]
+) -> None:
+    assert received(request_ops(**operations), None, client, shape) == expected
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(("operations", "client", "expected"), SINGLE_LEVEL)
+def test_destination_level_operations(
+    shape: str, operations: dict[str, Any], client: dict[str, str], expected: dict[str, str]
+) -> None:
+    assert received(None, request_ops(**operations), client, shape) == expected
+
+
+@pytest.mark.parametrize(
+    ("route_level", "destination_level", "client", "lone_receives", "weighted_receives"),
+    [
+        # Both set one name: a lone destination's set comes later in the merged set; a weighted cluster's
+        # operations are applied before the route's.
+        ({"set": {"x-v": "route"}}, {"set": {"x-v": "dest"}}, {}, {"x-v": "dest"}, {"x-v": "route"}),
+        # A route-level removal: before every set when merged, after the weighted cluster's set otherwise.
+        ({"remove": ["x-v"]}, {"set": {"x-v": "dest"}}, {"x-v": "c"}, {"x-v": "dest"}, {}),
+        ({"set": {"x-v": "route"}}, {"remove": ["x-v"]}, {"x-v": "c"}, {"x-v": "route"}, {"x-v": "route"}),
+        ({"add": {"x-t": "r"}}, {"add": {"x-t": "d"}}, {"x-t": "c"}, {"x-t": "c, r, d"}, {"x-t": "c, d, r"}),
+        # Different names simply add up.
+        (
+            {"set": {"x-experiment-id": "exp-1"}},
+            {"set": {"x-variant": "stable"}},
+            {"x-user-id": "u1"},
+            {"x-user-id": "u1", "x-experiment-id": "exp-1", "x-variant": "stable"},
+            {"x-user-id": "u1", "x-experiment-id": "exp-1", "x-variant": "stable"},
+        ),
+    ],
+)
+def test_route_and_destination_operations_together(
+    route_level: dict[str, Any],
+    destination_level: dict[str, Any],
+    client: dict[str, str],
+    lone_receives: dict[str, str],
+    weighted_receives: dict[str, str],
+) -> None:
+    route_ops, destination_ops = request_ops(**route_level), request_ops(**destination_level)
+    assert received(route_ops, destination_ops, client, LONE) == lone_receives
+    assert received(route_ops, destination_ops, client, WEIGHTED) == weighted_receives
+
+
+def test_matches_read_the_client_headers_not_the_rewritten_ones() -> None:
+    table = [
+        vs(
+            {
+                "name": "override",
+                "match": [{"headers": {"x-experiment": {"exact": "canary"}}}],
+                "headers": request_ops(remove=["x-experiment"], set={"x-variant": "canary"}),
+                "route": [dest("canary")],
+            },
+            {
+                "name": "primary",
+                "headers": request_ops(set={"x-experiment": "canary"}),
+                "route": [dest("stable")],
+            },
+        )
+    ]
+    pinned = one(table, Request("llm", headers={"x-experiment": "canary"}))
+    assert (pinned.route, dict(pinned.headers)) == ("override", {"x-variant": "canary"})
+    # The primary route sets the header the override matches; the request it receives was routed already.
+    plain = one(table, Request("llm"))
+    assert (plain.route, dict(plain.headers)) == ("primary", {"x-experiment": "canary"})
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(
+    ("route_fields", "destination_headers", "host", "authority"),
+    [
+        ({}, None, "llm", "llm"),
+        ({}, None, "llm.llm.svc.cluster.local:80", "llm.llm.svc.cluster.local:80"),
+        ({"headers": request_ops(set={"host": "gpt.internal"})}, None, "llm", "gpt.internal"),
+        ({"headers": request_ops(add={":authority": "gpt.internal"})}, None, "llm", "gpt.internal"),
+        # `set` wins over `add`; `rewrite.authority` wins over both.
+        ({"headers": request_ops(set={"host": "a"}, add={"host": "b"})}, None, "llm", "a"),
+        ({"headers": request_ops(set={"host": "a"}), "rewrite": {"authority": "r"}}, None, "llm", "r"),
+        # A destination's rewrite applies unless the route has one.
+        ({}, request_ops(set={"host": "d"}), "llm", "d"),
+        ({"headers": request_ops(set={"host": "a"})}, request_ops(set={"host": "d"}), "llm", "a"),
+        ({"rewrite": {"authority": "r"}}, request_ops(set={"host": "d"}), "llm", "r"),
+    ],
+)
+def test_authority_received(
+    shape: str,
+    route_fields: dict[str, Any],
+    destination_headers: dict[str, Any] | None,
+    host: str,
+    authority: str,
+) -> None:
+    fields = dict(route_fields)
+    http = picked_route(fields.pop("headers", None), destination_headers, shape, **fields)
+    assert one([vs(http)], Request(host)).authority == authority
+
+
+def test_the_mesh_own_answers_carry_nothing_received() -> None:
+    gone = one(
+        [vs({"directResponse": {"status": 410}, "headers": request_ops(set={"x-a": "1"})})], Request("llm")
+    )
+    unrouted = one([], Request("llm", headers={"x-a": "1"}))
+    for result in (gone, unrouted):
+        assert (dict(result.headers), result.authority, result.mirror_authority) == ({}, None, None)
+
+
+# ---- what a mirror copy receives ----
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_mirror_copies_carry_the_route_and_picked_destination_operations(shape: str) -> None:
+    """Envoy copies the request for its mirrors after the route's (and the picked weighted cluster's) header
+    operations: a copy carries what the destination receives."""
+    http = picked_route(
+        request_ops(set={"x-experiment-id": "exp-1"}, remove=["x-debug"]),
+        request_ops(set={"x-variant": "stable"}),
+        shape,
+        mirrors=[{"destination": {"host": "shadow"}}],
+    )
+    result = one([vs(http)], Request("llm:8080", headers={"x-user-id": "u1", "x-debug": "1"}))
+    assert result.mirrors == (destination_of({"host": "shadow"}, NS),)
+    assert dict(result.headers) == {"x-user-id": "u1", "x-experiment-id": "exp-1", "x-variant": "stable"}
+    # Istio since 1.28 leaves the copy's authority as it is.
+    assert (result.authority, result.mirror_authority) == ("llm:8080", "llm:8080")
+
+
+@pytest.mark.parametrize(
+    ("route_fields", "host", "with_suffix", "without_suffix"),
+    [
+        ({"mirror": {"host": "shadow"}}, "llm", "llm-shadow", "llm"),
+        (
+            {"mirror": {"host": "shadow"}},
+            "llm.llm.svc.cluster.local",
+            "llm.llm.svc.cluster.local-shadow",
+            "llm.llm.svc.cluster.local",
+        ),
+        ({"mirror": {"host": "shadow"}}, "llm.llm:80", "llm.llm-shadow:80", "llm.llm:80"),
+        # The suffix goes on the authority after its rewrite, not on the mirror's host.
+        (
+            {"mirror": {"host": "shadow"}, "rewrite": {"authority": "gpt.internal"}},
+            "llm",
+            "gpt.internal-shadow",
+            "gpt.internal",
+        ),
+        ({"mirror": {"host": "shadow"}, "mirrorPercentage": {"value": 0}}, "llm", None, None),
+        ({}, "llm", None, None),
+    ],
+)
+def test_mirror_authority(
+    route_fields: dict[str, Any], host: str, with_suffix: str | None, without_suffix: str | None
+) -> None:
+    table = weighted(dest("stable"), **route_fields)
+    suffixed = route(table, Request(host), seeded(1), shadow_host_suffix=True)
+    assert (suffixed.mirror_authority, one(table, Request(host)).mirror_authority) == (
+        with_suffix,
+        without_suffix,
+    )
+    # The destination itself never sees the suffix.
+    assert suffixed.authority == route_fields.get("rewrite", {}).get("authority", host)
+
+
+@pytest.mark.parametrize(
+    ("authority", "shadow"),
+    [
+        ("llm", "llm-shadow"),
+        ("llm:8080", "llm-shadow:8080"),
+        ("10.0.0.7:80", "10.0.0.7-shadow:80"),
+        # The port starts at the last colon outside a bracketed IPv6 literal.
+        ("[fd00::1]:8080", "[fd00::1]-shadow:8080"),
+        ("[fd00::1]", "[fd00::1]-shadow"),
+    ],
+)
+def test_shadow_authority(authority: str, shadow: str) -> None:
+    assert shadow_authority(authority) == shadow

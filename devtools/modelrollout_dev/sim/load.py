@@ -1,6 +1,10 @@
 """A steady load generator: for each client host, requests at a fixed rate, each from one of `users` user ids
 (in a header, so VirtualService header matches can pin users), with optional fixed headers.
 
+A flow with a `bucket_header` and an `experiment_id` also sends each request's sticky bucket in that header,
+`modelrollout.assign.bucket(experiment_id, user_id)` of the user id the request carries: what an app that
+assigns users itself sends, and what the bucket routes of an experiment match.
+
 Requests are evenly spaced (1/rps apart), not Poisson: a test then sees the same number of requests in every
 second, and shares vary only by the weighted pick. One thread serves every flow; a flow that falls behind
 (a paused process, a busy machine) catches up at most one second of backlog, then drops the rest, as a client
@@ -18,9 +22,11 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
+from modelrollout.assign import bucket
 from modelrollout_dev.sim.routing import Request
 
 MAX_BACKLOG_SECONDS = 1.0
+USER_HEADER = "x-user-id"  # where a flow sends its user ids, unless told otherwise
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +37,12 @@ class Flow:
     rps: float
     headers: Mapping[str, str] = field(default_factory=dict)
     users: int = 100  # distinct user ids; 0 sends no user header
-    user_header: str = "x-user-id"
+    user_header: str = USER_HEADER
     path: str = "/v1/chat/completions"
     source_workload: str = "loadgen"
     source_namespace: str = "default"
+    bucket_header: str | None = None  # with experiment_id: each user's sticky bucket, in this header
+    experiment_id: str | None = None
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -45,12 +53,26 @@ class Flow:
             raise ValueError(f"users must be >= 0, got {self.users}")
         if not self.path.startswith("/"):
             raise ValueError(f"path must start with '/', got {self.path!r}")
+        if (self.bucket_header is None) != (self.experiment_id is None):
+            raise ValueError(
+                "bucket_header and experiment_id go together: the bucket is computed from the experiment id "
+                "and the user id"
+            )
+        if self.bucket_header is not None and not self.bucket_header:
+            raise ValueError("bucket_header must be a header name, got ''")
+        if self.experiment_id is not None and not self.experiment_id:
+            raise ValueError("experiment_id must not be empty")
+        if self.bucket_header is not None and self.bucket_header.lower() == self.user_header.lower():
+            raise ValueError(f"bucket_header must differ from user_header ({self.user_header!r})")
         object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
 
     def request(self, rng: random.Random) -> Request:
         headers = dict(self.headers)
         if self.users:
-            headers[self.user_header] = f"user-{rng.randrange(self.users)}"
+            user_id = f"user-{rng.randrange(self.users)}"
+            headers[self.user_header] = user_id
+            if self.bucket_header is not None and self.experiment_id is not None:
+                headers[self.bucket_header] = str(bucket(self.experiment_id, user_id))
         return Request(
             host=self.host, path=self.path, headers=headers, source_namespace=self.source_namespace
         )

@@ -27,13 +27,19 @@ bounds. The inter-token latency is `itl_ms` for every gap, so its quantiles read
 A request the mesh answered itself (404 no route, 503 no weighted destination) never reached a destination
 sidecar, so a destination reporter has nothing to say about it; the simulator counts it in its own stats only.
 A mirror copy reached its backend, so it is recorded like any request, in the Istio and the vLLM families.
+
+One family is the simulator's own, what each fake backend received: `sim_backend_requests_total` by the
+backend (`service`, `namespace`), the experiment headers the request carried when it arrived (after the
+VirtualService's header operations: `model` from x-model, `prompt_version` from x-prompt-version,
+`experiment_id` from x-experiment-id, `variant` from x-variant; "" when absent) and `mirrored` ("true" for a
+mirror copy). A test reads from it that the headers the operator writes reach the backends.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -210,6 +216,21 @@ REQUEST_LABELS: tuple[str, ...] = (
     *DESTINATION_LABELS,
     "request_protocol",
     "response_code",
+)
+
+
+# The request headers that say which experiment arm a request belongs to, by the label each is counted under.
+DIMENSION_HEADERS: tuple[tuple[str, str], ...] = (
+    ("model", "x-model"),
+    ("prompt_version", "x-prompt-version"),
+    ("experiment_id", "x-experiment-id"),
+    ("variant", "x-variant"),
+)
+BACKEND_REQUEST_LABELS: tuple[str, ...] = (
+    "service",
+    "namespace",
+    *(label for label, _ in DIMENSION_HEADERS),
+    "mirrored",
 )
 
 
@@ -408,6 +429,13 @@ class MeshMetrics:
             ("direction", *DESTINATION_LABELS),
             registry=self.registry,
         )
+        self.backend_requests = Counter(
+            "sim_backend_requests",
+            "Requests each simulated backend received, by the experiment headers they carried "
+            "(empty when absent) and whether they were mirror copies.",
+            BACKEND_REQUEST_LABELS,
+            registry=self.registry,
+        )
 
     def record(
         self,
@@ -450,6 +478,18 @@ class MeshMetrics:
             source_namespace=source_namespace,
         )
         self.vllm.record(model_name(destination, served), served)
+
+    def record_received(
+        self, destination: Destination, headers: Mapping[str, str], *, mirrored: bool
+    ) -> None:
+        """A request (or, `mirrored`, a mirror copy) that reached `destination`'s backend with `headers`
+        (lower-case names)."""
+        self.backend_requests.labels(
+            destination.service,
+            destination.namespace,
+            *(headers.get(header, "") for _, header in DIMENSION_HEADERS),
+            "true" if mirrored else "false",
+        ).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything recorded."""

@@ -1,5 +1,6 @@
 """Route one request the way an Istio sidecar applies VirtualServices: pick the VirtualService for the host,
-the first http route whose match fits, then a destination by weight, and maybe a mirror copy.
+the first http route whose match fits, then a destination by weight, and maybe a mirror copy; and say what
+the destination receives once the route's and the destination's header operations are applied.
 
 Pure: VirtualServices are the plain dicts the API server returns, randomness comes from the caller's
 `random.Random`, and nothing here does I/O.
@@ -20,6 +21,10 @@ What it reads and how (Istio's documented behaviour unless noted):
   themselves.
 - `mirror` + `mirrorPercentage` (100 when absent) and the newer `mirrors` list make a copy only when the
   request was forwarded (a 404/503 of the mesh itself is never mirrored).
+- Matches read the request as the client sent it; `headers.request` (set, add, remove) of the route and of
+  the picked destination, and `rewrite.authority`, change only what the destination and the mirrors receive
+  (`headers` explains how and in which order). Other rewrites (`rewrite.uri`) are not applied: nothing here
+  reads the path a backend receives.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ import functools
 import random
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl
+
+from modelrollout_dev.sim.headers import HeaderOperations, forwarded, shadow_authority
 
 CLUSTER_DOMAIN = "svc.cluster.local"
 
@@ -95,17 +102,29 @@ class Destination:
         return text
 
 
+def _no_headers() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class RouteResult:
     """`status` is 200 when the request was forwarded to `destination` (whose backend then answers), else the
     mesh's own answer: 404 (no VirtualService or no route fits), 503 (no destination carries weight), or a
-    route's `directResponse` / `redirect` status."""
+    route's `directResponse` / `redirect` status.
+
+    A forwarded request also says what the destination receives: `headers` (lower-case names) and
+    `authority`. Every mirror copy carries the same headers, with `mirror_authority` as its authority (None
+    when there is no copy)."""
 
     status: int
     destination: Destination | None = None
     route: str | None = None  # the http route's name, or `http[i]` for an unnamed one
     virtual_service: str | None = None  # `namespace/name`
     mirrors: tuple[Destination, ...] = ()
+    # Left out of the hash (a mapping has none); results still compare by it.
+    headers: Mapping[str, str] = field(default_factory=_no_headers, hash=False)
+    authority: str | None = None
+    mirror_authority: str | None = None
 
     @property
     def mirror(self) -> Destination | None:
@@ -297,8 +316,24 @@ def _mirrors(http_route: Mapping[str, Any], namespace: str, rng: random.Random) 
     return tuple(copies)
 
 
-def route(virtual_services: Iterable[Mapping[str, Any]], request: Request, rng: random.Random) -> RouteResult:
-    """Where the mesh sends `request`, given the VirtualServices in force."""
+def _route_operations(http_route: Mapping[str, Any]) -> HeaderOperations:
+    """The route's header operations, with `rewrite.authority` winning over a `host` header operation (as
+    Istio translates them)."""
+    operations = HeaderOperations.of(http_route.get("headers"))
+    rewritten = (http_route.get("rewrite") or {}).get("authority")
+    return replace(operations, authority=str(rewritten)) if rewritten else operations
+
+
+def route(
+    virtual_services: Iterable[Mapping[str, Any]],
+    request: Request,
+    rng: random.Random,
+    *,
+    shadow_host_suffix: bool = False,
+) -> RouteResult:
+    """Where the mesh sends `request`, given the VirtualServices in force. `shadow_host_suffix`: mirror
+    copies carry `-shadow` on their authority, as with istiod's DISABLE_SHADOW_HOST_SUFFIX=false (the
+    default before Istio 1.28); by default they carry the authority unchanged, as Istio does since."""
     vs = select_virtual_service(virtual_services, request.host)
     if vs is None:
         return RouteResult(NOT_FOUND)
@@ -317,11 +352,27 @@ def route(virtual_services: Iterable[Mapping[str, Any]], request: Request, rng: 
         picked = _pick(entries, rng) if entries else None
         if picked is None:
             return RouteResult(NO_HEALTHY_UPSTREAM, route=name, virtual_service=_ref(vs))
+        received = forwarded(
+            request.headers,
+            request.host,
+            _route_operations(http_route),
+            HeaderOperations.of(picked.get("headers")),
+            lone_destination=len(entries) == 1,
+        )
+        mirrors = _mirrors(http_route, namespace, rng)
+        mirror_authority = None
+        if mirrors:
+            mirror_authority = (
+                shadow_authority(received.authority) if shadow_host_suffix else received.authority
+            )
         return RouteResult(
             ROUTED,
             destination_of(picked["destination"], namespace),
             route=name,
             virtual_service=_ref(vs),
-            mirrors=_mirrors(http_route, namespace, rng),
+            mirrors=mirrors,
+            headers=received.headers,
+            authority=received.authority,
+            mirror_authority=mirror_authority,
         )
     return RouteResult(NOT_FOUND, virtual_service=_ref(vs))

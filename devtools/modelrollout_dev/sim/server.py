@@ -5,6 +5,10 @@
     GET  /healthz                 "ok"
     GET  /stats                   requests per destination / status / route, mirror copies: since start and
                                   since the last reset; load requests sent and failed (an exception)
+    GET  /stats/users             answers per user id and destination (only the answering one, never a mirror;
+                                  requests without a user id are not kept): {"since_start": {user: {dest:
+                                  n}}, "since_reset": ...}; a load flow's users are its user_header's values,
+                                  a /request's its x-user-id
     POST /stats/reset             start a new "since_reset" window
     GET  /backends                every backend's settings, by namespace/host
     GET  /backends/{ns}/{host}    one backend's settings
@@ -14,12 +18,15 @@
                                   the host's name); answers the new settings
     GET  /load                    the running flows
     POST /load                    {"host", "rps", "headers"?, "users"?, "user_header"?, "path"?,
-                                  "source_workload"?, "source_namespace"?}: replace the flow of that host
-                                  (rps 0 ends it); answers the running flows
+                                  "source_workload"?, "source_namespace"?, "bucket_header"?,
+                                  "experiment_id"?}: replace the flow of that host (rps 0 ends it); with
+                                  bucket_header and experiment_id (strings, both or neither) each request
+                                  also carries its user's sticky bucket; answers the running flows
     POST /request                 {"host", "headers"?, "path"? (or "uri"), "method"?, "port"?,
                                   "source_workload"?, "source_namespace"?}: route one request now and answer
                                   its outcome (status, latency_ms, tokens, ttft_ms, finished_reason,
-                                  model_name, destination, route, mirrors)
+                                  model_name, destination, route, the headers and authority the
+                                  destination received, user_id, mirrors with their authority)
     GET  /virtualservices         namespace, name and resourceVersion of the VirtualServices in force
 
 Errors are JSON `{"error": "..."}` with 400 (bad input), 404 (no such path) or 405 (wrong method).
@@ -35,7 +42,7 @@ from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from modelrollout_dev.sim.load import Flow
+from modelrollout_dev.sim.load import USER_HEADER, Flow
 from modelrollout_dev.sim.routing import Request
 
 if TYPE_CHECKING:
@@ -43,7 +50,18 @@ if TYPE_CHECKING:
 
 MAX_BODY_BYTES = 1 << 20
 _LOAD_FIELDS = frozenset(
-    {"host", "rps", "headers", "users", "user_header", "path", "source_workload", "source_namespace"}
+    {
+        "host",
+        "rps",
+        "headers",
+        "users",
+        "user_header",
+        "path",
+        "source_workload",
+        "source_namespace",
+        "bucket_header",
+        "experiment_id",
+    }
 )
 _REQUEST_FIELDS = frozenset(
     {"host", "headers", "path", "uri", "method", "port", "source_workload", "source_namespace"}
@@ -109,6 +127,9 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/stats":
                 self._expect(method, "GET")
                 self._json(200, self._stats())
+            elif path == "/stats/users":
+                self._expect(method, "GET")
+                self._json(200, self.simulator.stats.users())
             elif path == "/stats/reset":
                 self._expect(method, "POST")
                 self.simulator.stats.reset()
@@ -157,10 +178,12 @@ class _Handler(BaseHTTPRequestHandler):
             rps=float(rps),
             headers=_headers(body.get("headers")),
             users=_integer(body, "users", 100),
-            user_header=str(body.get("user_header", "x-user-id")),
+            user_header=str(body.get("user_header", USER_HEADER)),
             path=str(body.get("path", "/v1/chat/completions")),
             source_workload=str(body.get("source_workload", "loadgen")),
             source_namespace=str(body.get("source_namespace") or self.simulator.source_namespace),
+            bucket_header=_optional_string(body, "bucket_header"),
+            experiment_id=_optional_string(body, "experiment_id"),
         )
         self.simulator.load.set_flow(flow)
 
@@ -180,7 +203,9 @@ class _Handler(BaseHTTPRequestHandler):
             port=_integer(body, "port", 0) if port is not None else None,
             source_namespace=str(body.get("source_namespace") or self.simulator.source_namespace),
         )
-        outcome = self.simulator.handle(request, source_workload=str(body.get("source_workload", "client")))
+        outcome = self.simulator.handle(
+            request, source_workload=str(body.get("source_workload", "client")), user_header=USER_HEADER
+        )
         return outcome.as_dict()
 
     # ---- plumbing ----
@@ -231,6 +256,13 @@ def _headers(value: Any) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise BadRequest('"headers" must be an object of strings')
     return {str(name): text for name, text in value.items()}
+
+
+def _optional_string(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f'"{name}" must be a string, got {value!r}')
+    return value
 
 
 def _integer(body: dict[str, Any], name: str, default: int) -> int:

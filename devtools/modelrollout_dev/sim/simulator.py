@@ -3,10 +3,13 @@ metrics, driven by a load generator and controlled over HTTP (see `server`).
 
 What is recorded for a request:
 - routed (200 from the mesh): the backend's status, latency and tokens, as `istio_*` metrics of the
-  destination, as `vllm:*` metrics of the backend's model, and in the stats under the destination;
+  destination, as `vllm:*` metrics of the backend's model, and in the stats under the destination; the
+  experiment headers it arrived with (after the VirtualService's header operations) in
+  `sim_backend_requests_total`;
 - a mirror copy: served by the mirror's backend and recorded in the metrics like any request (the mirror's
-  sidecar and engine see it; a backend does not know it serves a mirror), its reply discarded; the stats
-  count it under `mirrored`, not as a request;
+  sidecar and engine see it; a backend does not know it serves a mirror), its reply discarded; it carries the
+  headers the destination received and counts in `sim_backend_requests_total` with mirrored="true"; the
+  stats count it under `mirrored`, not as a request, and never as a user's answer;
 - answered by the mesh itself (404 no VirtualService / no route, 503 no weighted destination, a direct
   response): not in the `istio_*` metrics, because no destination sidecar ever saw it and every series here
   is reporter="destination", nor in the `vllm:*` ones (no engine saw it); the stats count it under its
@@ -24,7 +27,7 @@ from typing import Any
 from kubernetes import client
 
 from modelrollout_dev.sim.backends import Backends, Served
-from modelrollout_dev.sim.load import Flow, LoadGenerator
+from modelrollout_dev.sim.load import USER_HEADER, Flow, LoadGenerator
 from modelrollout_dev.sim.metrics import MeshMetrics, model_name
 from modelrollout_dev.sim.routing import Destination, Request, RouteResult, route
 from modelrollout_dev.sim.server import ControlServer
@@ -47,6 +50,7 @@ class Outcome:
     ttft_ms: float | None = None
     finished_reason: str | None = None
     model_name: str | None = None
+    user_id: str | None = None  # the user id the request carried, if any
 
     @property
     def destination(self) -> Destination | None:
@@ -59,14 +63,17 @@ class Outcome:
             "route": self.routing.route,
             "virtual_service": self.routing.virtual_service,
             "mesh_status": self.routing.status,
+            "headers": dict(self.routing.headers),
+            "authority": self.routing.authority,
             "latency_ms": self.latency_ms,
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
             "ttft_ms": self.ttft_ms,
             "finished_reason": self.finished_reason,
             "model_name": self.model_name,
+            "user_id": self.user_id,
             "mirrors": [
-                {**(_describe(mirror) or {}), "status": status}
+                {**(_describe(mirror) or {}), "status": status, "authority": self.routing.mirror_authority}
                 for mirror, status in zip(self.routing.mirrors, self.mirror_statuses, strict=True)
             ],
         }
@@ -87,7 +94,9 @@ def _describe(destination: Destination | None) -> dict[str, Any] | None:
 
 class Simulator:
     """`Simulator(api_client, namespaces, seed)`: watch the VirtualServices of `namespaces` (all if None) and
-    route through them. Without an API client, `virtual_services` supplies them (a fixed list, say)."""
+    route through them. Without an API client, `virtual_services` supplies them (a fixed list, say).
+    `shadow_host_suffix`: mirror copies carry `-shadow` on their authority, as before Istio 1.28 (see
+    `routing.route`)."""
 
     def __init__(
         self,
@@ -100,6 +109,7 @@ class Simulator:
         port: int = 0,
         bind: str = "127.0.0.1",
         source_namespace: str | None = None,
+        shadow_host_suffix: bool = False,
     ) -> None:
         self.watcher: VirtualServiceWatcher | None = None
         self._virtual_services: VirtualServices
@@ -114,6 +124,7 @@ class Simulator:
             )
         # Requests without an explicit source come from the first watched namespace, like a client pod there.
         self.source_namespace = source_namespace or (namespaces[0] if namespaces else "default")
+        self.shadow_host_suffix = shadow_host_suffix
         self.backends = Backends()
         self.metrics = MeshMetrics()
         self.stats = Stats()
@@ -172,8 +183,11 @@ class Simulator:
         path: str = "/v1/chat/completions",
         source_workload: str = "loadgen",
         source_namespace: str | None = None,
+        bucket_header: str | None = None,
+        experiment_id: str | None = None,
     ) -> Flow:
-        """Send `rps` requests per second to `host` (0 stops that flow)."""
+        """Send `rps` requests per second to `host` (0 stops that flow). With `bucket_header` and
+        `experiment_id`, each request also carries its user's sticky bucket in that header."""
         flow = Flow(
             host=host,
             rps=float(rps),
@@ -182,37 +196,52 @@ class Simulator:
             path=path,
             source_workload=source_workload,
             source_namespace=source_namespace or self.source_namespace,
+            bucket_header=bucket_header,
+            experiment_id=experiment_id,
         )
         self.load.set_flow(flow)
         return flow
 
     def handle(
-        self, request: Request, *, source_workload: str = "client", rng: random.Random | None = None
+        self,
+        request: Request,
+        *,
+        source_workload: str = "client",
+        rng: random.Random | None = None,
+        user_header: str | None = USER_HEADER,
     ) -> Outcome:
-        """Route one request, have its backend answer, record it. Without `rng`, the simulator's own (shared
-        by callers, so under a lock)."""
+        """Route one request, have its backend answer, record it (per user too, if it carries
+        `user_header`). Without `rng`, the simulator's own (shared by callers, so under a lock)."""
+        user_id = request.headers.get(user_header.lower()) if user_header else None
         if rng is not None:
-            return self._handle(request, source_workload, rng)
+            return self._handle(request, source_workload, rng, user_id)
         with self._rng_lock:
-            return self._handle(request, source_workload, self._rng)
+            return self._handle(request, source_workload, self._rng, user_id)
 
     def _send(self, flow: Flow, request: Request, rng: random.Random) -> None:
-        self._handle(request, flow.source_workload, rng)
+        self._handle(request, flow.source_workload, rng, request.headers.get(flow.user_header.lower()))
 
-    def _handle(self, request: Request, source_workload: str, rng: random.Random) -> Outcome:
-        routing = route(self._virtual_services(), request, rng)
+    def _handle(
+        self, request: Request, source_workload: str, rng: random.Random, user_id: str | None
+    ) -> Outcome:
+        routing = route(self._virtual_services(), request, rng, shadow_host_suffix=self.shadow_host_suffix)
         route_key = f"{routing.virtual_service}#{routing.route}" if routing.route else None
         destination = routing.destination
         if destination is None:
             self.stats.count(None, routing.status, route_key)
-            return Outcome(routing.status, routing)
+            return Outcome(routing.status, routing, user_id=user_id)
         source_namespace = request.source_namespace or self.source_namespace
-        served = self._serve(destination, rng, source_workload, source_namespace)
+        served = self._serve(destination, routing, rng, source_workload, source_namespace, mirrored=False)
         mirror_statuses = tuple(
-            self._serve(mirror, rng, source_workload, source_namespace).status for mirror in routing.mirrors
+            self._serve(mirror, routing, rng, source_workload, source_namespace, mirrored=True).status
+            for mirror in routing.mirrors
         )
         self.stats.count(
-            destination.key, served.status, route_key, tuple(mirror.key for mirror in routing.mirrors)
+            destination.key,
+            served.status,
+            route_key,
+            tuple(mirror.key for mirror in routing.mirrors),
+            user_id,
         )
         return Outcome(
             served.status,
@@ -224,13 +253,24 @@ class Simulator:
             served.ttft_ms,
             served.finished_reason,
             model_name(destination, served),
+            user_id,
         )
 
     def _serve(
-        self, destination: Destination, rng: random.Random, source_workload: str, source_namespace: str
+        self,
+        destination: Destination,
+        routing: RouteResult,
+        rng: random.Random,
+        source_workload: str,
+        source_namespace: str,
+        *,
+        mirrored: bool,
     ) -> Served:
+        """`destination`'s backend answers the request `routing` forwarded to it (a mirror copy carries the
+        same headers as the request the routed destination received)."""
         served = self.backends.serve(destination.service, destination.namespace, rng)
         self.metrics.record_served(
             destination, served, source_workload=source_workload, source_namespace=source_namespace
         )
+        self.metrics.record_received(destination, routing.headers, mirrored=mirrored)
         return served
