@@ -118,6 +118,7 @@ class Rollout:
         stages: list[dict[str, Any]] | None = None,
         *,
         models: tuple[str, str] = ("gpt-4o", "claude-opus-4-8"),
+        experiment: dict[str, Any] | None = None,
         **analysis: Any,
     ) -> None:
         spec = {
@@ -139,6 +140,8 @@ class Rollout:
                 **analysis,
             },
         }
+        if experiment is not None:
+            spec["experiment"] = experiment
         body = {
             "apiVersion": api.API_VERSION,
             "kind": api.KIND,
@@ -162,8 +165,12 @@ class Rollout:
         )
         return got
 
+    def managed_route(self) -> dict[str, Any]:
+        route: dict[str, Any] = next(r for r in self.vs()["spec"]["http"] if r.get("name") == "primary")
+        return route
+
     def weights(self) -> tuple[int, int]:
-        route = self.vs()["spec"]["http"][1]["route"]
+        route = self.managed_route()["route"]
         by_host = {d["destination"]["host"]: d.get("weight", 100 if len(route) == 1 else 0) for d in route}
         return by_host.get(STABLE, 0), by_host.get(CANARY, 0)
 

@@ -1,0 +1,256 @@
+"""Experiments end to end: the operator writes shadow mirrors, sticky bucket routes, overrides and dimension
+headers into a VirtualService on the real API server (Istio's own schema validates each write), the simulated
+mesh routes simulated users through it the way Envoy does, Prometheus scrapes the mesh, and the operator gates
+on what it scraped.
+
+The module has its own simulated mesh, so its per-user log and request counts see this module's traffic only.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from modelrollout_dev.devenv.prometheus import PrometheusServer
+from modelrollout_dev.sim.routing import Request
+from modelrollout_dev.sim.simulator import Simulator
+from scenario_support import (
+    CANARY,
+    STABLE,
+    Kubectl,
+    Rollout,
+    prepared_rollout,
+    remove_rollouts,
+    simulated_mesh,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("modelrollout_crd", "operator")]
+
+ANALYSIS: dict[str, Any] = {
+    "interval": "1s",
+    "window": "4s",
+    "minRequests": 10,
+    "failureLimit": 0,
+    "inconclusiveLimit": 120,
+}
+# An experiment id whose buckets for user-0 .. user-999 put 4.7%, 24.8% and 49.5% of them below 5, 25 and 50:
+# the assignment is a pure function of the id and the user, so the user shares below are exact, not sampled.
+STICKY_ID = "sticky-ab"
+USERS = 1000
+
+
+@pytest.fixture(scope="module")
+def mesh(api_client: client.ApiClient, prometheus: PrometheusServer) -> Iterator[Simulator]:
+    with simulated_mesh(api_client, prometheus, "experiments", seed=23) as simulator:
+        yield simulator
+
+
+class Experiment:
+    """A rollout on a VirtualService the mesh follows, with uniquely named models on its two backends."""
+
+    def __init__(self, rollout: Rollout, mesh: Simulator) -> None:
+        self.rollout = rollout
+        self.mesh = mesh
+        suffix = uuid.uuid4().hex[:6]
+        self.models = (f"gpt-4o-{suffix}", f"claude-{suffix}")
+        self.host = f"llm.{rollout.namespace}.svc.cluster.local"
+        self.stable_key = f"{rollout.namespace}/{STABLE}"
+        self.canary_key = f"{rollout.namespace}/{CANARY}"
+        for host, model in zip((STABLE, CANARY), self.models, strict=True):
+            mesh.backends.update(host, rollout.namespace, model_name=model)
+        self.original = copy.deepcopy(rollout.vs()["spec"])
+
+    def load(self, rps: float, **flow: Any) -> None:
+        self.mesh.set_load(self.host, rps, source_namespace=self.rollout.namespace, users=USERS, **flow)
+
+    def send(self, headers: dict[str, str], count: int = 20) -> set[str]:
+        """Destinations that answered `count` requests carrying `headers`."""
+        answered = set()
+        for _ in range(count):
+            outcome = self.mesh.handle(
+                Request(self.host, headers=headers, source_namespace=self.rollout.namespace)
+            )
+            answered.add(outcome.destination.key if outcome.destination else str(outcome.status))
+        return answered
+
+    def answers_per_user(self) -> dict[str, dict[str, int]]:
+        users: dict[str, dict[str, int]] = self.mesh.stats.users()["since_reset"]
+        return users
+
+    def wait_mesh_follows(self) -> None:
+        """Until the mesh routes by the VirtualService the API server holds now."""
+        wanted = self.rollout.vs()["metadata"]["resourceVersion"]
+
+        def synced() -> bool:
+            return any(
+                vs["metadata"]["resourceVersion"] == wanted
+                for vs in self.mesh.virtual_services()
+                if vs["metadata"]["namespace"] == self.rollout.namespace
+            )
+
+        deadline = time.monotonic() + 10
+        while not synced():
+            assert time.monotonic() < deadline, "the mesh did not pick up the VirtualService"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.mesh.set_load(self.host, 0, source_namespace=self.rollout.namespace)
+
+
+@pytest.fixture
+def experiment(
+    api_client: client.ApiClient, kubectl: Kubectl, namespace: str, exporter: Any, mesh: Simulator
+) -> Iterator[Experiment]:
+    with prepared_rollout(api_client, kubectl, namespace, exporter, synthetic_traffic=False) as rollout:
+        subject = Experiment(rollout, mesh)
+        try:
+            yield subject
+        finally:
+            subject.stop()
+    remove_rollouts(api_client, namespace)
+
+
+def test_a_shadow_stage_gives_users_only_stable_answers_and_a_canary_regression_removes_the_mirror(
+    experiment: Experiment, prometheus: PrometheusServer
+) -> None:
+    experiment.load(100)
+    experiment.rollout.create(
+        stages=[{"shadow": 50, "duration": "600s"}, {"weight": 100}],
+        models=experiment.models,
+        experiment={
+            "id": f"shadow-{experiment.rollout.namespace}",
+            "overrides": [{"header": "x-experiment", "value": "canary", "variant": "canary"}],
+        },
+        gates=[{"name": "error-rate", "template": "istio-error-rate", "max": 0.05}],
+        **ANALYSIS,
+    )
+    experiment.rollout.wait_status("in the shadow stage", lambda s: s.get("shadow") == 50)
+    route = experiment.rollout.managed_route()
+    assert route["mirror"]["host"] == CANARY
+    assert route["mirrorPercentage"] == {"value": 50}
+    assert experiment.rollout.weights() == (100, 0)
+    experiment.wait_mesh_follows()
+    experiment.mesh.stats.reset()
+    time.sleep(6)  # 600 requests at 100 per second
+    counts = experiment.mesh.stats.snapshot()["since_reset"]
+    users = experiment.answers_per_user()
+    served = counts["destinations"].get(experiment.stable_key, 0)
+    mirrored = counts["mirrored"].get(experiment.canary_key, 0)
+    assert served >= 500
+    assert experiment.canary_key not in counts["destinations"]  # no user request answered by the canary
+    assert users, "the per-user log is empty"
+    assert all(set(answers) == {experiment.stable_key} for answers in users.values())
+    assert abs(mirrored / served - 0.5) <= 0.05, (mirrored, served)
+    # Testers are pinned to the canary at weight 0 too.
+    assert experiment.send({"x-experiment": "canary"}) == {experiment.canary_key}
+    # The gate measures the canary on mirrored traffic alone: it has requests although no user reaches it.
+    checked = experiment.rollout.wait_status(
+        "a check over shadow traffic",
+        lambda s: any((g.get("requests") or 0) > 0 for g in (s.get("lastAnalysis") or {}).get("gates", [])),
+    )
+    assert checked["phase"] == "Progressing"
+    # The mirror copies reach the canary's backend, which counts them as mirrored.
+    mirrored_series = prometheus.wait_for_series(
+        f'sim_backend_requests_total{{namespace="{experiment.rollout.namespace}",service="{CANARY}",'
+        'mirrored="true"} > 0'
+    )
+    assert mirrored_series
+
+    experiment.mesh.backends.update(CANARY, experiment.rollout.namespace, error_rate=0.3)
+    status = experiment.rollout.wait_phase("RolledBack", timeout=40)
+    assert status["rollback"]["gate"] == "error-rate"
+    assert (status["canaryWeight"], status["shadow"]) == (0, 0)
+    route = experiment.rollout.managed_route()
+    assert "mirror" not in route
+    assert "mirrorPercentage" not in route
+    assert experiment.rollout.weights() == (100, 0)
+    reasons = experiment.rollout.wait_reasons("RolledBack")
+    assert "RolledBack" in reasons
+    message = next(m for _, reason, m in experiment.rollout.events() if reason == "RolledBack")
+    assert message.startswith("shadow stopped: the mirror to the canary removed")
+
+
+def test_sticky_buckets_keep_each_user_on_one_variant_moving_only_to_the_canary_then_abort_clears_all(
+    experiment: Experiment, prometheus: PrometheusServer
+) -> None:
+    experiment.load(400, bucket_header="x-user-bucket", experiment_id=STICKY_ID)
+    stages = [{"weight": w, "duration": "2s", "approval": "Manual"} for w in (5, 25, 50, 100)]
+    experiment.rollout.create(
+        stages=stages,
+        models=experiment.models,
+        experiment={
+            "id": STICKY_ID,
+            "stickiness": {"bucketHeader": "x-user-bucket"},
+            "overrides": [
+                {"header": "x-experiment", "value": "canary", "variant": "canary"},
+                {"header": "x-experiment", "value": "stable", "variant": "stable"},
+            ],
+        },
+        gates=[{"name": "error-rate", "template": "istio-error-rate", "max": 0.05}],
+        **ANALYSIS,
+    )
+    canary_users: set[str] = set()
+    for stage, weight in enumerate((5, 25, 50, 100)):
+        experiment.rollout.wait_status(
+            f"stage {stage + 1} awaiting approval",
+            lambda s, stage=stage: s.get("stage") == stage and s.get("reason") == "AwaitingApproval",
+            timeout=60,
+        )
+        experiment.wait_mesh_follows()
+        experiment.mesh.stats.reset()
+        time.sleep(8)  # about 3,200 requests: nearly every one of the 1,000 users is seen
+        users = experiment.answers_per_user()
+        counts = experiment.mesh.stats.snapshot()["since_reset"]["destinations"]
+        assert len(users) > 0.9 * USERS
+        assert all(len(answers) == 1 for answers in users.values()), "a user met both variants in one stage"
+        now_canary = {user for user, answers in users.items() if experiment.canary_key in answers}
+        seen_before = canary_users & set(users)
+        assert seen_before <= now_canary, (
+            f"users moved canary -> stable at {weight}%: {seen_before - now_canary}"
+        )
+        canary_users |= now_canary
+        user_share = 100 * len(now_canary) / len(users)
+        request_share = 100 * counts.get(experiment.canary_key, 0) / sum(counts.values())
+        assert abs(user_share - weight) <= 3, (weight, user_share)
+        print(
+            f"stage {stage + 1} at {weight}%: users {user_share:.1f}% canary, requests {request_share:.1f}%"
+        )
+        # Overrides pin testers and internal traffic whatever the weight.
+        assert experiment.send({"x-experiment": "canary", "x-user-bucket": "99"}) == {experiment.canary_key}
+        assert experiment.send({"x-experiment": "stable", "x-user-bucket": "0"}) == {experiment.stable_key}
+        if weight < 100:
+            experiment.rollout.act("promote")
+
+    # The backends saw the four dimension headers of their variant.
+    seen = prometheus.wait_for_series(
+        f"sum by (service, model, prompt_version, experiment_id, variant) (sim_backend_requests_total{{"
+        f'namespace="{experiment.rollout.namespace}",mirrored="false"}})'
+    )
+    # Prometheus leaves out empty labels: requests sent before the rollout carried no dimensions.
+    labels = {
+        tuple(s["metric"].get(n) for n in ("service", "variant", "experiment_id", "model")) for s in seen
+    }
+    assert (STABLE, "stable", STICKY_ID, experiment.models[0]) in labels
+    assert (CANARY, "canary", STICKY_ID, experiment.models[1]) in labels
+
+    # The kill switch: one write back to the user's VirtualService, weights aside.
+    before = experiment.rollout.vs()["metadata"]["generation"]
+    experiment.rollout.act("abort")
+    experiment.rollout.wait_phase("Aborted")
+    after = experiment.rollout.vs()
+    assert after["metadata"]["generation"] == before + 1
+    expected = copy.deepcopy(experiment.original)
+    managed = next(r for r in expected["http"] if r["name"] == "primary")
+    managed["route"] = [
+        {"destination": {"host": STABLE}, "weight": 100},
+        {"destination": {"host": CANARY}, "weight": 0},
+    ]
+    assert after["spec"] == expected
+    experiment.wait_mesh_follows()
+    assert experiment.send({"x-experiment": "canary", "x-user-bucket": "0"}) == {experiment.stable_key}
