@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import deque
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -49,19 +50,26 @@ class SimClient:
     def set_backend(self, namespace: str, host: str, **settings: float | str) -> None:
         self._call("PUT", f"/backends/{namespace}/{host}", settings)
 
-    def set_load(self, host: str, rps: float) -> None:
-        self._call(
-            "POST",
-            "/load",
-            {
-                "host": f"{host}.{scenario.NAMESPACE}.svc.cluster.local",
-                "rps": rps,
-                "source_namespace": scenario.NAMESPACE,
-            },
-        )
+    def set_load(self, host: str, rps: float, experiment_id: str | None = None) -> None:
+        flow: dict[str, Any] = {
+            "host": f"{host}.{scenario.NAMESPACE}.svc.cluster.local",
+            "rps": rps,
+            "source_namespace": scenario.NAMESPACE,
+        }
+        if experiment_id is not None:
+            # The app's side of sticky assignment: each request carries its user's bucket.
+            flow |= {
+                "bucket_header": scenario.BUCKET_HEADER,
+                "experiment_id": experiment_id,
+                "users": scenario.EXPERIMENT_USERS,
+            }
+        self._call("POST", "/load", flow)
 
     def stats(self) -> Any:
         return self._call("GET", "/stats")
+
+    def users(self) -> Any:
+        return self._call("GET", "/stats/users")
 
 
 def _as_dict(value: object) -> dict[str, Any]:
@@ -82,6 +90,9 @@ class Demo:
         self.processes = ProcessSet(run_dir)
         self.stopping = False
         self._previous_counts: dict[str, int] = {}
+        # The last looks at mirrored copies and per-user answers: the view diffs against the oldest, a few
+        # seconds back, so the shares it shows rest on a few hundred requests rather than one second's worth.
+        self._looks: deque[tuple[dict[str, int], dict[str, dict[str, int]]]] = deque(maxlen=6)
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         proc, _ = self.processes.spawn(name, argv, die_with_parent=True, env=env)
@@ -123,7 +134,7 @@ class Demo:
             # The backends serve the models the rollouts name: vLLM's metrics are labelled by model.
             sim.set_backend(scenario.NAMESPACE, rollout.stable, model_name=rollout.stable_model)
             sim.set_backend(scenario.NAMESPACE, rollout.canary, model_name=rollout.canary_model)
-            sim.set_load(rollout.host, scenario.RPS)
+            sim.set_load(rollout.host, scenario.RPS, rollout.experiment_id)
         prometheus.wait_for_job_up("mesh", timeout=30)
 
         self._spawn("operator", local_command(state.prometheus_url, tick=1), env)
@@ -178,6 +189,7 @@ class Demo:
                 for r in scenario.ROLLOUTS
             ]
             shares = self._canary_shares(sim)
+            extras = self._experiment_lines(sim)
             for spec, live in zip(scenario.ROLLOUTS, rollouts, strict=True):
                 status = live.get("status") or {}
                 self._record(series[spec.name], live, shares.get(spec.name), elapsed)
@@ -196,14 +208,19 @@ class Demo:
                         f"{scenario.REGRESSION_ERROR_RATE:.0%} of requests"
                     )
             if interactive:
-                print("\033[2J\033[H" + view.screen(rollouts, shares, elapsed), flush=True)
+                print("\033[2J\033[H" + view.screen(rollouts, shares, elapsed, extras), flush=True)
             else:
                 for live in rollouts:
                     status = live.get("status") or {}
+                    name = live["metadata"]["name"]
                     key = f"{status.get('phase')} {status.get('progress')} {status.get('canaryWeight')}"
-                    if last_phases.get(live["metadata"]["name"]) != key:
-                        last_phases[live["metadata"]["name"]] = key
-                        print(f"{elapsed:5.0f}s  {live['metadata']['name']:<10} {key}", flush=True)
+                    if status.get("shadow"):
+                        key += f" shadow {status['shadow']}%"
+                    if last_phases.get(name) != key:
+                        last_phases[name] = key
+                        print(f"{elapsed:5.0f}s  {name:<10} {key}", flush=True)
+                        for line in extras.get(name, []):
+                            print(f"{'':17}{line.strip()}", flush=True)
             if all(
                 (r.get("status") or {}).get("phase") in ("Promoted", "RolledBack", "Aborted")
                 for r in rollouts
@@ -255,6 +272,42 @@ class Demo:
             total = to_canary + to_stable
             shares[rollout.name] = to_canary / total if total > 0 else None
         return shares
+
+    def _experiment_lines(self, sim: SimClient) -> dict[str, list[str]]:
+        """For each experiment rollout, over the last few seconds: mirrored copies per stable request, and the
+        share of the users it answered that the canary answered."""
+        try:
+            mirrored: dict[str, int] = sim.stats()["since_start"]["mirrored"]
+            users: dict[str, dict[str, int]] = sim.users()["since_start"]
+        except (OSError, KeyError, TypeError):
+            return {}
+        previous_mirrored, previous_users = self._looks[0] if self._looks else ({}, {})
+        self._looks.append((mirrored, users))
+        lines: dict[str, list[str]] = {}
+        for rollout in scenario.ROLLOUTS:
+            if rollout.experiment_id is None:
+                continue
+            canary_key, stable_key = (
+                f"{scenario.NAMESPACE}/{host}" for host in (rollout.canary, rollout.stable)
+            )
+            answered = {key: 0 for key in (canary_key, stable_key)}
+            seen = on_canary = 0
+            for user, answers in users.items():
+                before = previous_users.get(user, {})
+                new = {key: answers.get(key, 0) - before.get(key, 0) for key in answered}
+                if any(new.values()):
+                    seen += 1
+                    on_canary += new[canary_key] > 0
+                for key, count in new.items():
+                    answered[key] += count
+            copies = mirrored.get(canary_key, 0) - previous_mirrored.get(canary_key, 0)
+            stable_answers = answered[stable_key]
+            lines[rollout.name] = view.experiment_lines(
+                copies / stable_answers if stable_answers else None,
+                on_canary / seen if seen else None,
+                seen,
+            )
+        return lines
 
     def stop(self) -> None:
         self.processes.stop_all(grace_seconds=5)

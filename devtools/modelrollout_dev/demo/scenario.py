@@ -1,5 +1,9 @@
-"""What the demo rolls out: two services in one namespace, each with its own VirtualService and rollout.
-Durations are compressed to seconds so both finish in about two minutes.
+"""What the demo rolls out: three services in one namespace, each with its own VirtualService and rollout.
+Durations are compressed to seconds so all finish in about two minutes.
+
+The third rollout is an experiment: a shadow stage first (users get the stable's answers only, the canary a
+mirrored copy), then sticky per-user buckets (the load generator sends each user's bucket, computed with
+modelrollout.assign.bucket, so a user stays on one model and only ever moves to the canary).
 
 Each rollout gates on the mesh's error rate and latency and on the vLLM metrics its backends export: time to
 first token, output tokens compared with the stable, a sequential test of errors against the stable, and the
@@ -29,6 +33,11 @@ class DemoRollout:
     canary_model: str
     regress_at_stage: int | None  # 0-based stage at which the canary starts failing; None: stays healthy
     expected_phase: str
+    experiment_id: str | None = None  # an experiment: a shadow stage first, then sticky buckets
+
+
+BUCKET_HEADER = "x-user-bucket"
+EXPERIMENT_USERS = 400
 
 
 ROLLOUTS = (
@@ -36,7 +45,46 @@ ROLLOUTS = (
     DemoRollout(
         "summarize", "summarize", "sum-v12", "sum-v13", "summarizer-v12", "summarizer-v13", 1, "RolledBack"
     ),
+    DemoRollout(
+        "translate",
+        "translate",
+        "tr-v3",
+        "tr-v4",
+        "translator-v3",
+        "translator-v4",
+        None,
+        "Promoted",
+        experiment_id="demo-translate-v4",
+    ),
 )
+
+
+def stages(rollout: DemoRollout) -> list[dict[str, Any]]:
+    if rollout.experiment_id is not None:
+        return [
+            {"shadow": 100, "duration": "15s"},
+            {"weight": 10, "duration": "15s"},
+            {"weight": 50, "duration": "15s"},
+            {"weight": 100},
+        ]
+    return [
+        {"weight": 5, "duration": "15s"},
+        {"weight": 25, "duration": "20s"},
+        {"weight": 50, "duration": "20s"},
+        {"weight": 100},
+    ]
+
+
+def experiment(rollout: DemoRollout) -> dict[str, Any]:
+    if rollout.experiment_id is None:
+        return {}
+    return {
+        "experiment": {
+            "id": rollout.experiment_id,
+            "stickiness": {"bucketHeader": BUCKET_HEADER},
+            "overrides": [{"header": "x-experiment", "value": "canary", "variant": "canary"}],
+        }
+    }
 
 
 def virtual_service(rollout: DemoRollout) -> dict[str, Any]:
@@ -66,12 +114,8 @@ def model_rollout(rollout: DemoRollout) -> dict[str, Any]:
             "stable": {"host": rollout.stable, "model": rollout.stable_model, "pricing": STABLE_PRICING},
             "canary": {"host": rollout.canary, "model": rollout.canary_model, "pricing": CANARY_PRICING},
             "trafficRouting": {"istio": {"virtualService": {"name": rollout.host}, "routes": ["primary"]}},
-            "stages": [
-                {"weight": 5, "duration": "15s"},
-                {"weight": 25, "duration": "20s"},
-                {"weight": 50, "duration": "20s"},
-                {"weight": 100},
-            ],
+            "stages": stages(rollout),
+            **experiment(rollout),
             "analysis": {
                 "interval": "2s",
                 "window": "10s",

@@ -14,12 +14,19 @@ def _gate_line(gate: dict[str, Any]) -> str:
     return f"    {gate['name']:<16} {shown:>10}  {bounds:<12} {gate.get('verdict', '')}"
 
 
-def rollout_panel(rollout: dict[str, Any], canary_share: float | None) -> list[str]:
+def _stage_label(stage: dict[str, Any]) -> str:
+    return f"{stage['weight']}%" if stage.get("weight") is not None else f"shadow {stage.get('shadow')}%"
+
+
+def rollout_panel(
+    rollout: dict[str, Any], canary_share: float | None, extra: list[str] | None = None
+) -> list[str]:
+    """`extra`: lines about the experiment (mirrored traffic, users per variant), when there is one."""
     meta, spec, status = rollout["metadata"], rollout["spec"], rollout.get("status") or {}
     stages = spec["stages"]
     current = status.get("stage", 0)
     marks = " ".join(
-        f"[{s['weight']}%]" if i == current else f" {s['weight']}% " for i, s in enumerate(stages)
+        f"[{_stage_label(s)}]" if i == current else f" {_stage_label(s)} " for i, s in enumerate(stages)
     )
     share = "" if canary_share is None else f"   traffic to canary {canary_share:5.1%}"
     lines = [
@@ -27,6 +34,7 @@ def rollout_panel(rollout: dict[str, Any], canary_share: float | None) -> list[s
         f"  {status.get('phase', 'Pending'):<11} stage {status.get('progress', '-'):<5} weight "
         f"{status.get('canaryWeight', 0):>3}%{share}",
         f"  stages {marks}",
+        *(extra or []),
     ]
     gates = (status.get("lastAnalysis") or {}).get("gates") or []
     lines += [_gate_line(g) for g in gates] or ["    (no check yet)"]
@@ -35,10 +43,30 @@ def rollout_panel(rollout: dict[str, Any], canary_share: float | None) -> list[s
     return lines
 
 
-def screen(rollouts: list[dict[str, Any]], shares: dict[str, float | None], elapsed: float) -> str:
+def experiment_lines(mirrored: float | None, users_on_canary: float | None, users: int) -> list[str]:
+    """What an experiment adds to the panel: the shadow traffic, and the share of users per variant."""
+    shadow = "-" if mirrored is None else f"{mirrored:5.1%} of stable's requests"
+    on_canary = (
+        "-"
+        if users_on_canary is None
+        else f"{users_on_canary:5.1%} canary, {1 - users_on_canary:5.1%} stable"
+    )
+    return [
+        f"  last 5s: shadow copies to canary {shadow}",
+        f"  last 5s: users (sticky buckets)  {on_canary} of {users} seen",
+    ]
+
+
+def screen(
+    rollouts: list[dict[str, Any]],
+    shares: dict[str, float | None],
+    elapsed: float,
+    extras: dict[str, list[str]] | None = None,
+) -> str:
     lines = [f"modelrollout demo  {elapsed:5.0f}s   (Ctrl-C stops and tears everything down)", ""]
     for rollout in rollouts:
-        lines += rollout_panel(rollout, shares.get(rollout["metadata"]["name"]))
+        name = rollout["metadata"]["name"]
+        lines += rollout_panel(rollout, shares.get(name), (extras or {}).get(name))
         lines.append("")
     return "\n".join(lines)
 
