@@ -211,3 +211,38 @@ def test_generated_routes_removed_by_someone_else_are_put_back() -> None:
     w.server.edit_vs(strip)
     w.tick(timedelta(seconds=10))
     assert len(route_names(w)) == 4
+
+
+def test_an_experiment_that_cannot_be_placed_fails_its_write_and_a_rollback_still_lands() -> None:
+    w = world(experiment=EXPERIMENT)
+    w.tick()
+    assert weights(w) == [90, 10]
+
+    def match_bucket(vs: dict[str, Any]) -> None:
+        primary = next(r for r in vs["spec"]["http"] if r["name"] == "primary")
+        primary["match"] = [{"headers": {"x-user-bucket": {"exact": "7"}}}]
+
+    w.server.edit_vs(match_bucket, at="2026-11-24T00:00:05Z")
+    w.tick(timedelta(seconds=10))
+    status = w.server.status()
+    degraded = next(c for c in status.conditions if c.type == "Degraded")
+    assert (degraded.status, degraded.reason) == ("True", "WriteFailed")
+    assert "already matches on header 'x-user-bucket'" in degraded.message
+    assert weights(w) == [90, 10]  # traffic stays where the VirtualService says
+
+    w.measurer.verdict, w.measurer.value = F, 0.3
+    w.tick(timedelta(seconds=10))
+    assert (w.server.status().phase, weights(w)) == (api.Phase.ROLLED_BACK, [100, 0])
+    assert route_names(w) == ["primary"]
+
+
+def test_a_new_canary_takes_the_old_pairs_mirror_and_routes_away_before_it_starts() -> None:
+    w = world(SHADOW_STAGES, EXPERIMENT)
+    w.tick()
+    assert mirror(w) == 50
+    w.server.edit_rollout(lambda r: r["spec"]["canary"].update(host="llm-next", model="next-model"))
+    w.tick(timedelta(seconds=10))
+    hosts = [entry["destination"]["host"] for entry in managed(w)["route"]]
+    assert "llm-claude" not in hosts
+    assert managed(w)["mirror"] == {"host": "llm-next"}  # the new pair's own shadow stage
+    assert "Superseded" in w.reasons()

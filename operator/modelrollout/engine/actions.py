@@ -37,6 +37,8 @@ def action_refusal(
         if spec.paused:
             return "spec.paused is set (in Git): unset it to let the rollout move"
         if chosen == Action.PROMOTE_FULL and next_position(spec, status) is None:
+            if spec.stages[-1].shadow is not None:
+                return "the rollout is at its last stage, a shadow stage; `promote` sends it to 100%"
             return "the rollout is already at its last stage (100%); `promote` finishes it"
         return None
     if chosen == Action.ABORT:

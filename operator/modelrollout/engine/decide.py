@@ -66,7 +66,13 @@ def _retirement(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs:
     drop = target_changed or backend_of(status.canary) not in new_pair
     mid_way = status.phase not in TERMINAL
     write: RouteWrite | None = None
-    carries_traffic = (previous.canary_weight or 0) > 0 or not previous.consistent
+    # A mirror or experiment routes of the old pair count as traffic of it: they leave with it.
+    carries_traffic = (
+        (previous.canary_weight or 0) > 0
+        or previous.mirror > 0
+        or not previous.consistent
+        or not previous.experiment_in_place
+    )
     if mid_way and (carries_traffic or (drop and previous.canary_present)):
         write = RouteWrite(
             stable=backend_of(status.stable),
@@ -157,8 +163,7 @@ def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Obse
         generation=obs.generation,
     )
     draft.experiment = experiment_routes(spec, obs.rollout)
-    if spec.experiment is not None:
-        draft.update(experiment_id=experiment_id(spec, obs.rollout))
+    draft.update(experiment_id=experiment_id(spec, obs.rollout))
     action, consume = _take_action(status, obs)
     routing = obs.routing
     if not routing.usable:

@@ -268,12 +268,18 @@ def split_view(
         retire=retiring,
         experiment=experiment,
     )
+    try:
+        in_place = experiment_in_place(vs, indexes, desired)
+    except RoutingProblem:
+        # The experiment cannot be placed on this route (ExperimentConflict): not in place. Writing it fails
+        # with the reason (WriteFailed), while a return to stable, which writes no experiment, still can.
+        in_place = False
     return RouteView(
         canary_weight=max(canary_weights),
         consistent=consistent,
         canary_present=present,
         mirror=max(mirrors),
-        experiment_in_place=experiment_in_place(vs, indexes, desired),
+        experiment_in_place=in_place,
     )
 
 
