@@ -8,10 +8,11 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -27,6 +28,7 @@ Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 STABLE, CANARY = "llm-gpt4o", "llm-claude"
 RPS = 40.0
+ServedT = TypeVar("ServedT", bound="ServedRollout")
 
 
 class OperatorProcess:
@@ -259,6 +261,55 @@ def prepared_rollout(
     finally:
         exporter.stop_traffic(CANARY, namespace)
         exporter.stop_traffic(STABLE, namespace)
+
+
+class ServedRollout:
+    """A rollout on the simulated mesh: its two backends serve uniquely named models (the vLLM families are
+    labelled by model only, and one mesh serves every test of a module); load goes to its host."""
+
+    def __init__(self, rollout: Rollout, mesh: Simulator) -> None:
+        self.rollout = rollout
+        self.mesh = mesh
+        suffix = uuid.uuid4().hex[:6]
+        self.models = (f"gpt-4o-{suffix}", f"claude-{suffix}")
+        self.host = f"llm.{rollout.namespace}.svc.cluster.local"
+        self.stable_key = f"{rollout.namespace}/{STABLE}"
+        self.canary_key = f"{rollout.namespace}/{CANARY}"
+        for host, model in zip((STABLE, CANARY), self.models, strict=True):
+            mesh.backends.update(host, rollout.namespace, model_name=model)
+        self.loads = [self.host]
+
+    def backend(self, host: str, **settings: Any) -> None:
+        self.mesh.backends.update(host, self.rollout.namespace, **settings)
+
+    def load(self, rps: float, host: str | None = None, **flow: Any) -> None:
+        target = host or self.host
+        if target not in self.loads:
+            self.loads.append(target)
+        self.mesh.set_load(target, rps, source_namespace=self.rollout.namespace, **flow)
+
+    def stop(self) -> None:
+        for host in self.loads:
+            self.mesh.set_load(host, 0, source_namespace=self.rollout.namespace)
+
+
+@contextmanager
+def served_rollout(
+    kind: Callable[[Rollout, Simulator], ServedT],
+    api_client: client.ApiClient,
+    kubectl: Kubectl,
+    namespace: str,
+    exporter: IstioTrafficExporter,
+    mesh: Simulator,
+) -> Iterator[ServedT]:
+    """A `kind` of ServedRollout in the test's namespace, its load stopped and its rollouts removed after."""
+    with prepared_rollout(api_client, kubectl, namespace, exporter, synthetic_traffic=False) as rollout:
+        subject = kind(rollout, mesh)
+        try:
+            yield subject
+        finally:
+            subject.stop()
+    remove_rollouts(api_client, namespace)
 
 
 @contextmanager

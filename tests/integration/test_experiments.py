@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,8 +24,8 @@ from scenario_support import (
     STABLE,
     Kubectl,
     Rollout,
-    prepared_rollout,
-    remove_rollouts,
+    ServedRollout,
+    served_rollout,
     simulated_mesh,
 )
 
@@ -51,31 +50,19 @@ def mesh(api_client: client.ApiClient, prometheus: PrometheusServer) -> Iterator
         yield simulator
 
 
-class Experiment:
-    """A rollout on a VirtualService the mesh follows, with uniquely named models on its two backends."""
+class Experiment(ServedRollout):
+    """A served rollout whose VirtualService the operator writes experiment routes into."""
 
     def __init__(self, rollout: Rollout, mesh: Simulator) -> None:
-        self.rollout = rollout
-        self.mesh = mesh
-        suffix = uuid.uuid4().hex[:6]
-        self.models = (f"gpt-4o-{suffix}", f"claude-{suffix}")
-        self.host = f"llm.{rollout.namespace}.svc.cluster.local"
-        self.stable_key = f"{rollout.namespace}/{STABLE}"
-        self.canary_key = f"{rollout.namespace}/{CANARY}"
-        for host, model in zip((STABLE, CANARY), self.models, strict=True):
-            mesh.backends.update(host, rollout.namespace, model_name=model)
+        super().__init__(rollout, mesh)
         self.original = copy.deepcopy(rollout.vs()["spec"])
-
-    def load(self, rps: float, **flow: Any) -> None:
-        self.mesh.set_load(self.host, rps, source_namespace=self.rollout.namespace, users=USERS, **flow)
 
     def send(self, headers: dict[str, str], count: int = 20) -> set[str]:
         """Destinations that answered `count` requests carrying `headers`."""
         answered = set()
         for _ in range(count):
-            outcome = self.mesh.handle(
-                Request(self.host, headers=headers, source_namespace=self.rollout.namespace)
-            )
+            request = Request(self.host, headers=headers, source_namespace=self.rollout.namespace)
+            outcome = self.mesh.handle(request)
             answered.add(outcome.destination.key if outcome.destination else str(outcome.status))
         return answered
 
@@ -99,27 +86,19 @@ class Experiment:
             assert time.monotonic() < deadline, "the mesh did not pick up the VirtualService"
             time.sleep(0.05)
 
-    def stop(self) -> None:
-        self.mesh.set_load(self.host, 0, source_namespace=self.rollout.namespace)
-
 
 @pytest.fixture
 def experiment(
     api_client: client.ApiClient, kubectl: Kubectl, namespace: str, exporter: Any, mesh: Simulator
 ) -> Iterator[Experiment]:
-    with prepared_rollout(api_client, kubectl, namespace, exporter, synthetic_traffic=False) as rollout:
-        subject = Experiment(rollout, mesh)
-        try:
-            yield subject
-        finally:
-            subject.stop()
-    remove_rollouts(api_client, namespace)
+    with served_rollout(Experiment, api_client, kubectl, namespace, exporter, mesh) as subject:
+        yield subject
 
 
 def test_a_shadow_stage_gives_users_only_stable_answers_and_a_canary_regression_removes_the_mirror(
     experiment: Experiment, prometheus: PrometheusServer
 ) -> None:
-    experiment.load(100)
+    experiment.load(100, users=USERS)
     experiment.rollout.create(
         stages=[{"shadow": 50, "duration": "600s"}, {"weight": 100}],
         models=experiment.models,
@@ -179,7 +158,7 @@ def test_a_shadow_stage_gives_users_only_stable_answers_and_a_canary_regression_
 def test_sticky_buckets_keep_each_user_on_one_variant_moving_only_to_the_canary_then_abort_clears_all(
     experiment: Experiment, prometheus: PrometheusServer
 ) -> None:
-    experiment.load(400, bucket_header="x-user-bucket", experiment_id=STICKY_ID)
+    experiment.load(400, users=USERS, bucket_header="x-user-bucket", experiment_id=STICKY_ID)
     stages = [{"weight": w, "duration": "2s", "approval": "Manual"} for w in (5, 25, 50, 100)]
     experiment.rollout.create(
         stages=stages,

@@ -8,7 +8,6 @@ test of the module."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,9 +20,8 @@ from scenario_support import (
     CANARY,
     STABLE,
     Kubectl,
-    Rollout,
-    prepared_rollout,
-    remove_rollouts,
+    ServedRollout,
+    served_rollout,
     simulated_mesh,
 )
 
@@ -36,28 +34,7 @@ def mesh(api_client: client.ApiClient, prometheus: PrometheusServer) -> Iterator
         yield simulator
 
 
-class Served:
-    """A rollout with load on its host and its two backends serving uniquely named models."""
-
-    def __init__(self, rollout: Rollout, mesh: Simulator) -> None:
-        self.rollout = rollout
-        self.mesh = mesh
-        suffix = uuid.uuid4().hex[:6]
-        self.models = (f"gpt-4o-{suffix}", f"claude-{suffix}")
-        self.host = f"llm.{rollout.namespace}.svc.cluster.local"
-        for host, model in zip((STABLE, CANARY), self.models, strict=True):
-            mesh.backends.update(host, rollout.namespace, model_name=model)
-        self.loads = [self.host]
-
-    def backend(self, host: str, **settings: Any) -> None:
-        self.mesh.backends.update(host, self.rollout.namespace, **settings)
-
-    def load(self, rps: float, host: str | None = None) -> None:
-        target = host or self.host
-        if target not in self.loads:
-            self.loads.append(target)
-        self.mesh.set_load(target, rps, source_namespace=self.rollout.namespace)
-
+class Served(ServedRollout):
     def create(self, stages: list[dict[str, Any]], gates: list[dict[str, Any]], **analysis: Any) -> None:
         settings: dict[str, Any] = {
             "interval": "1s",
@@ -69,22 +46,13 @@ class Served:
         }
         self.rollout.create(stages=stages, models=self.models, gates=gates, **settings)
 
-    def stop(self) -> None:
-        for host in self.loads:
-            self.mesh.set_load(host, 0, source_namespace=self.rollout.namespace)
-
 
 @pytest.fixture
 def served(
     api_client: client.ApiClient, kubectl: Kubectl, namespace: str, exporter: Any, mesh: Simulator
 ) -> Iterator[Served]:
-    with prepared_rollout(api_client, kubectl, namespace, exporter, synthetic_traffic=False) as rollout:
-        subject = Served(rollout, mesh)
-        try:
-            yield subject
-        finally:
-            subject.stop()
-    remove_rollouts(api_client, namespace)
+    with served_rollout(Served, api_client, kubectl, namespace, exporter, mesh) as subject:
+        yield subject
 
 
 def _gate(status: dict[str, Any], name: str) -> dict[str, Any]:
