@@ -24,6 +24,12 @@ class Telemetry:
         self.canary_weight = Gauge(
             "modelrollout_canary_weight_percent", "Canary share of traffic", labels, registry=self.registry
         )
+        self.shadow = Gauge(
+            "modelrollout_shadow_percent",
+            "Percent of live traffic mirrored to the canary (shadow stages)",
+            labels,
+            registry=self.registry,
+        )
         self.stage = Gauge(
             "modelrollout_stage", "Index of the current stage (0-based)", labels, registry=self.registry
         )
@@ -108,6 +114,7 @@ class Telemetry:
         for phase in api.Phase:
             self.phase.labels(namespace, name, phase.value).set(1 if status.phase == phase else 0)
         self.canary_weight.labels(namespace, name).set(status.canary_weight)
+        self.shadow.labels(namespace, name).set(status.shadow)
         self.stage.labels(namespace, name).set(status.stage)
         if check is not None:
             self.checks.labels(namespace, name, check.verdict.value).inc()
@@ -130,6 +137,7 @@ class Telemetry:
         for metric in (
             self.phase,
             self.canary_weight,
+            self.shadow,
             self.stage,
             self.gate_value,
             self.gate_control,

@@ -21,6 +21,17 @@ def _check(value: float | None, verdict: api.Verdict) -> CheckResult:
     return CheckResult(at=NOW, verdict=verdict, gates=(gate,), canary_requests=500, summary="")
 
 
+def test_a_shadow_stage_is_exported_as_its_mirrored_percent() -> None:
+    telemetry = Telemetry()
+    status = api.ModelRolloutStatus(phase=api.Phase.PROGRESSING, stage=0, canary_weight=0, shadow=50)
+    telemetry.record("llm", "chat", status, None, rollback_reason=None)
+    sample = telemetry.registry.get_sample_value
+    assert sample("modelrollout_shadow_percent", {"namespace": "llm", "name": "chat"}) == 50
+    assert sample("modelrollout_canary_weight_percent", {"namespace": "llm", "name": "chat"}) == 0
+    telemetry.forget("llm", "chat")
+    assert sample("modelrollout_shadow_percent", {"namespace": "llm", "name": "chat"}) is None
+
+
 def test_record_sets_phase_weight_gates_and_counts() -> None:
     telemetry = Telemetry()
     status = api.ModelRolloutStatus(phase=api.Phase.PROGRESSING, stage=2, canary_weight=25)
