@@ -151,6 +151,7 @@ def test_kubectl_get_shows_phase_stage_weight_message(
         "PHASE",
         "STAGE",
         "WEIGHT",
+        "SHADOW",
         "STABLE",
         "CANARY",
         "MESSAGE",
