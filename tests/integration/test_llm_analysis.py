@@ -229,7 +229,7 @@ def test_a_routing_bias_raises_the_sample_ratio_mismatch_condition(served: Serve
         timeout=60,
     )
     condition = next(c for c in status["conditions"] if c["type"] == "SampleRatioMismatch")
-    assert "at weight 20%" in condition["message"]
+    assert "at 20% (p=" in condition["message"]
     assert "SampleRatioMismatch" in served.rollout.wait_reasons("SampleRatioMismatch")
     assert status["phase"] == "Progressing"  # a routing problem, not the canary's: no rollback
     errors = _gate(served.rollout.status(), "errors")
