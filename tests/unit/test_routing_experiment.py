@@ -331,3 +331,21 @@ def test_any_stage_list_on_any_route_shape_keeps_the_user_route_and_the_kill_swi
     killed = apply(live, write(0), [name])
     assert killed == apply(original, write(0), [name])
     assert original == snapshot
+
+
+def test_two_user_routes_written_alike_are_told_apart() -> None:
+    twin = {"name": "twin", "route": [{"destination": {"host": "llm-stable"}, "weight": 100}]}
+    service = vs(copy.deepcopy(twin), {**copy.deepcopy(twin), "name": "primary"})
+    service["spec"]["http"][0].pop("name")
+    service["spec"]["http"][1].pop("name")
+    updated, _ = with_split(service, [1], write(10, experiment=EXPERIMENT))
+    http = updated["spec"]["http"]
+    assert http[0] == service["spec"]["http"][0]  # the first twin is the user's, untouched
+    assert [r.get("name") for r in http[1:]] == [
+        "http[1]--mro-override-0",
+        "http[1]--mro-override-1",
+        "http[1]--mro-buckets-canary",
+        "http[1]--mro-buckets-stable",
+        None,
+    ]
+    assert [e["weight"] for e in http[-1]["route"]] == [90, 10]

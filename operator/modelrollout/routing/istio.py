@@ -313,13 +313,18 @@ def with_split(vs: VirtualService, indexes: list[int], desired: RouteWrite) -> t
     if http:
         result["spec"]["http"] = http = extras.without_generated(http, keys)
     generated = [
-        (route, _rewrite_route(result, http.index(route), key, desired))
+        (route, _rewrite_route(result, _position(http, route), key, desired))
         for route, key in zip(managed, keys, strict=True)
     ]
     for route, routes in generated:
-        index = http.index(route)
+        index = _position(http, route)
         http[index:index] = routes
     return result, result != vs
+
+
+def _position(http: list[dict[str, Any]], route: dict[str, Any]) -> int:
+    """Where this very route object is (not an equal one: two user routes may be written alike)."""
+    return next(index for index, candidate in enumerate(http) if candidate is route)
 
 
 def _rewrite_route(vs: VirtualService, index: int, key: str, desired: RouteWrite) -> list[dict[str, Any]]:
