@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 from modelrollout import api, engine
 from modelrollout.analysis import CheckMeasurement, GateMeasurement, evaluate_check
-from modelrollout.routing.istio import managed_route_indexes, with_canary_weight
-from modelrollout.routing.router import Backend
+from modelrollout.routing.istio import managed_route_indexes, with_split
+from modelrollout.routing.router import Backend, RouteWrite
 
 SPEC = api.parse_spec(
     {
@@ -97,7 +97,9 @@ def main() -> None:
         "analysis.evaluate_check (3 gates, 2 series)",
         lambda: evaluate_check(CheckMeasurement(NOW, gates, 1500.0), 100),
     )
-    measure("routing: VirtualService transform", lambda: with_canary_weight(vs, indexes, stable, canary, 25))
+    measure(
+        "routing: VirtualService transform", lambda: with_split(vs, indexes, RouteWrite(stable, canary, 25))
+    )
     measure(
         "api.parse_spec (6 stages, 3 gates)",
         lambda: api.parse_spec(SPEC.model_dump(by_alias=True, mode="json", exclude_none=True)),

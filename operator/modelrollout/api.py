@@ -196,6 +196,12 @@ Percent = Annotated[
 ]
 
 
+def exposure(weight: int, mirror: int) -> str:
+    """How a traffic position reads: `10%`, or `shadow 50%` in a shadow stage (stable serves everything,
+    this percent of it is mirrored to the canary)."""
+    return f"shadow {mirror}%" if mirror and not weight else f"{weight}%"
+
+
 class ApiModel(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields are errors."""
 

@@ -256,7 +256,7 @@ def render_list(rollouts: Sequence[Mapping[str, Any]], now: datetime, *, all_nam
             _text(meta.get("name")),
             _text(status.get("phase")),
             progress(obj),
-            f"shadow {shadow}%" if shadow and not weight else f"{weight}%" if weight is not None else MISSING,
+            api.exposure(int(weight), int(shadow or 0)) if weight is not None else MISSING,
             _text(verdict),
             age(meta.get("creationTimestamp"), now),
             _shorten(message, LIST_MESSAGE_WIDTH) or MISSING,
@@ -308,10 +308,8 @@ def _stages(obj: Mapping[str, Any], now: datetime) -> list[str]:
             [
                 ">" if index == current else "",
                 str(index + 1),
-                f"{stage['weight']}%"
-                if stage.get("weight") is not None
-                else f"shadow {stage['shadow']}%"
-                if stage.get("shadow") is not None
+                api.exposure(int(stage.get("weight") or 0), int(stage.get("shadow") or 0))
+                if stage.get("weight") is not None or stage.get("shadow") is not None
                 else MISSING,
                 _text(stage.get("duration")),
                 str(stage.get("approval") or api.Approval.AUTO.value),

@@ -18,9 +18,7 @@ from modelrollout.routing.istio import (
     last_spec_writer,
     managed_route_indexes,
     owner_of,
-    read_canary_weight,
     split_view,
-    with_canary_weight,
     with_claims,
     with_split,
     without_claims,
@@ -30,6 +28,21 @@ from modelrollout.routing.router import Backend, RouteWrite, RoutingConflict, Ro
 NS = "llm"
 STABLE = Backend("llm-gpt4o")
 CANARY = Backend("llm-claude")
+
+
+def read_canary_weight(
+    service: dict[str, Any], indexes: list[int], stable: Backend, canary: Backend
+) -> tuple[int, bool]:
+    """(canary weight, consistent) of `split_view`."""
+    view = split_view(service, indexes, stable, canary)
+    return view.canary_weight, view.consistent
+
+
+def with_canary_weight(
+    service: dict[str, Any], indexes: list[int], stable: Backend, canary: Backend, canary_weight: int
+) -> tuple[dict[str, Any], bool]:
+    """`with_split` for one pair and nothing to retire."""
+    return with_split(service, indexes, RouteWrite(stable=stable, canary=canary, canary_weight=canary_weight))
 
 
 def dest(

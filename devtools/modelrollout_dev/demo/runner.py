@@ -215,7 +215,7 @@ class Demo:
                     name = live["metadata"]["name"]
                     key = f"{status.get('phase')} {status.get('progress')} {status.get('canaryWeight')}"
                     if status.get("shadow"):
-                        key += f" shadow {status['shadow']}%"
+                        key += f" {api.exposure(0, int(status['shadow']))}"
                     if last_phases.get(name) != key:
                         last_phases[name] = key
                         print(f"{elapsed:5.0f}s  {name:<10} {key}", flush=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelrollout import api
+
 
 def _gate_line(gate: dict[str, Any]) -> str:
     value = gate.get("value")
@@ -15,7 +17,7 @@ def _gate_line(gate: dict[str, Any]) -> str:
 
 
 def _stage_label(stage: dict[str, Any]) -> str:
-    return f"{stage['weight']}%" if stage.get("weight") is not None else f"shadow {stage.get('shadow')}%"
+    return api.exposure(int(stage.get("weight") or 0), int(stage.get("shadow") or 0))
 
 
 def rollout_panel(

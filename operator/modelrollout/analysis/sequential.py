@@ -67,9 +67,7 @@ class Run:
 
     @property
     def exposure(self) -> str:
-        return (
-            f"shadow {self.mirror}%" if self.mirror and not self.canary_weight else f"{self.canary_weight}%"
-        )
+        return api.exposure(self.canary_weight, self.mirror)
 
     def carries(self, previous: api.Accumulation | None, margin: float | None) -> bool:
         """Whether `previous` is an earlier stage of this rollout whose evidence this run continues."""

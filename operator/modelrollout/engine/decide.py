@@ -36,7 +36,7 @@ from modelrollout.engine.model import (
 )
 from modelrollout.engine.returns import complete_return, pending_return
 from modelrollout.engine.settle import settle
-from modelrollout.engine.stages import exposure, maybe_advance, progress, realign, start
+from modelrollout.engine.stages import maybe_advance, progress, realign, start
 from modelrollout.routing.router import RouteWrite, backend_of
 
 # Analysis events stand even when the write that followed them failed: the check was made and counted.
@@ -221,7 +221,7 @@ def _restart(
         "Normal",
         "RolloutStarted",
         f"rolling out {describe(spec.canary)} over {describe(spec.stable)}: "
-        f"stage {progress(spec, 0)} at {exposure(draft.status.canary_weight, draft.status.shadow)}",
+        f"stage {progress(spec, 0)} at {api.exposure(draft.status.canary_weight, draft.status.shadow)}",
     )
 
 

@@ -52,10 +52,6 @@ class Draft:
         """A Warning posted before traffic moves."""
         self.early_events.append(Event("Warning", reason, message))
 
-    def set_weight(self, weight: int) -> None:
-        """`set_traffic` without a mirror."""
-        self.set_traffic(weight)
-
     def keep_traffic(self) -> None:
         """Write what the status says (weight and mirror) again."""
         self.set_traffic(self.status.canary_weight, self.status.shadow)

@@ -6,7 +6,7 @@ from modelrollout import api
 from modelrollout.durations import format_duration
 from modelrollout.engine.draft import Draft
 from modelrollout.engine.model import DRIFT_LIMIT, DRIFT_WINDOW, FIELD_MANAGER, TERMINAL, RoutingView
-from modelrollout.engine.stages import advance, exposure, next_position, stage_mirror
+from modelrollout.engine.stages import advance, next_position, stage_mirror
 
 
 def correct_drift(draft: Draft, spec: api.ModelRolloutSpec, routing: RoutingView) -> None:
@@ -65,6 +65,6 @@ def correct_drift(draft: Draft, spec: api.ModelRolloutSpec, routing: RoutingView
     draft.event(
         "Warning",
         "DriftCorrected",
-        f"canary at {exposure(routing.canary_weight or 0, routing.mirror)} set by "
-        f"{routing.last_writer} put back to {exposure(status.canary_weight, status.shadow)}",
+        f"canary at {api.exposure(routing.canary_weight or 0, routing.mirror)} set by "
+        f"{routing.last_writer} put back to {api.exposure(status.canary_weight, status.shadow)}",
     )

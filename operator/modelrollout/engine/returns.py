@@ -31,7 +31,7 @@ def roll_back(
         hold=None,
         awaiting_approval=False,
     )
-    draft.set_weight(0)
+    draft.set_traffic(0)
     draft.rollback_reason = reason
     draft.event(
         "Warning",
@@ -52,7 +52,7 @@ def abort(draft: Draft) -> None:
         awaiting_approval=False,
         rollback=aborted,
     )
-    draft.set_weight(0)
+    draft.set_traffic(0)
     draft.rollback_reason = "Aborted"
     draft.event("Warning", "Aborted", "aborted by a human: traffic returned to stable")
 
@@ -68,7 +68,7 @@ def complete_return(draft: Draft) -> None:
     draft.update(
         phase=phase, reason=pending.reason, canary_weight=0, shadow=0, hold=None, awaiting_approval=False
     )
-    draft.set_weight(0)
+    draft.set_traffic(0)
     draft.rollback_reason = pending.reason
     draft.event(
         "Warning",

@@ -11,7 +11,6 @@ from modelrollout.engine.model import TERMINAL, Observation
 from modelrollout.engine.stages import (
     check_window,
     countdown,
-    exposure,
     progress,
     soak_left,
     window_wait,
@@ -23,7 +22,7 @@ ACTIVE_REASONS = ("StageAdvanced", "RolloutStarted", "Retried", "StagesChanged")
 def settle(draft: Draft, spec: api.ModelRolloutSpec, obs: Observation) -> None:
     status = draft.status
     phase, reason = status.phase, status.reason or ""
-    where = f"stage {progress(spec, status.stage)} at {exposure(status.canary_weight, status.shadow)}"
+    where = f"stage {progress(spec, status.stage)} at {api.exposure(status.canary_weight, status.shadow)}"
     last = status.last_analysis
     gates = f": {'; '.join(f'{g.name} {g.message}' for g in last.gates)}" if last and last.gates else ""
     if phase == api.Phase.PROMOTED:

@@ -21,11 +21,6 @@ def stage_mirror(spec: api.ModelRolloutSpec, stage: int) -> int:
     return spec.stages[min(stage, len(spec.stages) - 1)].mirror
 
 
-def exposure(weight: int, mirror: int) -> str:
-    """How a position reads: `10%`, or `shadow 50%` for a shadow stage."""
-    return f"shadow {mirror}%" if mirror and not weight else f"{weight}%"
-
-
 def progress(spec: api.ModelRolloutSpec, stage: int) -> str:
     return f"{min(stage, len(spec.stages) - 1) + 1}/{len(spec.stages)}"
 
@@ -107,7 +102,9 @@ def advance(draft: Draft, spec: api.ModelRolloutSpec, to_stage: int, why: str, b
     )
     draft.set_traffic(weight, mirror)
     draft.event(
-        "Normal", "StageAdvanced", f"stage {progress(spec, to_stage)} at {exposure(weight, mirror)}: {why}"
+        "Normal",
+        "StageAdvanced",
+        f"stage {progress(spec, to_stage)} at {api.exposure(weight, mirror)}: {why}",
     )
 
 
@@ -120,7 +117,7 @@ def promote_done(draft: Draft, spec: api.ModelRolloutSpec, why: str) -> None:
         hold=None,
         awaiting_approval=False,
     )
-    draft.set_weight(100)
+    draft.set_traffic(100)
     draft.event("Normal", "Promoted", f"{describe(spec.canary)} serves 100%: {why}")
 
 
@@ -151,7 +148,7 @@ def realign(draft: Draft, spec: api.ModelRolloutSpec) -> None:
         (stages[new_stage].canary_weight, stages[new_stage].mirror) if below else (live, 0)
     )
     moved = (new_weight, new_mirror) != (live, mirror)
-    was = f"stage {stage + 1} at {exposure(live, mirror)}"
+    was = f"stage {stage + 1} at {api.exposure(live, mirror)}"
     draft.update(
         stage=new_stage,
         progress=progress(spec, new_stage),
@@ -164,7 +161,7 @@ def realign(draft: Draft, spec: api.ModelRolloutSpec) -> None:
     if moved:
         draft.set_traffic(new_weight, new_mirror)
     where = (
-        f"stage {progress(spec, new_stage)} at {exposure(new_weight, new_mirror)}"
+        f"stage {progress(spec, new_stage)} at {api.exposure(new_weight, new_mirror)}"
         if below
         else f"{live}%, below stage {progress(spec, 0)} ({stages[0].canary_weight}%), entered once a check "
         "passes"

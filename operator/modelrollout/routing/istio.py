@@ -283,14 +283,6 @@ def split_view(
     )
 
 
-def read_canary_weight(
-    vs: VirtualService, indexes: list[int], stable: Backend, canary: Backend
-) -> tuple[int, bool]:
-    """(canary weight, consistent) of `split_view`."""
-    view = split_view(vs, indexes, stable, canary)
-    return view.canary_weight, view.consistent
-
-
 def with_split(vs: VirtualService, indexes: list[int], desired: RouteWrite) -> tuple[VirtualService, bool]:
     """A copy of the VirtualService with stable at 100 - canary_weight and canary at canary_weight in every
     managed route, the `drop` destinations removed and the `retire` ones at weight 0, the canary mirrored at
@@ -409,8 +401,13 @@ def _experiment_part(vs: VirtualService, indexes: list[int]) -> tuple[list[Any],
 def experiment_in_place(vs: VirtualService, indexes: list[int], desired: RouteWrite) -> bool:
     """Whether the VirtualService holds exactly the routes and headers `desired.experiment` adds at
     `desired.canary_weight` (mirror and weights aside: they are read as numbers)."""
+    found = _experiment_part(vs, indexes)
+    if desired.experiment is None:
+        # Nothing expected: in place when nothing is there, without computing a whole new VirtualService on
+        # every view of every rollout.
+        return not found[0] and not any(found[1])
     expected, _ = with_split(vs, indexes, desired)
-    return _experiment_part(vs, indexes) == _experiment_part(expected, _same_routes(vs, indexes, expected))
+    return found == _experiment_part(expected, _same_routes(vs, indexes, expected))
 
 
 def _same_routes(vs: VirtualService, indexes: list[int], other: VirtualService) -> list[int]:
@@ -423,13 +420,6 @@ def _same_routes(vs: VirtualService, indexes: list[int], other: VirtualService) 
     position = {index: n for n, index in enumerate(user_indexes(vs))}
     theirs = user_indexes(other)
     return [theirs[position[index]] for index in indexes]
-
-
-def with_canary_weight(
-    vs: VirtualService, indexes: list[int], stable: Backend, canary: Backend, canary_weight: int
-) -> tuple[VirtualService, bool]:
-    """`with_split` for one pair and nothing to retire."""
-    return with_split(vs, indexes, RouteWrite(stable=stable, canary=canary, canary_weight=canary_weight))
 
 
 # ---- claims: which ModelRollout manages which route ----
