@@ -220,7 +220,19 @@ class Rollout:
             current = self.status()
             return current if predicate(current) else None
 
-        result: dict[str, Any] = wait_for(what, matching, timeout)
+        try:
+            result: dict[str, Any] = wait_for(what, matching, timeout)
+        except AssertionError as timed_out:
+            # Say where the rollout stood: a timeout alone does not tell a slow test from a wrong decision.
+            status = self.status()
+            gates = [(g.get("name"), g.get("verdict"), g.get("message")) for g in
+                     (status.get("lastAnalysis") or {}).get("gates", [])]  # fmt: skip
+            conditions = [(c.get("type"), c.get("reason")) for c in status.get("conditions", [])
+                          if c.get("status") == "True"]  # fmt: skip
+            raise AssertionError(
+                f"{timed_out}; status: phase {status.get('phase')}, message {status.get('message')!r}, "
+                f"gates {gates}, true conditions {conditions}"
+            ) from None
         return result
 
     def wait_phase(self, phase: str, timeout: float = 30.0) -> dict[str, Any]:
