@@ -54,6 +54,12 @@ class FakeApiServer:
     status_writes: int = 0
     # Called before a VirtualService write lands (after the faults): a race, e.g. a deletion mid-tick.
     before_vs_write: Callable[[], Awaitable[None] | None] | None = None
+    # EnvoyFilters by (namespace, name); the next filter writes (apply or delete) are refused (count).
+    envoy_filters: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    refuse_filter_writes: int = 0
+    filter_writes: list[str] = field(default_factory=list)  # "apply NAME" / "delete NAME", in order
+    # The order of writes of either kind: "vs" / "filter apply" / "filter delete".
+    write_log: list[str] = field(default_factory=list)
 
     def bump(self) -> str:
         self.version += 1
@@ -200,6 +206,29 @@ class FakeKube:
     async def emit_event(self, ref: RolloutRef, type_: str, reason: str, message: str) -> None:
         self.server.events.append((type_, reason, message))
 
+    async def get_envoy_filter(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.server.envoy_filters.get((namespace, name))
+        return copy.deepcopy(found) if found else None
+
+    def _filter_write(self, what: str) -> None:
+        if self.server.refuse_filter_writes:
+            self.server.refuse_filter_writes -= 1
+            raise api_error(403, "envoyfilters is forbidden")
+        self.server.filter_writes.append(what)
+        self.server.write_log.append(f"filter {what.split(maxsplit=1)[0]}")
+
+    async def apply_envoy_filter(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        meta = manifest["metadata"]
+        self._filter_write(f"apply {meta['name']}")
+        stored = copy.deepcopy(manifest)
+        stored["metadata"]["resourceVersion"] = self.server.bump()
+        self.server.envoy_filters[(meta["namespace"], meta["name"])] = stored
+        return copy.deepcopy(stored)
+
+    async def delete_envoy_filter(self, namespace: str, name: str) -> None:
+        self._filter_write(f"delete {name}")
+        self.server.envoy_filters.pop((namespace, name), None)
+
 
 class FakeRouter(IstioRouter):
     """The real router, its reads and writes going to the in-memory store."""
@@ -225,7 +254,9 @@ class FakeRouter(IstioRouter):
             if raced is not None:
                 await raced
         try:
-            return self.server.replace_vs(self.namespace, self.name, body, self.field_manager)
+            stored = self.server.replace_vs(self.namespace, self.name, body, self.field_manager)
+            self.server.write_log.append("vs")
+            return stored
         except ApiException as failed:
             if failed.status == 409:
                 raise StaleWrite("changed since it was read") from failed

@@ -641,13 +641,55 @@ class Variant(StrEnum):
     CANARY = "canary"
 
 
+DEFAULT_BUCKET_HEADER = "x-modelrollout-bucket"
+
+
 class Stickiness(ApiModel):
-    bucket_header: HeaderName = Field(
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "has(self.bucketHeader) || has(self.userHeader)",
+                "set bucketHeader (apps send the bucket), userHeader (the mesh computes it), or both",
+            ),
+            _cel(
+                "!has(self.userHeader) || self.userHeader != "
+                f"(has(self.bucketHeader) ? self.bucketHeader : '{DEFAULT_BUCKET_HEADER}')",
+                "the user header and the bucket header must differ",
+                ".userHeader",
+            ),
+        )
+    )
+
+    bucket_header: HeaderName | None = Field(
+        None,
         description="Request header carrying the user's bucket (0-99): buckets 0 .. weight-1 go to the "
         "canary, the rest to stable, so a user never moves back from canary to stable as the rollout "
         "advances. Requests without it follow the weighted route. Apps compute the bucket with "
-        "modelrollout.assign.bucket(experiment id, user id)."
+        "modelrollout.assign.bucket(experiment id, user id). Default with userHeader: "
+        f"{DEFAULT_BUCKET_HEADER}.",
     )
+    user_header: HeaderName | None = Field(
+        None,
+        description="Request header carrying the user id: the operator manages an Istio EnvoyFilter (Lua, on "
+        "the client sidecars of this namespace, for the VirtualService's hosts only) that computes the "
+        "user's bucket into the bucket header and drops any bucket a client sent. Requests without a user "
+        "id follow the weighted route.",
+    )
+
+    @model_validator(mode="after")
+    def _headers(self) -> Stickiness:
+        if self.bucket_header is None and self.user_header is None:
+            raise ValueError(
+                "set bucketHeader (apps send the bucket), userHeader (the mesh computes it), or both"
+            )
+        if self.user_header is not None and self.user_header == self.header:
+            raise ValueError("userHeader: the user header and the bucket header must differ")
+        return self
+
+    @property
+    def header(self) -> str:
+        """The header the bucket routes match: bucketHeader, or the default the bucket filter writes."""
+        return self.bucket_header or DEFAULT_BUCKET_HEADER
 
 
 class Override(ApiModel):
@@ -661,15 +703,19 @@ class Experiment(ApiModel):
         json_schema_extra=_validations(
             _cel(
                 "!has(self.overrides) || self.overrides.all(o, !(o.header in "
-                f"{_DIMENSION_LIST}) && (!has(self.stickiness) || o.header != self.stickiness.bucketHeader))",
+                f"{_DIMENSION_LIST}) && (!has(self.stickiness) || o.header != "
+                "(has(self.stickiness.bucketHeader) ? self.stickiness.bucketHeader : "
+                f"'{DEFAULT_BUCKET_HEADER}')))",
                 Rule.OVERRIDE_HEADER_RESERVED,
                 ".overrides",
             ),
             _cel(
-                f"!has(self.stickiness) || !(self.stickiness.bucketHeader in {_DIMENSION_LIST})",
-                "the bucket header cannot be a dimension header "
+                "!has(self.stickiness) || ((!has(self.stickiness.bucketHeader) || "
+                f"!(self.stickiness.bucketHeader in {_DIMENSION_LIST})) && "
+                f"(!has(self.stickiness.userHeader) || !(self.stickiness.userHeader in {_DIMENSION_LIST})))",
+                "the bucket and user headers cannot be dimension headers "
                 "(x-model, x-prompt-version, x-experiment-id, x-variant)",
-                ".stickiness.bucketHeader",
+                ".stickiness",
             ),
         )
     )
@@ -681,7 +727,9 @@ class Experiment(ApiModel):
         description="Experiment id, sent in x-experiment-id and hashed into user buckets; defaults to "
         "<namespace>/<name>/<pair hash>, shown in status.experimentId.",
     )
-    stickiness: Stickiness | None = Field(None, description="Sticky per-user assignment by bucket header.")
+    stickiness: Stickiness | None = Field(
+        None, description="Sticky per-user assignment, by a bucket header or a user-id header."
+    )
     overrides: list[Override] = Field(
         default_factory=list,
         max_length=MAX_OVERRIDES,
@@ -696,10 +744,11 @@ class Experiment(ApiModel):
 
     @model_validator(mode="after")
     def _reserved_headers(self) -> Experiment:
-        bucket = self.stickiness.bucket_header if self.stickiness else None
-        if bucket in DIMENSION_HEADERS:
+        bucket = self.stickiness.header if self.stickiness else None
+        user = self.stickiness.user_header if self.stickiness else None
+        if bucket in DIMENSION_HEADERS or user in DIMENSION_HEADERS:
             raise ValueError(
-                "stickiness.bucketHeader: the bucket header cannot be a dimension header "
+                "stickiness: the bucket and user headers cannot be dimension headers "
                 "(x-model, x-prompt-version, x-experiment-id, x-variant)"
             )
         for override in self.overrides:
@@ -956,6 +1005,9 @@ class ModelRolloutStatus(StatusModel):
     canary_weight: int = 0
     shadow: int = Field(0, description="Percent of live traffic mirrored to the canary (shadow stages).")
     experiment_id: str | None = Field(None, description="The experiment id requests carry.")
+    bucket_filter: str | None = Field(
+        None, description="The EnvoyFilter this rollout manages (stickiness.userHeader), while it exists."
+    )
     stage_started_at: datetime | None = None
     advanced_by: str | None = Field(
         None,

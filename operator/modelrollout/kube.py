@@ -15,6 +15,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelrollout import api
+from modelrollout.routing import envoy_filter
 
 ACTION_ANNOTATION = f"{api.GROUP}/action"
 REPORTING_COMPONENT = "modelrollout-operator"
@@ -164,3 +165,57 @@ class Kube:
             self._core.read_namespaced_secret, name, namespace, _request_timeout=self._timeout
         )
         return dict(secret.data or {})
+
+    # ---- the bucket EnvoyFilter (experiment.stickiness.userHeader) ----
+
+    async def get_envoy_filter(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found = await asyncio.to_thread(
+                self._objects.get_namespaced_custom_object,
+                envoy_filter.GROUP,
+                envoy_filter.VERSION,
+                namespace,
+                envoy_filter.PLURAL,
+                name,
+                _request_timeout=self._timeout,
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return _as_dict(found)
+
+    async def apply_envoy_filter(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Create or update the filter by server-side apply: the operator owns every field it sets, and an
+        unchanged manifest changes nothing."""
+        meta = manifest["metadata"]
+        stored = await asyncio.to_thread(
+            self._objects.patch_namespaced_custom_object,
+            envoy_filter.GROUP,
+            envoy_filter.VERSION,
+            meta["namespace"],
+            envoy_filter.PLURAL,
+            meta["name"],
+            manifest,
+            field_manager=REPORTING_COMPONENT,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+            _request_timeout=self._timeout,
+        )
+        return _as_dict(stored)
+
+    async def delete_envoy_filter(self, namespace: str, name: str) -> None:
+        """Remove the filter; one already gone is removed."""
+        try:
+            await asyncio.to_thread(
+                self._objects.delete_namespaced_custom_object,
+                envoy_filter.GROUP,
+                envoy_filter.VERSION,
+                namespace,
+                envoy_filter.PLURAL,
+                name,
+                _request_timeout=self._timeout,
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise

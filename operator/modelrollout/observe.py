@@ -140,5 +140,6 @@ class RoutingObserver:
                 experiment_in_place=view.experiment_in_place,
                 last_writer=snapshot.last_writer,
                 stale_owner=stale_owner,
+                hosts=snapshot.hosts,
             )
         return engine.RoutingView(conflict_owner=stale_owner)

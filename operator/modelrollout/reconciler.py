@@ -25,6 +25,7 @@ from modelrollout.metrics.templates import spec_template_errors
 from modelrollout.notify import Notification, Notifier, now_text
 from modelrollout.observe import Observed, RoutingObserver, target_of
 from modelrollout.ports import KubeApi, Measuring, RouterFactory
+from modelrollout.routing.envoy_filter import BucketFilter
 from modelrollout.routing.istio_router import IstioRouter
 from modelrollout.routing.router import Router, RoutingProblem, StaleWrite, backend_of
 from modelrollout.telemetry import Telemetry
@@ -38,6 +39,10 @@ MAX_STEPS = 3
 
 class Stale(Exception):
     """Something this tick read changed before it wrote: observe again."""
+
+
+class FilterWriteFailed(Exception):
+    """The bucket EnvoyFilter could not be written; the VirtualService write that needs it is not made."""
 
 
 def _ref(obj: Mapping[str, Any]) -> RolloutRef:
@@ -180,6 +185,8 @@ class Reconciler:
 
         target = target_of(spec, ref.namespace)
         observed, routing, previous = await self.observer.observe(spec, status, target, ref)
+        filter_name = engine.observed_filter_name(spec, status, f"{ref.namespace}/{ref.name}")
+        bucket_filter = await self.kube.get_envoy_filter(ref.namespace, filter_name) if filter_name else None
         action = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
         if not check:
             due = engine.analysis_due(spec, status, now, self.config.started_at)
@@ -208,6 +215,8 @@ class Reconciler:
             action=action,
             status_recorded=bool(raw_status),
             rollout=f"{ref.namespace}/{ref.name}",
+            rollout_uid=ref.uid,
+            bucket_filter=bucket_filter,
         )
         plan = engine.decide(spec, status, observation)
         # A check is used by one decision that got recorded; after a conflict the next decision reuses it.
@@ -242,31 +251,49 @@ class Reconciler:
             if consumed is not None:
                 self._remember(ref, obj["metadata"].get("resourceVersion"), consumed)
                 obj = consumed
-        if plan.write is not None or plan.release_recorded:
+        step = plan.bucket_filter
+        if plan.write is not None or plan.release_recorded or step is not None:
             if not may_write():
                 # The driver is stopping: the finalizer owns the VirtualService now. Nothing more is recorded.
                 return engine.Plan(status=recorded), obj
             try:
+                if step is not None and step.apply is not None:
+                    await self._apply_filter(step.apply)
                 await self._write_routing(plan, observed)
             except (StaleWrite, Stale):
                 raise
             except Exception as error:  # refused, forbidden, or not shown on read-back: the engine decides
-                reason = describe_api_error(error)
+                reason = str(error) if isinstance(error, FilterWriteFailed) else describe_api_error(error)
                 log.warning("%s/%s: VirtualService write failed: %s", ref.namespace, ref.name, reason)
                 failed = engine.write_failed(plan, recorded, reason, self.clock())
                 obj = await self._record(ref, obj, recorded, failed.status)
                 await self._post(ref, failed.events)
                 self.telemetry.write_failures.labels(ref.namespace, ref.name).inc()
                 return failed, obj
+            if step is not None and step.remove is not None:
+                try:
+                    await self.kube.delete_envoy_filter(ref.namespace, step.remove)
+                except Exception as error:  # the traffic change stands; the engine says what to record
+                    plan = engine.filter_removal_failed(plan, step.remove, describe_api_error(error))
         obj = await self._record(ref, obj, recorded, plan.status)
         await self._post(ref, plan.events)
         return plan, obj
+
+    async def _apply_filter(self, desired: BucketFilter) -> None:
+        try:
+            await self.kube.apply_envoy_filter(desired.manifest())
+        except Exception as error:
+            raise FilterWriteFailed(
+                f"the bucket EnvoyFilter {desired.namespace}/{desired.name}: {describe_api_error(error)}"
+            ) from error
 
     async def _write_routing(self, plan: engine.Plan, observed: Observed) -> None:
         if plan.write_on == "recorded":
             router, snapshot = observed.recorded_router, observed.recorded_snapshot
         else:
             router, snapshot = observed.spec_router, observed.spec_snapshot
+        if plan.write is None and not plan.release_recorded:
+            return
         if router is None or snapshot is None:
             raise Stale("the VirtualService to write was not read")
         if plan.write is not None:
@@ -341,7 +368,7 @@ class Reconciler:
             try:
                 snapshot = await router.read()
             except RoutingProblem:
-                return  # the VirtualService is gone: nothing to put back or release
+                break  # the VirtualService is gone: nothing to put back or release
             try:
                 if status.stable is not None and status.canary is not None:
                     view = await self.observer.view(
@@ -354,10 +381,18 @@ class Reconciler:
                             "%s/%s deleted mid-rollout: traffic returned to stable", ref.namespace, ref.name
                         )
                 await router.release(snapshot)
-                return
+                break
             except StaleWrite:
                 continue
-        raise RuntimeError(f"VirtualService {record.virtual_service} kept changing while it was released")
+        else:
+            raise RuntimeError(f"VirtualService {record.virtual_service} kept changing while it was released")
+        await self._remove_filter(ref, status)
+
+    async def _remove_filter(self, ref: RolloutRef, status: api.ModelRolloutStatus) -> None:
+        """The deleted rollout's bucket EnvoyFilter goes after its routes (its ownerReference would remove it
+        too, but only where a garbage collector runs, and later)."""
+        if status.bucket_filter:
+            await self.kube.delete_envoy_filter(ref.namespace, status.bucket_filter)
 
     def close(self) -> None:
         self.measurer.close()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from modelrollout import assign
 from modelrollout_dev.devenv.prometheus import PrometheusServer
 from modelrollout_dev.sim.routing import Request
 from modelrollout_dev.sim.simulator import Simulator
@@ -233,3 +234,63 @@ def test_sticky_buckets_keep_each_user_on_one_variant_moving_only_to_the_canary_
     assert after["spec"] == expected
     experiment.wait_mesh_follows()
     assert experiment.send({"x-experiment": "canary", "x-user-bucket": "0"}) == {experiment.stable_key}
+
+
+def test_a_user_id_header_is_bucketed_in_the_mesh_by_the_operators_envoy_filter(
+    experiment: Experiment,
+) -> None:
+    """stickiness.userHeader: the operator writes an EnvoyFilter whose Lua the simulated sidecars run as Envoy
+    would; each user lands exactly where modelrollout.assign puts them, even though every client claims
+    bucket 0; abort takes the routes and then the filter away."""
+    ns = experiment.rollout.namespace
+    # Every client claims the first bucket: only the filter decides.
+    experiment.load(400, users=USERS, headers={"x-modelrollout-bucket": "0"})
+    experiment_id = f"by-user-{ns}"
+    experiment.rollout.create(
+        stages=[{"weight": 25, "duration": "1s", "approval": "Manual"}, {"weight": 100}],
+        models=experiment.models,
+        experiment={"id": experiment_id, "stickiness": {"userHeader": "x-user-id"}},
+        gates=[{"name": "error-rate", "template": "istio-error-rate", "max": 0.05}],
+        **ANALYSIS,
+    )
+    experiment.rollout.wait_status(
+        "awaiting approval at 25%", lambda s: s.get("reason") == "AwaitingApproval"
+    )
+    status = experiment.rollout.status()
+    name = f"{experiment.rollout.name}-modelrollout-buckets"
+    assert status["bucketFilter"] == name
+    live = experiment.rollout.objects.get_namespaced_custom_object(
+        "networking.istio.io", "v1alpha3", ns, "envoyfilters", name
+    )
+    assert live["metadata"]["ownerReferences"][0]["uid"] == experiment.rollout.get()["metadata"]["uid"]
+    experiment.wait_mesh_follows()
+    assert experiment.mesh.filter_watcher is not None
+    deadline = time.monotonic() + 10
+    while experiment.mesh.filter_watcher.get(ns, name) is None:
+        assert time.monotonic() < deadline, "the mesh did not pick up the EnvoyFilter"
+        time.sleep(0.05)
+
+    experiment.mesh.stats.reset()
+    time.sleep(6)  # about 2,400 requests from up to 1,000 users
+    users = experiment.answers_per_user()
+    assert len(users) > 0.8 * USERS
+    assert all(len(answers) == 1 for answers in users.values()), "a user met both variants"
+    on_canary = {user for user, answers in users.items() if experiment.canary_key in answers}
+    expected = {user for user in users if assign.variant(experiment_id, user, 25) == "canary"}
+    assert on_canary == expected
+    share = 100 * len(on_canary) / len(users)
+    assert abs(share - 25) <= 3, share
+    assert experiment.mesh.lua_filters is not None
+    assert experiment.mesh.lua_filters.errors == 0, experiment.mesh.lua_filters.last_error
+
+    experiment.rollout.act("abort")
+    experiment.rollout.wait_phase("Aborted")
+    assert experiment.rollout.weights() == (100, 0)
+    assert (
+        "bucketFilter" not in experiment.rollout.status() or not experiment.rollout.status()["bucketFilter"]
+    )
+    with pytest.raises(client.ApiException) as gone:
+        experiment.rollout.objects.get_namespaced_custom_object(
+            "networking.istio.io", "v1alpha3", ns, "envoyfilters", name
+        )
+    assert gone.value.status == 404

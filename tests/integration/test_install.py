@@ -460,3 +460,19 @@ def test_grafana_dashboard_ships_with_the_chart(helm: Path, kubectl: Kubectl, na
     shipped = (CHART / "dashboards" / "modelrollout.json").read_text()
     assert json.loads(dashboard["data"]["modelrollout.json"]) == json.loads(shipped)
     assert dry_run_apply(kubectl, [dashboard])
+
+
+def test_the_chart_grants_envoyfilters_only_when_told(helm: Path, namespace: str) -> None:
+    """An EnvoyFilter runs code in every sidecar of its namespace: the right to write one is opt-in."""
+
+    def filter_rules(objects: list[Manifest]) -> list[Manifest]:
+        return [r for r in one(objects, "ClusterRole")["rules"] if "envoyfilters" in r["resources"]]
+
+    assert filter_rules(render(helm, namespace)) == []
+    assert filter_rules(render(helm, namespace, "--set", "rbac.bucketFilters=true")) == [
+        {
+            "apiGroups": ["networking.istio.io"],
+            "resources": ["envoyfilters"],
+            "verbs": ["get", "create", "patch", "delete"],
+        }
+    ]

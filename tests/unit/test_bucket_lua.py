@@ -259,3 +259,31 @@ def test_the_source_is_deterministic() -> None:
     # The same spec gives the same filter, so a later write of the EnvoyFilter can be skipped when unchanged.
     assert bucket_filter_lua(BUCKET, USER, EXPERIMENT) == bucket_filter_lua(BUCKET, USER, EXPERIMENT)
     assert bucket_filter_lua(BUCKET, USER, EXPERIMENT) != bucket_filter_lua(BUCKET, USER, EXPERIMENT + "2")
+
+
+# --- Scoped to the VirtualService's hosts -------------------------------------------------------------------
+
+HOSTS = ["chat", "chat.llm", "chat.llm.svc.cluster.local"]
+
+
+@pytest.mark.parametrize(
+    ("authority", "acts"),
+    [("chat", True), ("chat:8000", True), ("Chat.LLM", True), ("chat.llm.svc.cluster.local:80", True),
+     ("other", False), ("chat.other", False), ("chatx", False), ("xchat", False), ("chat:", False),
+     ("chat.llm.svc.cluster.local.evil", False), (None, False)],
+)  # fmt: skip
+def test_a_scoped_filter_acts_only_on_requests_to_its_hosts(authority: str | None, acts: bool) -> None:
+    _, run = load_filter(bucket_filter_lua(BUCKET, USER, EXPERIMENT, HOSTS))
+    headers: list[Any] = [] if authority is None else [":authority", as_bytes(authority)]
+    value, count, cleared = run(BUCKET, True, *headers, USER, b"alice", BUCKET, b"7")
+    if acts:
+        assert (value, count, cleared) == (str(bucket(EXPERIMENT, "alice")), 1, 1)
+    else:  # another service's request passes exactly as it came, the client's bucket header included
+        assert (value, count, cleared) == ("7", 1, 0)
+
+
+def test_a_scoped_filter_with_hostile_hosts_is_only_data() -> None:
+    lua, run = load_filter(bucket_filter_lua(BUCKET, USER, EXPERIMENT, [HOSTILE, "chat"]))
+    assert run(BUCKET, True, ":authority", b"chat", USER, b"bob")[0] == str(bucket(EXPERIMENT, "bob"))
+    assert run(BUCKET, True, ":authority", as_bytes(HOSTILE.lower()), USER, b"bob")[1] == 1
+    assert set(lua.globals()) >= {"envoy_on_request"}

@@ -8,7 +8,7 @@ import copy
 from datetime import timedelta
 from typing import Any
 
-from fakes import World, sample_spec, sample_vs
+from fakes import NAMESPACE, World, sample_spec, sample_vs
 from modelrollout import api
 from modelrollout.engine import pair_hash
 
@@ -246,3 +246,151 @@ def test_a_new_canary_takes_the_old_pairs_mirror_and_routes_away_before_it_start
     assert "llm-claude" not in hosts
     assert managed(w)["mirror"] == {"host": "llm-next"}  # the new pair's own shadow stage
     assert "Superseded" in w.reasons()
+
+
+# ---- the bucket EnvoyFilter (stickiness.userHeader) ----
+
+BY_USER = {"stickiness": {"userHeader": "x-user-id"}}
+FILTER = "chat-modelrollout-buckets"
+
+
+def envoy_filter(w: World) -> dict[str, Any] | None:
+    return w.server.envoy_filters.get((NAMESPACE, FILTER))
+
+
+def filter_lua(w: World) -> str:
+    found = envoy_filter(w)
+    assert found is not None
+    return str(found["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["inlineCode"])
+
+
+def test_the_bucket_filter_is_written_before_the_bucket_routes_and_once() -> None:
+    w = world(experiment=BY_USER)
+    w.tick()
+    status = w.server.status()
+    assert status.bucket_filter == FILTER
+    assert w.server.write_log == ["filter apply", "vs"]
+    found = envoy_filter(w)
+    assert found is not None
+    assert found["metadata"]["ownerReferences"][0]["name"] == "chat"
+    assert found["metadata"]["labels"]["modelrollout.io/rollout"] == "chat"
+    lua = filter_lua(w)
+    # The id is hashed into the buckets; the filter acts on the VirtualService's hosts only.
+    assert f'"{status.experiment_id}"' in lua
+    assert '["llm"] = true' in lua
+    assert '["llm.llm.svc.cluster.local"] = true' in lua
+    # The routes match the default bucket header the filter writes.
+    canary_route = next(
+        r for r in w.server.vs()["spec"]["http"] if r["name"] == "primary--mro-buckets-canary"
+    )
+    assert "x-modelrollout-bucket" in canary_route["match"][0]["headers"]
+
+    w.tick(timedelta(seconds=10))
+    w.tick(timedelta(seconds=10))
+    assert w.server.filter_writes == [f"apply {FILTER}"]  # unchanged: never written again
+
+
+def test_the_bucket_filter_leaves_after_the_routes_on_abort_rollback_and_promotion() -> None:
+    expected_phase = {
+        "abort": api.Phase.ABORTED,
+        "rollback": api.Phase.ROLLED_BACK,
+        "promote": api.Phase.PROMOTED,
+    }
+    for finish in ("abort", "rollback", "promote"):
+        w = world(experiment=BY_USER)
+        w.tick()
+        w.server.write_log.clear()
+        if finish == "abort":
+            w.server.annotate("abort")
+            w.tick(timedelta(seconds=1))
+        elif finish == "rollback":
+            w.measurer.verdict, w.measurer.value = F, 0.3
+            w.tick(timedelta(seconds=10))
+        else:  # to 100% (the filter stays while the rollout is under way), then Promoted
+            w.server.annotate("promote-full")
+            w.tick(timedelta(seconds=1))
+            assert envoy_filter(w) is not None
+            w.tick(timedelta(seconds=30))
+        status = w.server.status()
+        assert status.phase == expected_phase[finish], finish
+        assert envoy_filter(w) is None, finish
+        assert status.bucket_filter is None, finish
+        assert w.server.write_log[-2:] == ["vs", "filter delete"], finish
+        assert w.server.write_log.count("filter delete") == 1, finish
+        assert not [n for n in route_names(w) if "--mro-" in n], finish
+
+
+def test_a_filter_that_cannot_be_written_holds_the_routes_back_and_says_why() -> None:
+    w = world(experiment=BY_USER)
+    w.server.refuse_filter_writes = 1
+    w.tick()
+    status = w.server.status()
+    assert status.canary_weight == 0
+    assert weights(w) == [100]
+    assert w.server.write_log == []
+    assert "the bucket EnvoyFilter llm/chat-modelrollout-buckets: HTTP 403" in status.message
+    assert status.bucket_filter == FILTER  # recorded before the attempt: ours to remove whatever happens
+    w.tick(timedelta(seconds=10))
+    assert w.server.write_log == ["filter apply", "vs"]
+    assert w.server.status().canary_weight == 10
+
+
+def test_a_filter_that_cannot_be_removed_is_removed_on_a_later_tick() -> None:
+    w = world(experiment=BY_USER)
+    w.tick()
+    w.server.refuse_filter_writes = 1
+    w.server.annotate("abort")
+    w.tick(timedelta(seconds=1))
+    status = w.server.status()
+    assert status.phase == api.Phase.ABORTED
+    assert weights(w) == [100, 0]
+    assert status.bucket_filter == FILTER
+    assert envoy_filter(w) is not None
+    assert "BucketFilterNotRemoved" in w.reasons()
+    w.tick(timedelta(seconds=10))
+    assert envoy_filter(w) is None
+    assert w.server.status().bucket_filter is None
+
+
+def test_a_filter_edited_by_someone_else_is_put_back() -> None:
+    w = world(experiment=BY_USER)
+    w.tick()
+    found = envoy_filter(w)
+    assert found is not None
+    found["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["inlineCode"] = "-- emptied"
+    w.tick(timedelta(seconds=10))
+    assert "assign.bucket" in filter_lua(w)
+
+
+def test_the_filter_follows_the_spec_dropping_or_adding_the_user_header_mid_rollout() -> None:
+    w = world(experiment=BY_USER)
+    w.tick()
+    w.server.edit_rollout(lambda obj: obj["spec"]["experiment"].update(stickiness={"bucketHeader": "x-b"}))
+    w.tick(timedelta(seconds=10))
+    assert envoy_filter(w) is None
+    assert w.server.status().bucket_filter is None
+    w.server.edit_rollout(lambda obj: obj["spec"]["experiment"].update(stickiness={"userHeader": "x-u"}))
+    w.tick(timedelta(seconds=10))
+    assert '"x-u"' in filter_lua(w)
+
+
+def test_deleting_the_rollout_removes_the_filter_after_the_routes() -> None:
+    w = world(experiment=BY_USER)
+    w.tick()
+    w.server.write_log.clear()
+    w.delete()
+    assert w.server.write_log[-1] == "filter delete"
+    assert "vs" in w.server.write_log
+    assert envoy_filter(w) is None
+
+
+def test_a_restart_between_the_filter_and_the_routes_finishes_the_rollout_start() -> None:
+    w = world(experiment=BY_USER)
+    w.server.refuse_vs_writes = 1  # the filter is written, the VirtualService write is refused
+    w.tick()
+    assert envoy_filter(w) is not None
+    assert weights(w) == [100]
+    w.reconciler = w.new_operator()
+    w.tick(timedelta(seconds=10))
+    assert weights(w) == [90, 10]
+    assert w.server.status().bucket_filter == FILTER

@@ -67,6 +67,13 @@ the operator with exactly these rules.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- if .Values.rbac.bucketFilters }}
+# kube.get_envoy_filter, apply_envoy_filter (server-side apply: create, then patch) and delete_envoy_filter:
+# the EnvoyFilter that computes sticky buckets from a user id (spec.experiment.stickiness.userHeader).
+- apiGroups: [networking.istio.io]
+  resources: [envoyfilters]
+  verbs: [get, create, patch, delete]
+{{- end }}
 {{- with (include "modelrollout.secretNames" (dict "secrets" .Values.rbac.prometheusSecrets "namespace" "") | fromJsonArray) }}
 # kube.read_secret_data: spec.analysis.prometheus.secretRef, in the rollout's namespace; these names only.
 - apiGroups: [""]

@@ -21,13 +21,14 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubernetes import client
 
 from modelrollout_dev.sim.backends import Backends, Served
 from modelrollout_dev.sim.load import USER_HEADER, Flow, LoadGenerator
+from modelrollout_dev.sim.lua_filters import LuaFilters
 from modelrollout_dev.sim.metrics import MeshMetrics, model_name
 from modelrollout_dev.sim.routing import Destination, Request, RouteResult, route
 from modelrollout_dev.sim.server import ControlServer
@@ -112,10 +113,17 @@ class Simulator:
         shadow_host_suffix: bool = False,
     ) -> None:
         self.watcher: VirtualServiceWatcher | None = None
+        self.filter_watcher: VirtualServiceWatcher | None = None
         self._virtual_services: VirtualServices
+        self.lua_filters: LuaFilters | None = None
         if api_client is not None and virtual_services is None:
             self.watcher = VirtualServiceWatcher(api_client, namespaces, api_version=api_version)
             self._virtual_services = self.watcher.snapshot
+            # The EnvoyFilters of the same namespaces: their Lua runs in the client's sidecar, before routing.
+            self.filter_watcher = VirtualServiceWatcher(
+                api_client, namespaces, api_version="v1alpha3", plural="envoyfilters"
+            )
+            self.lua_filters = LuaFilters(self.filter_watcher.snapshot)
         elif virtual_services is not None and api_client is None:
             self._virtual_services = virtual_services
         else:
@@ -140,6 +148,8 @@ class Simulator:
     def start(self) -> Simulator:
         if self.watcher is not None:
             self.watcher.start()
+        if self.filter_watcher is not None:
+            self.filter_watcher.start()
         self.load.start()
         self.server.start()
         return self
@@ -149,6 +159,8 @@ class Simulator:
         self.server.stop()
         if self.watcher is not None:
             self.watcher.stop()
+        if self.filter_watcher is not None:
+            self.filter_watcher.stop()
 
     def __enter__(self) -> Simulator:
         return self.start()
@@ -157,7 +169,8 @@ class Simulator:
         self.stop()
 
     def wait_synced(self, timeout: float = 30.0) -> bool:
-        return self.watcher.wait_synced(timeout) if self.watcher is not None else True
+        watchers = [w for w in (self.watcher, self.filter_watcher) if w is not None]
+        return all(w.wait_synced(timeout) for w in watchers)
 
     @property
     def address(self) -> str:
@@ -224,6 +237,8 @@ class Simulator:
     def _handle(
         self, request: Request, source_workload: str, rng: random.Random, user_id: str | None
     ) -> Outcome:
+        if self.lua_filters is not None:
+            request = self._filtered(request, source_workload)
         routing = route(self._virtual_services(), request, rng, shadow_host_suffix=self.shadow_host_suffix)
         route_key = f"{routing.virtual_service}#{routing.route}" if routing.route else None
         destination = routing.destination
@@ -255,6 +270,18 @@ class Simulator:
             model_name(destination, served),
             user_id,
         )
+
+    def _filtered(self, request: Request, source_workload: str) -> Request:
+        """The request as the client's sidecar passes it on after its Lua filters (EnvoyFilters)."""
+        assert self.lua_filters is not None  # noqa: S101 - only called with filters
+        authority = request.host if request.port is None else f"{request.host}:{request.port}"
+        headers = self.lua_filters.apply(
+            request.headers,
+            authority,
+            request.source_namespace or self.source_namespace,
+            source_workload,
+        )
+        return replace(request, headers=headers) if headers != dict(request.headers) else request
 
     def _serve(
         self,

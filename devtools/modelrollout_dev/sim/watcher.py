@@ -1,5 +1,5 @@
-"""The live VirtualServices of some namespaces (or all), kept current from the API server: list, then watch
-from the list's resourceVersion, in a background thread per scope.
+"""The live VirtualServices (or other Istio objects: EnvoyFilters) of some namespaces (or all), kept current
+from the API server: list, then watch from the list's resourceVersion, in a background thread per scope.
 
 Any failure (410 Gone when the resourceVersion expired, a dropped connection, an API error) ends the watch and
 the thread lists again after a short backoff, replacing what it held, so deletions missed while disconnected
@@ -37,9 +37,11 @@ class VirtualServiceWatcher:
         namespaces: Sequence[str] | None = None,
         *,
         api_version: str = "v1",
+        plural: str = PLURAL,
     ) -> None:
         self._api = client.CustomObjectsApi(api_client)
         self._version = api_version
+        self._plural = plural
         self._scopes = list(dict.fromkeys(namespaces)) if namespaces else [ALL_NAMESPACES]
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -54,7 +56,7 @@ class VirtualServiceWatcher:
     def start(self) -> None:
         for scope in self._scopes:
             thread = threading.Thread(
-                target=self._run, args=(scope,), name=f"vs-watch-{scope or 'all'}", daemon=True
+                target=self._run, args=(scope,), name=f"{self._plural}-watch-{scope or 'all'}", daemon=True
             )
             self._threads.append(thread)
             thread.start()
@@ -143,7 +145,8 @@ class VirtualServiceWatcher:
         # An expired resourceVersion is routine (the watch outlived etcd's compaction): list again quietly.
         log.log(
             logging.DEBUG if expected else logging.WARNING,
-            "VirtualService watch %s: %s; re-listing",
+            "%s watch %s: %s; re-listing",
+            self._plural,
             scope or "(all namespaces)",
             message,
         )
@@ -152,11 +155,11 @@ class VirtualServiceWatcher:
         timeout = _REQUEST_TIMEOUT[0] * 2
         if scope:
             answer = self._api.list_namespaced_custom_object(
-                ISTIO_GROUP, self._version, scope, PLURAL, _request_timeout=timeout
+                ISTIO_GROUP, self._version, scope, self._plural, _request_timeout=timeout
             )
         else:
             answer = self._api.list_cluster_custom_object(
-                ISTIO_GROUP, self._version, PLURAL, _request_timeout=timeout
+                ISTIO_GROUP, self._version, self._plural, _request_timeout=timeout
             )
         listed = cast(dict[str, Any], answer)
         objects = {_key(vs): vs for vs in listed.get("items") or []}
@@ -172,10 +175,10 @@ class VirtualServiceWatcher:
             self._watches[scope] = stream
         if scope:
             call: Any = self._api.list_namespaced_custom_object
-            args: tuple[str, ...] = (ISTIO_GROUP, self._version, scope, PLURAL)
+            args: tuple[str, ...] = (ISTIO_GROUP, self._version, scope, self._plural)
         else:
             call = self._api.list_cluster_custom_object
-            args = (ISTIO_GROUP, self._version, PLURAL)
+            args = (ISTIO_GROUP, self._version, self._plural)
         try:
             if self._stopping.is_set():  # stop() ran before this watch was registered
                 return resource_version

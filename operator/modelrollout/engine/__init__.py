@@ -9,10 +9,12 @@ actions   which human actions fit (shared with the kubectl plugin), and what the
 returns   rollbacks and aborts
 drift     weights changed by someone else, or by our own unrecorded write
 experiment  the routes and headers an experiment adds while its rollout is under way
+bucket_filter  the EnvoyFilter that computes users' buckets in the mesh, and when it exists
 settle    phase, reason, message and conditions
 """
 
 from modelrollout.engine.actions import action_refusal
+from modelrollout.engine.bucket_filter import filter_removal_failed, observed_filter_name, wants_filter
 from modelrollout.engine.checks import analysis_due
 from modelrollout.engine.decide import decide, deletion_write, invalid_spec, write_failed
 from modelrollout.engine.experiment import live_experiment
@@ -27,6 +29,7 @@ from modelrollout.engine.model import (
     WRITE_FAILED,
     Action,
     Event,
+    FilterStep,
     Observation,
     Plan,
     RoutingView,
@@ -44,6 +47,7 @@ __all__ = [
     "WRITE_FAILED",
     "Action",
     "Event",
+    "FilterStep",
     "Observation",
     "Plan",
     "RoutingView",
@@ -51,8 +55,11 @@ __all__ = [
     "analysis_due",
     "decide",
     "deletion_write",
+    "filter_removal_failed",
     "invalid_spec",
     "live_experiment",
+    "observed_filter_name",
     "pair_hash",
+    "wants_filter",
     "write_failed",
 ]

@@ -17,6 +17,7 @@ from datetime import datetime
 from modelrollout import api
 from modelrollout.conditions import is_true, set_condition
 from modelrollout.engine.actions import NEW_PAIR, ON_STABLE, apply_action, record_result
+from modelrollout.engine.bucket_filter import with_filter
 from modelrollout.engine.checks import record_check
 from modelrollout.engine.draft import Draft, describe
 from modelrollout.engine.drift import correct_drift
@@ -153,6 +154,10 @@ def _take_action(status: api.ModelRolloutStatus, obs: Observation) -> tuple[str 
 
 
 def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Observation) -> Plan:
+    return with_filter(_decide(spec, status, obs), spec, status, obs)
+
+
+def _decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Observation) -> Plan:
     if status.pair_hash is not None and (status.pair_hash != pair_hash(spec) or _target_changed(status, obs)):
         retirement = _retirement(spec, status, obs)
         if retirement is not None:

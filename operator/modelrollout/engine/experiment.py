@@ -39,7 +39,7 @@ def experiment_routes(spec: api.ModelRolloutSpec, rollout: str) -> ExperimentRou
             HeaderOverride(o.header, o.value, "canary" if o.variant == api.Variant.CANARY else "stable")
             for o in experiment.overrides
         ),
-        bucket_header=experiment.stickiness.bucket_header if experiment.stickiness else None,
+        bucket_header=experiment.stickiness.header if experiment.stickiness else None,
         stable_headers=_dimensions(spec.stable, "stable", identity) if experiment.dimensions else (),
         canary_headers=_dimensions(spec.canary, "canary", identity) if experiment.dimensions else (),
     )

@@ -7,10 +7,11 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from modelrollout import api
 from modelrollout.analysis import CheckResult
+from modelrollout.routing.envoy_filter import BucketFilter
 from modelrollout.routing.router import RouteWrite, RoutingProblemReason
 
 FIELD_MANAGER = "modelrollout-operator"
@@ -50,6 +51,7 @@ class RoutingView:
     claimed: bool = True  # our claim is on the managed routes
     mirror: int = 0  # percent of the managed routes' traffic mirrored to the canary
     experiment_in_place: bool = True  # the experiment's routes and headers are as the status says
+    hosts: tuple[str, ...] = ()  # the VirtualService's hosts (what the bucket filter acts on)
 
     @property
     def usable(self) -> bool:
@@ -70,6 +72,8 @@ class Observation:
     action: str | None = None  # the action annotation's value, as found on the object
     status_recorded: bool = True  # False: the object has no status at all yet
     rollout: str = ""  # namespace/name, for the default experiment id
+    rollout_uid: str = ""  # the owner of what the rollout creates (its bucket EnvoyFilter)
+    bucket_filter: dict[str, Any] | None = None  # the live bucket EnvoyFilter, if one was read and exists
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,15 @@ class Event:
 
 
 @dataclass(frozen=True)
+class FilterStep:
+    """Create or update the bucket EnvoyFilter (before the VirtualService write), or remove it by name
+    (after it)."""
+
+    apply: BucketFilter | None = None
+    remove: str | None = None
+
+
+@dataclass(frozen=True)
 class Plan:
     """What the shell does, in this order, and nothing else:
 
@@ -87,8 +100,9 @@ class Plan:
     2. record `intent` (what is about to happen, without claiming it: an accepted action, a pending return
        to stable, where the rollout routes), so that a restart or a failed write finishes it;
     3. remove the action annotation if it still holds `consume_action` (it is in status by now);
-    4. write `write` to the VirtualService (`write_on`: the spec's, or the one recorded in status) and check
-       the stored object shows it; drop our claim from the recorded VirtualService if `release_recorded`;
+    4. apply `bucket_filter.apply` (the EnvoyFilter); write `write` to the VirtualService (`write_on`: the
+       spec's, or the one recorded in status) and check the stored object shows it; drop our claim from the
+       recorded VirtualService if `release_recorded`; remove the EnvoyFilter `bucket_filter.remove`;
     5. record `status`;
     6. post `events`, send `notifications`, count `rollback_reason`.
 
@@ -106,6 +120,7 @@ class Plan:
     events: tuple[Event, ...] = ()
     rollback_reason: str | None = None
     again: bool = False
+    bucket_filter: FilterStep | None = None
 
     @property
     def canary_weight(self) -> int | None:

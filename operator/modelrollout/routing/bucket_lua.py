@@ -34,6 +34,7 @@ Pure: builds source text, no I/O (the import-linter contract "the core is pure" 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 _SAFE_LUA_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _.:/-")
 # RFC 9110 token: the characters a header field name may have.
@@ -152,9 +153,21 @@ local assign = (function()
 local EXPERIMENT_ID = {experiment_id}
 local USER_HEADER = {user_header}
 local BUCKET_HEADER = {bucket_header}
+-- The request hosts (authority without port, lower case) the filter acts on; nil: every request.
+local HOSTS = {hosts}
+
+local function in_scope(headers)
+  if HOSTS == nil then return true end
+  local authority = headers:get(":authority")
+  if authority == nil then return false end
+  local host = (string.gsub(string.lower(authority), ":%d+$", ""))
+  return HOSTS[host] == true
+end
 
 function envoy_on_request(request_handle)
   local headers = request_handle:headers()
+  -- Requests to other services keep their headers: the bucket is this experiment's.
+  if not in_scope(headers) then return end
   local user_id = headers:get(USER_HEADER)
   -- Whatever the client sent in the bucket header goes: only this filter chooses a variant.
   headers:remove(BUCKET_HEADER)
@@ -173,8 +186,13 @@ def _header_name(name: str, what: str) -> str:
     return name.lower()
 
 
-def bucket_filter_lua(bucket_header: str, user_header: str, experiment_id: str) -> str:
+def bucket_filter_lua(
+    bucket_header: str, user_header: str, experiment_id: str, hosts: Sequence[str] | None = None
+) -> str:
     """The source of an Envoy HTTP Lua filter that sets bucket_header to the bucket of the user_header's user.
+
+    With `hosts`, only requests whose authority (port dropped, lower case) is one of them are touched; a
+    request to any other service passes unchanged (the filter runs on every outbound request of a sidecar).
 
     `envoy_on_request` removes every client-sent bucket_header and, when user_header is present and not
     empty, adds bucket_header with `modelrollout.assign.bucket(experiment_id, user_id)` in decimal. The script
@@ -192,4 +210,10 @@ def bucket_filter_lua(bucket_header: str, user_header: str, experiment_id: str) 
         experiment_id=lua_string(experiment_id),
         user_header=lua_string(user),
         bucket_header=lua_string(bucket),
+        hosts="nil" if hosts is None else _lua_set(hosts),
     )
+
+
+def _lua_set(hosts: Sequence[str]) -> str:
+    entries = ", ".join(f"[{lua_string(host.lower())}] = true" for host in sorted(set(hosts)))
+    return "{" + entries + "}"

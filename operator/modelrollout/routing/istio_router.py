@@ -81,6 +81,7 @@ class IstioRouter(Router):
             last_writer=last_spec_writer(vs, own_field_manager=""),
             claims=claims_of(vs),
             body=vs,
+            hosts=tuple(str(h) for h in (vs.get("spec") or {}).get("hosts") or ()),
         )
 
     async def read(self) -> Snapshot:

@@ -71,6 +71,7 @@ class Snapshot:
     last_writer: str | None
     claims: Mapping[str, str] = field(default_factory=dict)
     body: Any = None
+    hosts: tuple[str, ...] = ()  # the routing object's hosts (spec.hosts of a VirtualService)
 
 
 @dataclass(frozen=True)
