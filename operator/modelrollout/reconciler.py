@@ -389,10 +389,22 @@ class Reconciler:
         await self._remove_filter(ref, status)
 
     async def _remove_filter(self, ref: RolloutRef, status: api.ModelRolloutStatus) -> None:
-        """The deleted rollout's bucket EnvoyFilter goes after its routes (its ownerReference would remove it
-        too, but only where a garbage collector runs, and later)."""
-        if status.bucket_filter:
+        """The deleted rollout's bucket EnvoyFilter goes after its routes. A refusal does not hold the
+        deletion up (the routes are back, and the filter's ownerReference lets the garbage collector remove
+        it); it is logged with the API server's words."""
+        if not status.bucket_filter:
+            return
+        try:
             await self.kube.delete_envoy_filter(ref.namespace, status.bucket_filter)
+        except Exception as error:
+            log.warning(
+                "%s/%s deleted: its EnvoyFilter %s could not be removed (%s); the garbage collector "
+                "removes it with its owner",
+                ref.namespace,
+                ref.name,
+                status.bucket_filter,
+                describe_api_error(error),
+            )
 
     def close(self) -> None:
         self.measurer.close()

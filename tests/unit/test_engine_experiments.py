@@ -394,3 +394,12 @@ def test_a_restart_between_the_filter_and_the_routes_finishes_the_rollout_start(
     w.tick(timedelta(seconds=10))
     assert weights(w) == [90, 10]
     assert w.server.status().bucket_filter == FILTER
+
+
+def test_a_refused_filter_removal_does_not_hold_the_deletion_up() -> None:
+    w = world(experiment=BY_USER)
+    w.tick()
+    w.server.refuse_filter_writes = 1
+    w.delete()  # returns: the finalizer is not blocked
+    assert weights(w) == [100, 0]
+    assert envoy_filter(w) is not None  # left to the garbage collector (its ownerReference)
