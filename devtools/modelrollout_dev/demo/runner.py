@@ -57,12 +57,8 @@ class SimClient:
             "source_namespace": scenario.NAMESPACE,
         }
         if experiment_id is not None:
-            # The app's side of sticky assignment: each request carries its user's bucket.
-            flow |= {
-                "bucket_header": scenario.BUCKET_HEADER,
-                "experiment_id": experiment_id,
-                "users": scenario.EXPERIMENT_USERS,
-            }
+            # Each request carries its user's id; the operator's EnvoyFilter turns it into the sticky bucket.
+            flow |= {"users": scenario.EXPERIMENT_USERS}
         self._call("POST", "/load", flow)
 
     def stats(self) -> Any:

@@ -2,8 +2,9 @@
 Durations are compressed to seconds so all finish in about two minutes.
 
 The third rollout is an experiment: a shadow stage first (users get the stable's answers only, the canary a
-mirrored copy), then sticky per-user buckets (the load generator sends each user's bucket, computed with
-modelrollout.assign.bucket, so a user stays on one model and only ever moves to the canary).
+mirrored copy), then sticky per-user buckets: the load generator sends each user's id, the operator's
+EnvoyFilter computes the user's bucket in the (simulated) sidecar, so a user stays on one model and only ever
+moves to the canary.
 
 Each rollout gates on the mesh's error rate and latency and on the vLLM metrics its backends export: time to
 first token, output tokens compared with the stable, a sequential test of errors against the stable, and the
@@ -36,7 +37,7 @@ class DemoRollout:
     experiment_id: str | None = None  # an experiment: a shadow stage first, then sticky buckets
 
 
-BUCKET_HEADER = "x-user-bucket"
+USER_HEADER = "x-user-id"  # what the load generator sends each user's id in
 EXPERIMENT_USERS = 400
 
 
@@ -81,7 +82,7 @@ def experiment(rollout: DemoRollout) -> dict[str, Any]:
     return {
         "experiment": {
             "id": rollout.experiment_id,
-            "stickiness": {"bucketHeader": BUCKET_HEADER},
+            "stickiness": {"userHeader": USER_HEADER},
             "overrides": [{"header": "x-experiment", "value": "canary", "variant": "canary"}],
         }
     }
