@@ -296,7 +296,10 @@ def test_argocd_actions_do_what_they_say(
         wait_for("stage 1 weights", lambda: subject["abort"].weights() == (90, 10))
         run_action(gitops, argocd, subject["abort"], kubectl, "abort")
         # resume an Inconclusive hold (the canary gets no traffic to judge).
-        wait_obj(subject["resume"], "hold", "Inconclusive")
+        held = wait_obj(subject["resume"], "hold", "Inconclusive")
+        # A hold reads like a wait for a human: InProgress for kstatus, Suspended for Argo CD.
+        assert gitops.kstatus(held)[0] == "InProgress"
+        assert gitops.argocd_health(argocd.health, held) == ("Suspended", held["status"]["message"])
         run_action(gitops, argocd, subject["resume"], kubectl, "resume")
 
         assert answered(subject["promote"], "promote")["lastAction"]["result"] == "advanced to stage 2/2"
