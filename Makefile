@@ -1,7 +1,7 @@
 # The two commands: `make demo` and `make test`. Both set up everything they need on a fresh machine:
 # system packages (scripts/install-system-deps.sh), a virtualenv with the operator and the repository's dev
 # tooling (devtools/: `modelrollout dev|sim|demo`, the test tools), and the Go-built etcd / kube-apiserver /
-# kubectl (cached in ~/.cache/modelrollout, built once).
+# kubectl and GitOps readers (kstatus, Argo CD's Lua runtime), cached in ~/.cache/modelrollout, built once.
 
 PYTHON ?= python3
 VENV   ?= .venv

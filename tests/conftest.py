@@ -19,6 +19,7 @@ import pytest
 from kubernetes import client, config
 
 from modelrollout_dev.devenv.environment import DevEnvironment, EnvironmentState, runs_root
+from modelrollout_dev.devenv.gitops import GitopsTool, gitops_tool
 from modelrollout_dev.devenv.prometheus import PrometheusServer
 from scenario_support import Kubectl
 
@@ -80,6 +81,13 @@ def modelrollout_crd(kubectl: Kubectl) -> str:
     established = kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crd))
     assert established.returncode == 0, established.stderr
     return str(crd)
+
+
+@pytest.fixture(scope="session")
+def gitops() -> GitopsTool:
+    """The GitOps readers (kstatus, Argo CD's Lua runtime), built from gomod/gitops once and cached. A build
+    that fails errors every test that needs them, with the compiler's output."""
+    return gitops_tool(log=lambda message: print(f"[gitops readers] {message}"))
 
 
 @pytest.fixture

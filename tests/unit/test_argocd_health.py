@@ -1,8 +1,14 @@
 """The Argo CD health check for ModelRollout, run in a real Lua interpreter (lupa) against a status of every
-phase. Argo CD runs health scripts with gopher-lua, a Lua 5.1: the script is run by Lua 5.1 and, to catch
-anything that only works in one dialect, by the newest Lua lupa ships.
+phase, and the argocd-cm patch that carries it and the resource actions.
 
-The ConfigMap patch must hold exactly the script. It is generated from the .lua file:
+Argo CD runs these scripts with gopher-lua; the integration tier (tests/integration/test_gitops_readers.py)
+runs them there, the way Argo CD calls them, on rollouts the operator drove into every phase. This table stays
+in the unit tier because it earns its place there: it needs no Go build and no servers, so an edit to the
+script is checked in a second, against edge cases no live rollout shows (no metadata, an unknown phase, an
+empty message, a status newer than the generation), and in two dialects (Lua 5.1, and the newest Lua lupa
+ships) to catch anything that only works in one.
+
+The ConfigMap patch must hold exactly the scripts. It is generated from the .lua files:
 `python tests/unit/test_argocd_health.py` rewrites manifests/argocd/argocd-cm-patch.yaml.
 """
 
@@ -19,18 +25,22 @@ import pytest
 import yaml
 
 from modelrollout import api
+from modelrollout.engine.model import Action
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGOCD = ROOT / "manifests" / "argocd"
 SCRIPT = ARGOCD / "modelrollout-health.lua"
 PATCH = ARGOCD / "argocd-cm-patch.yaml"
 SNIPPET = ARGOCD / "application-snippet.yaml"
+ACTIONS = ARGOCD / "actions"
+ACTION_NAMES = ("promote", "promote-full", "abort", "retry", "resume")
 HEALTH_KEY = "resource.customizations.health.modelrollout.io_ModelRollout"
+ACTIONS_KEY = "resource.customizations.actions.modelrollout.io_ModelRollout"
 ARGO_HEALTH = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
 
 PATCH_HEADER = """\
-# Generated from modelrollout-health.lua by `python tests/unit/test_argocd_health.py`; edit the .lua file.
-# Adds the ModelRollout health check to Argo CD:
+# Generated from modelrollout-health.lua and actions/*.lua by `python tests/unit/test_argocd_health.py`;
+# edit the .lua files. Adds the ModelRollout health check and resource actions to Argo CD:
 #   kubectl -n argocd patch configmap argocd-cm --patch-file manifests/argocd/argocd-cm-patch.yaml
 apiVersion: v1
 kind: ConfigMap
@@ -44,9 +54,29 @@ data:
 """
 
 
-def render_patch(script: str) -> str:
-    body = "".join(f"    {line}\n" if line else "\n" for line in script.splitlines())
-    return f"{PATCH_HEADER}  {HEALTH_KEY}: |\n{body}"
+def _block(script: str, indent: int) -> str:
+    return "".join(f"{' ' * indent}{line}\n" if line else "\n" for line in script.splitlines())
+
+
+def render_patch(health: str, discovery: str, actions: dict[str, str]) -> str:
+    """The health script under its key; the actions under theirs, in Argo CD's format (a YAML document in a
+    string: `discovery.lua` and a list of `definitions`, each a name and its `action.lua`)."""
+    definitions = "".join(
+        f"      - name: {name}\n        action.lua: |\n{_block(script, 10)}"
+        for name, script in actions.items()
+    )
+    return (
+        f"{PATCH_HEADER}  {HEALTH_KEY}: |\n{_block(health, 4)}"
+        f"  {ACTIONS_KEY}: |\n    discovery.lua: |\n{_block(discovery, 6)}    definitions:\n{definitions}"
+    )
+
+
+def render_from_files() -> str:
+    return render_patch(
+        SCRIPT.read_text(),
+        (ACTIONS / "discovery.lua").read_text(),
+        {name: (ACTIONS / f"{name}.lua").read_text() for name in ACTION_NAMES},
+    )
 
 
 LuaFactory = Callable[[], Any]
@@ -236,14 +266,27 @@ def test_every_answer_is_an_argo_cd_health_status(
         assert health(rollout(status_of(phase, reason, "m")))[0] in ARGO_HEALTH
 
 
-def test_the_configmap_patch_holds_exactly_the_script() -> None:
+def test_the_configmap_patch_holds_exactly_the_scripts() -> None:
     patch = PATCH.read_text()
-    assert patch == render_patch(SCRIPT.read_text()), (
+    assert patch == render_from_files(), (
         "argocd-cm-patch.yaml is out of date: run `python tests/unit/test_argocd_health.py`"
     )
     loaded = yaml.safe_load(patch)
     assert (loaded["kind"], loaded["metadata"]["name"]) == ("ConfigMap", "argocd-cm")
-    assert loaded["data"] == {HEALTH_KEY: SCRIPT.read_text()}
+    assert set(loaded["data"]) == {HEALTH_KEY, ACTIONS_KEY}
+    assert loaded["data"][HEALTH_KEY] == SCRIPT.read_text()
+    # Argo CD reads the actions value as YAML: discovery.lua, definitions (name, action.lua), nothing else.
+    actions = yaml.safe_load(loaded["data"][ACTIONS_KEY])
+    assert set(actions) == {"discovery.lua", "definitions"}
+    assert actions["discovery.lua"] == (ACTIONS / "discovery.lua").read_text()
+    assert [(d["name"], d["action.lua"]) for d in actions["definitions"]] == [
+        (name, (ACTIONS / f"{name}.lua").read_text()) for name in ACTION_NAMES
+    ]
+
+
+def test_the_actions_are_the_operators() -> None:
+    assert set(ACTION_NAMES) == {action.value for action in Action}
+    assert {path.stem for path in ACTIONS.glob("*.lua")} == {*ACTION_NAMES, "discovery"}
 
 
 def test_the_application_snippet_ignores_only_virtual_service_weights() -> None:
@@ -261,5 +304,5 @@ def test_the_application_snippet_ignores_only_virtual_service_weights() -> None:
 
 
 if __name__ == "__main__":
-    PATCH.write_text(render_patch(SCRIPT.read_text()))
+    PATCH.write_text(render_from_files())
     print(f"wrote {PATCH.relative_to(ROOT)}", file=sys.stderr)

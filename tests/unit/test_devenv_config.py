@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from modelrollout_dev.devenv import binaries
+from modelrollout_dev.devenv import binaries, gitops
 from modelrollout_dev.devenv.controlplane import apiserver_argv, build_kubeconfig, etcd_argv
 from modelrollout_dev.devenv.istio import istio_api_version
 from modelrollout_dev.devenv.pki import ADMIN_GROUP, generate_pki
@@ -103,6 +103,25 @@ def test_builds_are_cached_per_pinned_version(tmp_path: Path) -> None:
     for name in kube_build.outputs:
         _executable(kube_build.target_dir / name)
     assert kube_build.is_cached()
+
+
+def test_the_gitops_readers_are_cached_per_module_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = tmp_path / "gitops"
+    module.mkdir()
+    for name in gitops.SOURCES:
+        (module / name).write_bytes((gitops.MODULE_DIR / name).read_bytes())
+    monkeypatch.setattr(gitops, "MODULE_DIR", module)
+    build = gitops.gitops_build(tmp_path)
+    assert build.sources == ("go.mod", "go.sum", "main.go")  # ours is built from source, not only pins
+    assert build.target_dir.parent == tmp_path / "bin"
+    assert build.target_dir.name.startswith("gitops-")
+    seen = {build.target_dir}
+    for name in gitops.SOURCES:  # an edit to any of the three builds again, beside the old build
+        (module / name).write_text((module / name).read_text() + "\n// edited\n")
+        seen.add(gitops.gitops_build(tmp_path).target_dir)
+    assert len(seen) == 4
 
 
 def test_cache_root_honours_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -86,6 +86,8 @@ class GoBuild:
     target_dir: Path
     tags: str
     ldflags: str
+    # What is copied from the wrapper module into the build: its pins, plus any source of ours.
+    sources: tuple[str, ...] = ("go.mod", "go.sum")
 
     def is_cached(self) -> bool:
         return all(os.access(self.target_dir / name, os.X_OK) for name in self.outputs)
@@ -147,8 +149,10 @@ def run_build(build: GoBuild, log: Callable[[str], None]) -> float:
     """Build into a temporary directory, then move into the cache, so a half-built binary is never used."""
     go = shutil.which("go")
     if go is None:
+        envtest = " (or set KUBEBUILDER_ASSETS to envtest binaries)"
         raise BinariesError(
-            "Go is needed to build etcd and kube-apiserver (or set KUBEBUILDER_ASSETS to envtest binaries)"
+            f"Go is needed to build {', '.join(build.outputs)}"
+            + (envtest if set(build.outputs) & set(BINARY_NAMES) else "")
         )
     build.target_dir.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -157,7 +161,7 @@ def run_build(build: GoBuild, log: Callable[[str], None]) -> float:
         out = Path(scratch) / "out"
         work.mkdir()
         out.mkdir()
-        for name in ("go.mod", "go.sum"):
+        for name in build.sources:
             shutil.copy2(build.module_dir / name, work / name)
         # `go build -o DIR/` names a binary after its package path, which for etcd is "server"; name it.
         target = str(out / build.outputs[0]) if len(build.packages) == 1 else f"{out}/"

@@ -22,6 +22,7 @@ from modelrollout_dev.devenv.environment import (
     running_state,
     runs_root,
 )
+from modelrollout_dev.devenv.gitops import gitops_tool
 from modelrollout_dev.devenv.istio import istio_crds_path
 
 
@@ -38,7 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     actions = dev.add_subparsers(dest="dev_command", required=True)
     actions.add_parser(
-        "build", help="build (once) or locate etcd, kube-apiserver, kubectl; fetch the Istio CRDs"
+        "build",
+        help="build (once) or locate etcd, kube-apiserver, kubectl; fetch the Istio CRDs; build the GitOps "
+        "readers (kstatus, Argo CD's Lua runtime)",
     )
     up = actions.add_parser("up", help="start the environment and print how to use it")
     up.add_argument(
@@ -80,6 +83,7 @@ def _build() -> int:
     print(f"kube-apiserver: {binaries.kube_apiserver}")
     print(f"kubectl:        {binaries.kubectl}")
     print(f"istio CRDs:     {istio_crds_path()}")
+    print(f"gitops readers: {gitops_tool(_log).path}")
     return 0
 
 
