@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from modelrollout.routing.envoy_filter import authority_hosts, bucket_filter, filter_name
+from modelrollout.routing.envoy_filter import BucketFilter, authority_hosts, bucket_filter, filter_name
 
 SVC = "svc.cluster.local"
 
@@ -41,17 +41,21 @@ def test_the_name_is_the_rollouts_and_stays_a_valid_object_name() -> None:
     assert filter_name("s" * 253) != name
 
 
-def test_a_live_filter_is_current_only_with_the_same_spec_and_our_labels() -> None:
-    desired = bucket_filter(
+def make(experiment_id: str = "exp-1") -> BucketFilter:
+    return bucket_filter(
         namespace="llm",
         rollout="chat",
         rollout_uid="uid-1",
         bucket_header="x-modelrollout-bucket",
         user_header="x-user-id",
-        experiment_id="exp-1",
+        experiment_id=experiment_id,
         hosts=["chat"],
         vs_namespace="llm",
     )
+
+
+def test_a_live_filter_is_current_only_with_the_same_spec_and_our_labels() -> None:
+    desired = make()
     live = copy.deepcopy(desired.manifest())
     live["metadata"]["resourceVersion"] = "7"  # what the server adds does not matter
     live["metadata"]["labels"]["team"] = "ml"
@@ -63,14 +67,5 @@ def test_a_live_filter_is_current_only_with_the_same_spec_and_our_labels() -> No
     relabelled = copy.deepcopy(live)
     relabelled["metadata"]["labels"]["modelrollout.io/rollout"] = "other"
     assert not desired.matches(relabelled)
-    other_id = bucket_filter(
-        namespace="llm",
-        rollout="chat",
-        rollout_uid="uid-1",
-        bucket_header="x-modelrollout-bucket",
-        user_header="x-user-id",
-        experiment_id="exp-2",
-        hosts=["chat"],
-        vs_namespace="llm",
-    )
+    other_id = make("exp-2")
     assert not other_id.matches(live)

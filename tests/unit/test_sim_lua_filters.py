@@ -13,18 +13,18 @@ from modelrollout_dev.sim.lua_filters import LuaFilters
 EXPERIMENT = "exp-1"
 
 
-def manifest(namespace: str = "llm", **meta: Any) -> dict[str, Any]:
+def manifest(experiment_id: str = EXPERIMENT, version: str = "1") -> dict[str, Any]:
     built = bucket_filter(
-        namespace=namespace,
+        namespace="llm",
         rollout="chat",
         rollout_uid="uid-1",
         bucket_header="x-modelrollout-bucket",
         user_header="x-user-id",
-        experiment_id=EXPERIMENT,
+        experiment_id=experiment_id,
         hosts=["chat"],
         vs_namespace="llm",
     ).manifest()
-    built["metadata"].update(resourceVersion="1", **meta)
+    built["metadata"]["resourceVersion"] = version
     return built
 
 
@@ -76,17 +76,7 @@ def test_a_new_version_of_a_filter_replaces_the_old_one() -> None:
     assert filters.apply({"x-user-id": "a"}, "chat", "llm", "w")["x-modelrollout-bucket"] == str(
         bucket(EXPERIMENT, "a")
     )
-    other = bucket_filter(
-        namespace="llm",
-        rollout="chat",
-        rollout_uid="uid-1",
-        bucket_header="x-modelrollout-bucket",
-        user_header="x-user-id",
-        experiment_id="exp-2",
-        hosts=["chat"],
-        vs_namespace="llm",
-    ).manifest()
-    other["metadata"]["resourceVersion"] = "2"
+    other = manifest("exp-2", version="2")
     current[:] = [other]
     assert filters.apply({"x-user-id": "a"}, "chat", "llm", "w")["x-modelrollout-bucket"] == str(
         bucket("exp-2", "a")
