@@ -168,17 +168,23 @@ class Kube:
 
     # ---- the bucket EnvoyFilter (experiment.stickiness.userHeader) ----
 
+    async def _on_envoy_filter(self, call: Any, namespace: str, name: str, *args: Any, **options: Any) -> Any:
+        """One custom-objects call on the EnvoyFilter `namespace/name`, off the event loop."""
+        return await asyncio.to_thread(
+            call,
+            envoy_filter.GROUP,
+            envoy_filter.VERSION,
+            namespace,
+            envoy_filter.PLURAL,
+            name,
+            *args,
+            _request_timeout=self._timeout,
+            **options,
+        )
+
     async def get_envoy_filter(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            found = await asyncio.to_thread(
-                self._objects.get_namespaced_custom_object,
-                envoy_filter.GROUP,
-                envoy_filter.VERSION,
-                namespace,
-                envoy_filter.PLURAL,
-                name,
-                _request_timeout=self._timeout,
-            )
+            found = await self._on_envoy_filter(self._objects.get_namespaced_custom_object, namespace, name)
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -189,33 +195,21 @@ class Kube:
         """Create or update the filter by server-side apply: the operator owns every field it sets, and an
         unchanged manifest changes nothing."""
         meta = manifest["metadata"]
-        stored = await asyncio.to_thread(
+        stored = await self._on_envoy_filter(
             self._objects.patch_namespaced_custom_object,
-            envoy_filter.GROUP,
-            envoy_filter.VERSION,
             meta["namespace"],
-            envoy_filter.PLURAL,
             meta["name"],
             manifest,
             field_manager=REPORTING_COMPONENT,
             force=True,
             _content_type="application/apply-patch+yaml",
-            _request_timeout=self._timeout,
         )
         return _as_dict(stored)
 
     async def delete_envoy_filter(self, namespace: str, name: str) -> None:
         """Remove the filter; one already gone is removed."""
         try:
-            await asyncio.to_thread(
-                self._objects.delete_namespaced_custom_object,
-                envoy_filter.GROUP,
-                envoy_filter.VERSION,
-                namespace,
-                envoy_filter.PLURAL,
-                name,
-                _request_timeout=self._timeout,
-            )
+            await self._on_envoy_filter(self._objects.delete_namespaced_custom_object, namespace, name)
         except ApiException as error:
             if error.status != 404:
                 raise

@@ -33,7 +33,7 @@ from modelrollout_dev.sim.metrics import MeshMetrics, model_name
 from modelrollout_dev.sim.routing import Destination, Request, RouteResult, route
 from modelrollout_dev.sim.server import ControlServer
 from modelrollout_dev.sim.stats import Stats
-from modelrollout_dev.sim.watcher import VirtualServiceWatcher
+from modelrollout_dev.sim.watcher import IstioWatcher
 
 VirtualServices = Callable[[], Sequence[Mapping[str, Any]]]
 
@@ -112,15 +112,15 @@ class Simulator:
         source_namespace: str | None = None,
         shadow_host_suffix: bool = False,
     ) -> None:
-        self.watcher: VirtualServiceWatcher | None = None
-        self.filter_watcher: VirtualServiceWatcher | None = None
+        self.watcher: IstioWatcher | None = None
+        self.filter_watcher: IstioWatcher | None = None
         self._virtual_services: VirtualServices
         self.lua_filters: LuaFilters | None = None
         if api_client is not None and virtual_services is None:
-            self.watcher = VirtualServiceWatcher(api_client, namespaces, api_version=api_version)
+            self.watcher = IstioWatcher(api_client, namespaces, api_version=api_version)
             self._virtual_services = self.watcher.snapshot
             # The EnvoyFilters of the same namespaces: their Lua runs in the client's sidecar, before routing.
-            self.filter_watcher = VirtualServiceWatcher(
+            self.filter_watcher = IstioWatcher(
                 api_client, namespaces, api_version="v1alpha3", plural="envoyfilters"
             )
             self.lua_filters = LuaFilters(self.filter_watcher.snapshot)

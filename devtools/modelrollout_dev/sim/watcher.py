@@ -30,7 +30,7 @@ _REQUEST_TIMEOUT = (5.0, _WATCH_SECONDS + 15.0)  # (connect, read) seconds
 _BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
-class VirtualServiceWatcher:
+class IstioWatcher:
     def __init__(
         self,
         api_client: client.ApiClient,

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from modelrollout import api
-from modelrollout.engine.experiment import experiment_id
-from modelrollout.engine.model import TERMINAL, Event, FilterStep, Observation, Plan, pair_hash
+from modelrollout.engine.experiment import experiment_id, under_way
+from modelrollout.engine.model import Event, FilterStep, Observation, Plan
 from modelrollout.routing.envoy_filter import BucketFilter, bucket_filter, filter_name
 
 
@@ -38,9 +38,7 @@ def desired_filter(
     """The filter the decided status calls for; None for none; False when it cannot be told this tick (the
     VirtualService, whose hosts scope the filter, could not be read): then nothing changes."""
     stickiness = spec.experiment.stickiness if spec.experiment else None
-    if stickiness is None or stickiness.user_header is None:
-        return None
-    if status.phase in TERMINAL or status.pair_hash is None or status.pair_hash != pair_hash(spec):
+    if stickiness is None or stickiness.user_header is None or not under_way(spec, status):
         return None
     if not obs.routing.usable:
         return False
@@ -78,10 +76,9 @@ def with_filter(
             intent = base.model_copy(update={"bucket_filter": desired.name})
         return replace(plan, status=status, intent=intent, bucket_filter=FilterStep(apply=desired))
     status = plan.status.model_copy(update={"bucket_filter": None})
-    name = (live or {}).get("metadata", {}).get("name") or plan.status.bucket_filter or before.bucket_filter
     if live is None:
         return replace(plan, status=status)
-    return replace(plan, status=status, bucket_filter=FilterStep(remove=name))
+    return replace(plan, status=status, bucket_filter=FilterStep(remove=str(live["metadata"]["name"])))
 
 
 def filter_removal_failed(plan: Plan, name: str, error: str) -> Plan:

@@ -45,11 +45,16 @@ def experiment_routes(spec: api.ModelRolloutSpec, rollout: str) -> ExperimentRou
     )
 
 
+def under_way(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus) -> bool:
+    """The status is of the spec's pair, started and not finished: what an experiment's additions live by."""
+    return (
+        status.phase not in TERMINAL and status.pair_hash is not None and status.pair_hash == pair_hash(spec)
+    )
+
+
 def live_experiment(
     spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, rollout: str
 ) -> ExperimentRoutes | None:
     """What the VirtualService should hold now for the recorded rollout: the experiment while the spec's
     pair is under way, nothing once it finished (or before it started)."""
-    if status.phase in TERMINAL or status.pair_hash is None or status.pair_hash != pair_hash(spec):
-        return None
-    return experiment_routes(spec, rollout)
+    return experiment_routes(spec, rollout) if under_way(spec, status) else None

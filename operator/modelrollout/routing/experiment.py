@@ -37,15 +37,20 @@ def is_generated(route: Route) -> bool:
     return GENERATED_MARK in str(route.get("name") or "")
 
 
+def _generated_for(keys: Iterable[str]) -> Callable[[Route], bool]:
+    prefixes = tuple(generated_prefix(key) for key in keys)
+    return lambda route: str(route.get("name") or "").startswith(prefixes)
+
+
 def without_generated(http: list[Route], keys: Iterable[str]) -> list[Route]:
     """The http routes without the routes generated for the managed routes `keys`."""
-    prefixes = tuple(generated_prefix(key) for key in keys)
-    return [route for route in http if not str(route.get("name") or "").startswith(prefixes)]
+    generated = _generated_for(keys)
+    return [route for route in http if not generated(route)]
 
 
 def generated_of(http: list[Route], keys: Iterable[str]) -> list[Route]:
-    prefixes = tuple(generated_prefix(key) for key in keys)
-    return [route for route in http if str(route.get("name") or "").startswith(prefixes)]
+    """The routes generated for the managed routes `keys`, in order."""
+    return list(filter(_generated_for(keys), http))
 
 
 # ---- dimension headers ----
