@@ -152,7 +152,9 @@ class FluxControllers:
             f"--storage-adv-addr=127.0.0.1:{storage_port}",
             timeout=timeout,
         )
-        self._start("kustomize-controller", self.binaries.kustomize_controller, *kustomize_flags, timeout=timeout)
+        self._start(
+            "kustomize-controller", self.binaries.kustomize_controller, *kustomize_flags, timeout=timeout
+        )
 
     def _start(self, name: str, binary: Path, *flags: str, timeout: float) -> None:
         metrics, health = free_port(), free_port()
@@ -164,7 +166,7 @@ class FluxControllers:
             "--log-encoding=console",
             *flags,
         ]
-        # RUNTIME_NAMESPACE: where a controller looks for its own objects (SOPS keys, ...); none are used here.
+        # RUNTIME_NAMESPACE: where a controller looks for its own objects (SOPS keys ...); none are used here.
         env = {**os.environ, "KUBECONFIG": self.kubeconfig, "RUNTIME_NAMESPACE": "flux-system"}
         proc, record = self.processes.spawn(name, argv, die_with_parent=self.die_with_parent, env=env)
         self.records[name] = record
@@ -181,7 +183,7 @@ class FluxControllers:
         wait_until(ready, timeout, interval=0.2)
         if proc.poll() is not None or not ready():
             tail = self.processes.log_tail(record)
-            raise StartError(f"Flux's {name} did not become ready within {timeout:.0f}s; its log ends:\n{tail}")
+            raise StartError(f"Flux's {name} did not become ready in {timeout:.0f}s; its log ends:\n{tail}")
         self.metrics_urls[name] = f"http://127.0.0.1:{metrics}/metrics"
 
     def metrics(self, name: str) -> str:

@@ -71,7 +71,7 @@ class _GitHttpBackend(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: object) -> None:
         return  # one line per request on stderr would drown a test's output
 
 
