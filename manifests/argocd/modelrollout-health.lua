@@ -3,8 +3,21 @@
 -- The operator decides the phase; this maps it to an Argo CD health status and shows the operator's message.
 local hs = {}
 
+-- Before the operator writes a status the object has none, or the CRD's default {observedGeneration = 0}.
+local function recorded(status)
+  if type(status) ~= "table" then
+    return false
+  end
+  for key, value in pairs(status) do
+    if key ~= "observedGeneration" or value ~= 0 then
+      return true
+    end
+  end
+  return false
+end
+
 local status = obj.status
-if type(status) ~= "table" or next(status) == nil then
+if not recorded(status) then
   hs.status = "Progressing"
   hs.message = "waiting for the operator: no status yet"
   return hs

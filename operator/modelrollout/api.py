@@ -995,6 +995,20 @@ class Accumulation(StatusModel):
     )
 
 
+# The status the CRD gives an object before the operator writes one: "no generation observed yet". Without it
+# kstatus (Flux's health checks) reads a new ModelRollout as Current, so a Kustomization turned Ready on the
+# commit itself, before the operator had seen the rollout; observedGeneration 0 is behind every generation
+# (they start at 1), which kstatus reads as InProgress until the operator's first status.
+UNOBSERVED_STATUS: dict[str, Any] = {"observedGeneration": 0}
+
+
+def status_recorded(raw: Any) -> bool:
+    """Whether the operator has written a status: anything beyond the CRD's default."""
+    return isinstance(raw, dict) and any(
+        key != "observedGeneration" or value != 0 for key, value in raw.items()
+    )
+
+
 class ModelRolloutStatus(StatusModel):
     observed_generation: int | None = None
     phase: Phase = Phase.PENDING

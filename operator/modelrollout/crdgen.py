@@ -137,7 +137,10 @@ def crd_manifest() -> dict[str, Any]:
     spec = model_schema(api.ModelRolloutSpec)
     spec["description"] = "What to roll out, through which stages, gated by which checks."
     status = model_schema(api.ModelRolloutStatus)
-    status["description"] = "Written by the operator through the status subresource."
+    status["description"] = (
+        "Written by the operator through the status subresource; observedGeneration 0 until it first does."
+    )
+    status["default"] = dict(api.UNOBSERVED_STATUS)
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -174,7 +174,7 @@ def generation_lag(obj: Mapping[str, Any]) -> str | None:
     status = _map(obj.get("status"))
     generation = _map(obj.get("metadata")).get("generation")
     observed = status.get("observedGeneration")
-    if not status:
+    if not api.status_recorded(status):
         return "waiting for the operator: no status yet"
     if generation is not None and (observed is None or observed < generation):
         return (
@@ -197,7 +197,7 @@ def action_refusal(action: str, obj: Mapping[str, Any]) -> str | None:
     reason = str(status.get("reason") or "")
     if action not in ACTIONS.values():
         return f"unknown action {action!r} (one of {', '.join(ACTIONS.values())})"
-    if not status or not phase:
+    if not api.status_recorded(status) or not phase:
         return "the operator has not started this rollout yet (no status); wait for its first status"
     if phase == api.Phase.DEGRADED and reason in BLOCKING_REASONS:
         return (

@@ -213,7 +213,7 @@ class Reconciler:
             previous=previous,
             check=check[0],
             action=action,
-            status_recorded=bool(raw_status),
+            status_recorded=api.status_recorded(raw_status),
             rollout=f"{ref.namespace}/{ref.name}",
             rollout_uid=ref.uid,
             bucket_filter=bucket_filter,

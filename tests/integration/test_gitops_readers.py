@@ -160,7 +160,7 @@ def test_kstatus_and_argocd_health_read_every_phase_as_the_docs_say(
         # generation is one ahead of the status (a real edit is observed within a tick).
         edit = {"stages": [{"weight": 10, "duration": "2s"}, {"weight": 100}]}
         reached["unobserved"] = patch_spec(promoted, edit, dry_run=True)
-        # A rollout the operator has not seen at all: no status yet.
+        # A rollout the operator has not seen at all: the CRD's default status only.
         reached["new"] = promoted.objects.create_namespaced_custom_object(
             api.GROUP, api.VERSION, promoted.namespace, api.PLURAL,
             {**{k: promoted.get()[k] for k in ("apiVersion", "kind", "spec")}, "metadata": {"name": "next"}},
@@ -184,7 +184,7 @@ def test_kstatus_and_argocd_health_read_every_phase_as_the_docs_say(
             "aborted": ("Failed", "Degraded"),
             "degraded": ("Failed", "Degraded"),
             "unobserved": ("InProgress", "Progressing"),
-            "new": ("Current", "Progressing"),
+            "new": ("InProgress", "Progressing"),
             "invalid": ("Failed", "Degraded"),
         }
 
@@ -212,7 +212,7 @@ def test_kstatus_and_argocd_health_read_every_phase_as_the_docs_say(
         assert gitops.argocd_health(argocd.health, reached["unobserved"])[1] == (
             f"waiting for the operator: status is for generation {observed}, spec is at {observed + 1}"
         )
-        assert "status" not in reached["new"]
+        assert reached["new"]["status"] == api.UNOBSERVED_STATUS
         assert (
             gitops.argocd_health(argocd.health, reached["new"])[1]
             == "waiting for the operator: no status yet"

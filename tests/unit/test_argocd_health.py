@@ -224,11 +224,22 @@ def test_a_status_newer_than_the_generation_seen_is_not_waiting(
     assert health(rollout(status, generation=3))[0] == "Healthy"
 
 
-@pytest.mark.parametrize("status", [None, {}])
+# None and {}: an object stored before the CRD gave a default status; the default itself (observedGeneration 0).
+@pytest.mark.parametrize("status", [None, {}, {"observedGeneration": 0}])
 def test_no_status_yet_is_progressing(
     health: Callable[[dict[str, Any]], tuple[str, str]], status: dict[str, Any] | None
 ) -> None:
     assert health(rollout(status)) == ("Progressing", "waiting for the operator: no status yet")
+
+
+def test_a_status_beyond_the_default_is_the_operators(
+    health: Callable[[dict[str, Any]], tuple[str, str]],
+) -> None:
+    # observedGeneration 0 with anything else in it was written by someone: it is not "no status yet".
+    assert health(rollout({"observedGeneration": 0, "phase": "Progressing", "message": "m"})) == (
+        "Progressing",
+        "waiting for the operator: status is for generation 0, spec is at 3",
+    )
 
 
 def test_no_metadata_generation_still_maps_the_phase(

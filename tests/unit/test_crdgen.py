@@ -29,7 +29,9 @@ def test_schema_is_structural() -> None:
     version = crdgen.crd_manifest()["spec"]["versions"][0]
     for path, node in _walk(version["schema"]["openAPIV3Schema"]):
         assert "type" in node, path
-        assert not {"$ref", "anyOf", "allOf", "oneOf", "default", "additionalProperties"} & node.keys(), path
+        assert not {"$ref", "anyOf", "allOf", "oneOf", "additionalProperties"} & node.keys(), path
+        # The models' defaults are applied by the operator; the API server fills in only the status default.
+        assert "default" not in node or path == ".status", path
 
 
 def test_rules_that_span_fields_are_cel() -> None:
@@ -56,6 +58,23 @@ def test_status_is_served_through_its_subresource_with_columns() -> None:
     assert set(status["properties"]) == {
         field.alias or name for name, field in api.ModelRolloutStatus.model_fields.items()
     }
+    # Until the operator writes a status, kstatus must read InProgress (generation 1 > 0), not Current.
+    assert status["default"] == {"observedGeneration": 0}
+
+
+@pytest.mark.parametrize(
+    ("raw", "recorded"),
+    [
+        (None, False),
+        ({}, False),
+        ({"observedGeneration": 0}, False),  # the CRD's default
+        ({"observedGeneration": 1}, True),
+        ({"observedGeneration": 0, "phase": "Pending"}, True),
+        ({"phase": "Pending"}, True),
+    ],
+)
+def test_a_status_is_the_operators_when_it_holds_more_than_the_default(raw: object, recorded: bool) -> None:
+    assert api.status_recorded(raw) is recorded
 
 
 @pytest.mark.parametrize(

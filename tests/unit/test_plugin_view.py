@@ -219,11 +219,16 @@ def test_list_every_phase(phase: str) -> None:
     assert out.splitlines()[1].split()[1] == phase
 
 
-def test_list_without_status_says_the_operator_has_not_seen_it() -> None:
-    bare = {"metadata": {"name": "fresh", "namespace": "llm", "generation": 1}, "spec": SPEC}
+@pytest.mark.parametrize("default", [{}, {"status": {"observedGeneration": 0}}])
+def test_list_without_status_says_the_operator_has_not_seen_it(default: dict[str, Any]) -> None:
+    # {}: stored before the CRD gave a default status; the CRD's default (observedGeneration 0) reads the same.
+    bare = {"metadata": {"name": "fresh", "namespace": "llm", "generation": 1}, "spec": SPEC, **default}
     row = render_list([bare], NOW, all_namespaces=False).splitlines()[1]
     assert row.split()[:6] == ["fresh", "-", "-", "-", "-", "-"]
     assert row.endswith("waiting for the operator: no status yet")
+    assert action_refusal("promote", bare) == (
+        "the operator has not started this rollout yet (no status); wait for its first status"
+    )
 
 
 def test_list_shows_a_stale_status_as_waiting_and_shortens_long_messages() -> None:
