@@ -224,7 +224,7 @@ def test_a_status_newer_than_the_generation_seen_is_not_waiting(
     assert health(rollout(status, generation=3))[0] == "Healthy"
 
 
-# None and {}: an object stored before the CRD gave a default status; the default itself (observedGeneration 0).
+# None and {}: stored before the CRD gave a default status; then the default itself (observedGeneration 0).
 @pytest.mark.parametrize("status", [None, {}, {"observedGeneration": 0}])
 def test_no_status_yet_is_progressing(
     health: Callable[[dict[str, Any]], tuple[str, str]], status: dict[str, Any] | None

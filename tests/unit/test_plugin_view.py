@@ -221,7 +221,7 @@ def test_list_every_phase(phase: str) -> None:
 
 @pytest.mark.parametrize("default", [{}, {"status": {"observedGeneration": 0}}])
 def test_list_without_status_says_the_operator_has_not_seen_it(default: dict[str, Any]) -> None:
-    # {}: stored before the CRD gave a default status; the CRD's default (observedGeneration 0) reads the same.
+    # {}: stored before the CRD had a default status; the default (observedGeneration 0) reads the same.
     bare = {"metadata": {"name": "fresh", "namespace": "llm", "generation": 1}, "spec": SPEC, **default}
     row = render_list([bare], NOW, all_namespaces=False).splitlines()[1]
     assert row.split()[:6] == ["fresh", "-", "-", "-", "-", "-"]
