@@ -1,7 +1,8 @@
 # The two commands: `make demo` and `make test`. Both set up everything they need on a fresh machine:
 # system packages (scripts/install-system-deps.sh), a virtualenv with the operator and the repository's dev
 # tooling (devtools/: `modelrollout dev|sim|demo`, the test tools), and the Go-built etcd / kube-apiserver /
-# kubectl and GitOps readers (kstatus, Argo CD's Lua runtime), cached in ~/.cache/modelrollout, built once.
+# kubectl and GitOps readers (kstatus, Argo CD's Lua runtime), and for `make test` Flux's source-controller and
+# kustomize-controller, cached in ~/.cache/modelrollout, built once.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -17,6 +18,7 @@ help:
 	@echo "make crds              regenerate crds/ from operator/modelrollout/api.py"
 	@echo "make test-unit         the pure unit tier only (no servers)"
 	@echo "make test-integration  the tiers that run against the real control plane and Prometheus"
+	@echo "make test-gitops       Flux's controllers, kstatus and Argo CD's Lua runtime on live rollouts"
 	@echo "make dev-up|dev-env|dev-down  a detached local environment for your shell"
 	@echo "make bench-decisions   simulated rollouts: threshold vs Mann-Whitney vs sequential gates (no servers)"
 
@@ -44,8 +46,17 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: binaries helm lint
-	$(BIN)/pytest tests $(PYTEST_ARGS)
+# The gitops tier runs in a second pytest session beside the rest (its own control plane and Prometheus);
+# its output follows the other tiers'. Either failing fails the target.
+GITOPS_LOG = $(or $(TMPDIR),/tmp)/modelrollout-gitops-tier.log
+test: binaries flux helm lint
+	@$(BIN)/pytest tests/gitops $(PYTEST_ARGS) > $(GITOPS_LOG) 2>&1 & gitops=$$!; \
+	$(BIN)/pytest tests --ignore=tests/gitops $(PYTEST_ARGS); tiers=$$?; \
+	wait $$gitops; gitops_tier=$$?; \
+	echo "==================== gitops tier (tests/gitops, run alongside) ===================="; \
+	cat $(GITOPS_LOG); \
+	echo "tiers under tests/ except gitops: exit $$tiers; gitops tier: exit $$gitops_tier"; \
+	test $$tiers -eq 0 && test $$gitops_tier -eq 0
 
 test-unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from istio_exporter import IstioTrafficExporter
 from modelrollout_dev.devenv.environment import DevEnvironment, EnvironmentState, runs_root
 from modelrollout_dev.devenv.gitops import GitopsTool, gitops_tool
 from modelrollout_dev.devenv.prometheus import PrometheusServer
-from scenario_support import Kubectl
+from scenario_support import Kubectl, OperatorProcess, serving_exporter
 
 _started: dict[str, Any] = {}
 
@@ -88,6 +89,24 @@ def gitops() -> GitopsTool:
     """The GitOps readers (kstatus, Argo CD's Lua runtime), built from gomod/gitops once and cached. A build
     that fails errors every test that needs them, with the compiler's output."""
     return gitops_tool(log=lambda message: print(f"[gitops readers] {message}"))
+
+
+@pytest.fixture(scope="module")
+def exporter(prometheus: PrometheusServer) -> Iterator[IstioTrafficExporter]:
+    """Synthetic Istio metrics the session's Prometheus scrapes; tests set each service's traffic."""
+    with serving_exporter(prometheus, "scenario-istio") as serving:
+        yield serving
+
+
+@pytest.fixture(scope="module")
+def operator(
+    env_state: EnvironmentState, prometheus: PrometheusServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """`modelrollout run` as a process against the session's control plane and Prometheus, per module."""
+    process = OperatorProcess(env_state, prometheus.url, tmp_path_factory.mktemp("operator"))
+    process.start()
+    yield process
+    process.stop()
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from modelrollout_dev.devenv.environment import (
     running_state,
     runs_root,
 )
+from modelrollout_dev.devenv.flux import ensure_flux
 from modelrollout_dev.devenv.gitops import gitops_tool
 from modelrollout_dev.devenv.istio import istio_crds_path
 
@@ -38,10 +39,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--run-dir", type=Path, default=None, help=f"run directory (default {runs_root() / 'dev'})"
     )
     actions = dev.add_subparsers(dest="dev_command", required=True)
-    actions.add_parser(
+    build = actions.add_parser(
         "build",
         help="build (once) or locate etcd, kube-apiserver, kubectl; fetch the Istio CRDs; build the GitOps "
         "readers (kstatus, Argo CD's Lua runtime)",
+    )
+    build.add_argument(
+        "--flux",
+        action="store_true",
+        help="also build Flux's source-controller and kustomize-controller (gitops test tier; ~9 min once)",
     )
     up = actions.add_parser("up", help="start the environment and print how to use it")
     up.add_argument(
@@ -64,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir or runs_root() / "dev"
     actions: dict[str, Callable[[], int]] = {
-        "build": _build,
+        "build": lambda: _build(with_flux=args.flux),
         "up": lambda: _up(run_dir, foreground=args.foreground, apply=args.apply),
         "down": lambda: _down(run_dir),
         "env": lambda: _env(run_dir),
@@ -77,13 +83,16 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def _build() -> int:
+def _build(with_flux: bool) -> int:
     binaries = resolve_binaries(_log)
     print(f"etcd:           {binaries.etcd}")
     print(f"kube-apiserver: {binaries.kube_apiserver}")
     print(f"kubectl:        {binaries.kubectl}")
     print(f"istio CRDs:     {istio_crds_path()}")
     print(f"gitops readers: {gitops_tool(_log).path}")
+    if with_flux:
+        flux = ensure_flux(_log)
+        print(f"flux:           {flux.source_controller}, {flux.kustomize_controller}")
     return 0
 
 
