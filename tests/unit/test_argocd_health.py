@@ -1,7 +1,7 @@
 """The Argo CD health check for ModelRollout, run in a real Lua interpreter (lupa) against a status of every
 phase, and the argocd-cm patch that carries it and the resource actions.
 
-Argo CD runs these scripts with gopher-lua; the integration tier (tests/integration/test_gitops_readers.py)
+Argo CD runs these scripts with gopher-lua; the gitops tier (tests/gitops/test_gitops_readers.py)
 runs them there, the way Argo CD calls them, on rollouts the operator drove into every phase. This table stays
 in the unit tier because it earns its place there: it needs no Go build and no servers, so an edit to the
 script is checked in a second, against edge cases no live rollout shows (no metadata, an unknown phase, an

@@ -1,6 +1,6 @@
 """The summary conditions kstatus reads (Ready, Reconciling, Stalled), for every phase the engine can reach.
 
-What kstatus makes of them is checked by kstatus itself: tests/integration/test_gitops_readers.py runs
+What kstatus makes of them is checked by kstatus itself: tests/gitops/test_gitops_readers.py runs
 sigs.k8s.io/cli-utils' status.Compute on rollouts the operator drove into each phase. This table stays as the
 engine-level check: it drives `engine.decide` tick by tick, the way the operator drives it, through twenty
 scenarios (holds, drift limits, retries, recoveries) that would take minutes to reach on a live rollout, in a

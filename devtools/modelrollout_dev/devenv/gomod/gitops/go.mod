@@ -1,4 +1,4 @@
-// The GitOps readers the integration tier runs on live ModelRollouts: kstatus (as Flux reads health) and
+// The GitOps readers the gitops tier runs on live ModelRollouts: kstatus (as Flux reads health) and
 // Argo CD's Lua runtime (gopher-lua) for the health check and the resource actions. main.go is ours; only
 // cli-utils, gopher-lua and json-patch (the versions Argo CD uses) are chosen here; apimachinery is the one
 // cli-utils requires, and every other line is what they require.
