@@ -995,6 +995,36 @@ class Accumulation(StatusModel):
     )
 
 
+class GateSummary(StatusModel):
+    """A gate's last verdict in a stage, for the report: the canary's value against the control's."""
+
+    name: str
+    verdict: Verdict
+    value: float | None = Field(None, description="The canary's value.")
+    control: float | None = Field(None, description="The stable's value (comparing and sequential gates).")
+    bound: str | None = Field(None, description="What the gate required, in words.")
+    p_value: float | None = None
+
+
+class StageRecord(StatusModel):
+    """One finished stage of this rollout: where it ran, how it ended and the last check made in it."""
+
+    stage: int = Field(description="Index in spec.stages (0 is the first stage).")
+    weight: int
+    shadow: int = 0
+    started_at: datetime | None = None
+    ended_at: datetime
+    outcome: str = Field(
+        description="Advanced (by Soak, Evidence or Promote), StagesChanged, Promoted, RolledBack or Aborted."
+    )
+    verdict: Verdict | None = Field(None, description="The last check made in the stage.")
+    canary_requests: float | None = Field(
+        None, description="Requests the canary served in the stage (counted by sequential gates)."
+    )
+    stable_requests: float | None = None
+    gates: list[GateSummary] = Field(default_factory=list, max_length=MAX_GATES)
+
+
 # The status the CRD gives an object before the operator writes one: "no generation observed yet". Without it
 # kstatus (Flux's health checks) reads a new ModelRollout as Current, so a Kustomization turned Ready on the
 # commit itself, before the operator had seen the rollout; observedGeneration 0 is behind every generation
@@ -1048,6 +1078,11 @@ class ModelRolloutStatus(StatusModel):
         default_factory=list, description="Counts of the sequential gates in this stage."
     )
     rollback: Rollback | None = None
+    stage_history: list[StageRecord] = Field(
+        default_factory=list,
+        max_length=2 * MAX_STAGES,
+        description="The finished stages of this rollout, oldest first (the report reads them).",
+    )
     last_action: ActionRecord | None = None
     conditions: list[Condition] = Field(
         default_factory=list,

@@ -11,6 +11,7 @@ drift     weights changed by someone else, or by our own unrecorded write
 experiment  the routes and headers an experiment adds while its rollout is under way
 bucket_filter  the EnvoyFilter that computes users' buckets in the mesh, and when it exists
 settle    phase, reason, message and conditions
+history   the record of each finished stage, for the decision report
 """
 
 from modelrollout.engine.actions import action_refusal

@@ -22,6 +22,7 @@ from modelrollout.engine.checks import record_check
 from modelrollout.engine.draft import Draft, describe
 from modelrollout.engine.drift import correct_drift
 from modelrollout.engine.experiment import experiment_id, experiment_routes
+from modelrollout.engine.history import with_history
 from modelrollout.engine.model import (
     INVALID_SPEC,
     TERMINAL,
@@ -154,7 +155,7 @@ def _take_action(status: api.ModelRolloutStatus, obs: Observation) -> tuple[str 
 
 
 def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Observation) -> Plan:
-    return with_filter(_decide(spec, status, obs), spec, status, obs)
+    return with_filter(with_history(_decide(spec, status, obs), status, obs.now), spec, status, obs)
 
 
 def _decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Observation) -> Plan:
