@@ -24,7 +24,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from modelrollout import api, plugin_view
+from modelrollout import api, plugin_view, report
 from modelrollout.kube import ACTION_ANNOTATION
 from modelrollout.routing.istio import managed_route_indexes, split_view
 from modelrollout.routing.router import RoutingProblem, backend_of
@@ -205,6 +205,11 @@ def cmd_status(session: Session, args: argparse.Namespace) -> int:
         time.sleep(args.interval)
 
 
+def cmd_report(session: Session, args: argparse.Namespace) -> int:
+    session.out(report.render(session.get(args.name), _now(), args.output))
+    return 0
+
+
 def _result(
     session: Session, name: str, action: str, before: Any, timeout: float
 ) -> tuple[str | None, dict[str, Any]]:
@@ -308,6 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("-w", "--watch", action="store_true", help="redraw until the phase is terminal")
     status.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     status.set_defaults(handler=cmd_status)
+
+    decision = commands.add_parser(
+        "report", help="the decision report: per stage, traffic, users, requests, control vs treatment"
+    )
+    _connection_options(decision)
+    decision.add_argument("name")
+    decision.add_argument("-o", "--output", choices=sorted(report.RENDERERS), default="text")
+    decision.set_defaults(handler=cmd_report)
 
     helps = {
         "promote": "advance one stage (--full: go to the last stage, still analysed)",

@@ -127,7 +127,7 @@ def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
     """Left-aligned columns two spaces apart, like kubectl get; the last column is not padded."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
     lines = []
@@ -137,7 +137,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = 
     return lines
 
 
-def _target(target: Mapping[str, Any]) -> str:
+def target_text(target: Mapping[str, Any]) -> str:
     if not target:
         return MISSING
     host = str(target.get("host") or "?")
@@ -264,7 +264,7 @@ def render_list(rollouts: Sequence[Mapping[str, Any]], now: datetime, *, all_nam
         if all_namespaces:
             row.insert(0, _text(meta.get("namespace")))
         rows.append(row)
-    return "\n".join(_table(headers, rows)) + "\n"
+    return "\n".join(table(headers, rows)) + "\n"
 
 
 # ---- status ----
@@ -316,7 +316,7 @@ def _stages(obj: Mapping[str, Any], now: datetime) -> list[str]:
                 _stage_state(index, current, status, now),
             ]
         )
-    return ["Stages:", *_table(["", "#", "WEIGHT", "DURATION", "APPROVAL", "STATE"], rows, indent="  ")]
+    return ["Stages:", *table(["", "#", "WEIGHT", "DURATION", "APPROVAL", "STATE"], rows, indent="  ")]
 
 
 def _traffic(obj: Mapping[str, Any], live: LiveTraffic | None) -> str:
@@ -417,7 +417,7 @@ def _analysis(obj: Mapping[str, Any], now: datetime) -> list[str]:
     lines = [f"Analysis:     {head}"]
     if rows:
         headers = ["GATE", "CANARY", "STABLE", "CHANGE", "REQUIRES", "VERDICT", "REQUESTS", "WINDOW", "NOTE"]
-        lines += _table(headers, rows, indent="  ")
+        lines += table(headers, rows, indent="  ")
     else:
         lines.append("  no gates: nothing can pass, so no stage advances")
     failure_limit = spec_analysis.get("failureLimit", defaults.failure_limit)
@@ -459,7 +459,7 @@ def _conditions(status: Mapping[str, Any], now: datetime) -> list[str]:
         ]
         for c in conditions
     ]
-    return ["Conditions:", *_table(["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"], rows, indent="  ")]
+    return ["Conditions:", *table(["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"], rows, indent="  ")]
 
 
 # Conditions that say something is wrong when True, in the order a person should read them.
@@ -528,7 +528,7 @@ def _events(events: Sequence[EventRow] | None, now: datetime) -> list[str]:
         for e in recent
     ]
     title = f"Events (last {len(recent)} of {len(events)}, oldest first):"
-    return [title, *_table(["AGE", "TYPE", "REASON", "MESSAGE"], rows, indent="  ")]
+    return [title, *table(["AGE", "TYPE", "REASON", "MESSAGE"], rows, indent="  ")]
 
 
 def render_status(
@@ -560,8 +560,8 @@ def render_status(
     if spec.get("paused"):
         lines.append("Paused:       spec.paused is set: weights stay, nothing advances")
     lines += [
-        f"Stable:       {_target(_map(spec.get('stable')))}",
-        f"Canary:       {_target(_map(spec.get('canary')))}",
+        f"Stable:       {target_text(_map(spec.get('stable')))}",
+        f"Canary:       {target_text(_map(spec.get('canary')))}",
         f"Traffic:      {_traffic(obj, live)}",
         "",
         *_stages(obj, now),

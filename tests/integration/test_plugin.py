@@ -6,6 +6,7 @@ docs/plugin-status-example.txt."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -102,6 +103,25 @@ def test_a_manual_gate_driven_with_the_plugin(
     assert err == (
         'error: cannot promote modelrollout "chat": the rollout is Promoted: the canary already serves 100%\n'
     )
+
+    # the decision report: each stage as the operator recorded it, read from the live object
+    code, out, err = run(capsys, "report", "chat", *where)
+    assert (code, err) == (0, "")
+    rows = out.splitlines()
+    header = next(i for i, line in enumerate(rows) if line.startswith("Stage "))
+    assert rows[header + 1].split()[:2] == ["1/2", "10%"]
+    assert rows[header + 1].endswith("Advanced (Promote)")
+    assert rows[header + 2].split()[:2] == ["2/2", "100%"]
+    assert rows[header + 2].endswith("Promoted")
+    assert "Decision:     Promoted (Promoted)" in rows
+    code, out, err = run(capsys, "report", "chat", *where, "-o", "json")
+    assert (code, err) == (0, "")
+    stages = json.loads(out)["stages"]
+    assert [(s["stage"], s["outcome"]) for s in stages] == [
+        ("1/2", "Advanced (Promote)"),
+        ("2/2", "Promoted"),
+    ]
+    assert {g["gate"] for g in stages[0]["gates"]} == {"error-rate", "p99-latency-ms"}
 
 
 def test_abort_without_waiting_then_retry(

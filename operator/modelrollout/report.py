@@ -1,0 +1,250 @@
+"""The decision report of one rollout, from its object (spec and status) alone: per stage, where traffic was,
+which users and how many requests each variant got, how the stage ended, and each gate's control against
+treatment with the decision. Pure; `kubectl modelrollout report` prints it as text, Markdown or JSON.
+
+The stage history is the operator's (status.stageHistory, a record per finished stage); the stage still
+running is shown from the latest check.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from modelrollout import api
+from modelrollout.plugin_view import MISSING, number, table, target_text
+
+_HEADERS = ("Stage", "Traffic", "Users", "Requests (canary/stable)", "Ran", "Last check", "Outcome")
+_GATE_HEADERS = ("Gate", "Control (stable)", "Treatment (canary)", "Delta", "Required", "Decision")
+
+
+@dataclass(frozen=True)
+class GateRow:
+    gate: str
+    control: str
+    treatment: str
+    delta: str
+    required: str
+    decision: str
+
+
+@dataclass(frozen=True)
+class StageRow:
+    stage: str
+    traffic: str
+    users: str
+    requests: str
+    ran: str
+    last_check: str
+    outcome: str
+    gates: tuple[GateRow, ...]
+
+
+@dataclass(frozen=True)
+class Report:
+    rollout: str
+    stable: str
+    canary: str
+    experiment_id: str
+    phase: str
+    message: str
+    stages: tuple[StageRow, ...]
+
+
+def _users(spec: Mapping[str, Any], weight: int, shadow: int) -> str:
+    """Which users the canary answered: with sticky buckets, the buckets below the weight; else a random
+    share of requests (users are not kept apart)."""
+    if shadow and not weight:
+        return "none (mirrored only)"
+    sticky = (spec.get("experiment") or {}).get("stickiness")
+    if sticky and weight:
+        return f"buckets 0-{weight - 1} ({weight}%)" if weight < 100 else "all buckets"
+    return f"{weight}% of requests, any user" if weight else "none"
+
+
+def _duration(started: datetime | None, ended: datetime | None) -> str:
+    if started is None or ended is None:
+        return MISSING
+    seconds = max(0, int((ended - started).total_seconds()))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 2 * 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+def _delta(value: float | None, control: float | None) -> str:
+    if value is None or control is None:
+        return MISSING
+    delta = value - control
+    text = ("+" if delta >= 0 else "") + number(delta)
+    if control:
+        relative = delta / control
+        text += f" ({'+' if relative >= 0 else ''}{relative * 100:.3g}%)"
+    return text
+
+
+def _gate_row(gate: api.GateSummary) -> GateRow:
+    delta = _delta(gate.value, gate.control)
+    if gate.p_value is not None:
+        delta = f"{delta}, p={number(gate.p_value)}" if delta != MISSING else f"p={number(gate.p_value)}"
+    return GateRow(
+        gate=gate.name,
+        control=number(gate.control),
+        treatment=number(gate.value),
+        delta=delta,
+        required=gate.bound or MISSING,
+        decision=gate.verdict.value,
+    )
+
+
+def _requests(canary: float | None, stable: float | None) -> str:
+    if canary is None or stable is None:
+        return MISSING
+    total = canary + stable
+    share = f" ({canary / total * 100:.1f}% canary)" if total else ""
+    return f"{canary:,.0f} / {stable:,.0f}{share}"
+
+
+def _stage_label(stage: int, count: int) -> str:
+    return f"{stage + 1}/{count}" if count else str(stage + 1)
+
+
+def _finished(spec: Mapping[str, Any], record: api.StageRecord, count: int) -> StageRow:
+    return StageRow(
+        stage=_stage_label(record.stage, count),
+        traffic=api.exposure(record.weight, record.shadow),
+        users=_users(spec, record.weight, record.shadow),
+        requests=_requests(record.canary_requests, record.stable_requests),
+        ran=_duration(record.started_at, record.ended_at),
+        last_check=record.verdict.value if record.verdict else MISSING,
+        outcome=record.outcome,
+        gates=tuple(_gate_row(g) for g in record.gates),
+    )
+
+
+def _running(spec: Mapping[str, Any], status: api.ModelRolloutStatus, count: int, now: datetime) -> StageRow:
+    last = status.last_analysis
+    check = last if last is not None and last.stage == status.stage else None
+    counted = next((a for a in status.accumulations if a.stage == status.stage), None)
+    gates = [
+        api.GateSummary(
+            name=g.name,
+            verdict=g.verdict,
+            value=g.value,
+            control=g.control,
+            bound=g.bound,
+            p_value=g.evidence.p_value if g.evidence else None,
+        )
+        for g in (check.gates if check else [])
+    ]
+    return StageRow(
+        stage=_stage_label(status.stage, count),
+        traffic=api.exposure(status.canary_weight, status.shadow),
+        users=_users(spec, status.canary_weight, status.shadow),
+        requests=_requests(
+            counted.canary_events if counted else None, counted.stable_events if counted else None
+        ),
+        ran=_duration(status.stage_started_at, now),
+        last_check=check.verdict.value if check else MISSING,
+        outcome=f"running ({status.phase.value})",
+        gates=tuple(_gate_row(g) for g in gates),
+    )
+
+
+def decision_report(obj: Mapping[str, Any], now: datetime) -> Report:
+    spec = obj.get("spec") or {}
+    metadata = obj.get("metadata") or {}
+    status = api.ModelRolloutStatus.model_validate(obj.get("status") or {})
+    count = len(spec.get("stages") or []) or (status.stage_count or 0)
+    rows = [_finished(spec, record, count) for record in status.stage_history]
+    if status.phase in (api.Phase.PROGRESSING, api.Phase.PAUSED) and status.pair_hash is not None:
+        rows.append(_running(spec, status, count, now))
+    stable = (
+        status.stable.model_dump(by_alias=True, exclude_none=True) if status.stable else spec.get("stable")
+    )
+    canary = (
+        status.canary.model_dump(by_alias=True, exclude_none=True) if status.canary else spec.get("canary")
+    )
+    return Report(
+        rollout=f"{metadata.get('namespace', MISSING)}/{metadata.get('name', MISSING)}",
+        stable=target_text(stable or {}),
+        canary=target_text(canary or {}),
+        experiment_id=status.experiment_id or MISSING,
+        phase=f"{status.phase.value} ({status.reason})" if status.reason else status.phase.value,
+        message=status.message or MISSING,
+        stages=tuple(rows),
+    )
+
+
+def _stage_cells(row: StageRow) -> list[str]:
+    return [row.stage, row.traffic, row.users, row.requests, row.ran, row.last_check, row.outcome]
+
+
+def _gate_cells(row: GateRow) -> list[str]:
+    return [row.gate, row.control, row.treatment, row.delta, row.required, row.decision]
+
+
+def render_text(report: Report) -> str:
+    lines = [
+        f"Rollout:      {report.rollout}",
+        f"Stable:       {report.stable}",
+        f"Canary:       {report.canary}",
+        f"Experiment:   {report.experiment_id}",
+        f"Decision:     {report.phase}: {report.message}",
+        "",
+    ]
+    if not report.stages:
+        lines.append("No stage has run yet.")
+        return "\n".join(lines) + "\n"
+    lines += table(_HEADERS, [_stage_cells(row) for row in report.stages])
+    for row in report.stages:
+        if row.gates:
+            lines += ["", f"Stage {row.stage} at {row.traffic}, last check {row.last_check}:"]
+            lines += table(_GATE_HEADERS, [_gate_cells(g) for g in row.gates], indent="  ")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    return [
+        "| " + " | ".join(cell(h) for h in headers) + " |",
+        "|" + "---|" * len(headers),
+        *("| " + " | ".join(cell(c) for c in row) + " |" for row in rows),
+    ]
+
+
+def render_markdown(report: Report) -> str:
+    lines = [
+        f"## Rollout `{report.rollout}`",
+        "",
+        f"- **Stable:** {report.stable}",
+        f"- **Canary:** {report.canary}",
+        f"- **Experiment:** `{report.experiment_id}`",
+        f"- **Decision:** {report.phase}: {report.message}",
+        "",
+    ]
+    if not report.stages:
+        return "\n".join([*lines, "No stage has run yet."]) + "\n"
+    lines += _markdown_table(_HEADERS, [_stage_cells(row) for row in report.stages])
+    for row in report.stages:
+        if row.gates:
+            lines += ["", f"### Stage {row.stage} at {row.traffic}: {row.outcome}", ""]
+            lines += _markdown_table(_GATE_HEADERS, [_gate_cells(g) for g in row.gates])
+    return "\n".join(lines) + "\n"
+
+
+def render_json(report: Report) -> str:
+    return json.dumps(asdict(report), indent=2) + "\n"
+
+
+RENDERERS = {"text": render_text, "markdown": render_markdown, "json": render_json}
+
+
+def render(obj: Mapping[str, Any], now: datetime, output: str = "text") -> str:
+    return RENDERERS[output](decision_report(obj, now))

@@ -1,0 +1,124 @@
+"""The decision report (report.py) from rollouts the engine drove, tick by tick: a stage per row with its
+traffic, users, requests, duration and outcome, and each gate's control against treatment."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from test_kstatus import T0, P, Ticks, spec
+
+from modelrollout import api, engine, report
+from modelrollout.analysis import CheckResult
+from modelrollout.engine import Observation, RoutingView
+
+
+def as_object(status: api.ModelRolloutStatus, **spec_extra: Any) -> dict[str, Any]:
+    raw_spec = {
+        "stable": {"host": "llm-gpt4o", "model": "gpt-4o"},
+        "canary": {"host": "llm-claude", "model": "claude-opus-4-8"},
+        "stages": [{"weight": 5}, {"weight": 20}, {"weight": 100}],
+        **spec_extra,
+    }
+    return {
+        "metadata": {"name": "chat", "namespace": "llm"},
+        "spec": raw_spec,
+        "status": status.model_dump(by_alias=True, mode="json", exclude_none=True),
+    }
+
+
+def promoted() -> api.ModelRolloutStatus:
+    ticks = Ticks()
+    ticks.to_manual_gate()
+    ticks.tick(action="promote")
+    return ticks.tick(timedelta(seconds=10), verdict=P)
+
+
+def test_a_promoted_rollout_reads_stage_by_stage() -> None:
+    built = report.decision_report(as_object(promoted()), T0 + timedelta(hours=1))
+    assert built.rollout == "llm/chat"
+    assert built.stable == "gpt-4o -> llm-gpt4o"
+    assert built.canary == "claude-opus-4-8 -> llm-claude"
+    assert built.phase == "Promoted (Promoted)"
+    assert [(r.stage, r.traffic, r.ran, r.last_check, r.outcome) for r in built.stages] == [
+        ("1/3", "5%", "60s", "Pass", "Advanced (Soak)"),
+        ("2/3", "20%", "60s", "Pass", "Advanced (Promote)"),
+        ("3/3", "100%", "10s", "Pass", "Promoted"),
+    ]
+    assert [r.users for r in built.stages] == [
+        "5% of requests, any user",
+        "20% of requests, any user",
+        "100% of requests, any user",
+    ]
+    gate = built.stages[0].gates[0]
+    assert (gate.gate, gate.treatment, gate.control, gate.required, gate.decision) == (
+        "error-rate",
+        "0.004",
+        "-",
+        "<= 0.02",
+        "Pass",
+    )
+
+
+def test_sticky_buckets_name_the_users_of_each_stage() -> None:
+    obj = as_object(promoted(), experiment={"stickiness": {"bucketHeader": "x-user-bucket"}})
+    built = report.decision_report(obj, T0 + timedelta(hours=1))
+    assert [r.users for r in built.stages] == ["buckets 0-4 (5%)", "buckets 0-19 (20%)", "all buckets"]
+
+
+def test_a_comparing_gate_shows_control_treatment_and_delta() -> None:
+    ticks = Ticks(spec=spec(failureLimit=0))
+    ticks.tick()
+    gate = api.GateResult(
+        name="output-tokens",
+        verdict=api.Verdict.FAIL,
+        value=540.0,
+        control=400.0,
+        bound="canary at most +20% over stable",
+        window="5m",
+    )
+    ticks.now += timedelta(seconds=30)
+    check = CheckResult(
+        at=ticks.now, verdict=api.Verdict.FAIL, gates=(gate,), canary_requests=900, summary="output-tokens"
+    )
+    obs = Observation(
+        now=ticks.now,
+        generation=7,
+        operator_started_at=T0 - timedelta(hours=1),
+        routing=RoutingView(canary_weight=ticks.live, last_writer=engine.FIELD_MANAGER),
+        check=check,
+    )
+    ticks.status = engine.decide(ticks.spec, ticks.status, obs).status
+    built = report.decision_report(as_object(ticks.status), ticks.now)
+    (row,) = built.stages
+    assert (row.outcome, row.last_check) == ("RolledBack", "Fail")
+    (shown,) = row.gates
+    assert (shown.control, shown.treatment, shown.delta, shown.decision) == (
+        "400",
+        "540",
+        "+140 (+35%)",
+        "Fail",
+    )
+    text = report.render_text(built)
+    assert "output-tokens" in text
+    assert "+140 (+35%)" in text
+    markdown = report.render_markdown(built)
+    assert "| output-tokens | 400 | 540 | +140 (+35%) | canary at most +20% over stable | Fail |" in markdown
+    assert json.loads(report.render_json(built))["stages"][0]["gates"][0]["delta"] == "+140 (+35%)"
+
+
+def test_the_running_stage_is_shown_from_the_latest_check() -> None:
+    ticks = Ticks()
+    ticks.tick()
+    running = ticks.tick(timedelta(seconds=10), verdict=P)
+    built = report.decision_report(as_object(running), T0 + timedelta(seconds=25))
+    (row,) = built.stages
+    assert (row.stage, row.traffic, row.ran, row.last_check) == ("1/3", "5%", "25s", "Pass")
+    assert row.outcome == "running (Progressing)"
+
+
+def test_nothing_run_yet_says_so() -> None:
+    obj = as_object(api.ModelRolloutStatus())
+    assert "No stage has run yet." in report.render(obj, T0, "text")
+    assert "No stage has run yet." in report.render(obj, T0, "markdown")
