@@ -31,6 +31,15 @@ RPS = 40.0
 ServedT = TypeVar("ServedT", bound="ServedRollout")
 
 
+def mark_tier(items: list[Any], directory: Path, *marks: Any) -> None:
+    """Give every collected test under `directory` the tier's marks (for a conftest's
+    pytest_collection_modifyitems)."""
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(directory):
+            for mark in marks:
+                item.add_marker(mark)
+
+
 class OperatorProcess:
     def __init__(self, env_state: EnvironmentState, prometheus_url: str, log_dir: Path) -> None:
         self.env = {**os.environ, "KUBECONFIG": env_state.kubeconfig}

@@ -15,18 +15,14 @@ from kubernetes import client
 from istio_exporter import IstioTrafficExporter
 from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.prometheus import PrometheusServer
-from scenario_support import OperatorProcess, remove_rollouts, serving_exporter
+from scenario_support import OperatorProcess, mark_tier, remove_rollouts, serving_exporter
 
 OperatorFactory = Callable[..., OperatorProcess]
 ProxyFactory = Callable[..., DelayingProxy]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if Path(str(item.fspath)).is_relative_to(here):
-            item.add_marker(pytest.mark.integration)
-            item.add_marker(pytest.mark.chaos)
+    mark_tier(items, Path(__file__).parent, pytest.mark.integration, pytest.mark.chaos)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -16,15 +16,11 @@ from kubernetes import client
 from modelrollout_dev.devenv.environment import DevEnvironment, EnvironmentState
 from modelrollout_dev.devenv.flux import FluxControllers, ensure_flux
 from modelrollout_dev.devenv.git_server import GitRepository
-from scenario_support import Kubectl, OperatorProcess
+from scenario_support import Kubectl, OperatorProcess, mark_tier
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if Path(str(item.fspath)).is_relative_to(here):
-            item.add_marker(pytest.mark.integration)
-            item.add_marker(pytest.mark.gitops)
+    mark_tier(items, Path(__file__).parent, pytest.mark.integration, pytest.mark.gitops)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -9,6 +9,7 @@ replaces its staging modules with relative paths; the `gomod/kube` wrapper pins 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -143,6 +144,29 @@ def go_environment() -> dict[str, str]:
     env = dict(os.environ)
     env.update({"CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"})
     return env
+
+
+def downloaded_module(module: str, pins: Path) -> Path:
+    """The source directory of `module` in the Go module cache, at the version the wrapper module `pins`
+    requires, downloaded (and checked against its go.sum) first if needed."""
+    go = shutil.which("go")
+    version = pinned_version(pins, module)
+    if go is None:
+        raise BinariesError(f"Go is needed to download {module}@{version}")
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in ("go.mod", "go.sum"):
+            shutil.copy2(pins / name, Path(scratch) / name)
+        result = subprocess.run(
+            [go, "mod", "download", "-json", module],
+            cwd=scratch,
+            env=go_environment(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if result.returncode != 0:
+        raise BinariesError(f"go mod download {module}@{version} failed:\n{result.stdout}{result.stderr}")
+    return Path(json.loads(result.stdout)["Dir"])
 
 
 def run_build(build: GoBuild, log: Callable[[str], None]) -> float:

@@ -11,13 +11,8 @@ when it is built.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +23,12 @@ from modelrollout_dev.devenv.binaries import (
     GoBuild,
     _file_lock,
     cache_root,
-    go_environment,
+    downloaded_module,
     pinned_version,
     run_build,
 )
 from modelrollout_dev.devenv.controlplane import StartError
-from modelrollout_dev.devenv.netutil import free_port, wait_until
+from modelrollout_dev.devenv.netutil import free_port, http_ok, wait_until
 from modelrollout_dev.devenv.processes import ProcessRecord, ProcessSet
 
 CONTROLLERS = ("source-controller", "kustomize-controller")
@@ -73,18 +68,7 @@ def _copy_crds(build: GoBuild, log: Callable[[str], None]) -> None:
     """The controller's CRDs from its module source (the Go module cache), into `<target>/crds`."""
     module = build.packages[0]
     version = pinned_version(build.module_dir, module)
-    with tempfile.TemporaryDirectory() as scratch:
-        done = subprocess.run(
-            ["go", "mod", "download", "-json", f"{module}@{version}"],
-            cwd=scratch,
-            env=go_environment(),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise BinariesError(f"go mod download {module}@{version} failed:\n{done.stdout}{done.stderr}")
-    source = Path(json.loads(done.stdout)["Dir"]) / "config" / "crd" / "bases"
+    source = downloaded_module(module, build.module_dir) / "config" / "crd" / "bases"
     found = sorted(source.glob("*.yaml"))
     if not found:
         raise BinariesError(f"{module}@{version} has no CRDs in {source}")
@@ -138,7 +122,6 @@ class FluxControllers:
         self.processes = processes
         self.die_with_parent = die_with_parent
         self.records: dict[str, ProcessRecord] = {}
-        self.metrics_urls: dict[str, str] = {}
 
     def start(self, *, kustomize_flags: tuple[str, ...] = (), timeout: float = 60.0) -> None:
         storage_port = free_port()
@@ -174,22 +157,12 @@ class FluxControllers:
         def ready() -> bool:
             if proc.poll() is not None:
                 return True  # decided below
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=2) as response:
-                    return bool(response.status == 200)
-            except (urllib.error.URLError, OSError):
-                return False
+            return http_ok(f"http://127.0.0.1:{health}/readyz")
 
         wait_until(ready, timeout, interval=0.2)
         if proc.poll() is not None or not ready():
             tail = self.processes.log_tail(record)
             raise StartError(f"Flux's {name} did not become ready in {timeout:.0f}s; its log ends:\n{tail}")
-        self.metrics_urls[name] = f"http://127.0.0.1:{metrics}/metrics"
-
-    def metrics(self, name: str) -> str:
-        with urllib.request.urlopen(self.metrics_urls[name], timeout=5) as response:
-            text: str = response.read().decode()
-            return text
 
     def log_text(self, name: str) -> str:
         return Path(self.records[name].log).read_text(errors="replace")

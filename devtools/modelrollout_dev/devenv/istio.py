@@ -8,19 +8,11 @@ checked against go.sum, and cached; it is never written by hand nor committed.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
-from modelrollout_dev.devenv.binaries import (
-    GOMOD_DIR,
-    BinariesError,
-    cache_root,
-    go_environment,
-    pinned_version,
-)
+from modelrollout_dev.devenv.binaries import GOMOD_DIR, cache_root, downloaded_module, pinned_version
 
 CRD_FILE = "kubernetes/customresourcedefinitions.gen.yaml"
 NETWORKING_CRDS = ("virtualservices.networking.istio.io", "destinationrules.networking.istio.io")
@@ -36,23 +28,7 @@ def istio_crds_path(root: Path | None = None) -> Path:
     cached = (root or cache_root()) / f"istio-api-{version}" / "customresourcedefinitions.gen.yaml"
     if cached.exists():
         return cached
-    go = shutil.which("go")
-    if go is None:
-        raise BinariesError("Go is needed to fetch the Istio CRDs from the istio.io/api module")
-    with tempfile.TemporaryDirectory() as scratch:
-        for name in ("go.mod", "go.sum"):
-            shutil.copy2(GOMOD_DIR / "istio" / name, Path(scratch) / name)
-        result = subprocess.run(
-            [go, "mod", "download", "-json", "istio.io/api"],
-            cwd=scratch,
-            env=go_environment(),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    if result.returncode != 0:
-        raise BinariesError(f"go mod download istio.io/api@{version} failed:\n{result.stdout}{result.stderr}")
-    module_dir = Path(json.loads(result.stdout)["Dir"])
+    module_dir = downloaded_module("istio.io/api", GOMOD_DIR / "istio")
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
     shutil.copyfile(module_dir / CRD_FILE, tmp)

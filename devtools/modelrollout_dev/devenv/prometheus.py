@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from modelrollout_dev.devenv.controlplane import StartError
-from modelrollout_dev.devenv.netutil import free_port, wait_until
+from modelrollout_dev.devenv.netutil import free_port, http_ok, wait_until
 from modelrollout_dev.devenv.processes import ProcessRecord, ProcessSet
 
 SCRAPE_INTERVAL = "1s"
@@ -103,11 +103,7 @@ class PrometheusServer:
             def ready(proc: subprocess.Popen[bytes] = proc, url: str = url) -> bool:
                 if proc.poll() is not None:
                     return True  # decided below
-                try:
-                    with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
-                        return bool(response.status == 200)
-                except (urllib.error.URLError, OSError):
-                    return False
+                return http_ok(f"{url}/-/ready")
 
             became_ready = wait_until(ready, timeout)
             if became_ready and proc.poll() is None:
