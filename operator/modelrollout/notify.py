@@ -37,6 +37,8 @@ class Notification:
     threshold: str | None = None
     window: str | None = None
     at: str = ""
+    # The decision report's rows of the stages finished so far (report.StageRow as dicts, gates included).
+    stages: tuple[dict[str, Any], ...] = ()
 
     def payload(self) -> dict[str, Any]:
         return {"source": "modelrollout", **asdict(self)}
@@ -52,6 +54,11 @@ class Notification:
         if self.gate:
             text += (
                 f"\n> gate `{self.gate}` = {self.value} (threshold {self.threshold}, window {self.window})"
+            )
+        for row in self.stages:
+            text += (
+                f"\n• stage {row['stage']} at {row['traffic']} for {row['ran']}: {row['outcome']}, "
+                f"last check {row['last_check']}"
             )
         return {"text": text}
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
 
-from modelrollout import api, engine
+from modelrollout import api, engine, report
 from modelrollout.analysis import CheckResult
 from modelrollout.config import OperatorConfig
 from modelrollout.kube import ACTION_ANNOTATION, Kube, RolloutRef, StaleObject, describe_api_error
@@ -327,6 +328,7 @@ class Reconciler:
             return
         status = plan.status
         rollback = status.rollback
+        stages = report.finished_stages(spec.model_dump(by_alias=True, mode="json"), status)
         for event in plan.notifications:
             details = rollback if event.reason in ("RolledBack", "Aborted") and rollback else None
             self.notifier.submit(
@@ -343,6 +345,7 @@ class Reconciler:
                     threshold=details.threshold if details else None,
                     window=details.window if details else None,
                     at=now_text(),
+                    stages=tuple(asdict(row) for row in stages),
                 )
             )
 

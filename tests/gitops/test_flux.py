@@ -69,6 +69,10 @@ def test_a_rollout_from_git_through_flux(
     assert {s.phase for s in ready_samples} == {"Promoted"}, "Flux read a rollout as Ready before Promoted"
     running = [s for s in samples if s.phase in ("Pending", "Progressing")]
     assert running, "the rollout was never seen running"
+    seen = sorted(
+        {(s.readiness.status, s.readiness.reason, s.readiness.message[:60]) for s in running if s.readiness}
+    )
+    print(f"Kustomization Ready while the rollout ran: {seen}")
     assert all(s.readiness is None or s.readiness.status != "True" for s in running)
     promoted_at = next(s.at for s in samples if s.phase == "Promoted")
     lag = ready_samples[0].at - promoted_at

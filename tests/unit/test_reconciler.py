@@ -77,6 +77,10 @@ def test_a_refused_rollback_is_never_claimed_and_announced_once_when_it_goes_thr
     status = w.server.status()
     assert (status.phase, w.server.weights()) == (api.Phase.ROLLED_BACK, (100, 0))
     assert [n.event for n in w.notifier.submitted] == ["RolledBack"]
+    # The notification carries the report's rows of the finished stages, the one rolled back last.
+    stages = [(row["stage"], row["traffic"], row["outcome"]) for row in w.notifier.submitted[0].stages]
+    assert stages[-1][1:] == ("50%", "RolledBack")
+    assert stages[0][2].startswith("Advanced")
     assert rollbacks_counted(w) == 1
     assert next(c for c in status.conditions if c.type == "Degraded").status == "False"
     assert status.write_failures == 0

@@ -114,6 +114,16 @@ def test_payloads_carry_gate_value_and_threshold() -> None:
         threshold="<= 0.02",
         window="2m",
         at="2026-11-23T10:00:00+00:00",
+        stages=(
+            {
+                "stage": "1/6",
+                "traffic": "5%",
+                "ran": "10m00s",
+                "outcome": "Advanced (Soak)",
+                "last_check": "Pass",
+            },
+            {"stage": "2/6", "traffic": "20%", "ran": "3m10s", "outcome": "RolledBack", "last_check": "Fail"},
+        ),
     )
     payload = note.payload()
     assert (payload["source"], payload["event"], payload["gate"], payload["value"], payload["threshold"]) == (
@@ -126,6 +136,11 @@ def test_payloads_carry_gate_value_and_threshold() -> None:
     text = note.slack_payload()["text"]
     assert "*RolledBack* `llm/chat`" in text
     assert "gate `error-rate` = 0.05 (threshold <= 0.02, window 2m)" in text
+    assert payload["stages"][1]["outcome"] == "RolledBack"
+    assert text.endswith(
+        "\n• stage 1/6 at 5% for 10m00s: Advanced (Soak), last check Pass"
+        "\n• stage 2/6 at 20% for 3m10s: RolledBack, last check Fail"
+    )
 
 
 def _b64(text: str) -> str:
