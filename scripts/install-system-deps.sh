@@ -3,6 +3,8 @@
 #   - Prometheus server: Debian's `prometheus` package (skipped when PROMETHEUS_BIN names one).
 #   - Go >= the version the pinned Kubernetes needs, to build etcd, kube-apiserver and kubectl
 #     (skipped when KUBEBUILDER_ASSETS names envtest binaries).
+#   - Chromium, headless, for the test that checks the HTML decision report as a browser renders it
+#     (Debian's `chromium`; skipped when CHROMIUM_BIN names one).
 set -euo pipefail
 
 need_go="1.26"
@@ -23,6 +25,17 @@ if [[ -z "${PROMETHEUS_BIN:-}" ]] && ! command -v prometheus >/dev/null 2>&1; th
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends prometheus >/dev/null
   if [[ "$created_policy" == 1 ]]; then rm -f "$policy"; fi
+fi
+
+if [[ -z "${CHROMIUM_BIN:-}" ]] && ! command -v chromium >/dev/null 2>&1; then
+  if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "error: no Chromium for the browser test; install Debian's 'chromium' or set CHROMIUM_BIN" >&2
+    exit 1
+  fi
+  echo "installing Debian's chromium package (headless browser for one test)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 
 if [[ -z "${KUBEBUILDER_ASSETS:-}" ]]; then

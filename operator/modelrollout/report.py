@@ -1,6 +1,7 @@
 """The decision report of one rollout, from its object (spec and status) alone: per stage, where traffic was,
 which users and how many requests each variant got, how the stage ended, and each gate's control against
-treatment with the decision. Pure; `kubectl modelrollout report` prints it as text, Markdown or JSON.
+treatment with the decision. Pure; `kubectl modelrollout report` prints it as text, Markdown, JSON or one
+self-contained HTML page.
 
 The stage history is the operator's (status.stageHistory, a record per finished stage); the stage still
 running is shown from the latest check.
@@ -8,6 +9,7 @@ running is shown from the latest check.
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -245,11 +247,67 @@ def render_markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #1d1d1f; }
+h1 { font-size: 1.4rem; } h2 { font-size: 1.1rem; margin-top: 2rem; }
+dl { display: grid; grid-template-columns: max-content auto; gap: .25rem 1rem; }
+dt { font-weight: 600; } dd { margin: 0; }
+table { border-collapse: collapse; margin: .5rem 0 1rem; }
+th, td { border: 1px solid #d2d2d7; padding: .3rem .6rem; text-align: left; }
+th { background: #f5f5f7; }
+.Pass { color: #1a7f37; } .Fail { color: #cf222e; font-weight: 600; }
+.Inconclusive, .Error { color: #9a6700; }
+"""
+
+
+def _html_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], css_id: str, decision_column: int
+) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cells = []
+        for index, cell in enumerate(row):
+            css = f' class="{html.escape(cell)}"' if index == decision_column else ""
+            cells.append(f"<td{css}>{html.escape(cell)}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f'<table id="{css_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def render_html(report: Report) -> str:
+    """One self-contained page (inline style, no script, nothing fetched)."""
+    facts = (
+        ("Stable", report.stable),
+        ("Canary", report.canary),
+        ("Experiment", report.experiment_id),
+        ("Decision", f"{report.phase}: {report.message}"),
+    )
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>Rollout {html.escape(report.rollout)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>Rollout {html.escape(report.rollout)}</h1>",
+        "<dl>" + "".join(f"<dt>{k}</dt><dd>{html.escape(v)}</dd>" for k, v in facts) + "</dl>",
+    ]
+    if not report.stages:
+        parts.append("<p>No stage has run yet.</p>")
+    else:
+        parts.append(_html_table(_HEADERS, [_stage_cells(row) for row in report.stages], "stages", 5))
+        for number_, row in enumerate(report.stages, start=1):
+            if row.gates:
+                title = f"Stage {row.stage} at {row.traffic}: {row.outcome}"
+                parts.append(f"<h2>{html.escape(title)}</h2>")
+                gates = [_gate_cells(g) for g in row.gates]
+                parts.append(_html_table(_GATE_HEADERS, gates, f"gates-{number_}", 5))
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
 def render_json(report: Report) -> str:
     return json.dumps(asdict(report), indent=2) + "\n"
 
 
-RENDERERS = {"text": render_text, "markdown": render_markdown, "json": render_json}
+RENDERERS = {"text": render_text, "markdown": render_markdown, "json": render_json, "html": render_html}
 
 
 def render(obj: Mapping[str, Any], now: datetime, output: str = "text") -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -16,12 +17,44 @@ import yaml
 
 from modelrollout import plugin
 from modelrollout.kube import ACTION_ANNOTATION
+from modelrollout_dev.browser import rendered_dom
 from modelrollout_dev.devenv.environment import EnvironmentState
 from scenario_support import Rollout
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("modelrollout_crd")]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "plugin-status-example.txt"
+
+
+class Tables(HTMLParser):
+    """Each table of a page by id: rows of (text, class) cells, the header row first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, list[list[tuple[str, str]]]] = {}
+        self._table: str | None = None
+        self._cell: tuple[list[str], str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "table":
+            self._table = found.get("id") or ""
+            self.rows[self._table] = []
+        elif tag == "tr" and self._table is not None:
+            self.rows[self._table].append([])
+        elif tag in ("td", "th"):
+            self._cell = ([], found.get("class") or "")
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell[0].append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self._table is not None:
+            self.rows[self._table][-1].append(("".join(self._cell[0]).strip(), self._cell[1]))
+            self._cell = None
+        elif tag == "table":
+            self._table = None
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -31,7 +64,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def test_a_manual_gate_driven_with_the_plugin(
-    rollout: Rollout, env_state: EnvironmentState, capsys: pytest.CaptureFixture[str]
+    rollout: Rollout, env_state: EnvironmentState, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     where = ["--kubeconfig", env_state.kubeconfig, "-n", rollout.namespace]
     rollout.create(stages=[{"weight": 10, "duration": "5s", "approval": "Manual"}, {"weight": 100}])
@@ -122,6 +155,20 @@ def test_a_manual_gate_driven_with_the_plugin(
         ("2/2", "Promoted"),
     ]
     assert {g["gate"] for g in stages[0]["gates"]} == {"error-rate", "p99-latency-ms"}
+
+    # ... and as one HTML page, checked as Chromium renders it
+    code, page, err = run(capsys, "report", "chat", *where, "-o", "html")
+    assert (code, err) == (0, "")
+    saved = tmp_path / "report.html"
+    saved.write_text(page)
+    tables = Tables()
+    tables.feed(rendered_dom(saved.as_uri()))
+    assert [row[0][0] for row in tables.rows["stages"][1:]] == ["1/2", "2/2"]
+    assert [(row[6][0], row[5]) for row in tables.rows["stages"][1:]] == [
+        ("Advanced (Promote)", ("Pass", "Pass")),
+        ("Promoted", ("Pass", "Pass")),
+    ]
+    assert {row[0][0] for row in tables.rows["gates-1"][1:]} == {"error-rate", "p99-latency-ms"}
 
 
 def test_abort_without_waiting_then_retry(

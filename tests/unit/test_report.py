@@ -122,3 +122,13 @@ def test_nothing_run_yet_says_so() -> None:
     obj = as_object(api.ModelRolloutStatus())
     assert "No stage has run yet." in report.render(obj, T0, "text")
     assert "No stage has run yet." in report.render(obj, T0, "markdown")
+
+
+def test_the_html_page_escapes_what_it_shows_and_fetches_nothing() -> None:
+    status = promoted().model_copy(update={"message": "<script>alert(1)</script> & more"})
+    page = report.render(as_object(status), T0 + timedelta(hours=1), "html")
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
+    assert "http" not in page  # self-contained: no stylesheet, script or image from anywhere
+    assert page.count('<table id="gates-') == 3
+    assert '<td class="Pass">Pass</td>' in page
