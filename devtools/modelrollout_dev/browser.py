@@ -48,3 +48,25 @@ def rendered_dom(url: str, timeout: float = 60.0) -> str:
     if done.returncode != 0 or not done.stdout.strip():
         raise BrowserError(f"chromium --dump-dom {url} failed ({done.returncode}): {done.stderr[-2000:]}")
     return done.stdout
+
+
+def screenshot(url: str, path: Path, width: int = 1280, height: int = 900, timeout: float = 60.0) -> Path:
+    """A PNG of `url` as Chromium renders it at `width` x `height`."""
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        done = subprocess.run(
+            [
+                str(chromium_binary()),
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                f"--screenshot={path}",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    if done.returncode != 0 or not path.exists():
+        raise BrowserError(f"chromium --screenshot {url} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return path

@@ -1004,6 +1004,7 @@ class GateSummary(StatusModel):
     control: float | None = Field(None, description="The stable's value (comparing and sequential gates).")
     bound: str | None = Field(None, description="What the gate required, in words.")
     p_value: float | None = None
+    no_worse: bool = Field(False, description="A sequential test proved the canary no worse than the margin.")
 
 
 class StageRecord(StatusModel):

@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _connection_options(decision)
     decision.add_argument("name")
-    decision.add_argument("-o", "--output", choices=sorted(report.RENDERERS), default="text")
+    decision.add_argument("-o", "--output", choices=sorted(report.RENDERERS), default="table")
     decision.set_defaults(handler=cmd_report)
 
     helps = {

@@ -1,6 +1,6 @@
 """The decision report of one rollout, from its object (spec and status) alone: per stage, where traffic was,
 which users and how many requests each variant got, how the stage ended, and each gate's control against
-treatment with the decision. Pure; `kubectl modelrollout report` prints it as text, Markdown, JSON or one
+treatment with the decision. Pure; `kubectl modelrollout report` prints it as a table, Markdown, JSON or one
 self-contained HTML page.
 
 The stage history is the operator's (status.stageHistory, a record per finished stage); the stage still
@@ -89,6 +89,19 @@ def _delta(value: float | None, control: float | None) -> str:
     return text
 
 
+def decision_word(gate: api.GateSummary) -> str:
+    """The gate's verdict in the report's words."""
+    if gate.verdict == api.Verdict.FAIL:
+        return "worse" if gate.control is not None or gate.p_value is not None else "breached"
+    if gate.verdict == api.Verdict.INCONCLUSIVE:
+        return "not enough data"
+    if gate.verdict == api.Verdict.ERROR:
+        return "no answer (error)"
+    if gate.p_value is not None:
+        return "no worse (evidence)" if gate.no_worse else "no worse so far"
+    return "no worse" if gate.control is not None else "within bounds"
+
+
 def _gate_row(gate: api.GateSummary) -> GateRow:
     delta = _delta(gate.value, gate.control)
     if gate.p_value is not None:
@@ -99,7 +112,7 @@ def _gate_row(gate: api.GateSummary) -> GateRow:
         treatment=number(gate.value),
         delta=delta,
         required=gate.bound or MISSING,
-        decision=gate.verdict.value,
+        decision=f"{gate.verdict.value}: {decision_word(gate)}",
     )
 
 
@@ -140,6 +153,7 @@ def _running(spec: Mapping[str, Any], status: api.ModelRolloutStatus, count: int
             control=g.control,
             bound=g.bound,
             p_value=g.evidence.p_value if g.evidence else None,
+            no_worse=bool(g.evidence and g.evidence.no_worse),
         )
         for g in (check.gates if check else [])
     ]
@@ -196,7 +210,7 @@ def _gate_cells(row: GateRow) -> list[str]:
     return [row.gate, row.control, row.treatment, row.delta, row.required, row.decision]
 
 
-def render_text(report: Report) -> str:
+def render_table(report: Report) -> str:
     lines = [
         f"Rollout:      {report.rollout}",
         f"Stable:       {report.stable}",
@@ -268,7 +282,7 @@ def _html_table(
     for row in rows:
         cells = []
         for index, cell in enumerate(row):
-            css = f' class="{html.escape(cell)}"' if index == decision_column else ""
+            css = f' class="{html.escape(cell.split(":")[0])}"' if index == decision_column else ""
             cells.append(f"<td{css}>{html.escape(cell)}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
     return f'<table id="{css_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
@@ -307,8 +321,8 @@ def render_json(report: Report) -> str:
     return json.dumps(asdict(report), indent=2) + "\n"
 
 
-RENDERERS = {"text": render_text, "markdown": render_markdown, "json": render_json, "html": render_html}
+RENDERERS = {"table": render_table, "markdown": render_markdown, "json": render_json, "html": render_html}
 
 
-def render(obj: Mapping[str, Any], now: datetime, output: str = "text") -> str:
+def render(obj: Mapping[str, Any], now: datetime, output: str = "table") -> str:
     return RENDERERS[output](decision_report(obj, now))

@@ -17,7 +17,7 @@ import yaml
 
 from modelrollout import plugin
 from modelrollout.kube import ACTION_ANNOTATION
-from modelrollout_dev.browser import rendered_dom
+from modelrollout_dev.browser import rendered_dom, screenshot
 from modelrollout_dev.devenv.environment import EnvironmentState
 from scenario_support import Rollout
 
@@ -168,6 +168,10 @@ def test_a_manual_gate_driven_with_the_plugin(
         ("Advanced (Promote)", ("Pass", "Pass")),
         ("Promoted", ("Pass", "Pass")),
     ]
+    assert {row[5] for row in tables.rows["gates-1"][1:]} == {("Pass: within bounds", "Pass")}
+    picture = screenshot(saved.as_uri(), tmp_path / "report.png")
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    print(f"the report as Chromium renders it: {picture}")
     assert {row[0][0] for row in tables.rows["gates-1"][1:]} == {"error-rate", "p99-latency-ms"}
 
 

@@ -57,7 +57,7 @@ def test_a_promoted_rollout_reads_stage_by_stage() -> None:
         "0.004",
         "-",
         "<= 0.02",
-        "Pass",
+        "Pass: within bounds",
     )
 
 
@@ -98,13 +98,16 @@ def test_a_comparing_gate_shows_control_treatment_and_delta() -> None:
         "400",
         "540",
         "+140 (+35%)",
-        "Fail",
+        "Fail: worse",
     )
-    text = report.render_text(built)
+    text = report.render_table(built)
     assert "output-tokens" in text
     assert "+140 (+35%)" in text
     markdown = report.render_markdown(built)
-    assert "| output-tokens | 400 | 540 | +140 (+35%) | canary at most +20% over stable | Fail |" in markdown
+    assert (
+        "| output-tokens | 400 | 540 | +140 (+35%) | canary at most +20% over stable | Fail: worse |"
+        in markdown
+    )
     assert json.loads(report.render_json(built))["stages"][0]["gates"][0]["delta"] == "+140 (+35%)"
 
 
@@ -120,7 +123,7 @@ def test_the_running_stage_is_shown_from_the_latest_check() -> None:
 
 def test_nothing_run_yet_says_so() -> None:
     obj = as_object(api.ModelRolloutStatus())
-    assert "No stage has run yet." in report.render(obj, T0, "text")
+    assert "No stage has run yet." in report.render(obj, T0, "table")
     assert "No stage has run yet." in report.render(obj, T0, "markdown")
 
 
@@ -131,4 +134,19 @@ def test_the_html_page_escapes_what_it_shows_and_fetches_nothing() -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
     assert "http" not in page  # self-contained: no stylesheet, script or image from anywhere
     assert page.count('<table id="gates-') == 3
-    assert '<td class="Pass">Pass</td>' in page
+    assert '<td class="Pass">Pass: within bounds</td>' in page
+
+
+def test_decisions_read_in_words() -> None:
+    def word(**fields: Any) -> str:
+        return report.decision_word(api.GateSummary(name="g", **fields))
+
+    assert word(verdict=api.Verdict.FAIL) == "breached"
+    assert word(verdict=api.Verdict.FAIL, control=1.0) == "worse"
+    assert word(verdict=api.Verdict.FAIL, p_value=0.001) == "worse"
+    assert word(verdict=api.Verdict.INCONCLUSIVE) == "not enough data"
+    assert word(verdict=api.Verdict.ERROR) == "no answer (error)"
+    assert word(verdict=api.Verdict.PASS) == "within bounds"
+    assert word(verdict=api.Verdict.PASS, control=1.0) == "no worse"
+    assert word(verdict=api.Verdict.PASS, p_value=0.4) == "no worse so far"
+    assert word(verdict=api.Verdict.PASS, p_value=0.4, no_worse=True) == "no worse (evidence)"

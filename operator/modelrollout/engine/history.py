@@ -66,6 +66,7 @@ def _gate(result: api.GateResult) -> api.GateSummary:
         control=result.control,
         bound=result.bound or bounds_text(result.min, result.max) or None,
         p_value=result.evidence.p_value if result.evidence is not None else None,
+        no_worse=bool(result.evidence and result.evidence.no_worse),
     )
 
 
