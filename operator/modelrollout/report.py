@@ -196,7 +196,9 @@ def decision_report(obj: Mapping[str, Any], now: datetime) -> Report:
         stable=target_text(stable or {}),
         canary=target_text(canary or {}),
         experiment_id=status.experiment_id or MISSING,
-        phase=f"{status.phase.value} ({status.reason})" if status.reason else status.phase.value,
+        phase=f"{status.phase.value} ({status.reason})"
+        if status.reason and status.reason != status.phase.value
+        else status.phase.value,
         message=status.message or MISSING,
         stages=tuple(rows),
     )

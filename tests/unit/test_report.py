@@ -40,7 +40,7 @@ def test_a_promoted_rollout_reads_stage_by_stage() -> None:
     assert built.rollout == "llm/chat"
     assert built.stable == "gpt-4o -> llm-gpt4o"
     assert built.canary == "claude-opus-4-8 -> llm-claude"
-    assert built.phase == "Promoted (Promoted)"
+    assert built.phase == "Promoted"
     assert [(r.stage, r.traffic, r.ran, r.last_check, r.outcome) for r in built.stages] == [
         ("1/3", "5%", "60s", "Pass", "Advanced (Soak)"),
         ("2/3", "20%", "60s", "Pass", "Advanced (Promote)"),
