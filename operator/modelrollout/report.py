@@ -82,6 +82,8 @@ def _delta(value: float | None, control: float | None) -> str:
     if value is None or control is None:
         return MISSING
     delta = value - control
+    if abs(delta) <= 1e-9 * max(abs(value), abs(control), 1.0):
+        delta = 0.0  # floating-point noise of two equal rates, not a difference
     text = ("+" if delta >= 0 else "") + number(delta)
     if control:
         relative = delta / control

@@ -137,6 +137,27 @@ def test_the_html_page_escapes_what_it_shows_and_fetches_nothing() -> None:
     assert '<td class="Pass">Pass: within bounds</td>' in page
 
 
+def test_equal_values_differ_by_nothing_not_by_rounding_noise() -> None:
+    summary = api.GateSummary(name="g", verdict=api.Verdict.PASS, value=200.00000000000003, control=200.0)
+    assert (
+        report.decision_report(
+            as_object(
+                api.ModelRolloutStatus(
+                    phase=api.Phase.PROMOTED,
+                    stage_history=[
+                        api.StageRecord(stage=0, weight=5, ended_at=T0, outcome="Promoted", gates=[summary])
+                    ],
+                )
+            ),
+            T0,
+        )
+        .stages[0]
+        .gates[0]
+        .delta
+        == "+0 (+0%)"
+    )
+
+
 def test_decisions_read_in_words() -> None:
     def word(**fields: Any) -> str:
         return report.decision_word(api.GateSummary(name="g", **fields))

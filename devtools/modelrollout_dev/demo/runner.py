@@ -12,13 +12,14 @@ import sys
 import time
 import urllib.request
 from collections import deque
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from kubernetes import client, config
 
-from modelrollout import api
+from modelrollout import api, report
 from modelrollout_dev.demo import scenario, timeline, view
 from modelrollout_dev.devenv.environment import DevEnvironment, runs_root
 from modelrollout_dev.devenv.processes import ProcessSet
@@ -228,6 +229,13 @@ class Demo:
         print(text)
         picture = timeline.draw(list(series.values()), self.picture)
         print(f"timeline: {picture}")
+        for live in rollouts:
+            name = live["metadata"]["name"]
+            page = self.picture.with_name(
+                self.picture.name.replace("demo-timeline-", f"demo-report-{name}-")
+            ).with_suffix(".html")
+            page.write_text(report.render(live, datetime.now(UTC), "html"))
+            print(f"decision report of {name}: {page}")
         return 0 if ok else 1
 
     @staticmethod
