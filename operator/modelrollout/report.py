@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from modelrollout import api
+from modelrollout.engine.history import gate_summary, stage_requests
 from modelrollout.plugin_view import MISSING, number, table, target_text
 
 _HEADERS = ("Stage", "Traffic", "Users", "Requests (canary/stable)", "Ran", "Last check", "Outcome")
@@ -146,19 +147,8 @@ def _finished(spec: Mapping[str, Any], record: api.StageRecord, count: int) -> S
 def _running(spec: Mapping[str, Any], status: api.ModelRolloutStatus, count: int, now: datetime) -> StageRow:
     last = status.last_analysis
     check = last if last is not None and last.stage == status.stage else None
-    counted = next((a for a in status.accumulations if a.stage == status.stage), None)
-    gates = [
-        api.GateSummary(
-            name=g.name,
-            verdict=g.verdict,
-            value=g.value,
-            control=g.control,
-            bound=g.bound,
-            p_value=g.evidence.p_value if g.evidence else None,
-            no_worse=bool(g.evidence and g.evidence.no_worse),
-        )
-        for g in (check.gates if check else [])
-    ]
+    counted = stage_requests(status, status.stage)
+    gates = [gate_summary(g) for g in (check.gates if check else [])]
     return StageRow(
         stage=_stage_label(status.stage, count),
         traffic=api.exposure(status.canary_weight, status.shadow),

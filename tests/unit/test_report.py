@@ -171,3 +171,27 @@ def test_decisions_read_in_words() -> None:
     assert word(verdict=api.Verdict.PASS, control=1.0) == "no worse"
     assert word(verdict=api.Verdict.PASS, p_value=0.4) == "no worse so far"
     assert word(verdict=api.Verdict.PASS, p_value=0.4, no_worse=True) == "no worse (evidence)"
+
+
+def test_the_running_stage_counts_requests_from_the_sample_ratio_check_not_a_gates_events() -> None:
+    since = T0
+    status = api.ModelRolloutStatus(
+        phase=api.Phase.PROGRESSING,
+        pair_hash="p",
+        stage=0,
+        canary_weight=10,
+        stage_started_at=since,
+        accumulations=[
+            api.Accumulation(name="errors", stage=0, canary_weight=10, since=since, canary_events=3),
+            api.Accumulation(
+                name="(sample-ratio)",
+                stage=0,
+                canary_weight=10,
+                since=since,
+                canary_events=100,
+                stable_events=900,
+            ),
+        ],
+    )
+    (row,) = report.decision_report(as_object(status), T0 + timedelta(seconds=30)).stages
+    assert row.requests == "100 / 900 (10.0% canary)"

@@ -50,15 +50,15 @@ def _last_check(before: api.ModelRolloutStatus, after: api.ModelRolloutStatus) -
     return None
 
 
-def _requests(before: api.ModelRolloutStatus, after: api.ModelRolloutStatus) -> api.Accumulation | None:
-    for accumulations in (after.accumulations, before.accumulations):
-        for accumulation in accumulations:
-            if accumulation.name == SAMPLE_RATIO and accumulation.stage == before.stage:
-                return accumulation
+def stage_requests(status: api.ModelRolloutStatus, stage: int) -> api.Accumulation | None:
+    """Requests per variant in `stage`, where the sample-ratio check of sequential gates counted them."""
+    for accumulation in status.accumulations:
+        if accumulation.name == SAMPLE_RATIO and accumulation.stage == stage:
+            return accumulation
     return None
 
 
-def _gate(result: api.GateResult) -> api.GateSummary:
+def gate_summary(result: api.GateResult) -> api.GateSummary:
     return api.GateSummary(
         name=result.name,
         verdict=result.verdict,
@@ -74,7 +74,7 @@ def stage_record(
     before: api.ModelRolloutStatus, after: api.ModelRolloutStatus, outcome: str, now: datetime
 ) -> api.StageRecord:
     check = _last_check(before, after)
-    counted = _requests(before, after)
+    counted = stage_requests(after, before.stage) or stage_requests(before, before.stage)
     return api.StageRecord(
         stage=before.stage,
         weight=before.canary_weight,
@@ -85,7 +85,7 @@ def stage_record(
         verdict=check.verdict if check else None,
         canary_requests=counted.canary_events if counted else None,
         stable_requests=counted.stable_events if counted else None,
-        gates=[_gate(result) for result in check.gates] if check else [],
+        gates=[gate_summary(result) for result in check.gates] if check else [],
     )
 
 
