@@ -609,6 +609,7 @@ class Analysis(ApiModel):
         max_length=MAX_GATES,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
+    judge: Judge | None = Field(None, description="Read by the judge service, not the operator.")
 
     @field_validator("gates")
     @classmethod
@@ -618,6 +619,57 @@ class Analysis(ApiModel):
         if duplicates:
             raise ValueError(f"gate names must be unique: {', '.join(duplicates)}")
         return gates
+
+
+# ---- the judge (read by the judge service; the operator only validates it) ----
+
+DEFAULT_CRITERIA = ("accuracy", "clarity", "completeness")
+
+
+class JudgeModelRef(ApiModel):
+    url: HttpUrl = Field(
+        description="OpenAI-compatible base URL of the judge model, e.g. http://judge:8000/v1."
+    )
+    name: str = Field(min_length=1, max_length=253, description="The judge model's name.")
+    secret_ref: LocalObjectReference | None = Field(
+        None,
+        description="Secret in the rollout's namespace with `api-key` and `url`: the key is sent as a bearer "
+        "token only when the Secret's own `url` equals `url`, so a spec edit cannot send it elsewhere.",
+    )
+
+
+class EvalSet(ApiModel):
+    config_map_ref: LocalObjectReference = Field(description="ConfigMap in the rollout's namespace.")
+    key: str = Field("prompts", min_length=1, max_length=253, description="Its key: one prompt per line.")
+
+
+class JudgeEndpoints(ApiModel):
+    stable: HttpUrl | None = Field(
+        None, description="OpenAI-compatible base URL of the stable's model server."
+    )
+    canary: HttpUrl | None = Field(None, description="... and of the canary's.")
+
+
+class Judge(ApiModel):
+    """LLM-as-judge pairwise comparison of the stable's and the canary's answers, run by the judge service
+    (`modelrollout judge`), which exports its verdicts as Prometheus metrics for gates to read."""
+
+    model: JudgeModelRef
+    eval_set: EvalSet | None = Field(None, description="Prompts replayed to both variants.")
+    endpoints: JudgeEndpoints | None = Field(
+        None,
+        description="Where prompts are replayed. Default: http://HOST.NAMESPACE.svc.cluster.local[:PORT]/v1 "
+        "of the stable and the canary.",
+    )
+    rate_per_minute: int = Field(30, ge=1, le=600, description="Pairs judged per minute at most.")
+    budget_per_hour: int = Field(500, ge=1, le=100_000, description="Judge model calls per hour at most.")
+    timeout: PositiveDuration = Field(timedelta(seconds=30), description="Per model call. Default 30s.")
+    criteria: list[DnsLabel] = Field(
+        default_factory=lambda: list(DEFAULT_CRITERIA),
+        min_length=1,
+        max_length=8,
+        description="What the judge scores, 0-10 each, beside naming a winner.",
+    )
 
 
 _PRICED_SOURCES = "[" + ", ".join(f"'{s.value}'" for s in MetricsSource if priced_cost(s.value)) + "]"

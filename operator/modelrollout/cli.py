@@ -1,9 +1,9 @@
 """Console entry point: `modelrollout <command>`.
 
-The operator's own commands are `run` and `crds`. Other packages add commands through the
-`modelrollout.commands` entry-point group: each entry point, named after its command, is a function that adds
-that subcommand (with a `handler` default) to the parser. The repository's dev tooling (modelrollout-dev, in
-devtools/) adds `dev`, `sim` and `demo` this way; the operator never imports it.
+The operator's own commands are `run`, `judge` (the judge service) and `crds`. Other packages add commands
+through the `modelrollout.commands` entry-point group: each entry point, named after its command, is a
+function that adds that subcommand (with a `handler` default) to the parser. The repository's dev tooling
+(modelrollout-dev, in devtools/) adds `dev`, `sim` and `demo` this way; the operator never imports it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from modelrollout import __version__, crdgen, run
+from modelrollout.judge import command as judge_command
 
 COMMANDS_GROUP = "modelrollout.commands"
 # Commands of the repository's dev tooling: named here only to say where they come from when it is absent.
@@ -63,6 +64,7 @@ def build_parser(extra_commands: Iterable[EntryPoint] = ()) -> argparse.Argument
     crds.add_argument("--check", action="store_true", help="fail if the CRD on disk is out of date")
     crds.set_defaults(handler=write_crds)
     run.add_parser(subparsers)
+    judge_command.add_parser(subparsers)
     for entry in extra_commands:
         entry.load()(subparsers)
     return parser
@@ -73,7 +75,7 @@ def _commands_to_load(command: str | None, installed: Mapping[str, EntryPoint]) 
     errors) all are, so that they are listed."""
     if command is not None and command in installed:
         return [installed[command]]
-    if command in ("run", "crds"):
+    if command in ("run", "crds", "judge"):
         return []
     return [installed[name] for name in sorted(installed)]
 

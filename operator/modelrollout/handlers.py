@@ -10,12 +10,11 @@ import os
 from typing import Any
 
 import kopf
-from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from modelrollout import api
 from modelrollout.config import OperatorConfig
-from modelrollout.kube import ACTION_ANNOTATION, describe_api_error
+from modelrollout.kube import ACTION_ANNOTATION, default_api_client, describe_api_error
 from modelrollout.notify import Notifier, NotifyTargets
 from modelrollout.reconciler import Reconciler
 
@@ -29,14 +28,6 @@ class Runtime:
     config = OperatorConfig()
     tick_seconds = 5.0
     namespaces: tuple[str, ...] = ()
-
-
-def _api_client() -> client.ApiClient:
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
 
 
 @kopf.on.startup()
@@ -58,7 +49,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         # Exact namespaces need no cluster-wide discovery: a namespaced install (Roles only) starts at once
         # instead of retrying cluster-scoped lists it may not make.
         settings.scanning.disabled = True
-    reconciler, kube = Reconciler.for_cluster(await asyncio.to_thread(_api_client), Runtime.config)
+    reconciler, kube = Reconciler.for_cluster(await asyncio.to_thread(default_api_client), Runtime.config)
     memo.reconciler = reconciler
     if Runtime.config.metrics_port:
         reconciler.telemetry.serve(Runtime.config.metrics_port)

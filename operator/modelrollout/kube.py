@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from modelrollout import api
@@ -21,6 +21,15 @@ ACTION_ANNOTATION = f"{api.GROUP}/action"
 REPORTING_COMPONENT = "modelrollout-operator"
 
 log = logging.getLogger(__name__)
+
+
+def default_api_client() -> client.ApiClient:
+    """In a Pod, its ServiceAccount; elsewhere, the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
 
 
 @dataclass(frozen=True)

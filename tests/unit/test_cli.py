@@ -69,7 +69,7 @@ def test_help_lists_the_added_commands(
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert sorted(loaded) == ["demo", "dev", "sim"]
-    assert "{crds,run,demo,dev,sim}" in capsys.readouterr().out
+    assert "{crds,run,judge,demo,dev,sim}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv", [["dev", "up"], ["sim", "--port", "0"], ["demo"]])

@@ -88,6 +88,7 @@ class _State:
     models: dict[str, FakeModel]
     rng: random.Random
     calls: dict[str, int] = field(default_factory=dict)
+    authorizations: dict[str, list[str]] = field(default_factory=dict)  # the Authorization headers seen
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -136,6 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(404, f"the model {name!r} does not exist", "not_found")
                 return
             state.calls[name] = state.calls.get(name, 0) + 1
+            state.authorizations.setdefault(name, []).append(self.headers.get("Authorization", ""))
             failed = model.error_rate > 0 and state.rng.random() < model.error_rate
             garbage = model.judge and model.garbage_rate > 0 and state.rng.random() < model.garbage_rate
             refusal = ""
@@ -241,6 +243,11 @@ class FakeOpenAIServer:
     def calls(self, name: str) -> int:
         with self._state.lock:
             return self._state.calls.get(name, 0)
+
+    def authorizations(self, name: str) -> list[str]:
+        """The Authorization header of each request to `name` ("" when none was sent)."""
+        with self._state.lock:
+            return list(self._state.authorizations.get(name, []))
 
     def stop(self) -> None:
         if self._server is not None:

@@ -1,0 +1,50 @@
+"""`modelrollout judge`: the judge service as a process (its own Deployment; read-only on ModelRollouts,
+ConfigMaps and Secrets, nothing on VirtualServices)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+import httpx
+
+from modelrollout.judge.service import JudgeService, kube_reads, serve
+from modelrollout.kube import default_api_client
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    judge = subparsers.add_parser("judge", help="run the judge service (LLM-as-judge verdicts as metrics)")
+    judge.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="only this namespace (repeatable)",
+    )
+    judge.add_argument("--port", type=int, default=8090, help="port of /metrics and POST /v1/pairs")
+    judge.add_argument(
+        "--sync-interval", type=float, default=5.0, help="seconds between listings of rollouts"
+    )
+    judge.add_argument("--verbose", action="store_true")
+    judge.set_defaults(handler=main)
+
+
+async def _run(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with httpx.AsyncClient() as http:
+        service = JudgeService(kube_reads(default_api_client(), tuple(args.namespace)), http)
+        await serve(service, args.port, args.sync_interval, stop)
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    asyncio.run(_run(args))
+    return 0

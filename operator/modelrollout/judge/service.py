@@ -1,0 +1,318 @@
+"""The judge service: for every rollout under way that declares `spec.analysis.judge`, replay its evaluation
+set to the stable and the canary, have the judge model compare each pair blind and in random order, and
+export the verdicts as Prometheus metrics; live pairs posted by apps to `POST /v1/pairs` count the same way.
+
+It only reads ModelRollouts, ConfigMaps (evaluation sets) and Secrets (judge keys) and never writes to the
+API server; the operator's gates read its metrics. Prompts and answers stay in memory for one judgement and
+are neither logged nor stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from aiohttp import web
+from kubernetes import client
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from modelrollout import api
+from modelrollout.judge.blind import Pair, outcome, shown
+from modelrollout.judge.budget import HourlyBudget
+from modelrollout.judge.metrics import JudgeMetrics
+from modelrollout.judge.rubric import MalformedVerdict, Rubric, judge_messages, parse_verdict
+from modelrollout.judge.targets import JudgeTarget, judge_target
+
+log = logging.getLogger(__name__)
+
+MAX_LIVE_TEXT = 100_000  # characters of a live pair's prompt or answer
+MAX_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class JudgeKey:
+    url: str
+    api_key: str
+
+
+@dataclass
+class KubeReads:
+    """What the service reads from the API server, as coroutines (the kubernetes client runs off the loop)."""
+
+    list_rollouts: Callable[[], Awaitable[list[dict[str, Any]]]]
+    read_config_map: Callable[[str, str], Awaitable[Mapping[str, str]]]
+    read_secret: Callable[[str, str], Awaitable[Mapping[str, str]]]
+
+
+@dataclass
+class _Work:
+    target: JudgeTarget
+    budget: HourlyBudget
+    task: asyncio.Task[None] | None = None
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+class JudgeService:
+    def __init__(
+        self,
+        reads: KubeReads,
+        http: httpx.AsyncClient,
+        metrics: JudgeMetrics | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.reads = reads
+        self.http = http
+        self.metrics = metrics or JudgeMetrics()
+        self.rng = rng or random.Random()  # noqa: S311  (the order shown to a judge, not a secret)
+        self.clock = clock
+        self.work: dict[tuple[str, str], _Work] = {}
+
+    # ---- which rollouts ----
+
+    async def sync(self) -> None:
+        """Start judging new targets (a rollout under way, or a new pair of one), stop judging the rest."""
+        wanted: dict[tuple[str, str], JudgeTarget] = {}
+        for obj in await self.reads.list_rollouts():
+            target = judge_target(obj)
+            if target is not None:
+                wanted[(target.namespace, target.name)] = target
+        for key, work in list(self.work.items()):
+            if key not in wanted or wanted[key].key != work.target.key or wanted[key] != work.target:
+                self._stop(key)
+        for key, target in wanted.items():
+            if key not in self.work:
+                work = _Work(target, HourlyBudget(target.judge.budget_per_hour))
+                work.task = asyncio.create_task(self._replay_loop(work), name=f"judge {key[0]}/{key[1]}")
+                self.work[key] = work
+
+    def _stop(self, key: tuple[str, str]) -> None:
+        work = self.work.pop(key)
+        for task in (work.task, *work.tasks):
+            if task is not None:
+                task.cancel()
+
+    async def close(self) -> None:
+        for key in list(self.work):
+            self._stop(key)
+
+    # ---- replay ----
+
+    async def _replay_loop(self, work: _Work) -> None:
+        target = work.target
+        eval_set = target.judge.eval_set
+        if eval_set is None:
+            return  # live pairs only
+        try:
+            data = await self.reads.read_config_map(target.namespace, eval_set.config_map_ref.name)
+        except Exception as error:
+            log.warning("%s/%s: evaluation set not readable: %s", target.namespace, target.name, error)
+            return
+        prompts = [line.strip() for line in (data.get(eval_set.key) or "").splitlines() if line.strip()]
+        if not prompts:
+            log.warning(
+                "%s/%s: evaluation set %s has no prompts", target.namespace, target.name, eval_set.key
+            )
+            return
+        pause = target.interval.total_seconds()
+        for prompt in itertools.cycle(prompts):
+            started = self.clock()
+            pair = await self.replay(target, prompt)
+            if pair is not None:
+                await self.judge(work, pair, "replay")
+            await asyncio.sleep(max(0.0, pause - (self.clock() - started)))
+
+    async def replay(self, target: JudgeTarget, prompt: str) -> Pair | None:
+        """Both variants' answers to `prompt`, or None (counted) when either cannot answer."""
+        messages = [{"role": "user", "content": prompt}]
+        timeout = target.judge.timeout.total_seconds()
+        answers = await asyncio.gather(
+            self._complete(target.stable_url, target.stable_model, messages, timeout),
+            self._complete(target.canary_url, target.canary_model, messages, timeout),
+            return_exceptions=True,
+        )
+        if any(isinstance(answer, BaseException) for answer in answers):
+            self.metrics.errors.labels(target.namespace, target.name, "variant-unreachable").inc()
+            return None
+        stable, canary = (str(answer) for answer in answers)
+        return Pair(uuid.uuid4().hex, prompt, stable_answer=stable, canary_answer=canary)
+
+    # ---- judging ----
+
+    async def judge(self, work: _Work, pair: Pair, source: str) -> str | None:
+        """The canary's result on `pair` (win, loss or tie), recorded in the metrics; None when not judged."""
+        target = work.target
+        labels = (target.namespace, target.name)
+        self.metrics.pairs.labels(*labels, source).inc()
+        rubric = Rubric(criteria=tuple(target.judge.criteria))
+        shown_pair = shown(pair, self.rng)
+        messages = judge_messages(rubric, pair.prompt, shown_pair.answer_a, shown_pair.answer_b)
+        model = target.judge.model
+        api_key = await self._api_key(target)
+        for attempt in (1, 2):  # a malformed verdict is retried once, then counted as an error
+            if not work.budget.take(self.clock()):
+                self.metrics.errors.labels(*labels, "budget").inc()
+                return None
+            self.metrics.calls.labels(*labels).inc()
+            try:
+                text = await self._complete(
+                    model.url, model.name, messages, target.judge.timeout.total_seconds(), api_key
+                )
+            except (httpx.HTTPError, ValueError):
+                self.metrics.errors.labels(*labels, "judge-unreachable").inc()
+                return None
+            try:
+                verdict = parse_verdict(text, rubric)
+            except MalformedVerdict as error:
+                log.info("%s/%s: malformed verdict (attempt %d): %s", *labels, attempt, error)
+                continue
+            result = outcome(shown_pair, verdict)
+            self.metrics.verdicts.labels(*labels, result.canary).inc()
+            for variant, scores in (("canary", result.canary_scores), ("stable", result.stable_scores)):
+                for criterion, score in scores.items():
+                    self.metrics.scores.labels(*labels, variant, criterion).observe(score)
+            return result.canary
+        self.metrics.errors.labels(*labels, "malformed").inc()
+        return None
+
+    async def _api_key(self, target: JudgeTarget) -> str | None:
+        """The judge's key, only for the URL its Secret names (a spec edit cannot send it elsewhere)."""
+        ref = target.judge.model.secret_ref
+        if ref is None:
+            return None
+        try:
+            data = await self.reads.read_secret(target.namespace, ref.name)
+        except Exception as error:
+            log.warning(
+                "%s/%s: judge Secret %s not readable: %s", target.namespace, target.name, ref.name, error
+            )
+            return None
+        if data.get("url", "").rstrip("/") != target.judge.model.url.rstrip("/"):
+            log.warning(
+                "%s/%s: judge Secret %s is for another URL; the key is not sent",
+                target.namespace,
+                target.name,
+                ref.name,
+            )
+            return None
+        return data.get("api-key")
+
+    async def _complete(
+        self,
+        base_url: str,
+        model: str,
+        messages: list[dict[str, str]],
+        seconds: float,
+        api_key: str | None = None,
+    ) -> str:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        response = await self.http.post(
+            f"{base_url.rstrip('/')}/chat/completions",
+            json={"model": model, "messages": messages, "max_tokens": MAX_TOKENS},
+            headers=headers,
+            timeout=seconds,
+        )
+        response.raise_for_status()
+        body = response.json()
+        content = body["choices"][0]["message"]["content"]
+        if not isinstance(content, str):
+            raise ValueError("the answer has no text")
+        return content
+
+    # ---- live pairs and metrics over HTTP ----
+
+    async def post_pair(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            key = (str(body["namespace"]), str(body["rollout"]))
+            texts = [str(body[name]) for name in ("prompt", "stableAnswer", "canaryAnswer")]
+        except (ValueError, KeyError, TypeError):
+            return web.json_response(
+                {"error": "a pair needs namespace, rollout, prompt, stableAnswer, canaryAnswer"}, status=400
+            )
+        if any(len(text) > MAX_LIVE_TEXT for text in texts):
+            return web.json_response(
+                {"error": f"texts are limited to {MAX_LIVE_TEXT} characters"}, status=413
+            )
+        work = self.work.get(key)
+        if work is None:
+            return web.json_response({"error": f"{key[0]}/{key[1]} is not being judged"}, status=404)
+        pair = Pair(str(body.get("requestId") or uuid.uuid4().hex), texts[0], texts[1], texts[2])
+        task = asyncio.create_task(self.judge(work, pair, "live"))
+        work.tasks.add(task)
+        task.add_done_callback(work.tasks.discard)
+        return web.json_response({"accepted": pair.request_id}, status=202)
+
+    async def metrics_page(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    def app(self) -> web.Application:
+        application = web.Application(client_max_size=4 * MAX_LIVE_TEXT)
+        application.router.add_get("/metrics", self.metrics_page)
+        application.router.add_get("/healthz", _healthz)
+        application.router.add_post("/v1/pairs", self.post_pair)
+        return application
+
+
+async def _healthz(_request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+def kube_reads(api_client: Any, namespaces: tuple[str, ...] = ()) -> KubeReads:
+    """KubeReads over the kubernetes client, each call in a thread."""
+    objects, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
+
+    async def list_rollouts() -> list[dict[str, Any]]:
+        if not namespaces:
+            listed: Any = await asyncio.to_thread(
+                objects.list_cluster_custom_object, api.GROUP, api.VERSION, api.PLURAL
+            )
+            return list(listed["items"])
+        items: list[dict[str, Any]] = []
+        for namespace in namespaces:
+            found: Any = await asyncio.to_thread(
+                objects.list_namespaced_custom_object, api.GROUP, api.VERSION, namespace, api.PLURAL
+            )
+            items += found["items"]
+        return items
+
+    async def read_config_map(namespace: str, name: str) -> Mapping[str, str]:
+        found = await asyncio.to_thread(core.read_namespaced_config_map, name, namespace)
+        return dict(found.data or {})
+
+    async def read_secret(namespace: str, name: str) -> Mapping[str, str]:
+        found = await asyncio.to_thread(core.read_namespaced_secret, name, namespace)
+        return {key: base64.b64decode(value).decode() for key, value in (found.data or {}).items()}
+
+    return KubeReads(list_rollouts, read_config_map, read_secret)
+
+
+async def serve(service: JudgeService, port: int, sync_interval: float, stop: asyncio.Event) -> None:
+    """Serve metrics and live pairs on `port` and follow the rollouts every `sync_interval` seconds."""
+    runner = web.AppRunner(service.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "0.0.0.0", port)  # noqa: S104 - a Service in front of a Pod
+    await site.start()
+    try:
+        while not stop.is_set():
+            try:
+                await service.sync()
+            except Exception as error:
+                log.warning("could not list ModelRollouts: %s", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), sync_interval)
+    finally:
+        await service.close()
+        await runner.cleanup()
