@@ -71,6 +71,7 @@ helm-lint: $(HELM)
 	$(HELM) lint --strict $(CHART)
 	$(HELM) lint --strict $(CHART) --set 'watchNamespaces={llm,llm-eval}' --set notifySecretName=webhook \
 		--set serviceMonitor.enabled=true --set prometheusUrl=$(PROMETHEUS_URL)
+	$(HELM) lint --strict $(CHART) --set judge.enabled=true --set 'judge.secrets={llm/judge-key}'
 
 # ---- kind (needs Docker) ----
 

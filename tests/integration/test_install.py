@@ -200,8 +200,9 @@ def test_helm_is_the_pinned_build_and_make_uses_the_same(helm: Path) -> None:
             "--set",
             "prometheusUrl=http://prometheus.monitoring:9090",
         ],
+        ["--set", "judge.enabled=true", "--set", "judge.secrets={llm/judge-key}"],
     ],
-    ids=["defaults", "namespaced"],
+    ids=["defaults", "namespaced", "judge"],
 )
 def test_chart_lints(helm: Path, values: list[str]) -> None:
     linted = run_helm(helm, "lint", "--strict", str(CHART), *values)
@@ -475,4 +476,55 @@ def test_the_chart_grants_envoyfilters_only_when_told(helm: Path, namespace: str
             "resources": ["envoyfilters"],
             "verbs": ["get", "create", "patch", "delete"],
         }
+    ]
+
+
+def test_the_judge_is_off_by_default_and_read_only_when_on(
+    helm: Path, kubectl: Kubectl, namespace: str, other_namespaces: list[str]
+) -> None:
+    """The judge service gets its own ServiceAccount: reading rollouts and evaluation sets, the key Secrets it
+    is told about and nothing else; its pods are not selected by the operator's Services."""
+    assert not [o for o in render(helm, namespace) if "judge" in o["metadata"]["name"]]
+
+    team = other_namespaces[0]
+    objects = render(
+        helm, namespace, "--set", "judge.enabled=true", "--set", f"judge.secrets={{{team}/judge-key}}"
+    )
+    judge = [
+        o for o in objects if o["metadata"]["name"].endswith("-judge") or "-judge-" in o["metadata"]["name"]
+    ]
+    role = one(judge, "ClusterRole")
+    assert role["rules"] == [
+        {"apiGroups": ["modelrollout.io"], "resources": ["modelrollouts"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]},
+    ]
+    account = one(judge, "ServiceAccount")["metadata"]["name"]
+    assert one(judge, "ClusterRoleBinding")["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": namespace}
+    ]
+    assert one(judge, "Role", team)["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["judge-key"], "verbs": ["get"]}
+    ]
+    deployment = one(judge, "Deployment")
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert (container["command"], container["args"]) == (["modelrollout", "judge"], ["--port", "8090"])
+    assert pod["spec"]["serviceAccountName"] == account
+    operator_services = [o for o in objects if o["kind"] == "Service" and o not in judge]
+    labels = pod["metadata"]["labels"]
+    for service in operator_services:
+        selector = service["spec"]["selector"]
+        assert not all(labels.get(k) == v for k, v in selector.items()), service["metadata"]["name"]
+    assert one(judge, "Service")["spec"]["selector"].items() <= labels.items()
+    dry_run_apply(kubectl, objects)
+
+    watched = render(helm, namespace, "--set", "judge.enabled=true", "--set", f"watchNamespaces={{{team}}}")
+    judge_watched = [o for o in watched if "-judge" in o["metadata"]["name"]]
+    assert not [o for o in judge_watched if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    assert one(judge_watched, "Role", team)["rules"] == role["rules"]
+    assert one(judge_watched, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "--port",
+        "8090",
+        "--namespace",
+        team,
     ]
