@@ -261,3 +261,42 @@ def test_the_judge_key_goes_only_to_the_url_its_secret_names(
         eventually("both judged", lambda: models.calls("judge") >= 1 and elsewhere.calls("judge") >= 1)
         assert models.authorizations("judge") == ["Bearer k-123"]
         assert elsewhere.authorizations("judge") == [""]
+
+
+def test_unreachable_models_are_counted_not_judged(
+    api_client: client.ApiClient, namespace: str, models: FakeOpenAIServer, judge_service: RunningJudge
+) -> None:
+    config_map(api_client, namespace, "eval", {"prompts": PROMPTS})
+    closed = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    evalset = {"configMapRef": {"name": "eval"}}
+    judged_rollout(
+        api_client,
+        namespace,
+        models,
+        "no-canary",
+        evalSet=evalset,
+        endpoints={"stable": models.url, "canary": closed},
+    )
+    judged_rollout(
+        api_client, namespace, models, "no-judge", evalSet=evalset, model={"url": closed, "name": "judge"}
+    )
+    no_canary = {"namespace": namespace, "rollout": "no-canary"}
+    no_judge = {"namespace": namespace, "rollout": "no-judge"}
+    eventually(
+        "unreachable canaries counted",
+        lambda: (
+            judge_service.metric("modelrollout_judge_errors_total", reason="variant-unreachable", **no_canary)
+            >= 3
+        ),
+    )
+    eventually(
+        "an unreachable judge counted",
+        lambda: (
+            judge_service.metric("modelrollout_judge_errors_total", reason="judge-unreachable", **no_judge)
+            >= 3
+        ),
+    )
+    scrape = judge_service.samples()
+    assert judge_service.metric("modelrollout_judge_verdicts_total", scrape, **no_canary) == 0
+    assert judge_service.metric("modelrollout_judge_calls_total", scrape, **no_canary) == 0  # never asked
+    assert judge_service.metric("modelrollout_judge_verdicts_total", scrape, **no_judge) == 0
