@@ -21,52 +21,28 @@ from lupa import luajit21 as lupa  # Envoy runs LuaJIT 2.1; lupa is a test depen
 
 from modelrollout.assign import bucket
 from modelrollout.routing.bucket_lua import ASSIGN_LUA, bucket_filter_lua, lua_string
+from modelrollout_dev.sim.lua_filters import ENVOY_HEADERS_LUA
 
 BUCKET = "x-user-bucket"
 USER = "x-user-id"
 EXPERIMENT = "exp-claude-migration-v1"
 HOSTILE = 'x"]] .. os.exit() --\n]]\'"\\ \r\0 \u00e9\u4e2d\U0001f600' + "\\034" + "y" * 200
 
-FAKE_ENVOY = """
+FAKE_ENVOY = (
+    ENVOY_HEADERS_LUA
+    + """
 local function new_handle(with_clear_route_cache, ...)
   local list, args = {}, {...}
   for i = 1, #args, 2 do list[#list + 1] = {string.lower(args[i]), args[i + 1]} end
   local cleared = 0
-
-  local headers = {}
-  function headers:get(key)
-    local values = {}
-    for _, kv in ipairs(list) do
-      if kv[1] == string.lower(key) then values[#values + 1] = kv[2] end
-    end
-    if #values == 0 then return nil end
-    return table.concat(values, ",")
-  end
-  function headers:add(key, value)
-    assert(type(key) == "string" and type(value) == "string", "add(key, value) takes strings")
-    list[#list + 1] = {string.lower(key), value}
-  end
-  function headers:remove(key)
-    local kept = {}
-    for _, kv in ipairs(list) do
-      if kv[1] ~= string.lower(key) then kept[#kept + 1] = kv end
-    end
-    list = kept
-  end
-  function headers:replace(key, value)
-    self:remove(key)
-    self:add(key, value)
-  end
-  local strict = {__index = function(_, name) error("no such Envoy API: " .. tostring(name)) end}
-  setmetatable(headers, strict)
-
+  local headers, current = ENVOY_HEADERS(list)
   local handle = {}
   function handle:headers() return headers end
   if with_clear_route_cache then
     function handle:clearRouteCache() cleared = cleared + 1 end
   end
-  setmetatable(handle, strict)
-  return handle, function() return list, cleared end
+  setmetatable(handle, envoy_strict)
+  return handle, function() return current(), cleared end
 end
 
 -- Runs envoy_on_request on a request with the given header name/value pairs; returns the bucket header's
@@ -83,6 +59,7 @@ return function(bucket_header, with_clear_route_cache, ...)
   return table.concat(values, "|"), #values, cleared
 end
 """
+)
 
 Run = Callable[..., tuple[Any, int, int]]
 

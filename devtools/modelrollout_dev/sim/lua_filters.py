@@ -29,12 +29,12 @@ ROOT_NAMESPACE = "istio-system"
 LUA_FILTER = "envoy.filters.http.lua"
 _CONTEXTS = ("SIDECAR_OUTBOUND", "ANY")
 
-_HARNESS = """
-return function(flat)
-  local list = {}
-  for i = 1, #flat, 2 do list[#list + 1] = {string.lower(flat[i]), flat[i + 1]} end
-  local function missing(_, name) error("no such Envoy API: " .. tostring(name)) end
-  local function strict(object) return setmetatable(object, {__index = missing}) end
+# Envoy's header object over a list of {name, value} pairs: `get` (repeated headers joined by ","), `add`,
+# `replace`, `remove`; names case-insensitive; anything else is an error. One definition for the simulator
+# and the unit tests of the filter's Lua: `local headers, current = ENVOY_HEADERS(list)`.
+ENVOY_HEADERS_LUA = """
+local envoy_strict = {__index = function(_, name) error("no such Envoy API: " .. tostring(name)) end}
+local function ENVOY_HEADERS(list)
   local headers = {}
   function headers:get(key)
     local values = {}
@@ -59,22 +59,34 @@ return function(flat)
     self:remove(key)
     self:add(key, value)
   end
+  setmetatable(headers, envoy_strict)
+  return headers, function() return list end
+end
+"""
+
+_HARNESS = (
+    ENVOY_HEADERS_LUA
+    + """
+return function(flat)
+  local list = {}
+  for i = 1, #flat, 2 do list[#list + 1] = {string.lower(flat[i]), flat[i + 1]} end
+  local headers, current = ENVOY_HEADERS(list)
   local handle = {}
   function handle:headers() return headers end
   function handle:clearRouteCache() end
   function handle:logInfo(message) end
   function handle:logWarn(message) end
-  strict(headers)
-  strict(handle)
+  setmetatable(handle, envoy_strict)
   envoy_on_request(handle)
   local out = {}
-  for _, kv in ipairs(list) do
+  for _, kv in ipairs(current()) do
     out[#out + 1] = kv[1]
     out[#out + 1] = kv[2]
   end
   return out
 end
 """
+)
 
 
 @dataclass
