@@ -287,6 +287,15 @@ func returnedTable(returned lua.LValue) (any, error) {
 	return fromLua(returned, map[*lua.LTable]bool{})
 }
 
+// runForTable runs a script that must return a table (actions, discovery) and converts it.
+func runForTable(source string, obj map[string]any) (any, error) {
+	returned, err := runScript(source, obj)
+	if err != nil {
+		return nil, err
+	}
+	return returnedTable(returned)
+}
+
 type healthResult struct {
 	Status  string `json:"status"`
 	Message string `json:"message"`
@@ -320,11 +329,7 @@ func runHealth(source string, obj map[string]any) (any, error) {
 }
 
 func runAction(source string, raw []byte, obj map[string]any, mergePatch bool) (any, error) {
-	returned, err := runScript(source, obj)
-	if err != nil {
-		return nil, err
-	}
-	converted, err := returnedTable(returned)
+	converted, err := runForTable(source, obj)
 	if err != nil {
 		return nil, err
 	}
@@ -400,11 +405,7 @@ type discoveredAction struct {
 }
 
 func runDiscovery(source string, obj map[string]any) (any, error) {
-	returned, err := runScript(source, obj)
-	if err != nil {
-		return nil, err
-	}
-	converted, err := returnedTable(returned)
+	converted, err := runForTable(source, obj)
 	if err != nil {
 		return nil, err
 	}
