@@ -25,6 +25,7 @@ from modelrollout.config import OperatorConfig
 from modelrollout.kube import ACTION_ANNOTATION, RolloutRef, StaleObject
 from modelrollout.notify import Notification, Notifier, NotifyTargets
 from modelrollout.reconciler import Reconciler
+from modelrollout.routing.envoy_filter import BucketFilter, bucket_filter
 from modelrollout.routing.istio_router import IstioRouter
 from modelrollout.routing.router import Router
 
@@ -330,6 +331,20 @@ def sample_vs(namespace: str = NAMESPACE, name: str = "llm") -> dict[str, Any]:
             ],
         },
     }
+
+
+def sample_bucket_filter(experiment_id: str = "exp-1") -> BucketFilter:
+    """The bucket EnvoyFilter of rollout llm/chat (uid-1) for the VirtualService host `chat`."""
+    return bucket_filter(
+        namespace="llm",
+        rollout="chat",
+        rollout_uid="uid-1",
+        bucket_header="x-modelrollout-bucket",
+        user_header="x-user-id",
+        experiment_id=experiment_id,
+        hosts=["chat"],
+        vs_namespace="llm",
+    )
 
 
 def sample_spec(**analysis: Any) -> dict[str, Any]:

@@ -6,7 +6,8 @@ import copy
 
 import pytest
 
-from modelrollout.routing.envoy_filter import BucketFilter, authority_hosts, bucket_filter, filter_name
+from fakes import sample_bucket_filter
+from modelrollout.routing.envoy_filter import authority_hosts, filter_name
 
 SVC = "svc.cluster.local"
 
@@ -41,21 +42,8 @@ def test_the_name_is_the_rollouts_and_stays_a_valid_object_name() -> None:
     assert filter_name("s" * 253) != name
 
 
-def make(experiment_id: str = "exp-1") -> BucketFilter:
-    return bucket_filter(
-        namespace="llm",
-        rollout="chat",
-        rollout_uid="uid-1",
-        bucket_header="x-modelrollout-bucket",
-        user_header="x-user-id",
-        experiment_id=experiment_id,
-        hosts=["chat"],
-        vs_namespace="llm",
-    )
-
-
 def test_a_live_filter_is_current_only_with_the_same_spec_and_our_labels() -> None:
-    desired = make()
+    desired = sample_bucket_filter()
     live = copy.deepcopy(desired.manifest())
     live["metadata"]["resourceVersion"] = "7"  # what the server adds does not matter
     live["metadata"]["labels"]["team"] = "ml"
@@ -67,5 +55,5 @@ def test_a_live_filter_is_current_only_with_the_same_spec_and_our_labels() -> No
     relabelled = copy.deepcopy(live)
     relabelled["metadata"]["labels"]["modelrollout.io/rollout"] = "other"
     assert not desired.matches(relabelled)
-    other_id = make("exp-2")
+    other_id = sample_bucket_filter("exp-2")
     assert not other_id.matches(live)

@@ -6,24 +6,15 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from fakes import sample_bucket_filter
 from modelrollout.assign import bucket
-from modelrollout.routing.envoy_filter import bucket_filter
 from modelrollout_dev.sim.lua_filters import LuaFilters
 
 EXPERIMENT = "exp-1"
 
 
 def manifest(experiment_id: str = EXPERIMENT, version: str = "1") -> dict[str, Any]:
-    built = bucket_filter(
-        namespace="llm",
-        rollout="chat",
-        rollout_uid="uid-1",
-        bucket_header="x-modelrollout-bucket",
-        user_header="x-user-id",
-        experiment_id=experiment_id,
-        hosts=["chat"],
-        vs_namespace="llm",
-    ).manifest()
+    built = sample_bucket_filter(experiment_id).manifest()
     built["metadata"]["resourceVersion"] = version
     return built
 
