@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_LIVE_TEXT = 100_000  # characters of a live pair's prompt or answer
 MAX_TOKENS = 512
+KEY_REFRESH_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class _Work:
     target: JudgeTarget
     budget: HourlyBudget
     task: asyncio.Task[None] | None = None
+    # The judge key as last read and when: one Secret read a minute, not one per pair.
+    api_key: str | None = None
+    api_key_read_at: float | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
@@ -88,7 +92,7 @@ class JudgeService:
             if target is not None:
                 wanted[(target.namespace, target.name)] = target
         for key, work in list(self.work.items()):
-            if key not in wanted or wanted[key].key != work.target.key or wanted[key] != work.target:
+            if wanted.get(key) != work.target:  # gone, a new pair, or its judge settings edited
                 self._stop(key)
         for key, target in wanted.items():
             if key not in self.work:
@@ -158,7 +162,7 @@ class JudgeService:
         shown_pair = shown(pair, self.rng)
         messages = judge_messages(rubric, pair.prompt, shown_pair.answer_a, shown_pair.answer_b)
         model = target.judge.model
-        api_key = await self._api_key(target)
+        api_key = await self._api_key(work)
         for attempt in (1, 2):  # a malformed verdict is retried once, then counted as an error
             if not work.budget.take(self.clock()):
                 self.metrics.errors.labels(*labels, "budget").inc()
@@ -185,7 +189,16 @@ class JudgeService:
         self.metrics.errors.labels(*labels, "malformed").inc()
         return None
 
-    async def _api_key(self, target: JudgeTarget) -> str | None:
+    async def _api_key(self, work: _Work) -> str | None:
+        """The judge's key, read at most once every KEY_REFRESH_SECONDS (a rotated key is taken up within
+        that), sent only to the URL its Secret names."""
+        now = self.clock()
+        if work.api_key_read_at is not None and now - work.api_key_read_at < KEY_REFRESH_SECONDS:
+            return work.api_key
+        work.api_key, work.api_key_read_at = await self._read_api_key(work.target), now
+        return work.api_key
+
+    async def _read_api_key(self, target: JudgeTarget) -> str | None:
         """The judge's key, only for the URL its Secret names (a spec edit cannot send it elsewhere)."""
         ref = target.judge.model.secret_ref
         if ref is None:
