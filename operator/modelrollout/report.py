@@ -163,9 +163,13 @@ def _running(spec: Mapping[str, Any], status: api.ModelRolloutStatus, count: int
     )
 
 
+def _stage_count(spec: Mapping[str, Any], status: api.ModelRolloutStatus) -> int:
+    return len(spec.get("stages") or []) or (status.stage_count or 0)
+
+
 def finished_stages(spec: Mapping[str, Any], status: api.ModelRolloutStatus) -> tuple[StageRow, ...]:
     """The rows of the stages the operator recorded as finished (what notifications carry)."""
-    count = len(spec.get("stages") or []) or (status.stage_count or 0)
+    count = _stage_count(spec, status)
     return tuple(_finished(spec, record, count) for record in status.stage_history)
 
 
@@ -173,10 +177,9 @@ def decision_report(obj: Mapping[str, Any], now: datetime) -> Report:
     spec = obj.get("spec") or {}
     metadata = obj.get("metadata") or {}
     status = api.ModelRolloutStatus.model_validate(obj.get("status") or {})
-    count = len(spec.get("stages") or []) or (status.stage_count or 0)
     rows = list(finished_stages(spec, status))
     if status.phase in (api.Phase.PROGRESSING, api.Phase.PAUSED) and status.pair_hash is not None:
-        rows.append(_running(spec, status, count, now))
+        rows.append(_running(spec, status, _stage_count(spec, status), now))
     stable = (
         status.stable.model_dump(by_alias=True, exclude_none=True) if status.stable else spec.get("stable")
     )
