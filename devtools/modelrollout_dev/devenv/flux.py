@@ -123,7 +123,7 @@ class FluxControllers:
         self.die_with_parent = die_with_parent
         self.records: dict[str, ProcessRecord] = {}
 
-    def start(self, *, kustomize_flags: tuple[str, ...] = (), timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         storage_port = free_port()
         storage = self.dir / "storage"
         storage.mkdir(parents=True, exist_ok=True)
@@ -135,9 +135,7 @@ class FluxControllers:
             f"--storage-adv-addr=127.0.0.1:{storage_port}",
             timeout=timeout,
         )
-        self._start(
-            "kustomize-controller", self.binaries.kustomize_controller, *kustomize_flags, timeout=timeout
-        )
+        self._start("kustomize-controller", self.binaries.kustomize_controller, timeout=timeout)
 
     def _start(self, name: str, binary: Path, *flags: str, timeout: float) -> None:
         metrics, health = free_port(), free_port()

@@ -53,7 +53,6 @@ class _GitHttpBackend(BaseHTTPRequestHandler):
             "PATH": "/usr/bin:/bin",
         }
         done = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True, check=False)
-        self.server.requests += 1
         separator = b"\r\n\r\n" if b"\r\n\r\n" in done.stdout else b"\n\n"
         head, _, payload = done.stdout.partition(separator)
         status = 200 if done.returncode == 0 else 500
@@ -81,7 +80,6 @@ class _GitServer(ThreadingHTTPServer):
     def __init__(self, root: Path) -> None:
         super().__init__(("127.0.0.1", 0), _GitHttpBackend)
         self.root = root
-        self.requests = 0
 
 
 def _git(*args: str, cwd: Path) -> str:
@@ -113,11 +111,6 @@ class GitRepository:
         threading.Thread(target=self._server.serve_forever, name="git-http", daemon=True).start()
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/{self.bare.name}"
         return self
-
-    @property
-    def requests(self) -> int:
-        """How many HTTP requests the server answered (each fetch is two)."""
-        return self._server.requests if self._server else 0
 
     def commit(self, files: dict[str, str], message: str, *, remove: tuple[str, ...] = ()) -> str:
         """Write `files` (path -> text), delete `remove`, commit and push; the new commit's id."""
