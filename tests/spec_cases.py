@@ -29,6 +29,18 @@ def sample_spec() -> Spec:
     return copy.deepcopy(sample_rollout()["spec"])
 
 
+_JUDGE = {"model": {"url": "http://judge.models:8000/v1", "name": "judge"}}
+_JUDGE_SCORE = {"name": "score", "template": "judge-score", "compare": {"maxDecrease": "10%"}}
+
+
+def _edits(*edits: Callable[[Spec], None]) -> Callable[[Spec], None]:
+    def edit(spec: Spec) -> None:
+        for one in edits:
+            one(spec)
+
+    return edit
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -590,10 +602,45 @@ OPERATOR_ONLY = [
         "spec.analysis.gates[2].query",
         model_says="unterminated string",
     ),
+    Case(
+        "judge-gate-without-judge",
+        _set("analysis.gates.0", {"name": "quality", "template": "judge-win-rate", "test": {}}),
+        "spec.analysis",
+        "spec.analysis.judge must be set",
+        "spec.analysis.judge must be set",
+    ),
+    Case(
+        "criterion-on-another-template",
+        _set("analysis.gates.0.criterion", "accuracy"),
+        "spec.analysis.gates[0]",
+        "only the judge-score template takes it",
+        "only the judge-score template takes it",
+    ),
+    Case(
+        "criterion-not-judged",
+        _edits(
+            _set("analysis.judge", _JUDGE), _set("analysis.gates.0", _JUDGE_SCORE | {"criterion": "tone"})
+        ),
+        "spec.analysis",
+        "must be one of spec.analysis.judge.criteria",
+        "criterion tone is not one of spec.analysis.judge.criteria",
+    ),
 ]
 
 # The other side of each edge: specs that must be accepted.
 VALID = [
+    Case(
+        "judge-gates",
+        _edits(
+            _set("analysis.judge", _JUDGE | {"criteria": ["accuracy", "tone"]}),
+            _set(
+                "analysis.gates.0",
+                {"name": "quality", "template": "judge-win-rate", "test": {"margin": "5%"}},
+            ),
+            _set("analysis.gates.1", _JUDGE_SCORE | {"criterion": "tone"}),
+            _set("analysis.gates.2", _JUDGE_SCORE | {"name": "mean-score"}),
+        ),
+    ),
     Case("sample", lambda s: None),
     Case("shadow-then-weights", _set("stages", _SHADOW_THEN_WEIGHTS)),
     Case(

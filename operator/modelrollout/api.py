@@ -31,7 +31,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from modelrollout.durations import DURATION_PATTERN, format_duration, parse_duration
-from modelrollout.metrics.families import EVENT_TEMPLATES, SUPPORTED_SOURCES, priced_cost
+from modelrollout.metrics.families import EVENT_TEMPLATES, JUDGE_TEMPLATES, SUPPORTED_SOURCES, priced_cost
 from modelrollout.metrics.promql import KNOWN_VARIABLES, check_template
 
 GROUP = "modelrollout.io"
@@ -74,7 +74,7 @@ class Rule(StrEnum):
     TEST_ALONE = "a sequential gate tests event counts: it takes no min, max or compare"
     TEST_NEEDS_COUNTS = (
         "a sequential gate needs an events template (istio-error-events, llm-error-events, "
-        "llm-truncation-events) or a query that returns event counters"
+        "llm-truncation-events, judge-win-rate) or a query that returns event counters"
     )
     EVENTS_NEED_TEST = "an events template gives raw counters: it needs test (kind: sequential)"
     SOURCE_NEEDED = "an llm-* template needs a source (vllm, sglang, otel-genai, litellm or istio)"
@@ -91,6 +91,10 @@ class Rule(StrEnum):
     GATE_MIN_LE_MAX = "min must not be greater than max"
     CANARY_DIFFERS = "canary must differ from stable: another host, or the same host with another subset"
     PROMETHEUS_URL = "must be an http or https URL"
+    CRITERION_JUDGE_SCORE = "criterion selects one judge criterion: only the judge-score template takes it"
+    JUDGE_GATES_NEED_JUDGE = (
+        "judge-* gates read the judge service's verdicts on this rollout: spec.analysis.judge must be set"
+    )
 
 
 def _cel(
@@ -239,6 +243,8 @@ class GateTemplate(StrEnum):
     LLM_COST_PER_REQUEST = "llm-cost-per-request"
     LLM_ERROR_EVENTS = "llm-error-events"
     LLM_TRUNCATION_EVENTS = "llm-truncation-events"
+    JUDGE_WIN_RATE = "judge-win-rate"
+    JUDGE_SCORE = "judge-score"
 
 
 class MetricsSource(StrEnum):
@@ -456,6 +462,8 @@ class SequentialTest(ApiModel):
     )
 
 
+DEFAULT_CRITERIA = ("accuracy", "clarity", "completeness")
+_CRITERIA_LIST = "[" + ", ".join(f"'{c}'" for c in DEFAULT_CRITERIA) + "]"
 _EVENT_LIST = "[" + ", ".join(f"'{t}'" for t in sorted(EVENT_TEMPLATES)) + "]"
 
 
@@ -513,6 +521,11 @@ class Gate(ApiModel):
                 "(or istio), a query takes none",
                 ".source",
             ),
+            _cel(
+                "!has(self.criterion) || (has(self.template) && self.template == 'judge-score')",
+                Rule.CRITERION_JUDGE_SCORE,
+                ".criterion",
+            ),
         )
     )
 
@@ -528,6 +541,11 @@ class Gate(ApiModel):
     compare: Compare | None = Field(None, description="Compare the canary with the stable.")
     test: SequentialTest | None = Field(
         None, description="A sequential test on event counts, canary against stable."
+    )
+    criterion: DnsLabel | None = Field(
+        None,
+        description="judge-score only: the judge criterion whose mean score is gated (default: the mean "
+        "over all criteria).",
     )
     advisory: bool = Field(False, description="Measured and reported, never a reason to hold or roll back.")
     window: PositiveDuration | None = Field(
@@ -561,6 +579,8 @@ class Gate(ApiModel):
                 "source selects the metric families of a built-in template: istio-* templates take none "
                 "(or istio), a query takes none"
             )
+        if self.criterion is not None and self.template != GateTemplate.JUDGE_SCORE:
+            raise ValueError(Rule.CRITERION_JUDGE_SCORE)
         return self
 
     @field_validator("query")
@@ -571,6 +591,13 @@ class Gate(ApiModel):
         return query
 
     @property
+    def judged(self) -> bool:
+        """Whether the gate reads the judge service's verdicts: pairs the judge replays to both variants
+        itself, whatever the mesh routes, so the routing checks (traffic split, request counts, a control
+        at 100%) do not apply to it."""
+        return self.template is not None and self.template.value in JUDGE_TEMPLATES
+
+    @property
     def llm_source(self) -> MetricsSource | None:
         """The source of an llm-* template read from a model server's own metrics (not the mesh's)."""
         if self.source is None or self.source == MetricsSource.ISTIO:
@@ -579,6 +606,23 @@ class Gate(ApiModel):
 
 
 class Analysis(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "!has(self.gates) || has(self.judge) || self.gates.all(g, !has(g.template) || "
+                "!g.template.startsWith('judge-'))",
+                Rule.JUDGE_GATES_NEED_JUDGE,
+                ".gates",
+            ),
+            _cel(
+                "!has(self.gates) || !has(self.judge) || self.gates.all(g, !has(g.criterion) || "
+                f"g.criterion in (has(self.judge.criteria) ? self.judge.criteria : {_CRITERIA_LIST}))",
+                "a judge-score criterion must be one of spec.analysis.judge.criteria",
+                ".gates",
+            ),
+        )
+    )
+
     interval: PositiveDuration = Field(
         timedelta(minutes=1), description="How often gates are checked. Default 1m."
     )
@@ -620,10 +664,22 @@ class Analysis(ApiModel):
             raise ValueError(f"gate names must be unique: {', '.join(duplicates)}")
         return gates
 
+    @model_validator(mode="after")
+    def _judged_gates(self) -> Analysis:
+        judged = [gate.name for gate in self.gates if gate.judged]
+        if judged and self.judge is None:
+            raise ValueError(f"gates {', '.join(judged)}: {Rule.JUDGE_GATES_NEED_JUDGE}")
+        criteria = self.judge.criteria if self.judge is not None else []
+        for gate in self.gates:
+            if gate.criterion is not None and gate.criterion not in criteria:
+                raise ValueError(
+                    f"gate {gate.name}: criterion {gate.criterion} is not one of "
+                    f"spec.analysis.judge.criteria ({', '.join(criteria)})"
+                )
+        return self
+
 
 # ---- the judge (read by the judge service; the operator only validates it) ----
-
-DEFAULT_CRITERIA = ("accuracy", "clarity", "completeness")
 
 
 class JudgeModelRef(ApiModel):

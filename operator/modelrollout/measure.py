@@ -26,6 +26,7 @@ from modelrollout.analysis import (
     GateMeasurement,
     evaluate_check,
     needs_control,
+    needs_split,
 )
 from modelrollout.analysis.sequential import series_key
 from modelrollout.config import OperatorConfig
@@ -39,6 +40,7 @@ from modelrollout.metrics.templates import (
     Role,
     TemplateError,
     TemplateVariables,
+    judge_counter_queries,
     render_gate_query,
     request_count_query,
     requests_series_query,
@@ -158,17 +160,20 @@ class Measurer:
 
         queries = _CheckQueries(ask, variables, analysis)
         counting = asyncio.ensure_future(queries.requests("canary"))
-        controls = any(needs_control(g) for g in analysis.gates)
+        controls = any(needs_control(g) and not g.judged for g in analysis.gates)
         control_counting = asyncio.ensure_future(queries.requests("stable") if controls else _nothing())
-        sequential = any(g.test is not None for g in analysis.gates)
-        routing_counting = asyncio.ensure_future(queries.request_counters() if sequential else _no_counters())
+        split = any(needs_split(g) for g in analysis.gates)
+        routing_counting = asyncio.ensure_future(queries.request_counters() if split else _no_counters())
+        judged = any(g.judged for g in analysis.gates)
+        judge_counting = asyncio.ensure_future(queries.judge_counters() if judged else _no_counters())
         gating = [asyncio.ensure_future(queries.gate(g)) for g in analysis.gates]
-        tasks = (counting, control_counting, routing_counting, *gating)
+        tasks = (counting, control_counting, routing_counting, judge_counting, *gating)
         try:
             measured = await asyncio.gather(*gating)
             count, count_error = await counting
             control_count, control_count_error = await control_counting
             canary_requests, stable_requests = await routing_counting
+            judge_failures, judge_verdicts = await judge_counting
         except QueryDeferred:
             # The queries still waiting give up their places; those already running finish in their threads
             # (holding their turns) and are not waited for.
@@ -186,6 +191,8 @@ class Measurer:
             control_count_error,
             canary_request_counters=canary_requests,
             stable_request_counters=stable_requests,
+            judge_failure_counters=judge_failures,
+            judge_verdict_counters=judge_verdicts,
         )
         return evaluate_check(measurement, analysis.min_requests, context)
 
@@ -282,3 +289,11 @@ class _CheckQueries:
             )
         )
         return canary, stable
+
+    async def judge_counters(self) -> tuple[dict[str, float] | None, dict[str, float] | None]:
+        """The judge's failed judgements and its verdicts on this rollout (None for a query that failed)."""
+        failures_query, verdicts_query = judge_counter_queries(self.variables)
+        (failures, _), (verdicts, _) = await asyncio.gather(
+            self.counters(failures_query), self.counters(verdicts_query)
+        )
+        return failures, verdicts

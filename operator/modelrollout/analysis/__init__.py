@@ -8,6 +8,10 @@ A comparing gate also evaluates the stable (the control) with the same query ove
 the canary's change from it; without a control value, or with fewer control requests than `minRequests`, it is
 Inconclusive. Advisory gates are evaluated and reported like the others and never decide a check; neither do
 gates that need a control while the canary takes all the traffic (there is none to compare with).
+
+Gates that read the judge (`judge-*`) are about the pairs the judge replays to both variants itself, not the
+mesh's traffic: the request counts, the control at 100% and the sample-ratio check do not apply to them. The
+judge's own failures do (`sequential.judge_reliability`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ from modelrollout.analysis.model import (
     SampleRatio,
 )
 from modelrollout.analysis.model import number as _number
-from modelrollout.analysis.sequential import SAMPLE_RATIO, Run, evaluate_sequential, sample_ratio
+from modelrollout.analysis.sequential import (
+    JUDGE_FAILURES,
+    SAMPLE_RATIO,
+    Run,
+    evaluate_sequential,
+    judge_reliability,
+    sample_ratio,
+)
 
 __all__ = [
     "CheckContext",
@@ -38,6 +49,7 @@ __all__ = [
     "evaluate_check",
     "evaluate_gate",
     "needs_control",
+    "needs_split",
 ]
 
 
@@ -51,6 +63,11 @@ def combine(verdicts: Sequence[api.Verdict]) -> api.Verdict:
 
 def needs_control(gate: api.Gate) -> bool:
     return gate.compare is not None or gate.test is not None
+
+
+def needs_split(gate: api.Gate) -> bool:
+    """Whether the gate's test assumes the split the weights say (the sample-ratio check guards it)."""
+    return gate.test is not None and not gate.judged
 
 
 def evaluate_check(
@@ -77,7 +94,7 @@ def evaluate_check(
                 accumulations.append(accumulation)
         else:
             evaluated = evaluate_gate(gate_measurement)
-        if needs_control(gate_measurement.gate):
+        if needs_control(gate_measurement.gate) and not gate_measurement.gate.judged:
             if no_control:
                 evaluated = evaluated.model_copy(
                     update={
@@ -89,8 +106,11 @@ def evaluate_check(
                 evaluated = _control_traffic(evaluated, measurement, min_requests)
         results.append(evaluated)
     ratio = None
-    if accumulations or any(g.gate.test is not None for g in measurement.gates):
+    if any(needs_split(g.gate) for g in measurement.gates):
         ratio, results = _sample_ratio(measurement, run, previous, accumulations, results)
+    judged = {g.gate.name for g in measurement.gates if g.gate.judged}
+    if judged:
+        results = _judge_reliability(measurement, run, previous, accumulations, results)
     requests = measurement.canary_requests
     # Only a Pass is withheld below: a Fail or an Error already says something conclusive.
     withheld: tuple[api.Verdict, str] | None = None
@@ -105,7 +125,7 @@ def evaluate_check(
     adjusted = []
     for r in results:
         update: dict[str, object] = {"requests": count}
-        if withheld and r.verdict == api.Verdict.PASS and not r.advisory:
+        if withheld and r.verdict == api.Verdict.PASS and not r.advisory and r.name not in judged:
             update |= {"verdict": withheld[0], "message": f"{r.message}; {withheld[1]}"}
         adjusted.append(r.model_copy(update=update))
     counted = [r for r in adjusted if not r.advisory]
@@ -119,10 +139,8 @@ def evaluate_check(
         gates=tuple(adjusted),
         canary_requests=requests,
         summary="; ".join(parts) or "no gates",
-        # Without sequential gates (any more) nothing is kept; None leaves status as it is.
-        accumulations=tuple(accumulations)
-        if any(g.gate.test for g in measurement.gates) or context.accumulations
-        else None,
+        # Nothing counted and nothing kept before: None leaves status as it is.
+        accumulations=tuple(accumulations) if accumulations or context.accumulations else None,
         sample_ratio=ratio,
     )
 
@@ -151,19 +169,43 @@ def _sample_ratio(
     accumulations.append(accumulation)
     if ratio is None or not ratio.mismatch:
         return ratio, results
-    held = [
-        r.model_copy(
-            update={
-                "verdict": api.Verdict.INCONCLUSIVE,
-                "evidence": r.evidence.model_copy(update={"no_worse": False}),
-                "message": f"{r.message}; not trusted: sample ratio mismatch",
-            }
-        )
-        if r.evidence is not None and r.verdict in (api.Verdict.PASS, api.Verdict.FAIL)
-        else r
-        for r in results
-    ]
+    split = {g.gate.name for g in measurement.gates if needs_split(g.gate)}
+    held = [_held(r, "sample ratio mismatch") if r.evidence and r.name in split else r for r in results]
     return ratio, held
+
+
+def _held(result: api.GateResult, why: str) -> api.GateResult:
+    """A gate's Pass or Fail that cannot be trusted: Inconclusive, without evidence."""
+    if result.verdict not in (api.Verdict.PASS, api.Verdict.FAIL):
+        return result
+    update: dict[str, object] = {
+        "verdict": api.Verdict.INCONCLUSIVE,
+        "message": f"{result.message}; not trusted: {why}",
+    }
+    if result.evidence is not None:
+        update["evidence"] = result.evidence.model_copy(update={"no_worse": False})
+    return result.model_copy(update=update)
+
+
+def _judge_reliability(
+    measurement: CheckMeasurement,
+    run: Run,
+    previous: dict[str, api.Accumulation],
+    accumulations: list[api.Accumulation],
+    results: list[api.GateResult],
+) -> list[api.GateResult]:
+    """Judge gates decide nothing while too many of the stage's judgements failed."""
+    judged = {g.gate.name for g in measurement.gates if g.gate.judged}
+    failures, verdicts = measurement.judge_failure_counters, measurement.judge_verdict_counters
+    if failures is None or verdicts is None:
+        if JUDGE_FAILURES in previous:
+            accumulations.append(previous[JUDGE_FAILURES])  # the run goes on; this check could not count
+        return results
+    reliability, accumulation = judge_reliability(failures, verdicts, run, previous.get(JUDGE_FAILURES))
+    accumulations.append(accumulation)
+    if reliability is None or not reliability.unreliable:
+        return results
+    return [_held(r, reliability.message) if r.name in judged else r for r in results]
 
 
 def _control_traffic(

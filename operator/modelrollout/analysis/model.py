@@ -38,6 +38,10 @@ class CheckMeasurement:
     # measured, or the query failed; the check is then skipped, the run goes on).
     canary_request_counters: Mapping[str, float] | None = None
     stable_request_counters: Mapping[str, float] | None = None
+    # The judge's failed judgements and its verdicts, by series, when a gate reads the judge (None: not
+    # measured, or a query failed; the judge's reliability is then not checked this time).
+    judge_failure_counters: Mapping[str, float] | None = None
+    judge_verdict_counters: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,13 @@ lets a stage advance after its minDuration.
 Beside the gates, the same test on the variants' request counts against the weight is the sample-ratio check:
 a mismatch means the traffic split the tests assume is not the one served (routing broken or biased), so
 while it lasts no sequential gate passes or fails: they are Inconclusive.
+
+`judge-win-rate` runs the same test on the judge's verdicts: the canary's losses are its events, its wins the
+control's. The judge sees every pair from both variants, so under equal quality a decided pair is a loss or a
+win with even odds: the share is 0.5 whatever the weights, and the sample-ratio check does not concern it.
+What does concern it is the judge itself: while more than a tenth of the stage's judgements failed (a
+malformed answer twice, or no answer), the verdicts that remain may be biased (a judge that fails on long
+answers fails on one variant more), so judge gates neither pass nor fail: they are Inconclusive.
 """
 
 from __future__ import annotations
@@ -40,6 +47,10 @@ from modelrollout.stats.sequential import Running, Untestable, rate_ratio_test, 
 # The accumulation of request counts: parentheses keep it apart from every gate name (a DNS label).
 SAMPLE_RATIO = "(sample-ratio)"
 SAMPLE_RATIO_ALPHA = 0.001  # a routing bug is a bug: alarm only on strong evidence
+JUDGE_FAILURES = "(judge-failures)"
+JUDGE_SHARE = 0.5
+JUDGE_FAILURE_LIMIT = 0.1  # of the stage's judgements
+JUDGE_FAILURE_FLOOR = 3  # failures before the share is trusted: one timeout is no broken judge
 
 
 def series_key(labels: Mapping[str, str]) -> str:
@@ -173,10 +184,11 @@ def evaluate_sequential(
         return result(
             api.Verdict.INCONCLUSIVE, "counting starts: this check is the stage's baseline"
         ), accumulation
+    share = JUDGE_SHARE if gate.judged else run.canary_share
     tested = rate_ratio_test(
         accumulation.canary_events,
         accumulation.stable_events,
-        run.canary_share,
+        share,
         margin=test.margin,
         alpha=test.alpha,
         previous=Running(
@@ -185,10 +197,16 @@ def evaluate_sequential(
             accumulation.ratio_high if accumulation.ratio_high is not None else math.inf,
         ),
     )
-    counts = (
-        f"{_number(accumulation.canary_events)} canary vs {_number(accumulation.stable_events)} stable "
-        f"events at {run.exposure}"
-    )
+    if gate.judged:
+        counts = (
+            f"the canary lost {_number(accumulation.canary_events)} and won "
+            f"{_number(accumulation.stable_events)} judged pairs"
+        )
+    else:
+        counts = (
+            f"{_number(accumulation.canary_events)} canary vs {_number(accumulation.stable_events)} stable "
+            f"events at {run.exposure}"
+        )
     if isinstance(tested, Untestable):
         return result(api.Verdict.INCONCLUSIVE, f"{counts}: {tested.reason}"), accumulation
     high = tested.ratio_high if math.isfinite(tested.ratio_high) else None
@@ -216,6 +234,7 @@ def evaluate_sequential(
     observed = _observed_ratio(tested.canary_events, tested.stable_events, tested.canary_share)
     if p_value <= test.alpha:  # the evidence reached 1/alpha: now, or (carried) in an earlier look
         verdict, message = api.Verdict.FAIL, f"{text}: worse than the stable by more than {test.margin:.0%}"
+
     elif tested.no_worse:
         verdict, message = api.Verdict.PASS, f"{text}: no worse than the stable, with evidence"
     else:
@@ -256,3 +275,35 @@ def sample_ratio(
         f"at {run.exposure} (p={tested.p_value:.3g})"
     )
     return SampleRatio(mismatch=tested.rejected, message=message, p_value=tested.p_value), accumulation
+
+
+@dataclass(frozen=True)
+class JudgeReliability:
+    """Whether the judge's verdicts this stage can be trusted: how many judgements failed."""
+
+    unreliable: bool
+    message: str
+
+
+def judge_reliability(
+    failures: Mapping[str, float],
+    verdicts: Mapping[str, float],
+    run: Run,
+    previous: api.Accumulation | None,
+) -> tuple[JudgeReliability | None, api.Accumulation]:
+    """The judge's failed and given verdicts since the run began (as an accumulation: failures in the
+    canary's column, verdicts in the stable's), and whether the failures are too many to trust the rest."""
+    accumulation, fresh = _counted(JUDGE_FAILURES, run, previous, failures, verdicts)
+    if fresh:
+        return None, accumulation
+    failed, given = accumulation.canary_events, accumulation.stable_events
+    attempts = failed + given
+    if attempts <= 0:
+        return None, accumulation
+    share = failed / attempts
+    unreliable = failed >= JUDGE_FAILURE_FLOOR and share > JUDGE_FAILURE_LIMIT
+    message = (
+        f"the judge failed {_number(failed)} of {_number(attempts)} judgements this stage ({share:.0%}; "
+        f"at most {JUDGE_FAILURE_LIMIT:.0%} are tolerated)"
+    )
+    return JudgeReliability(unreliable=unreliable, message=message), accumulation

@@ -1,6 +1,7 @@
 """The judge's Prometheus metrics, per rollout: verdicts (the canary's win, loss or tie against the stable),
 scores per variant and criterion, judge errors by reason, judge model calls, and pairs by source. Gates read
-them like any metric. Labels are bounded: namespace, rollout, and closed sets."""
+them like any metric. Labels are bounded: the rollout (`rollout_namespace`, `rollout`; not `namespace`, which
+Prometheus' Kubernetes discovery sets to the judge Pod's own) and closed sets."""
 
 from __future__ import annotations
 
@@ -16,31 +17,31 @@ class JudgeMetrics:
         self.verdicts = Counter(
             "modelrollout_judge_verdicts",
             "Judged pairs by the canary's result against the stable.",
-            ["namespace", "rollout", "outcome"],
+            ["rollout_namespace", "rollout", "outcome"],
             registry=self.registry,
         )
         self.scores = Histogram(
             "modelrollout_judge_score",
             "Judge scores (0-10) by variant and criterion.",
-            ["namespace", "rollout", "variant", "criterion"],
+            ["rollout_namespace", "rollout", "variant", "criterion"],
             buckets=SCORE_BUCKETS,
             registry=self.registry,
         )
         self.errors = Counter(
             "modelrollout_judge_errors",
             "Pairs not judged, by reason: a malformed verdict after a retry, a model unreachable, no budget.",
-            ["namespace", "rollout", "reason"],
+            ["rollout_namespace", "rollout", "reason"],
             registry=self.registry,
         )
         self.calls = Counter(
             "modelrollout_judge_calls",
             "Calls to the judge model.",
-            ["namespace", "rollout"],
+            ["rollout_namespace", "rollout"],
             registry=self.registry,
         )
         self.pairs = Counter(
             "modelrollout_judge_pairs",
             "Pairs taken in, by source: replay of the evaluation set, or live pairs posted by apps.",
-            ["namespace", "rollout", "source"],
+            ["rollout_namespace", "rollout", "source"],
             registry=self.registry,
         )

@@ -131,8 +131,13 @@ SUPPORTED_SOURCES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
     }
 )
 
+# Templates that read the judge service's metrics (`modelrollout.judge.metrics`), not a model server's.
+JUDGE_TEMPLATES = frozenset({"judge-win-rate", "judge-score"})
+
 # Templates whose values are raw event counters, for sequential tests (not thresholds).
-EVENT_TEMPLATES = frozenset({"llm-error-events", "llm-truncation-events", "istio-error-events"})
+EVENT_TEMPLATES = frozenset(
+    {"llm-error-events", "llm-truncation-events", "istio-error-events", "judge-win-rate"}
+)
 
 
 def priced_cost(source: str) -> bool:

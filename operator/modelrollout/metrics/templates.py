@@ -20,7 +20,14 @@ from typing import Literal, TypeVar
 
 from modelrollout import api
 from modelrollout.durations import format_duration
-from modelrollout.metrics.families import FAMILIES, SUPPORTED_SOURCES, Counter, Family, HistogramFamily
+from modelrollout.metrics.families import (
+    FAMILIES,
+    JUDGE_TEMPLATES,
+    SUPPORTED_SOURCES,
+    Counter,
+    Family,
+    HistogramFamily,
+)
 from modelrollout.metrics.promql import (
     KNOWN_VARIABLES,
     TemplateError,
@@ -38,6 +45,7 @@ __all__ = [
     "builtin_template",
     "check_template",
     "escape_promql_string",
+    "judge_counter_queries",
     "render",
     "render_gate_query",
     "request_count_query",
@@ -69,12 +77,17 @@ def builtin_template(
     *,
     source: api.MetricsSource | None = None,
     pricing: api.Pricing | None = None,
+    role: Role = "canary",
+    criterion: str | None = None,
 ) -> str:
     """The PromQL template of a built-in gate. Istio metrics (the istio-* templates, and llm-* ones on source
     `istio`) select the target's destination service and, with `subset_label`, its subset
     (`<subset_label>="{{ target.subset }}"`); the other sources select the target's model by their model
-    label. `pricing` (the target's) prices token counters for llm-cost-per-request."""
+    label. `pricing` (the target's) prices token counters for llm-cost-per-request. The judge-* templates
+    read the judge service's metrics on this rollout for `role` (and `criterion`, for judge-score)."""
     name = template.value
+    if name in JUDGE_TEMPLATES:
+        return _judge_template(template, role, criterion)
     if name in SUPPORTED_SOURCES or source is not None:
         family = FAMILIES[(source or api.MetricsSource.ISTIO).value]
         if family.model_label is None:
@@ -168,6 +181,41 @@ def _llm_template(name: str, family: Family, selector: str, pricing: api.Pricing
     raise TemplateError(f"no built-in template {name}")
 
 
+_JUDGE_SELECTOR = 'rollout_namespace="{{ rollout.namespace }}", rollout="{{ rollout.name }}"'
+# judge-win-rate's events: for the canary its losses, for the control (the stable) the canary's wins. Under
+# equal quality a decided pair is a loss or a win with even odds whatever the traffic split: the test runs at
+# share 0.5 (analysis.sequential), and ties carry no evidence either way.
+_JUDGE_EVENTS: dict[Role, str] = {"canary": "loss", "stable": "win"}
+
+
+def _judge_template(template: api.GateTemplate, role: Role, criterion: str | None) -> str:
+    if template == api.GateTemplate.JUDGE_WIN_RATE:
+        return per_process(
+            f'modelrollout_judge_verdicts_total{{{_JUDGE_SELECTOR}, outcome="{_JUDGE_EVENTS[role]}"}}'
+        )
+    selector = f'{_JUDGE_SELECTOR}, variant="{role}"'
+    if criterion is not None:  # a DNS label (the API's), escaped all the same
+        selector += f', criterion="{escape_promql_string(criterion)}"'
+    # The mean score over the window: every criterion's scores pooled unless one is named.
+    return (
+        f"sum(rate(modelrollout_judge_score_sum{{{selector}}}[{{{{ window }}}}])) / "
+        f"sum(rate(modelrollout_judge_score_count{{{selector}}}[{{{{ window }}}}]))"
+    )
+
+
+def judge_failures_template() -> str:
+    """The judge's failures on this rollout, per process: verdicts it could not give (malformed twice, or
+    the judge model unreachable). Budget refusals and unreachable variants are not the judge's failures."""
+    return per_process(
+        f'modelrollout_judge_errors_total{{{_JUDGE_SELECTOR}, reason=~"malformed|judge-unreachable"}}'
+    )
+
+
+def judge_verdicts_template() -> str:
+    """Every verdict the judge gave on this rollout (win, loss or tie), per process."""
+    return per_process(f"modelrollout_judge_verdicts_total{{{_JUDGE_SELECTOR}}}")
+
+
 def per_process(counters: str) -> str:
     """Raw counters summed per scraped process (`instance`, and `pod` where relabelling adds it), not per
     series: the operator takes reset-aware deltas of each sum, and all of a process's counters reset
@@ -236,6 +284,7 @@ class TemplateVariables:
     rollout_name: str
     rollout_namespace: str
     subset_label: str = api.DEFAULT_SUBSET_LABEL
+    role: Role = "canary"  # which variant `target` is
 
     def __post_init__(self) -> None:
         if format_duration(self.window) == "0s":
@@ -266,6 +315,7 @@ class TemplateVariables:
             rollout_name=rollout_name,
             rollout_namespace=rollout_namespace,
             subset_label=subset_label,
+            role=target,
         )
 
     @classmethod
@@ -283,7 +333,7 @@ class TemplateVariables:
         )
 
     def targeting(self, role: Role) -> TemplateVariables:
-        return replace(self, target=self.canary if role == "canary" else self.stable)
+        return replace(self, target=self.canary if role == "canary" else self.stable, role=role)
 
     def with_window(self, window: timedelta) -> TemplateVariables:
         return replace(self, window=window)
@@ -302,7 +352,7 @@ class TemplateVariables:
 def render_gate_query(gate: api.Gate, variables: TemplateVariables) -> str:
     """The PromQL of a gate: its built-in template or its own query, over its own window if it sets one."""
     if gate.template is not None:
-        source = _builtin_for(gate.template, variables, gate.source)
+        source = _builtin_for(gate.template, variables, gate.source, gate.criterion)
     elif gate.query is not None:
         source = gate.query
     else:  # the API refuses such a gate; a hand-built one still gets a clear error
@@ -313,13 +363,18 @@ def render_gate_query(gate: api.Gate, variables: TemplateVariables) -> str:
 
 
 def _builtin_for(
-    template: api.GateTemplate, variables: TemplateVariables, source: api.MetricsSource | None = None
+    template: api.GateTemplate,
+    variables: TemplateVariables,
+    source: api.MetricsSource | None = None,
+    criterion: str | None = None,
 ) -> str:
     return builtin_template(
         template,
         variables.subset_label if variables.target.subset else None,
         source=source,
         pricing=variables.target.pricing,
+        role=variables.role,
+        criterion=criterion,
     )
 
 
@@ -332,6 +387,11 @@ def requests_series_query(variables: TemplateVariables) -> str:
     """The target's raw request counters by series, for the sample-ratio check."""
     subset_label = variables.subset_label if variables.target.subset else None
     return render(requests_series_template(subset_label), variables)
+
+
+def judge_counter_queries(variables: TemplateVariables) -> tuple[str, str]:
+    """The judge's failures and its verdicts on this rollout, as raw counters per process."""
+    return render(judge_failures_template(), variables), render(judge_verdicts_template(), variables)
 
 
 def render(template: str, variables: TemplateVariables) -> str:
@@ -348,13 +408,16 @@ def spec_template_errors(spec: api.ModelRolloutSpec) -> list[str]:
             if gate.query is not None:
                 check_template(gate.query)
             elif gate.template is not None:
-                for target in (spec.stable, spec.canary):
+                roles: tuple[Role, ...] = ("stable", "canary")
+                for role, target in zip(roles, (spec.stable, spec.canary), strict=True):
                     check_template(
                         builtin_template(
                             gate.template,
                             spec.analysis.subset_label,
                             source=gate.source,
                             pricing=target.pricing,
+                            role=role,
+                            criterion=gate.criterion,
                         )
                     )
         except TemplateError as error:
