@@ -6,8 +6,6 @@ runs here, so nothing else acts on them."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,11 +13,9 @@ from typing import Any
 import httpx
 import pytest
 from kubernetes import client
-from prometheus_client.parser import text_string_to_metric_families
 
+from judge_support import RunningJudge, running_judge
 from modelrollout import api
-from modelrollout.judge.metrics import JudgeMetrics
-from modelrollout.judge.service import JudgeService, kube_reads, serve
 from modelrollout_dev.devenv.netutil import free_port
 from modelrollout_dev.sim.openai_server import FakeModel, FakeOpenAIServer, answer_text
 from scenario_support import wait_for
@@ -41,55 +37,10 @@ def models() -> Iterator[FakeOpenAIServer]:
         yield server
 
 
-class RunningJudge:
-    """The service on its own event loop in a thread, on a free port; `metric()` reads its /metrics."""
-
-    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
-        self.port = free_port()
-        self.ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, args=(api_client, namespace), daemon=True)
-        self._thread.start()
-        assert self.ready.wait(10)
-
-    def _run(self, api_client: client.ApiClient, namespace: str) -> None:
-        async def main() -> None:
-            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-            async with httpx.AsyncClient() as http:
-                service = JudgeService(kube_reads(api_client, (namespace,)), http, JudgeMetrics())
-                self.ready.set()
-                await serve(service, self.port, 0.5, self._stop)
-
-        asyncio.run(main())
-
-    def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
-        return {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
-
-    def metric(self, name: str, scrape: dict[Any, float] | None = None, **labels: str) -> float:
-        """The sum of `name`'s samples with these labels, in `scrape` or in a new one."""
-        wanted = set(labels.items())
-        samples = scrape if scrape is not None else self.samples()
-        return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-
 @pytest.fixture
 def judge_service(api_client: client.ApiClient, namespace: str) -> Iterator[RunningJudge]:
-    running = RunningJudge(api_client, namespace)
-    try:
+    with running_judge(api_client, namespace) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def judged_rollout(
@@ -138,7 +89,7 @@ def test_a_worse_canary_loses_blind_and_order_balanced(
 ) -> None:
     config_map(api_client, namespace, "eval", {"prompts": PROMPTS})
     judged_rollout(api_client, namespace, models, "chat", evalSet={"configMapRef": {"name": "eval"}})
-    verdicts = {"namespace": namespace, "rollout": "chat"}
+    verdicts = {"rollout_namespace": namespace, "rollout": "chat"}
     eventually(
         "60 verdicts", lambda: judge_service.metric("modelrollout_judge_verdicts_total", **verdicts) >= 60
     )
@@ -182,7 +133,7 @@ def test_live_pairs_count_like_replayed_ones(
         return httpx.post(url, json=pair, timeout=5).status_code == 202
 
     eventually("the service to judge the rollout", accepted)
-    labels = {"namespace": namespace, "rollout": "live-only"}
+    labels = {"rollout_namespace": namespace, "rollout": "live-only"}
     eventually(
         "the live verdict", lambda: judge_service.metric("modelrollout_judge_verdicts_total", **labels) >= 1
     )
@@ -209,8 +160,8 @@ def test_the_budget_holds_and_a_garbage_judge_wins_nothing(
         evalSet=evalset,
         model={"url": models.url, "name": "junk-judge"},
     )
-    thrifty = {"namespace": namespace, "rollout": "thrifty"}
-    junk = {"namespace": namespace, "rollout": "junk"}
+    thrifty = {"rollout_namespace": namespace, "rollout": "thrifty"}
+    junk = {"rollout_namespace": namespace, "rollout": "junk"}
     eventually(
         "the budget to run out",
         lambda: judge_service.metric("modelrollout_judge_errors_total", reason="budget", **thrifty) >= 5,
@@ -280,8 +231,8 @@ def test_unreachable_models_are_counted_not_judged(
     judged_rollout(
         api_client, namespace, models, "no-judge", evalSet=evalset, model={"url": closed, "name": "judge"}
     )
-    no_canary = {"namespace": namespace, "rollout": "no-canary"}
-    no_judge = {"namespace": namespace, "rollout": "no-judge"}
+    no_canary = {"rollout_namespace": namespace, "rollout": "no-canary"}
+    no_judge = {"rollout_namespace": namespace, "rollout": "no-judge"}
     eventually(
         "unreachable canaries counted",
         lambda: (
