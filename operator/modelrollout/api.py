@@ -1113,6 +1113,10 @@ class GateSummary(StatusModel):
     bound: str | None = Field(None, description="What the gate required, in words.")
     p_value: float | None = None
     no_worse: bool = Field(False, description="A sequential test proved the canary no worse than the margin.")
+    canary_events: float | None = Field(None, description="A sequential test's canary events in the stage.")
+    stable_events: float | None = Field(None, description="A sequential test's stable events in the stage.")
+    ratio_low: float | None = Field(None, description="A sequential test's interval of the rate ratio.")
+    ratio_high: float | None = Field(None, description="Its upper end; none: not bounded yet.")
 
 
 class StageRecord(StatusModel):

@@ -105,14 +105,41 @@ def decision_word(gate: api.GateSummary) -> str:
     return "no worse" if gate.control is not None else "within bounds"
 
 
-def _gate_row(gate: api.GateSummary) -> GateRow:
+def _judged_gates(spec: Mapping[str, Any]) -> frozenset[str]:
+    """The names of the gates that read the judge's verdicts."""
+    gates = (spec.get("analysis") or {}).get("gates") or []
+    return frozenset(
+        str(g.get("name")) for g in gates if str(g.get("template", "")) == api.GateTemplate.JUDGE_WIN_RATE
+    )
+
+
+def _counts(gate: api.GateSummary, judged: bool) -> tuple[str, str]:
+    """A sequential gate's control and treatment cells: the events each variant had in the stage; for the
+    judge, the pairs each variant won (the canary's losses are the stable's wins)."""
+    if gate.canary_events is None or gate.stable_events is None:
+        return MISSING, MISSING
+    if judged:
+        return f"won {number(gate.canary_events)}", f"won {number(gate.stable_events)}"
+    return f"{number(gate.stable_events)} events", f"{number(gate.canary_events)} events"
+
+
+def _interval(gate: api.GateSummary) -> str:
+    if gate.ratio_low is None:
+        return ""
+    high = number(gate.ratio_high) if gate.ratio_high is not None else "+Inf"
+    return f" ratio in [{number(gate.ratio_low)}, {high}]"
+
+
+def _gate_row(gate: api.GateSummary, judged: frozenset[str] = frozenset()) -> GateRow:
+    control, treatment = number(gate.control), number(gate.value)
     delta = _delta(gate.value, gate.control)
     if gate.p_value is not None:
-        delta = f"{delta}, p={number(gate.p_value)}" if delta != MISSING else f"p={number(gate.p_value)}"
+        control, treatment = _counts(gate, gate.name in judged)
+        delta = f"p={number(gate.p_value)}{_interval(gate)}"
     return GateRow(
         gate=gate.name,
-        control=number(gate.control),
-        treatment=number(gate.value),
+        control=control,
+        treatment=treatment,
         delta=delta,
         required=gate.bound or MISSING,
         decision=f"{gate.verdict.value}: {decision_word(gate)}",
@@ -140,7 +167,7 @@ def _finished(spec: Mapping[str, Any], record: api.StageRecord, count: int) -> S
         ran=_duration(record.started_at, record.ended_at),
         last_check=record.verdict.value if record.verdict else MISSING,
         outcome=record.outcome,
-        gates=tuple(_gate_row(g) for g in record.gates),
+        gates=tuple(_gate_row(g, _judged_gates(spec)) for g in record.gates),
     )
 
 
@@ -159,7 +186,7 @@ def _running(spec: Mapping[str, Any], status: api.ModelRolloutStatus, count: int
         ran=_duration(status.stage_started_at, now),
         last_check=check.verdict.value if check else MISSING,
         outcome=f"running ({status.phase.value})",
-        gates=tuple(_gate_row(g) for g in gates),
+        gates=tuple(_gate_row(g, _judged_gates(spec)) for g in gates),
     )
 
 

@@ -111,6 +111,56 @@ def test_a_comparing_gate_shows_control_treatment_and_delta() -> None:
     assert json.loads(report.render_json(built))["stages"][0]["gates"][0]["delta"] == "+140 (+35%)"
 
 
+def test_sequential_gates_show_each_variant_s_events_and_the_judge_its_wins() -> None:
+    """The judge-win-rate gate's events are the canary's losses (pairs the stable won) and its wins."""
+    ticks = Ticks(spec=spec(failureLimit=0))
+    ticks.tick()
+
+    def tested(name: str, canary: float, stable: float, high: float | None) -> api.GateResult:
+        return api.GateResult(
+            name=name,
+            verdict=api.Verdict.FAIL,
+            value=None,
+            bound="anytime-valid p <= 0.01 (margin 10%)",
+            window="stage",
+            evidence=api.Evidence(
+                canary_events=canary,
+                stable_events=stable,
+                canary_share=0.5,
+                p_value=0.003,
+                ratio_low=1.2,
+                ratio_high=high,
+            ),
+        )
+
+    ticks.now += timedelta(seconds=30)
+    gates = (tested("quality", 18.0, 0.0, None), tested("errors", 40.0, 12.0, 5.5))
+    check = CheckResult(at=ticks.now, verdict=api.Verdict.FAIL, gates=gates, canary_requests=900, summary="")
+    obs = Observation(
+        now=ticks.now,
+        generation=7,
+        operator_started_at=T0 - timedelta(hours=1),
+        routing=RoutingView(canary_weight=ticks.live, last_writer=engine.FIELD_MANAGER),
+        check=check,
+    )
+    ticks.status = engine.decide(ticks.spec, ticks.status, obs).status
+    judged = {"gates": [{"name": "quality", "template": "judge-win-rate", "test": {}}]}
+    built = report.decision_report(as_object(ticks.status, analysis=judged), ticks.now)
+    (row,) = built.stages
+    quality, errors = row.gates
+    assert (quality.control, quality.treatment, quality.delta, quality.decision) == (
+        "won 18",
+        "won 0",
+        "p=0.003 ratio in [1.2, +Inf]",
+        "Fail: worse",
+    )
+    assert (errors.control, errors.treatment, errors.delta) == (
+        "12 events",
+        "40 events",
+        "p=0.003 ratio in [1.2, 5.5]",
+    )
+
+
 def test_the_running_stage_is_shown_from_the_latest_check() -> None:
     ticks = Ticks()
     ticks.tick()

@@ -1,5 +1,6 @@
-"""`modelrollout demo`: bring up the local environment, the simulated mesh and the operator, run the two demo
-rollouts with a live view, inject the regression, print a summary, draw the timeline, tear everything down."""
+"""`modelrollout demo`: bring up the local environment, the simulated mesh, the fake model servers, the judge
+service and the operator, run the demo rollouts with a live view, inject the regression, print a summary, draw
+the timeline, write each rollout's decision report, tear everything down."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ from kubernetes import client, config
 from modelrollout import api, report
 from modelrollout_dev.demo import scenario, timeline, view
 from modelrollout_dev.devenv.environment import DevEnvironment, runs_root
+from modelrollout_dev.devenv.netutil import free_port
 from modelrollout_dev.devenv.processes import ProcessSet
 from modelrollout_dev.local_operator import local_command
+from modelrollout_dev.sim.openai_server import FakeModel, FakeOpenAIServer
 
 DEADLINE_SECONDS = 300
 # The demo runs from the repository's checkout (the dev tooling is installed from it, editable).
@@ -90,6 +93,7 @@ class Demo:
         # The last looks at mirrored copies and per-user answers: the view diffs against the oldest, a few
         # seconds back, so the shares it shows rest on a few hundred requests rather than one second's worth.
         self._looks: deque[tuple[dict[str, int], dict[str, dict[str, int]]]] = deque(maxlen=6)
+        self.models: FakeOpenAIServer | None = None
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         proc, _ = self.processes.spawn(name, argv, die_with_parent=True, env=env)
@@ -134,12 +138,43 @@ class Demo:
             sim.set_load(rollout.host, scenario.RPS, rollout.experiment_id)
         prometheus.wait_for_job_up("mesh", timeout=30)
 
+        models_url = self._start_judging(env)
         self._spawn("operator", local_command(state.prometheus_url, tick=1), env)
         for rollout in scenario.ROLLOUTS:
             objects.create_namespaced_custom_object(
-                api.GROUP, api.VERSION, scenario.NAMESPACE, api.PLURAL, scenario.model_rollout(rollout)
+                api.GROUP,
+                api.VERSION,
+                scenario.NAMESPACE,
+                api.PLURAL,
+                scenario.model_rollout(rollout, models_url),
             )
         return self._watch(objects, sim)
+
+    def _start_judging(self, env: dict[str, str]) -> str:
+        """The judged rollouts' models as fake OpenAI-compatible servers (in this process) and the judge
+        service (`modelrollout judge`, its own process) scraped by Prometheus; the evaluation set. Returns the
+        models' URL."""
+        served = {scenario.JUDGE_MODEL: FakeModel(judge=True, noise=0.8, position_bias=1.0)}
+        for rollout in scenario.ROLLOUTS:
+            if rollout.qualities is not None:
+                served[rollout.stable_model] = FakeModel(quality=rollout.qualities[0])
+                served[rollout.canary_model] = FakeModel(quality=rollout.qualities[1])
+        self.models = FakeOpenAIServer(served, seed=7).start()
+        client.CoreV1Api().create_namespaced_config_map(
+            scenario.NAMESPACE,
+            client.V1ConfigMap(
+                metadata=client.V1ObjectMeta(name=scenario.EVAL_SET), data={"prompts": scenario.EVAL_PROMPTS}
+            ),
+        )
+        port = free_port()
+        argv = [sys.executable, "-m", "modelrollout.cli", "judge", "-n", scenario.NAMESPACE]
+        self._spawn("judge", [*argv, "--port", str(port), "--sync-interval", "1"], env)
+        prometheus = self.environment.prometheus
+        if prometheus is None:
+            raise RuntimeError("the environment started without Prometheus")
+        prometheus.set_targets("judge", [f"127.0.0.1:{port}"])
+        prometheus.wait_for_job_up("judge", timeout=30)
+        return self.models.url
 
     def _start_simulator(self, env: dict[str, str]) -> str:
         """Start the simulated mesh; it prints its URL as the first line of its output."""
@@ -315,6 +350,8 @@ class Demo:
 
     def stop(self) -> None:
         self.processes.stop_all(grace_seconds=5)
+        if self.models is not None:
+            self.models.stop()
         self.environment.stop()
         self.environment.remove()
 

@@ -6,6 +6,11 @@ mirrored copy), then sticky per-user buckets: the load generator sends each user
 EnvoyFilter computes the user's bucket in the (simulated) sidecar, so a user stays on one model and only ever
 moves to the canary.
 
+The fourth is judged: its canary is as healthy as its stable by every mesh and vLLM metric, but answers
+worse. The judge service replays an evaluation set to both models (the simulator's fake OpenAI-compatible
+servers) and has a fake judge model compare the answers blind; the judge-win-rate gate rolls it back on
+quality alone, and judge-score gates (advisory) put each criterion's mean scores in the report.
+
 Each rollout gates on the mesh's error rate and latency and on the vLLM metrics its backends export: time to
 first token, output tokens compared with the stable, a sequential test of errors against the stable, and the
 cost per request (advisory: reported, never deciding)."""
@@ -35,6 +40,8 @@ class DemoRollout:
     regress_at_stage: int | None  # 0-based stage at which the canary starts failing; None: stays healthy
     expected_phase: str
     experiment_id: str | None = None  # an experiment: a shadow stage first, then sticky buckets
+    # A judged rollout: the answer quality (0-1) of the stable's and the canary's fake models.
+    qualities: tuple[float, float] | None = None
 
 
 USER_HEADER = "x-user-id"  # what the load generator sends each user's id in
@@ -57,7 +64,27 @@ ROLLOUTS = (
         "Promoted",
         experiment_id="demo-translate-v4",
     ),
+    DemoRollout(
+        "support",
+        "support",
+        "support-v1",
+        "support-v2",
+        "support-v1",
+        "support-v2",
+        None,
+        "RolledBack",
+        qualities=(0.85, 0.6),
+    ),
 )
+
+EVAL_SET = "support-eval"
+EVAL_PROMPTS = "\n".join(
+    f"customer question {i}: how do I {task}?"
+    for i, task in enumerate(
+        ("reset my password", "rotate an API key", "export my data", "change my plan", "close my account") * 4
+    )
+)
+JUDGE_MODEL = "judge"
 
 
 def stages(rollout: DemoRollout) -> list[dict[str, Any]]:
@@ -106,7 +133,39 @@ def virtual_service(rollout: DemoRollout) -> dict[str, Any]:
     }
 
 
-def model_rollout(rollout: DemoRollout) -> dict[str, Any]:
+def judged(rollout: DemoRollout, models_url: str) -> dict[str, Any]:
+    """The judge block and gates of a judged rollout: replay to both fake models, a pair a second (slow
+    enough that the mesh's gates pass the first stage before the quality evidence is in)."""
+    if rollout.qualities is None:
+        return {}
+    scores = [
+        {
+            "name": f"{criterion}-score",
+            "template": "judge-score",
+            "criterion": criterion,
+            "compare": {"maxDecrease": "10%"},
+            "advisory": True,
+        }
+        for criterion in api.DEFAULT_CRITERIA
+    ]
+    return {
+        "judge": {
+            "model": {"url": models_url, "name": JUDGE_MODEL},
+            "evalSet": {"configMapRef": {"name": EVAL_SET}},
+            "endpoints": {"stable": models_url, "canary": models_url},
+            "ratePerMinute": 60,
+            "budgetPerHour": 2_000,
+            "timeout": "5s",
+        },
+        "gates": [
+            {"name": "quality", "template": "judge-win-rate", "test": {"alpha": 0.01, "margin": "10%"}},
+            *scores,
+        ],
+    }
+
+
+def model_rollout(rollout: DemoRollout, models_url: str = "") -> dict[str, Any]:
+    quality = judged(rollout, models_url)
     return {
         "apiVersion": api.API_VERSION,
         "kind": api.KIND,
@@ -145,7 +204,9 @@ def model_rollout(rollout: DemoRollout) -> dict[str, Any]:
                         "max": 0.01,
                         "advisory": True,
                     },
+                    *quality.get("gates", []),
                 ],
+                **({"judge": quality["judge"]} if quality else {}),
             },
         },
     }

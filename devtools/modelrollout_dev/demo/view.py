@@ -84,8 +84,11 @@ def summary(rollouts: list[dict[str, Any]], expected: dict[str, str]) -> tuple[s
         line = f"  {name:<10} {phase:<11} (expected {expected[name]}) {'ok' if good else 'UNEXPECTED'}"
         rollback = status.get("rollback")
         if phase == "RolledBack" and rollback:
+            value = rollback.get("value")
+            # A sequential gate may have no single value (a judge gate whose canary never won a pair).
+            measured = f" = {value:.4g}" if value is not None else ""
             line += (
-                f": gate {rollback.get('gate')} = {rollback.get('value'):.4g} against "
+                f": gate {rollback.get('gate')}{measured} against "
                 f"{rollback.get('threshold')} over {rollback.get('window')}"
             )
         lines.append(line)

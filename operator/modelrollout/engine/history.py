@@ -59,14 +59,25 @@ def stage_requests(status: api.ModelRolloutStatus, stage: int) -> api.Accumulati
 
 
 def gate_summary(result: api.GateResult) -> api.GateSummary:
-    return api.GateSummary(
+    summary = api.GateSummary(
         name=result.name,
         verdict=result.verdict,
         value=result.value,
         control=result.control,
         bound=result.bound or bounds_text(result.min, result.max) or None,
-        p_value=result.evidence.p_value if result.evidence is not None else None,
-        no_worse=bool(result.evidence and result.evidence.no_worse),
+    )
+    evidence = result.evidence
+    if evidence is None:
+        return summary
+    return summary.model_copy(
+        update={
+            "p_value": evidence.p_value,
+            "no_worse": evidence.no_worse,
+            "canary_events": evidence.canary_events,
+            "stable_events": evidence.stable_events,
+            "ratio_low": evidence.ratio_low,
+            "ratio_high": evidence.ratio_high,
+        }
     )
 
 
