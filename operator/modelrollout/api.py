@@ -1119,6 +1119,23 @@ class GateSummary(StatusModel):
     ratio_high: float | None = Field(None, description="Its upper end; none: not bounded yet.")
 
 
+REPORT_LINE = 240  # characters of one line of status.report
+REPORT_STAGES = 12  # the latest stages in status.report
+
+
+class ReportSummary(StatusModel):
+    """The decision report, compact and bounded (a few KiB), where Argo CD and `kubectl get -o yaml` show it:
+    the decision, a line per stage (the latest), a line per gate of the latest check."""
+
+    decision: str = Field("", max_length=REPORT_LINE)
+    stages: list[Annotated[str, Field(max_length=REPORT_LINE)]] = Field(
+        default_factory=list, max_length=REPORT_STAGES
+    )
+    gates: list[Annotated[str, Field(max_length=REPORT_LINE)]] = Field(
+        default_factory=list, max_length=MAX_GATES
+    )
+
+
 class StageRecord(StatusModel):
     """One finished stage of this rollout: where it ran, how it ended and the last check made in it."""
 
@@ -1202,6 +1219,9 @@ class ModelRolloutStatus(StatusModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     message: str = ""
+    report: ReportSummary | None = Field(
+        None, description="The decision report in compact form (`kubectl modelrollout report` has it all)."
+    )
 
 
 def parse_spec(raw: dict[str, Any]) -> ModelRolloutSpec:

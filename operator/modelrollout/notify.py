@@ -60,6 +60,12 @@ class Notification:
                 f"\n• stage {row['stage']} at {row['traffic']} for {row['ran']}: {row['outcome']}, "
                 f"last check {row['last_check']}"
             )
+        if self.stages:  # the deciding stage's gates: control against treatment, and the decision
+            for gate in self.stages[-1].get("gates") or ():
+                text += (
+                    f"\n    ◦ `{gate['gate']}` control {gate['control']}, treatment {gate['treatment']}"
+                    f" ({gate['delta']}): {gate['decision']}"
+                )
         return {"text": text}
 
 

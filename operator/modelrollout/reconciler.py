@@ -311,7 +311,9 @@ class Reconciler:
         current: api.ModelRolloutStatus,
         status: api.ModelRolloutStatus,
     ) -> dict[str, Any]:
-        """Record `status` if it differs from what is stored, conditionally on the object's version."""
+        """Record `status` if it differs from what is stored, conditionally on the object's version. Its
+        compact report is derived here, in one place before every write, from the status itself."""
+        status = status.model_copy(update={"report": report.summary(obj.get("spec") or {}, status)})
         if status == current and obj.get("status"):
             return obj
         version = obj["metadata"].get("resourceVersion")

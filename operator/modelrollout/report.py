@@ -200,6 +200,40 @@ def finished_stages(spec: Mapping[str, Any], status: api.ModelRolloutStatus) -> 
     return tuple(_finished(spec, record, count) for record in status.stage_history)
 
 
+def _line(text: str) -> str:
+    return text if len(text) <= api.REPORT_LINE else text[: api.REPORT_LINE - 3] + "..."
+
+
+def summary(spec: Mapping[str, Any], status: api.ModelRolloutStatus) -> api.ReportSummary:
+    """status.report: the decision, the latest stages and the gates of the latest check, a line each. It
+    depends on the status alone (no clock), so a tick that changes nothing else leaves it as it is."""
+    count = _stage_count(spec, status)
+    stages = [
+        f"{row.stage} at {row.traffic} for {row.ran}: {row.outcome}, last check {row.last_check}"
+        for row in finished_stages(spec, status)
+    ]
+    if status.phase in (api.Phase.PROGRESSING, api.Phase.PAUSED) and status.pair_hash is not None:
+        stages.append(
+            f"{_stage_label(status.stage, count)} at {api.exposure(status.canary_weight, status.shadow)}: "
+            f"running ({status.phase.value})"
+        )
+    check = status.last_analysis
+    judged = _judged_gates(spec)
+    gates = []
+    for result in check.gates if check else []:
+        row = _gate_row(gate_summary(result), judged)
+        gates.append(
+            f"{row.gate}: control {row.control}, treatment {row.treatment}, delta {row.delta}, "
+            f"required {row.required}: {row.decision}"
+        )
+    decision = f"{status.phase.value}: {status.message}" if status.message else status.phase.value
+    return api.ReportSummary(
+        decision=_line(decision),
+        stages=[_line(line) for line in stages[-api.REPORT_STAGES :]],
+        gates=[_line(line) for line in gates[: api.MAX_GATES]],
+    )
+
+
 def decision_report(obj: Mapping[str, Any], now: datetime) -> Report:
     spec = obj.get("spec") or {}
     metadata = obj.get("metadata") or {}

@@ -410,3 +410,27 @@ def test_deletion_retries_a_refused_write() -> None:
         w.delete()
     w.delete()
     assert (w.server.weights(), w.server.claims()) == ((100, 0), {})
+
+
+# ---- the compact report ----
+
+
+def test_the_status_carries_the_compact_report_and_a_quiet_tick_does_not_rewrite_it() -> None:
+    w = world()
+    at_stage_two(w)
+    w.measurer.verdict, w.measurer.value = F, 0.3
+    w.tick(timedelta(seconds=30))
+    status = w.server.status()
+    assert status.phase == api.Phase.ROLLED_BACK
+    assert status.report is not None
+    assert status.report.decision.startswith("RolledBack: rolled back at stage 2/3")
+    assert status.report.stages == [
+        "1/3 at 10% for 60s: Advanced (Soak), last check Pass",
+        "2/3 at 50% for 30s: RolledBack, last check Fail",
+    ]
+    assert status.report.gates == [
+        "error-rate: control -, treatment 0.3, delta -, required <= 0.02: Fail: breached"
+    ]
+    writes = w.server.status_writes
+    w.tick(timedelta(seconds=30))
+    assert w.server.status_writes == writes

@@ -245,3 +245,17 @@ def test_the_running_stage_counts_requests_from_the_sample_ratio_check_not_a_gat
     )
     (row,) = report.decision_report(as_object(status), T0 + timedelta(seconds=30)).stages
     assert row.requests == "100 / 900 (10.0% canary)"
+
+
+def test_the_compact_report_is_bounded() -> None:
+    ticks = Ticks()
+    ticks.to_manual_gate()
+    status = ticks.status.model_copy(update={"message": "x" * 5000})
+    summary = report.summary({"stages": [{"weight": 5}, {"weight": 20}, {"weight": 100}]}, status)
+    assert len(summary.decision) == api.REPORT_LINE
+    assert summary.decision.endswith("...")
+    assert all(len(line) <= api.REPORT_LINE for line in [*summary.stages, *summary.gates])
+    assert summary.stages == [
+        "1/3 at 5% for 60s: Advanced (Soak), last check Pass",
+        "2/3 at 20%: running (Paused)",
+    ]

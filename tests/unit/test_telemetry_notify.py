@@ -122,7 +122,22 @@ def test_payloads_carry_gate_value_and_threshold() -> None:
                 "outcome": "Advanced (Soak)",
                 "last_check": "Pass",
             },
-            {"stage": "2/6", "traffic": "20%", "ran": "3m10s", "outcome": "RolledBack", "last_check": "Fail"},
+            {
+                "stage": "2/6",
+                "traffic": "20%",
+                "ran": "3m10s",
+                "outcome": "RolledBack",
+                "last_check": "Fail",
+                "gates": [
+                    {
+                        "gate": "quality",
+                        "control": "won 18",
+                        "treatment": "won 2",
+                        "delta": "p=0.003 ratio in [1.2, +Inf]",
+                        "decision": "Fail: worse",
+                    }
+                ],
+            },
         ),
     )
     payload = note.payload()
@@ -140,6 +155,7 @@ def test_payloads_carry_gate_value_and_threshold() -> None:
     assert text.endswith(
         "\n• stage 1/6 at 5% for 10m00s: Advanced (Soak), last check Pass"
         "\n• stage 2/6 at 20% for 3m10s: RolledBack, last check Fail"
+        "\n    ◦ `quality` control won 18, treatment won 2 (p=0.003 ratio in [1.2, +Inf]): Fail: worse"
     )
 
 
