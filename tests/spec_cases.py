@@ -578,6 +578,29 @@ INVALID += [
         "should match",
         "should match",
     ),
+    Case(
+        "judge-gate-without-judge",
+        _set("analysis.gates.0", {"name": "quality", "template": "judge-win-rate", "test": {}}),
+        "spec.analysis",
+        "spec.analysis.judge must be set",
+        "spec.analysis.judge must be set",
+    ),
+    Case(
+        "criterion-on-another-template",
+        _set("analysis.gates.0.criterion", "accuracy"),
+        "spec.analysis.gates[0]",
+        "only the judge-score template takes it",
+        "only the judge-score template takes it",
+    ),
+    Case(
+        "criterion-not-judged",
+        _edits(
+            _set("analysis.judge", _JUDGE), _set("analysis.gates.0", _JUDGE_SCORE | {"criterion": "tone"})
+        ),
+        "spec.analysis",
+        "must be one of spec.analysis.judge.criteria",
+        "criterion tone is not one of spec.analysis.judge.criteria",
+    ),
 ]
 
 # Specs the models refuse and the API server cannot: placing a variable needs PromQL's lexer (strings,
@@ -601,29 +624,6 @@ OPERATOR_ONLY = [
         _set("analysis.gates.2.query", 'x{m="{{ canary.model }}}'),
         "spec.analysis.gates[2].query",
         model_says="unterminated string",
-    ),
-    Case(
-        "judge-gate-without-judge",
-        _set("analysis.gates.0", {"name": "quality", "template": "judge-win-rate", "test": {}}),
-        "spec.analysis",
-        "spec.analysis.judge must be set",
-        "spec.analysis.judge must be set",
-    ),
-    Case(
-        "criterion-on-another-template",
-        _set("analysis.gates.0.criterion", "accuracy"),
-        "spec.analysis.gates[0]",
-        "only the judge-score template takes it",
-        "only the judge-score template takes it",
-    ),
-    Case(
-        "criterion-not-judged",
-        _edits(
-            _set("analysis.judge", _JUDGE), _set("analysis.gates.0", _JUDGE_SCORE | {"criterion": "tone"})
-        ),
-        "spec.analysis",
-        "must be one of spec.analysis.judge.criteria",
-        "criterion tone is not one of spec.analysis.judge.criteria",
     ),
 ]
 
