@@ -1113,6 +1113,7 @@ class GateSummary(StatusModel):
     bound: str | None = Field(None, description="What the gate required, in words.")
     p_value: float | None = None
     no_worse: bool = Field(False, description="A sequential test proved the canary no worse than the margin.")
+    advisory: bool = Field(False, description="Reported only: never decided anything.")
     canary_events: float | None = Field(None, description="A sequential test's canary events in the stage.")
     stable_events: float | None = Field(None, description="A sequential test's stable events in the stage.")
     ratio_low: float | None = Field(None, description="A sequential test's interval of the rate ratio.")

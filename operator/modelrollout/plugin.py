@@ -19,7 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
+from urllib.parse import quote
 
+import httpx
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
@@ -206,8 +208,22 @@ def cmd_status(session: Session, args: argparse.Namespace) -> int:
 
 
 def cmd_report(session: Session, args: argparse.Namespace) -> int:
-    session.out(report.render(session.get(args.name), _now(), args.output))
+    obj = session.get(args.name)
+    samples = _judge_samples(args.judge_url, session.namespace, args.name) if args.judge_url else []
+    session.out(report.render(obj, _now(), args.output, samples))
     return 0
+
+
+def _judge_samples(base_url: str, namespace: str, name: str) -> list[Any]:
+    """The sample pairs the judge service kept for this rollout (redacted there)."""
+    url = f"{base_url.rstrip('/')}/v1/samples/{quote(namespace, safe='')}/{quote(name, safe='')}"
+    try:
+        response = httpx.get(url, timeout=10)
+        response.raise_for_status()
+        samples = response.json().get("samples")
+    except (httpx.HTTPError, ValueError, AttributeError) as error:
+        raise PluginError(f"could not read the judge's samples from {url}: {error}") from error
+    return samples if isinstance(samples, list) else []
 
 
 def _result(
@@ -320,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_options(decision)
     decision.add_argument("name")
     decision.add_argument("-o", "--output", choices=sorted(report.RENDERERS), default="table")
+    decision.add_argument(
+        "--judge-url",
+        metavar="URL",
+        help="the judge service (e.g. http://127.0.0.1:8090 through kubectl port-forward): adds its redacted "
+        "sample pairs",
+    )
     decision.set_defaults(handler=cmd_report)
 
     helps = {

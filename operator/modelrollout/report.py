@@ -19,6 +19,7 @@ from typing import Any
 from modelrollout import api
 from modelrollout.engine.history import gate_summary, stage_requests
 from modelrollout.plugin_view import MISSING, number, table, target_text
+from modelrollout.report_timeline import Step, steps, svg
 
 _HEADERS = ("Stage", "Traffic", "Users", "Requests (canary/stable)", "Ran", "Last check", "Outcome")
 _GATE_HEADERS = ("Gate", "Control (stable)", "Treatment (canary)", "Delta", "Required", "Decision")
@@ -47,6 +48,20 @@ class StageRow:
 
 
 @dataclass(frozen=True)
+class SampleRow:
+    """A judged pair as the judge service kept it (redacted and shortened there)."""
+
+    outcome: str  # the canary's: win, loss or tie
+    source: str
+    prompt: str
+    stable_answer: str
+    canary_answer: str
+    scores: str  # per criterion: stable against canary
+    reasoning: str
+    judge: str  # the judge model and rubric version
+
+
+@dataclass(frozen=True)
 class Report:
     rollout: str
     stable: str
@@ -55,6 +70,8 @@ class Report:
     phase: str
     message: str
     stages: tuple[StageRow, ...]
+    timeline: tuple[Step, ...] = ()
+    samples: tuple[SampleRow, ...] = ()
 
 
 def _users(spec: Mapping[str, Any], weight: int, shadow: int) -> str:
@@ -142,7 +159,7 @@ def _gate_row(gate: api.GateSummary, judged: frozenset[str] = frozenset()) -> Ga
         treatment=treatment,
         delta=delta,
         required=gate.bound or MISSING,
-        decision=f"{gate.verdict.value}: {decision_word(gate)}",
+        decision=f"{gate.verdict.value}: {decision_word(gate)}{' (advisory)' if gate.advisory else ''}",
     )
 
 
@@ -234,7 +251,47 @@ def summary(spec: Mapping[str, Any], status: api.ModelRolloutStatus) -> api.Repo
     )
 
 
-def decision_report(obj: Mapping[str, Any], now: datetime) -> Report:
+def _text(value: Any, limit: int = 2_000) -> str:
+    """A field of a sample as text, bounded (the judge service's answer is data, not trusted layout)."""
+    text = value if isinstance(value, str) else "" if value is None else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _scores(sample: Mapping[str, Any]) -> str:
+    stable, canary = sample.get("stable_scores") or {}, sample.get("canary_scores") or {}
+    if not isinstance(stable, Mapping) or not isinstance(canary, Mapping):
+        return MISSING
+    return ", ".join(
+        f"{_text(name, 40)} {number(_float(stable.get(name)))} vs {number(_float(canary.get(name)))}"
+        for name in list(stable)[:8]
+    )
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def sample_rows(samples: Sequence[Mapping[str, Any]]) -> tuple[SampleRow, ...]:
+    """The judge service's samples (`GET /v1/samples/...`) as report rows; at most ten."""
+    return tuple(
+        SampleRow(
+            outcome=_text(sample.get("outcome"), 8),
+            source=_text(sample.get("source"), 16),
+            prompt=_text(sample.get("prompt")),
+            stable_answer=_text(sample.get("stable_answer")),
+            canary_answer=_text(sample.get("canary_answer")),
+            scores=_scores(sample),
+            reasoning=_text(sample.get("reasoning")),
+            judge=f"{_text(sample.get('judge_model'), 100)} ({_text(sample.get('rubric'), 40)})",
+        )
+        for sample in samples[:10]
+        if isinstance(sample, Mapping)
+    )
+
+
+def decision_report(
+    obj: Mapping[str, Any], now: datetime, samples: Sequence[Mapping[str, Any]] = ()
+) -> Report:
     spec = obj.get("spec") or {}
     metadata = obj.get("metadata") or {}
     status = api.ModelRolloutStatus.model_validate(obj.get("status") or {})
@@ -257,6 +314,8 @@ def decision_report(obj: Mapping[str, Any], now: datetime) -> Report:
         else status.phase.value,
         message=status.message or MISSING,
         stages=tuple(rows),
+        timeline=steps(status, now),
+        samples=sample_rows(samples),
     )
 
 
@@ -285,12 +344,49 @@ def render_table(report: Report) -> str:
         if row.gates:
             lines += ["", f"Stage {row.stage} at {row.traffic}, last check {row.last_check}:"]
             lines += table(_GATE_HEADERS, [_gate_cells(g) for g in row.gates], indent="  ")
+    if report.samples:
+        lines += ["", "Sample pairs (redacted by the judge service):"]
+        for sample in report.samples:
+            lines += [
+                f"- canary {sample.outcome} ({sample.source}); {sample.scores}",
+                f"  prompt:  {_one_line(sample.prompt)}",
+                f"  stable:  {_one_line(sample.stable_answer)}",
+                f"  canary:  {_one_line(sample.canary_answer)}",
+                f"  judge:   {_one_line(sample.reasoning)}",
+            ]
     return "\n".join(lines) + "\n"
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+_SAMPLE_HEADERS = (
+    "Canary",
+    "Prompt",
+    "Stable's answer",
+    "Canary's answer",
+    "Scores (stable vs canary)",
+    "Judge",
+)
+
+
+def _sample_cells(sample: SampleRow) -> list[str]:
+    return [
+        f"{sample.outcome} ({sample.source})",
+        sample.prompt,
+        sample.stable_answer,
+        sample.canary_answer,
+        sample.scores,
+        f"{sample.reasoning} ({sample.judge})",
+    ]
 
 
 def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
+        # Markdown renderers pass raw HTML through: a prompt or an answer must not become markup.
+        return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
 
     return [
         "| " + " | ".join(cell(h) for h in headers) + " |",
@@ -316,6 +412,9 @@ def render_markdown(report: Report) -> str:
         if row.gates:
             lines += ["", f"### Stage {row.stage} at {row.traffic}: {row.outcome}", ""]
             lines += _markdown_table(_GATE_HEADERS, [_gate_cells(g) for g in row.gates])
+    if report.samples:
+        lines += ["", "### Sample pairs (redacted)", ""]
+        lines += _markdown_table(_SAMPLE_HEADERS, [_sample_cells(s) for s in report.samples])
     return "\n".join(lines) + "\n"
 
 
@@ -364,6 +463,10 @@ def render_html(report: Report) -> str:
     if not report.stages:
         parts.append("<p>No stage has run yet.</p>")
     else:
+        if report.timeline:
+            parts.append(
+                f"<figure>{svg(report.timeline)}<figcaption>Canary traffic over time</figcaption></figure>"
+            )
         parts.append(_html_table(_HEADERS, [_stage_cells(row) for row in report.stages], "stages", 5))
         for number_, row in enumerate(report.stages, start=1):
             if row.gates:
@@ -371,6 +474,10 @@ def render_html(report: Report) -> str:
                 parts.append(f"<h2>{html.escape(title)}</h2>")
                 gates = [_gate_cells(g) for g in row.gates]
                 parts.append(_html_table(_GATE_HEADERS, gates, f"gates-{number_}", 5))
+    if report.samples:
+        parts.append("<h2>Sample pairs (redacted by the judge service)</h2>")
+        cells = [_sample_cells(sample) for sample in report.samples]
+        parts.append(_html_table(_SAMPLE_HEADERS, cells, "samples", -1))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -382,5 +489,7 @@ def render_json(report: Report) -> str:
 RENDERERS = {"table": render_table, "markdown": render_markdown, "json": render_json, "html": render_html}
 
 
-def render(obj: Mapping[str, Any], now: datetime, output: str = "table") -> str:
-    return RENDERERS[output](decision_report(obj, now))
+def render(
+    obj: Mapping[str, Any], now: datetime, output: str = "table", samples: Sequence[Mapping[str, Any]] = ()
+) -> str:
+    return RENDERERS[output](decision_report(obj, now, samples))

@@ -528,3 +528,18 @@ def test_the_judge_is_off_by_default_and_read_only_when_on(
         "--namespace",
         team,
     ]
+
+    patterns = render(
+        helm,
+        namespace,
+        "--set",
+        "judge.enabled=true",
+        "--set-json",
+        'judge.redactPatterns=["\\\\bACME-\\\\d{6}\\\\b", "order #\\\\d+"]',
+    )
+    (args,) = {
+        tuple(o["spec"]["template"]["spec"]["containers"][0]["args"])
+        for o in patterns
+        if o["kind"] == "Deployment" and "-judge" in o["metadata"]["name"]
+    }
+    assert args == ("--port", "8090", "--redact", "\\bACME-\\d{6}\\b", "--redact", "order #\\d+")

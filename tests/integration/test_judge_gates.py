@@ -6,13 +6,18 @@ promoted, and a judge that answers garbage half the time holds the rollout Incon
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from judge_support import RunningJudge, running_judge
+from modelrollout import plugin
+from modelrollout_dev.browser import rendered_dom, screenshot
+from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.prometheus import PrometheusServer
 from modelrollout_dev.sim.openai_server import FakeModel, FakeOpenAIServer
 from scenario_support import Kubectl, Rollout, prepared_rollout, remove_rollouts, wait_for
@@ -102,7 +107,9 @@ STAGES = [{"weight": 20, "duration": "8s"}, {"weight": 50, "duration": "8s"}, {"
 
 
 @pytest.mark.parametrize("judged", [(0.4, 0.0)], indirect=True)
-def test_a_canary_perfect_on_errors_and_latency_is_rolled_back_on_quality(judged: JudgedRollout) -> None:
+def test_a_canary_perfect_on_errors_and_latency_is_rolled_back_on_quality(
+    judged: JudgedRollout, env_state: EnvironmentState, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     judged.create(STAGES)
     status = judged.rollout.wait_phase("RolledBack", timeout=60)
     assert status["rollback"]["gate"] == "quality", status["rollback"]
@@ -118,6 +125,30 @@ def test_a_canary_perfect_on_errors_and_latency_is_rolled_back_on_quality(judged
     assert judged.rollout.weights() == (100, 0)
     assert judged.judge_metric("modelrollout_judge_verdicts_total", outcome="loss") > 0
     assert judged.judge_metric("modelrollout_judge_errors_total") == 0
+
+    # status.report, compact, says so; the full report adds the judge's redacted samples and a timeline
+    compact = judged.rollout.status()["report"]
+    assert compact["decision"].startswith("RolledBack: rolled back at stage")
+    [quality_line] = [line for line in compact["gates"] if line.startswith("quality:")]
+    assert "control won " in quality_line
+    assert quality_line.endswith("Fail: worse")
+    where = ["--kubeconfig", env_state.kubeconfig, "-n", judged.rollout.namespace]
+    code = plugin.main(
+        ["report", "chat", *where, "-o", "html", "--judge-url", f"http://{judged.judge.address}"]
+    )
+    page = capsys.readouterr().out
+    assert code == 0
+    saved = tmp_path / "report.html"
+    saved.write_text(page)
+    dom = rendered_dom(saved.as_uri())
+    assert '<svg id="timeline"' in dom
+    samples = re.search(r'<table id="samples">(.*?)</table>', dom, re.S)
+    assert samples is not None
+    outcomes = re.findall(r"<tr><td>(\w+) \(replay\)</td>", samples.group(1))
+    assert outcomes, samples.group(1)[:500]
+    assert outcomes[0] == "loss"  # losses first: they explain the rollback
+    assert "support question" in samples.group(1)
+    print(f"the report as Chromium renders it: {screenshot(saved.as_uri(), tmp_path / 'report.png')}")
 
 
 @pytest.mark.parametrize("judged", [(0.8, 0.0)], indirect=True)

@@ -123,9 +123,9 @@ def test_live_pairs_count_like_replayed_ones(
         "namespace": namespace,
         "rollout": "live-only",
         "requestId": "r-1",
-        "prompt": "why?",
+        "prompt": "why? (mail me at jane.doe@example.com)",
         "stableAnswer": answer_text("old", 0.3, "why?"),
-        "canaryAnswer": answer_text("new", 0.9, "why?"),
+        "canaryAnswer": answer_text("new", 0.9, "why?") + " Use the key sk-live-4f9a8b7c6d5e4f3a2b1c0d9e.",
     }
     url = f"http://127.0.0.1:{judge_service.port}/v1/pairs"
 
@@ -139,6 +139,16 @@ def test_live_pairs_count_like_replayed_ones(
     )
     assert judge_service.metric("modelrollout_judge_verdicts_total", outcome="win", **labels) == 1
     assert judge_service.metric("modelrollout_judge_pairs_total", source="live", **labels) == 1
+    # the sample kept for the report: redacted, with the judge's verdict beside it
+    kept = httpx.get(f"http://127.0.0.1:{judge_service.port}/v1/samples/{namespace}/live-only", timeout=5)
+    [sample] = kept.json()["samples"]
+    assert (sample["request_id"], sample["source"], sample["outcome"]) == ("r-1", "live", "win")
+    assert sample["prompt"] == "why? (mail me at [redacted:email])"
+    assert "sk-live" not in sample["canary_answer"]
+    assert "[redacted:" in sample["canary_answer"]
+    assert (sample["judge_model"], sample["rubric"]) == ("judge", "pairwise-v1")
+    assert sample["canary_scores"]["accuracy"] > sample["stable_scores"]["accuracy"]
+    assert "jane.doe" not in kept.text
     unknown = httpx.post(url, json={**pair, "rollout": "nobody"}, timeout=5)
     assert unknown.status_code == 404
     assert httpx.post(url, json={"rollout": "x"}, timeout=5).status_code == 400

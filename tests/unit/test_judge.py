@@ -3,15 +3,18 @@ order-balanced pairs mapped back to the variants, and redaction of what a report
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import re
 
 import pytest
 
+from modelrollout.judge import command
 from modelrollout.judge.blind import LOSS, TIE, WIN, Pair, Shown, outcome, shown
 from modelrollout.judge.redact import redact, sample
 from modelrollout.judge.rubric import MalformedVerdict, Rubric, Verdict, judge_messages, parse_verdict
+from modelrollout.judge.samples import MAX_TEXT, Judged, SampleStore
 from modelrollout_dev.sim.openai_server import FakeModel, answer_text, judge_verdict
 
 RUBRIC = Rubric()
@@ -169,3 +172,50 @@ def test_configured_patterns_and_the_size_bound() -> None:
     kept = sample("mail a@b.io " + "x" * 5000, limit=100)
     assert kept.startswith("mail [redacted:email] ")
     assert len(kept) == 100
+
+
+# ---- the samples kept for the report ----
+
+
+def _judged(index: int, winner: str, text: str = "answer") -> Judged:
+    pair = Pair(f"req-{index}", f"prompt {index} from jane@example.com", f"stable {text}", f"canary {text}")
+    verdict = Verdict(
+        {"accuracy": 8.0}, {"accuracy": 4.0}, winner, "A is right; call +1 415 555 0100 for details"
+    )
+    shown_pair = Shown(pair, canary_is_a=False)  # the canary is B
+    return Judged(
+        pair, outcome(shown_pair, verdict), verdict, "replay", "2026-12-02T10:00:00+00:00", "j", "v1"
+    )
+
+
+def test_samples_keep_the_latest_losses_apart_redacted_and_short() -> None:
+    store = SampleStore([re.compile(r"\bACME-\d{6}\b")])
+    key = ("llm", "chat")
+    for index in range(6):
+        store.keep(key, _judged(index, "A"))  # A is the stable: the canary lost
+    for index in range(6, 10):
+        store.keep(key, _judged(index, "B", text="ACME-123456 " + "x" * 5000))  # canary wins
+    kept = store.samples(key)
+    assert [s.request_id for s in kept] == ["req-5", "req-4", "req-3", "req-9", "req-8"]
+    assert [s.outcome for s in kept] == [LOSS, LOSS, LOSS, WIN, WIN]
+    assert kept[0].prompt == "prompt 5 from [redacted:email]"
+    assert kept[0].reasoning == "A is right; call [redacted:phone] for details"
+    assert (kept[0].canary_scores, kept[0].stable_scores) == ({"accuracy": 4.0}, {"accuracy": 8.0})
+    assert kept[3].canary_answer.startswith("canary [redacted:custom] xxx")
+    assert len(kept[3].canary_answer) == MAX_TEXT
+    assert store.samples(("llm", "other")) == []
+    store.retain({("llm", "other")})
+    assert store.samples(key) == []
+
+
+def test_the_judge_command_takes_redaction_patterns_and_refuses_broken_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = argparse.ArgumentParser()
+    command.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["judge", "--redact", r"\bACME-\d{6}\b", "--redact", "order #\\d+"])
+    assert [p.pattern for p in args.redact] == [r"\bACME-\d{6}\b", "order #\\d+"]
+    for broken, why in (("(", "is not a regular expression"), ("x" * 201, "limited to 200 characters")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["judge", "--redact", broken])
+        assert why in capsys.readouterr().err

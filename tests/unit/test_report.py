@@ -9,7 +9,7 @@ from typing import Any
 
 from test_kstatus import T0, P, Ticks, spec
 
-from modelrollout import api, engine, report
+from modelrollout import api, engine, report, report_timeline
 from modelrollout.analysis import CheckResult
 from modelrollout.engine import Observation, RoutingView
 
@@ -259,3 +259,62 @@ def test_the_compact_report_is_bounded() -> None:
         "1/3 at 5% for 60s: Advanced (Soak), last check Pass",
         "2/3 at 20%: running (Paused)",
     ]
+
+
+def test_the_timeline_steps_through_the_stages_and_marks_how_the_rollout_ended() -> None:
+    status = promoted()
+    timeline = report_timeline.steps(status, T0 + timedelta(hours=1))
+    assert [(s.start, s.end, s.weight, s.outcome) for s in timeline] == [
+        (0.0, 60.0, 5, "Advanced (Soak)"),
+        (60.0, 120.0, 20, "Advanced (Promote)"),
+        (120.0, 130.0, 100, "Promoted"),
+    ]
+    drawn = report_timeline.svg(timeline)
+    assert drawn.startswith('<svg id="timeline"')
+    assert drawn.count('<circle class="ending"') == 1
+    assert ">Promoted</text>" in drawn
+    page = report.render(as_object(status), T0 + timedelta(hours=1), "html")
+    assert drawn in page
+    assert report_timeline.svg(()) == ""
+
+
+HOSTILE_SAMPLE = {
+    "outcome": "loss",
+    "source": "live",
+    "prompt": "<img src=x onerror=alert(1)> what is 2+2?",
+    "stable_answer": "4",
+    "canary_answer": "</td><script>alert(2)</script>",
+    "stable_scores": {"accuracy": 9, "clarity": 8.5},
+    "canary_scores": {"accuracy": 2, "clarity": "high"},
+    "reasoning": "A is correct | B is not",
+    "judge_model": "judge",
+    "rubric": "pairwise-v1",
+}
+
+
+def test_sample_pairs_are_shown_in_every_format_and_escaped() -> None:
+    obj = as_object(promoted())
+    now = T0 + timedelta(hours=1)
+    page = report.render(obj, now, "html", [HOSTILE_SAMPLE, "not a sample"])  # type: ignore[list-item]
+    assert "<script>" not in page
+    assert "<img" not in page
+    assert "&lt;/td&gt;&lt;script&gt;alert(2)&lt;/script&gt;" in page
+    assert page.count('<table id="samples">') == 1
+    (row,) = report.decision_report(obj, now, [HOSTILE_SAMPLE]).samples
+    assert row.scores == "accuracy 9 vs 2, clarity 8.5 vs -"  # a score that is not a number is not shown
+    assert row.judge == "judge (pairwise-v1)"
+    markdown = report.render(obj, now, "markdown", [HOSTILE_SAMPLE])
+    assert "| loss (live) | &lt;img src=x onerror=alert(1)&gt; what is 2+2? | 4 |" in markdown
+    assert "<" not in markdown
+    assert "A is correct \\| B is not (judge (pairwise-v1))" in markdown
+    text = report.render(obj, now, "table", [HOSTILE_SAMPLE])
+    assert "- canary loss (live); accuracy 9 vs 2, clarity 8.5 vs -" in text
+    assert json.loads(report.render(obj, now, "json", [HOSTILE_SAMPLE]))["samples"][0]["outcome"] == "loss"
+    assert "Sample pairs" not in report.render(obj, now, "table")
+
+
+def test_an_advisory_gate_says_it_decided_nothing() -> None:
+    advisory = api.GateSummary(
+        name="accuracy-score", verdict=api.Verdict.FAIL, value=6.0, control=8.0, bound="x", advisory=True
+    )
+    assert report._gate_row(advisory).decision == "Fail: worse (advisory)"

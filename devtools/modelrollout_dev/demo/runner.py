@@ -94,6 +94,7 @@ class Demo:
         # seconds back, so the shares it shows rest on a few hundred requests rather than one second's worth.
         self._looks: deque[tuple[dict[str, int], dict[str, dict[str, int]]]] = deque(maxlen=6)
         self.models: FakeOpenAIServer | None = None
+        self.judge_port: int | None = None
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         proc, _ = self.processes.spawn(name, argv, die_with_parent=True, env=env)
@@ -166,7 +167,7 @@ class Demo:
                 metadata=client.V1ObjectMeta(name=scenario.EVAL_SET), data={"prompts": scenario.EVAL_PROMPTS}
             ),
         )
-        port = free_port()
+        port = self.judge_port = free_port()
         argv = [sys.executable, "-m", "modelrollout.cli", "judge", "-n", scenario.NAMESPACE]
         self._spawn("judge", [*argv, "--port", str(port), "--sync-interval", "1"], env)
         prometheus = self.environment.prometheus
@@ -175,6 +176,15 @@ class Demo:
         prometheus.set_targets("judge", [f"127.0.0.1:{port}"])
         prometheus.wait_for_job_up("judge", timeout=30)
         return self.models.url
+
+    def _judge_samples(self, name: str) -> list[Any]:
+        """The redacted sample pairs the judge kept for a rollout, for its report (none if not judged)."""
+        if self.judge_port is None:
+            return []
+        url = f"http://127.0.0.1:{self.judge_port}/v1/samples/{scenario.NAMESPACE}/{name}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            samples = json.load(response).get("samples")
+        return samples if isinstance(samples, list) else []
 
     def _start_simulator(self, env: dict[str, str]) -> str:
         """Start the simulated mesh; it prints its URL as the first line of its output."""
@@ -269,7 +279,7 @@ class Demo:
             page = self.picture.with_name(
                 self.picture.name.replace("demo-timeline-", f"demo-report-{name}-")
             ).with_suffix(".html")
-            page.write_text(report.render(live, datetime.now(UTC), "html"))
+            page.write_text(report.render(live, datetime.now(UTC), "html", self._judge_samples(name)))
             print(f"decision report of {name}: {page}")
         return 0 if ok else 1
 

@@ -77,10 +77,14 @@ def judge_verdict(prompt: str, model: FakeModel, rng: random.Random) -> dict[str
         means["A"] += a / len(CRITERIA)
         means["B"] += b / len(CRITERIA)
     if abs(means["A"] - means["B"]) < model.tie_margin:
-        winner = "tie"
+        winner, reasoning = "tie", "Both answers are about as accurate, clear and complete."
     else:
         winner = "A" if means["A"] > means["B"] else "B"
-    return {**scores, "winner": winner}
+        reasoning = (
+            f"{winner} is more accurate and complete (mean {max(means.values()):.1f} against "
+            f"{min(means.values()):.1f})."
+        )
+    return {**scores, "winner": winner, "reasoning": reasoning}
 
 
 @dataclass

@@ -65,6 +65,7 @@ def gate_summary(result: api.GateResult) -> api.GateSummary:
         value=result.value,
         control=result.control,
         bound=result.bound or bounds_text(result.min, result.max) or None,
+        advisory=result.advisory,
     )
     evidence = result.evidence
     if evidence is None:

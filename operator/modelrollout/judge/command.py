@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import signal
 
 import httpx
@@ -28,8 +29,28 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     judge.add_argument(
         "--sync-interval", type=float, default=5.0, help="seconds between listings of rollouts"
     )
+    judge.add_argument(
+        "--redact",
+        action="append",
+        default=[],
+        type=_pattern,
+        metavar="REGEX",
+        help="also redact matches of this pattern from the samples kept for reports (repeatable)",
+    )
     judge.add_argument("--verbose", action="store_true")
     judge.set_defaults(handler=main)
+
+
+MAX_PATTERN = 200
+
+
+def _pattern(text: str) -> re.Pattern[str]:
+    if len(text) > MAX_PATTERN:
+        raise argparse.ArgumentTypeError(f"a pattern is limited to {MAX_PATTERN} characters")
+    try:
+        return re.compile(text)
+    except re.error as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression: {error}") from error
 
 
 async def _run(args: argparse.Namespace) -> None:
@@ -38,7 +59,8 @@ async def _run(args: argparse.Namespace) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with httpx.AsyncClient() as http:
-        service = JudgeService(kube_reads(default_api_client(), tuple(args.namespace)), http)
+        reads = kube_reads(default_api_client(), tuple(args.namespace))
+        service = JudgeService(reads, http, redact_patterns=args.redact)
         await serve(service, args.port, args.sync_interval, stop)
 
 

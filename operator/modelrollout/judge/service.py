@@ -4,7 +4,9 @@ export the verdicts as Prometheus metrics; live pairs posted by apps to `POST /v
 
 It only reads ModelRollouts, ConfigMaps (evaluation sets) and Secrets (judge keys) and never writes to the
 API server; the operator's gates read its metrics. Prompts and answers stay in memory for one judgement and
-are neither logged nor stored.
+are never logged; of the last few per rollout a redacted, shortened sample is kept in memory for the decision
+report (`GET /v1/samples/{namespace}/{rollout}`, see `samples`), until the rollout is deleted or starts a new
+pair.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import contextlib
 import itertools
 import logging
 import random
+import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -31,6 +35,7 @@ from modelrollout.judge.blind import Pair, outcome, shown
 from modelrollout.judge.budget import HourlyBudget
 from modelrollout.judge.metrics import JudgeMetrics
 from modelrollout.judge.rubric import MalformedVerdict, Rubric, judge_messages, parse_verdict
+from modelrollout.judge.samples import Judged, SampleStore
 from modelrollout.judge.targets import JudgeTarget, judge_target
 
 log = logging.getLogger(__name__)
@@ -73,11 +78,14 @@ class JudgeService:
         http: httpx.AsyncClient,
         metrics: JudgeMetrics | None = None,
         rng: random.Random | None = None,
+        *,
         clock: Callable[[], float] = time.monotonic,
+        redact_patterns: Iterable[re.Pattern[str]] = (),
     ) -> None:
         self.reads = reads
         self.http = http
         self.metrics = metrics or JudgeMetrics()
+        self.samples = SampleStore(redact_patterns)
         self.rng = rng or random.Random()  # noqa: S311  (the order shown to a judge, not a secret)
         self.clock = clock
         self.work: dict[tuple[str, str], _Work] = {}
@@ -87,15 +95,20 @@ class JudgeService:
     async def sync(self) -> None:
         """Start judging new targets (a rollout under way, or a new pair of one), stop judging the rest."""
         wanted: dict[tuple[str, str], JudgeTarget] = {}
-        for obj in await self.reads.list_rollouts():
+        listed = await self.reads.list_rollouts()
+        for obj in listed:
             target = judge_target(obj)
             if target is not None:
                 wanted[(target.namespace, target.name)] = target
         for key, work in list(self.work.items()):
             if wanted.get(key) != work.target:  # gone, a new pair, or its judge settings edited
                 self._stop(key)
+        # A finished rollout keeps its samples for its report; a deleted one does not.
+        metadata = [obj.get("metadata") or {} for obj in listed]
+        self.samples.retain({(str(m.get("namespace")), str(m.get("name"))) for m in metadata})
         for key, target in wanted.items():
             if key not in self.work:
+                self.samples.forget(key)  # a new pair (or new judge settings): its own samples
                 work = _Work(target, HourlyBudget(target.judge.budget_per_hour))
                 work.task = asyncio.create_task(self._replay_loop(work), name=f"judge {key[0]}/{key[1]}")
                 self.work[key] = work
@@ -182,6 +195,18 @@ class JudgeService:
                 continue
             result = outcome(shown_pair, verdict)
             self.metrics.verdicts.labels(*labels, result.canary).inc()
+            self.samples.keep(
+                labels,
+                Judged(
+                    pair=pair,
+                    outcome=result,
+                    verdict=verdict,
+                    source=source,
+                    at=datetime.now(UTC).isoformat(timespec="seconds"),
+                    judge_model=model.name,
+                    rubric=rubric.version,
+                ),
+            )
             for variant, scores in (("canary", result.canary_scores), ("stable", result.stable_scores)):
                 for criterion, score in scores.items():
                     self.metrics.scores.labels(*labels, variant, criterion).observe(score)
@@ -266,6 +291,10 @@ class JudgeService:
         task.add_done_callback(work.tasks.discard)
         return web.json_response({"accepted": pair.request_id}, status=202)
 
+    async def samples_page(self, request: web.Request) -> web.Response:
+        key = (request.match_info["namespace"], request.match_info["rollout"])
+        return web.json_response({"samples": [kept.as_json() for kept in self.samples.samples(key)]})
+
     async def metrics_page(self, _request: web.Request) -> web.Response:
         return web.Response(
             body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
@@ -276,6 +305,7 @@ class JudgeService:
         application.router.add_get("/metrics", self.metrics_page)
         application.router.add_get("/healthz", _healthz)
         application.router.add_post("/v1/pairs", self.post_pair)
+        application.router.add_get("/v1/samples/{namespace}/{rollout}", self.samples_page)
         return application
 
 
