@@ -692,6 +692,9 @@ class JudgeModelRef(ApiModel):
         description="Secret in the rollout's namespace with `api-key` and `url`: the key is sent as a bearer "
         "token only when the Secret's own `url` equals `url`, so a spec edit cannot send it elsewhere.",
     )
+    pricing: Pricing | None = Field(
+        None, description="The judge model's prices, for the estimated cost of judging (a metric)."
+    )
 
 
 class EvalSet(ApiModel):

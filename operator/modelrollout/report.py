@@ -72,6 +72,7 @@ class Report:
     stages: tuple[StageRow, ...]
     timeline: tuple[Step, ...] = ()
     samples: tuple[SampleRow, ...] = ()
+    cost: str = MISSING  # per request, from the latest llm-cost-per-request gate
 
 
 def _users(spec: Mapping[str, Any], weight: int, shadow: int) -> str:
@@ -289,6 +290,18 @@ def sample_rows(samples: Sequence[Mapping[str, Any]]) -> tuple[SampleRow, ...]:
     )
 
 
+def _cost(spec: Mapping[str, Any], status: api.ModelRolloutStatus) -> str:
+    """The canary's cost per request (and the stable's, when the gate compares), from the latest check."""
+    gates = (spec.get("analysis") or {}).get("gates") or []
+    priced = {str(g.get("name")) for g in gates if g.get("template") == api.GateTemplate.LLM_COST_PER_REQUEST}
+    check = status.last_analysis
+    for result in check.gates if check else []:
+        if result.name in priced and result.value is not None:
+            text = f"canary ${result.value:.4g}"
+            return text + (f", stable ${result.control:.4g}" if result.control is not None else "")
+    return MISSING
+
+
 def decision_report(
     obj: Mapping[str, Any], now: datetime, samples: Sequence[Mapping[str, Any]] = ()
 ) -> Report:
@@ -316,6 +329,7 @@ def decision_report(
         stages=tuple(rows),
         timeline=steps(status, now),
         samples=sample_rows(samples),
+        cost=_cost(spec, status),
     )
 
 
@@ -333,6 +347,7 @@ def render_table(report: Report) -> str:
         f"Stable:       {report.stable}",
         f"Canary:       {report.canary}",
         f"Experiment:   {report.experiment_id}",
+        f"Cost/request: {report.cost}",
         f"Decision:     {report.phase}: {report.message}",
         "",
     ]
@@ -402,6 +417,7 @@ def render_markdown(report: Report) -> str:
         f"- **Stable:** {report.stable}",
         f"- **Canary:** {report.canary}",
         f"- **Experiment:** `{report.experiment_id}`",
+        f"- **Cost per request:** {report.cost}",
         f"- **Decision:** {report.phase}: {report.message}",
         "",
     ]
@@ -451,6 +467,7 @@ def render_html(report: Report) -> str:
         ("Stable", report.stable),
         ("Canary", report.canary),
         ("Experiment", report.experiment_id),
+        ("Cost per request", report.cost),
         ("Decision", f"{report.phase}: {report.message}"),
     )
     parts = [

@@ -88,7 +88,10 @@ def test_a_worse_canary_loses_blind_and_order_balanced(
     api_client: client.ApiClient, namespace: str, models: FakeOpenAIServer, judge_service: RunningJudge
 ) -> None:
     config_map(api_client, namespace, "eval", {"prompts": PROMPTS})
-    judged_rollout(api_client, namespace, models, "chat", evalSet={"configMapRef": {"name": "eval"}})
+    priced = {"url": models.url, "name": "judge", "pricing": {"inputPerMillion": 3, "outputPerMillion": 15}}
+    judged_rollout(
+        api_client, namespace, models, "chat", evalSet={"configMapRef": {"name": "eval"}}, model=priced
+    )
     verdicts = {"rollout_namespace": namespace, "rollout": "chat"}
     eventually(
         "60 verdicts", lambda: judge_service.metric("modelrollout_judge_verdicts_total", **verdicts) >= 60
@@ -113,6 +116,14 @@ def test_a_worse_canary_loses_blind_and_order_balanced(
     assert judge_service.metric("modelrollout_judge_errors_total", **verdicts) == 0
     assert models.calls("gpt-4o") >= 60
     assert models.calls("claude-worse") >= 60
+    # the judge's tokens as its answers reported them, and their price
+    scrape = judge_service.samples()
+    read = judge_service.metric("modelrollout_judge_tokens_total", scrape, kind="input", **verdicts)
+    written = judge_service.metric("modelrollout_judge_tokens_total", scrape, kind="output", **verdicts)
+    assert read > 60 * 20
+    assert written > 0
+    cost = judge_service.metric("modelrollout_judge_cost_usd_total", scrape, **verdicts)
+    assert cost == pytest.approx((read * 3 + written * 15) / 1e6)
 
 
 def test_live_pairs_count_like_replayed_ones(

@@ -318,3 +318,15 @@ def test_an_advisory_gate_says_it_decided_nothing() -> None:
         name="accuracy-score", verdict=api.Verdict.FAIL, value=6.0, control=8.0, bound="x", advisory=True
     )
     assert report._gate_row(advisory).decision == "Fail: worse (advisory)"
+
+
+def test_the_cost_per_request_comes_from_the_latest_cost_gate() -> None:
+    cost = api.GateResult(name="cost", verdict=api.Verdict.PASS, value=0.0071, control=0.0032, window="2m")
+    status = promoted().model_copy(
+        update={"last_analysis": api.AnalysisResult(at=T0, stage=2, verdict=api.Verdict.PASS, gates=[cost])}
+    )
+    gates = {"gates": [{"name": "cost", "template": "llm-cost-per-request", "source": "vllm", "max": 1}]}
+    built = report.decision_report(as_object(status, analysis=gates), T0)
+    assert built.cost == "canary $0.0071, stable $0.0032"
+    assert "Cost/request: canary $0.0071, stable $0.0032" in report.render_table(built)
+    assert report.decision_report(as_object(status), T0).cost == "-"  # no cost gate: not known

@@ -1,5 +1,6 @@
 """The judge's Prometheus metrics, per rollout: verdicts (the canary's win, loss or tie against the stable),
-scores per variant and criterion, judge errors by reason, judge model calls, and pairs by source. Gates read
+scores per variant and criterion, judge errors by reason, judge model calls, their tokens and estimated cost,
+and pairs by source. Gates read
 them like any metric. Labels are bounded: the rollout (`rollout_namespace`, `rollout`; not `namespace`, which
 Prometheus' Kubernetes discovery sets to the judge Pod's own) and closed sets."""
 
@@ -36,6 +37,18 @@ class JudgeMetrics:
         self.calls = Counter(
             "modelrollout_judge_calls",
             "Calls to the judge model.",
+            ["rollout_namespace", "rollout"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "modelrollout_judge_tokens",
+            "Tokens the judge model read (input) and wrote (output), as its answers report them.",
+            ["rollout_namespace", "rollout", "kind"],
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "modelrollout_judge_cost_usd",
+            "Estimated cost of judging in USD: tokens priced by spec.analysis.judge.model.pricing.",
             ["rollout_namespace", "rollout"],
             registry=self.registry,
         )

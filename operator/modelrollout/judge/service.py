@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 import httpx
 from aiohttp import web
@@ -182,12 +182,14 @@ class JudgeService:
                 return None
             self.metrics.calls.labels(*labels).inc()
             try:
-                text = await self._complete(
+                answer = await self._answer(
                     model.url, model.name, messages, target.judge.timeout.total_seconds(), api_key
                 )
             except (httpx.HTTPError, ValueError):
                 self.metrics.errors.labels(*labels, "judge-unreachable").inc()
                 return None
+            self._count_usage(labels, answer.usage, model.pricing)
+            text = answer.text
             try:
                 verdict = parse_verdict(text, rubric)
             except MalformedVerdict as error:
@@ -245,6 +247,18 @@ class JudgeService:
             return None
         return data.get("api-key")
 
+    def _count_usage(
+        self, labels: tuple[str, str], usage: tuple[int, int] | None, pricing: api.Pricing | None
+    ) -> None:
+        if usage is None:
+            return
+        read, written = usage
+        self.metrics.tokens.labels(*labels, "input").inc(read)
+        self.metrics.tokens.labels(*labels, "output").inc(written)
+        if pricing is not None:
+            cost = (read * pricing.input_per_million + written * pricing.output_per_million) / 1e6
+            self.metrics.cost.labels(*labels).inc(cost)
+
     async def _complete(
         self,
         base_url: str,
@@ -253,6 +267,16 @@ class JudgeService:
         seconds: float,
         api_key: str | None = None,
     ) -> str:
+        return (await self._answer(base_url, model, messages, seconds, api_key)).text
+
+    async def _answer(
+        self,
+        base_url: str,
+        model: str,
+        messages: list[dict[str, str]],
+        seconds: float,
+        api_key: str | None = None,
+    ) -> _Answer:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         response = await self.http.post(
             f"{base_url.rstrip('/')}/chat/completions",
@@ -265,7 +289,7 @@ class JudgeService:
         content = body["choices"][0]["message"]["content"]
         if not isinstance(content, str):
             raise ValueError("the answer has no text")
-        return content
+        return _Answer(content, _usage(body.get("usage")))
 
     # ---- live pairs and metrics over HTTP ----
 
@@ -307,6 +331,26 @@ class JudgeService:
         application.router.add_post("/v1/pairs", self.post_pair)
         application.router.add_get("/v1/samples/{namespace}/{rollout}", self.samples_page)
         return application
+
+
+@dataclass(frozen=True)
+class _Answer:
+    text: str
+    usage: tuple[int, int] | None  # tokens read and written, as the server reports them
+
+
+def _usage(reported: Any) -> tuple[int, int] | None:
+    """The answer's token counts, when the server reports them as non-negative integers."""
+    if not isinstance(reported, dict):
+        return None
+    read, written = reported.get("prompt_tokens"), reported.get("completion_tokens")
+    if not (_token_count(read) and _token_count(written)):
+        return None
+    return int(read), int(written)
+
+
+def _token_count(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10_000_000
 
 
 async def _healthz(_request: web.Request) -> web.Response:
