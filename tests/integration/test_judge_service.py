@@ -150,6 +150,8 @@ def test_live_pairs_count_like_replayed_ones(
     )
     assert judge_service.metric("modelrollout_judge_verdicts_total", outcome="win", **labels) == 1
     assert judge_service.metric("modelrollout_judge_pairs_total", source="live", **labels) == 1
+    judged_by = {"judge_model": "judge", "rubric": "pairwise-v1"}
+    assert judge_service.metric("modelrollout_judge_verdicts_total", **labels, **judged_by) == 1
     # the sample kept for the report: redacted, with the judge's verdict beside it
     kept = httpx.get(f"http://127.0.0.1:{judge_service.port}/v1/samples/{namespace}/live-only", timeout=5)
     [sample] = kept.json()["samples"]

@@ -17,8 +17,8 @@ class JudgeMetrics:
         self.registry = registry or CollectorRegistry()
         self.verdicts = Counter(
             "modelrollout_judge_verdicts",
-            "Judged pairs by the canary's result against the stable.",
-            ["rollout_namespace", "rollout", "outcome"],
+            "Judged pairs by the canary's result against the stable, and by who judged with which rubric.",
+            ["rollout_namespace", "rollout", "outcome", "judge_model", "rubric"],
             registry=self.registry,
         )
         self.scores = Histogram(

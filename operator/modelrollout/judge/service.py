@@ -196,7 +196,7 @@ class JudgeService:
                 log.info("%s/%s: malformed verdict (attempt %d): %s", *labels, attempt, error)
                 continue
             result = outcome(shown_pair, verdict)
-            self.metrics.verdicts.labels(*labels, result.canary).inc()
+            self.metrics.verdicts.labels(*labels, result.canary, model.name, rubric.version).inc()
             self.samples.keep(
                 labels,
                 Judged(
