@@ -180,7 +180,7 @@ class Reconciler:
         spec = spec_problems(obj.get("spec") or {})
         if isinstance(spec, list):
             plan = engine.invalid_spec(status, spec, now, generation)
-            obj = await self._record(ref, obj, status, plan.status)
+            obj = await self._record(ref, obj, status, plan.status, valid=False)
             await self._post(ref, plan.events)
             return plan, obj
 
@@ -310,10 +310,14 @@ class Reconciler:
         obj: dict[str, Any],
         current: api.ModelRolloutStatus,
         status: api.ModelRolloutStatus,
+        *,
+        valid: bool = True,
     ) -> dict[str, Any]:
         """Record `status` if it differs from what is stored, conditionally on the object's version. Its
-        compact report is derived here, in one place before every write, from the status itself."""
-        status = status.model_copy(update={"report": report.summary(obj.get("spec") or {}, status)})
+        compact report is derived here, in one place before every write, from the status and the spec (an
+        invalid spec, whatever its shape, is not read: the report then goes by the status alone)."""
+        spec_view = (obj.get("spec") or {}) if valid else {}
+        status = status.model_copy(update={"report": report.summary(spec_view, status)})
         if status == current and obj.get("status"):
             return obj
         version = obj["metadata"].get("resourceVersion")

@@ -434,3 +434,23 @@ def test_the_status_carries_the_compact_report_and_a_quiet_tick_does_not_rewrite
     writes = w.server.status_writes
     w.tick(timedelta(seconds=30))
     assert w.server.status_writes == writes
+
+
+def test_a_spec_of_any_shape_leaves_a_report_and_never_crashes_the_tick() -> None:
+    """An invalid spec is not read for the report: fields of the wrong type cannot break the driver."""
+    w = world()
+    at_stage_two(w)
+
+    def mangle(obj: dict[str, Any]) -> None:
+        obj["spec"]["analysis"] = "every gate"
+        obj["spec"]["experiment"] = ["not", "a", "map"]
+        obj["spec"]["stages"] = "many"
+
+    w.server.edit_rollout(mangle)
+    w.tick(timedelta(seconds=5))
+    status = w.server.status()
+    assert any(c.type == "InvalidSpec" and c.status == "True" for c in status.conditions)
+    assert status.report is not None
+    assert status.report.decision.startswith(f"{status.phase.value}: invalid spec")
+    assert "spec.analysis" in status.report.decision
+    assert status.report.stages[0] == "1/3 at 10% for 60s: Advanced (Soak), last check Pass"

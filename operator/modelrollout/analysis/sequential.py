@@ -234,7 +234,6 @@ def evaluate_sequential(
     observed = _observed_ratio(tested.canary_events, tested.stable_events, tested.canary_share)
     if p_value <= test.alpha:  # the evidence reached 1/alpha: now, or (carried) in an earlier look
         verdict, message = api.Verdict.FAIL, f"{text}: worse than the stable by more than {test.margin:.0%}"
-
     elif tested.no_worse:
         verdict, message = api.Verdict.PASS, f"{text}: no worse than the stable, with evidence"
     else:
