@@ -336,6 +336,60 @@ def targets(schedule: Schedule, results: Results) -> None:
     )
 
 
+# ---- sticky assignment: the weight splits users, their requests split unevenly ----
+
+STICKY_WEIGHT, STICKY_MINUTES = 0.10, 60
+
+
+def sticky_shares(rng: np.random.Generator, runs: int) -> np.ndarray:
+    """The canary's share of the requests per (run, minute) at 10% of the users: each run's canary users are
+    lighter or heavier than average (a share between 6% and 18% for the run) and their traffic varies from
+    minute to minute (x0.7 to x1.3), as a few heavy users coming and going make it."""
+    per_run = rng.uniform(0.06, 0.18, (runs, 1))
+    return np.clip(per_run * rng.uniform(0.7, 1.3, (runs, STICKY_MINUTES)), 0.01, 0.99)
+
+
+def sticky(rng: np.random.Generator, runs: int, rps: float) -> None:
+    """One hour at 10% of the users; errors per request at the baseline, or twice it on the canary. The
+    sequential test with the weight as its share against the same test with the run's measured share of
+    requests (what the operator does with sticky assignment)."""
+    print(
+        f"== sticky assignment: {STICKY_WEIGHT:.0%} of the users for {STICKY_MINUTES} minutes, the canary's "
+        "share of requests 6-18% by run, x0.7-1.3 by minute ==\n"
+    )
+    header = f"{'scenario':<24}{'share the test uses':<32}{'rollback':>9}{'minutes (median)':>18}"
+    print(header)
+    print("-" * len(header))
+    figures: dict[tuple[str, str], float] = {}
+    for name, factor in (("same rate per request", 1.0), ("2x per request", 2.0)):
+        share = sticky_shares(rng, runs)
+        per_minute = rps * 60
+        canary = rng.poisson(per_minute * share)
+        stable = rng.poisson(per_minute * (1 - share))
+        canary_errors = rng.binomial(canary, BASELINE * factor).cumsum(axis=1)
+        stable_errors = rng.binomial(stable, BASELINE).cumsum(axis=1)
+        seen = canary.cumsum(axis=1) / np.maximum(1, (canary + stable).cumsum(axis=1))
+        measured = np.clip(np.where(seen > 0, seen, STICKY_WEIGHT), 1e-3, 1 - 1e-3)
+        for label, rho in (
+            ("the weight (10%)", np.full_like(measured, STICKY_WEIGHT)),
+            ("measured", measured),
+        ):
+            log_bf = rate_ratio_log_bf(canary_errors, stable_errors, rho, margin=MARGIN)
+            hit = first_true(log_bf >= -math.log(ALPHA))
+            rolled = hit != NEVER
+            figures[name, label] = float(rolled.mean())
+            minutes = median(hit[rolled] + 1.0)
+            print(f"{name:<24}{label:<32}{rolled.mean():>9.1%}{minutes:>18}")
+    print()
+    false_alarm = figures["same rate per request", "measured"]
+    print(
+        f"target: false rollback <= alpha {ALPHA:.0%} with sticky assignment: measured share "
+        f"{false_alarm:.1%} (the weight: {figures['same rate per request', 'the weight (10%)']:.1%}) -> "
+        f"{'met' if false_alarm <= ALPHA else 'NOT met'}; a 2x regression per request detected in "
+        f"{figures['2x per request', 'measured']:.1%} of runs within the hour\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=1000, help="rollouts per scenario and stage length")
@@ -364,6 +418,7 @@ def main() -> None:
     results = {schedule.name: table(schedule, rng, args.runs, args.rps) for schedule in SCHEDULES}
     for schedule in SCHEDULES:
         targets(schedule, results[schedule.name])
+    sticky(rng, args.runs, args.rps)
     print(f"({time.perf_counter() - started:.1f} s)")
 
 

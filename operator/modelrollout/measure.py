@@ -26,7 +26,6 @@ from modelrollout.analysis import (
     GateMeasurement,
     evaluate_check,
     needs_control,
-    needs_split,
 )
 from modelrollout.analysis.sequential import series_key
 from modelrollout.config import OperatorConfig
@@ -140,6 +139,7 @@ class Measurer:
             stage_started_at=status.stage_started_at if status else None,
             rollout_started_at=status.rollout_started_at if status else None,
             accumulations=tuple(status.accumulations) if status else (),
+            sticky=spec.experiment is not None and spec.experiment.stickiness is not None,
         )
         try:
             provider = await self._provider(spec, ref)
@@ -162,8 +162,9 @@ class Measurer:
         counting = asyncio.ensure_future(queries.requests("canary"))
         controls = any(needs_control(g) and not g.judged for g in analysis.gates)
         control_counting = asyncio.ensure_future(queries.requests("stable") if controls else _nothing())
-        split = any(needs_split(g) for g in analysis.gates)
-        routing_counting = asyncio.ensure_future(queries.request_counters() if split else _no_counters())
+        # Requests per variant for every check: the report's counts per stage, the exposure of sticky
+        # experiments and the sample-ratio check of sequential gates.
+        routing_counting = asyncio.ensure_future(queries.request_counters())
         judged = any(g.judged for g in analysis.gates)
         judge_counting = asyncio.ensure_future(queries.judge_counters() if judged else _no_counters())
         gating = [asyncio.ensure_future(queries.gate(g)) for g in analysis.gates]

@@ -196,7 +196,7 @@ def test_a_sample_ratio_mismatch_holds_sequential_gates() -> None:
     assert biased.gates[0].evidence is not None
     assert not biased.gates[0].evidence.no_worse
     names = [a.name for a in biased.accumulations or ()]
-    assert names == ["errors", SAMPLE_RATIO]
+    assert names == [SAMPLE_RATIO, "errors"]
     # more canary traffic than its weight also means more canary events: not the canary's fault
     inflated = check(T0 + timedelta(minutes=5), {"a": 300.0}, {"b": 80.0}, previous=first,
                      requests=({"r": 12000.0}, {"s": 8000.0}))  # fmt: skip
@@ -226,3 +226,85 @@ def test_counts_of_gates_that_are_no_longer_sequential_are_dropped() -> None:
     )
     assert evaluate_check(measurement, 100, context).accumulations == ()
     assert evaluate_check(measurement, 100, CheckContext(100, canary_weight=50)).accumulations is None
+
+
+def sticky_check(
+    minute: int, canary_errors: float, stable_errors: float, previous: CheckResult | None, *, sticky: bool
+) -> CheckResult:
+    """At 10% of the users, whose share of the requests is 20% (heavier users): 200 and 800 a minute."""
+    at = T0 + timedelta(minutes=minute)
+    measured = GateMeasurement(
+        GATE,
+        "2m",
+        canary_counters={"a": canary_errors * minute},
+        stable_counters={"b": stable_errors * minute},
+    )
+    measurement = CheckMeasurement(
+        at,
+        (measured,),
+        1000.0,
+        control_requests=1000.0,
+        canary_request_counters={"c": 200.0 * minute},
+        stable_request_counters={"s": 800.0 * minute},
+    )
+    context = CheckContext(
+        100,
+        canary_weight=10,
+        stage=1,
+        stage_started_at=T0,
+        rollout_started_at=T0,
+        accumulations=previous.accumulations or () if previous else (),
+        sticky=sticky,
+    )
+    return evaluate_check(measurement, 100, context)
+
+
+def test_sticky_assignment_tests_against_the_measured_share_of_requests() -> None:
+    """The canary's users send 20% of the requests at 10% of the buckets. Per request it errs exactly as
+    often as the stable (2 and 8 errors a minute): against its weight it would look twice as bad (and the
+    split would look broken); against its measured share it is no worse. Twice the stable's rate per
+    request still fails."""
+    weighted, sticky, worse = None, None, None
+    for minute in range(0, 61):
+        weighted = sticky_check(minute, 2.0, 8.0, weighted, sticky=False)
+        sticky = sticky_check(minute, 2.0, 8.0, sticky, sticky=True)
+        worse = sticky_check(minute, 4.0, 8.0, worse, sticky=True)
+        if worse.verdict == F and weighted.verdict == INC and sticky.verdict == P:
+            break
+    assert weighted is not None
+    assert sticky is not None
+    assert worse is not None
+    assert weighted.sample_ratio is not None
+    assert weighted.sample_ratio.mismatch  # the weight says 10%
+    assert sticky.sample_ratio is None  # users, not requests, follow the weight: not tested
+    assert sticky.verdict == P, sticky.summary
+    assert sticky.gates[0].evidence is not None
+    assert sticky.gates[0].evidence.canary_share == pytest.approx(0.2)
+    assert worse.verdict == F, worse.summary
+    assert worse.gates[0].evidence is not None
+    assert worse.gates[0].evidence.canary_share == pytest.approx(0.2)
+
+
+def test_requests_are_counted_per_stage_without_sequential_gates() -> None:
+    plain = api.Gate(name="error-rate", template=api.GateTemplate.ISTIO_ERROR_RATE, max=0.02)
+    previous = None
+    for minute in range(3):
+        measurement = CheckMeasurement(
+            T0 + timedelta(minutes=minute),
+            (GateMeasurement(plain, "2m", values=(0.001,)),),
+            1000.0,
+            canary_request_counters={"c": 100.0 * minute},
+            stable_request_counters={"s": 900.0 * minute},
+        )
+        context = CheckContext(
+            100,
+            canary_weight=10,
+            stage=0,
+            stage_started_at=T0,
+            accumulations=previous.accumulations or () if previous else (),
+        )
+        previous = evaluate_check(measurement, 100, context)
+    assert previous is not None
+    [requests] = previous.accumulations or ()
+    assert (requests.name, requests.canary_events, requests.stable_events) == (SAMPLE_RATIO, 200.0, 1800.0)
+    assert previous.sample_ratio is None  # nothing relies on the split: counted, not tested

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 from modelrollout import api
 from modelrollout.analysis.gates import bounds_text, evaluate_gate
@@ -35,6 +36,7 @@ from modelrollout.analysis.sequential import (
     Run,
     evaluate_sequential,
     judge_reliability,
+    observed_share,
     sample_ratio,
 )
 
@@ -84,6 +86,15 @@ def evaluate_check(
     )
     previous = {a.name: a for a in context.accumulations}
     accumulations: list[api.Accumulation] = []
+    split = any(needs_split(g.gate) for g in measurement.gates)
+    # Requests per variant are counted for every rollout (the report shows them); the split is tested only
+    # for sequential gates that rely on it, and not under sticky assignment, where the weight splits users.
+    ratio, requests_counted = _requests(
+        measurement, run, previous, accumulations, test=split and not context.sticky
+    )
+    share = observed_share(requests_counted) if context.sticky else None
+    if share is not None and 0 < share < 1 and 0 < run.canary_weight < 100:
+        run = replace(run, observed_share=share)
     results = []
     for gate_measurement in measurement.gates:
         if gate_measurement.gate.test is not None:
@@ -105,9 +116,8 @@ def evaluate_check(
             else:
                 evaluated = _control_traffic(evaluated, measurement, min_requests)
         results.append(evaluated)
-    ratio = None
-    if any(needs_split(g.gate) for g in measurement.gates):
-        ratio, results = _sample_ratio(measurement, run, previous, accumulations, results)
+    if ratio is not None and ratio.mismatch:
+        results = _held_by_routing(measurement, results)
     judged = {g.gate.name for g in measurement.gates if g.gate.judged}
     if judged:
         results = _judge_reliability(measurement, run, previous, accumulations, results)
@@ -145,33 +155,37 @@ def evaluate_check(
     )
 
 
-def _sample_ratio(
+def _requests(
     measurement: CheckMeasurement,
     run: Run,
     previous: dict[str, api.Accumulation],
     accumulations: list[api.Accumulation],
-    results: list[api.GateResult],
-) -> tuple[SampleRatio | None, list[api.GateResult]]:
-    """The routing check of sequential gates. While it finds a mismatch, their tests (which assume the split
-    the weights say) decide nothing: neither a pass nor a rejection is trusted, and none has evidence. A
-    canary served more traffic than its weight also shows more events; rolling it back for that would blame
-    it for the routing."""
+    *,
+    test: bool,
+) -> tuple[SampleRatio | None, api.Accumulation | None]:
+    """The run's requests per variant, and (when `test`) the routing check of sequential gates."""
     if measurement.canary_request_counters is None or measurement.stable_request_counters is None:
-        if SAMPLE_RATIO in previous:
-            accumulations.append(previous[SAMPLE_RATIO])  # the run goes on; this check could not count
-        return None, results
+        kept = previous.get(SAMPLE_RATIO)
+        if kept is not None:
+            accumulations.append(kept)  # the run goes on; this check could not count
+        return None, kept if kept is not None and run.continues(kept) else None
     ratio, accumulation = sample_ratio(
         measurement.canary_request_counters,
         measurement.stable_request_counters,
         run,
         previous.get(SAMPLE_RATIO),
+        test=test,
     )
     accumulations.append(accumulation)
-    if ratio is None or not ratio.mismatch:
-        return ratio, results
+    return ratio, accumulation
+
+
+def _held_by_routing(measurement: CheckMeasurement, results: list[api.GateResult]) -> list[api.GateResult]:
+    """While the routing check finds a mismatch, the tests that assume the split the weights say decide
+    nothing: neither a pass nor a rejection is trusted, and none has evidence. A canary served more traffic
+    than its weight also shows more events; rolling it back for that would blame it for the routing."""
     split = {g.gate.name for g in measurement.gates if needs_split(g.gate)}
-    held = [_held(r, "sample ratio mismatch") if r.evidence and r.name in split else r for r in results]
-    return ratio, held
+    return [_held(r, "sample ratio mismatch") if r.evidence and r.name in split else r for r in results]
 
 
 def _held(result: api.GateResult, why: str) -> api.GateResult:

@@ -55,6 +55,9 @@ class CheckContext:
     stage_started_at: datetime | None = None
     rollout_started_at: datetime | None = None
     accumulations: tuple[api.Accumulation, ...] = ()  # the sequential counts so far (from status)
+    # Sticky assignment: users, not requests, are split by the weight, so the canary's share of requests
+    # is measured (the stage's request counts), not taken from the weight.
+    sticky: bool = False
 
 
 @dataclass(frozen=True)

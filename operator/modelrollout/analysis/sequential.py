@@ -67,11 +67,16 @@ class Run:
     since: datetime
     rollout_started_at: datetime | None = None
     mirror: int = 0  # a shadow stage: stable serves everything, this percent of it is copied to the canary
+    # The canary's measured share of the run's requests, where the weight does not set it (sticky users).
+    observed_share: float | None = None
 
     @property
     def canary_share(self) -> float:
         """The canary's share of the traffic both variants see: its weight, or in a shadow stage the
-        mirrored copies among stable's requests and those copies (mirror / (100 + mirror))."""
+        mirrored copies among stable's requests and those copies (mirror / (100 + mirror)), or the share
+        of requests measured over the run when users are assigned (`observed_share`)."""
+        if self.observed_share is not None:
+            return self.observed_share
         if self.mirror and not self.canary_weight:
             return self.mirror / (100 + self.mirror)
         return self.canary_weight / 100
@@ -253,10 +258,13 @@ def sample_ratio(
     stable: Mapping[str, float],
     run: Run,
     previous: api.Accumulation | None,
+    *,
+    test: bool = True,
 ) -> tuple[SampleRatio | None, api.Accumulation]:
-    """The routing check: request counts per variant since the run began, against the weight."""
+    """The routing check: request counts per variant since the run began, against the weight. Counted for
+    every rollout (the report shows them); tested only when `test` (sequential gates rely on the split)."""
     accumulation, fresh = _counted(SAMPLE_RATIO, run, previous, canary, stable)
-    if fresh:
+    if fresh or not test:
         return None, accumulation
     tested = sample_ratio_test(
         accumulation.canary_events,
@@ -306,3 +314,11 @@ def judge_reliability(
         f"at most {JUDGE_FAILURE_LIMIT:.0%} are tolerated)"
     )
     return JudgeReliability(unreliable=unreliable, message=message), accumulation
+
+
+def observed_share(requests: api.Accumulation | None) -> float | None:
+    """The canary's share of the run's requests so far, or None before there are any."""
+    if requests is None:
+        return None
+    total = requests.canary_events + requests.stable_events
+    return requests.canary_events / total if total > 0 else None
