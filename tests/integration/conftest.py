@@ -4,11 +4,14 @@ gitops tier; scenario_support has the pieces)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kubernetes import client
 
+from install_support import HELM_MODULE, ensure_helm
 from istio_exporter import IstioTrafficExporter
+from modelrollout_dev.devenv.binaries import BinariesError
 from scenario_support import (
     Kubectl,
     OperatorProcess,
@@ -29,3 +32,11 @@ def rollout(
     with prepared_rollout(api_client, kubectl, namespace, exporter) as subject:
         yield subject
     remove_rollouts(api_client, namespace)
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    try:
+        return ensure_helm(lambda message: print(f"[helm] {message}"))
+    except BinariesError as error:  # never a skip: the install path must be checked in CI
+        pytest.fail(f"helm could not be built from {HELM_MODULE}: {error}", pytrace=False)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
+from install_support import render
 from modelrollout import assign
 from modelrollout_dev.devenv.prometheus import PrometheusServer
 from modelrollout_dev.sim.routing import Request
@@ -294,3 +296,56 @@ def test_a_user_id_header_is_bucketed_in_the_mesh_by_the_operators_envoy_filter(
             "networking.istio.io", "v1alpha3", ns, "envoyfilters", name
         )
     assert gone.value.status == 404
+
+
+def test_the_charts_telemetry_labels_istios_request_metrics_with_the_variant(
+    experiment: Experiment, prometheus: PrometheusServer, helm: Path, api_client: client.ApiClient
+) -> None:
+    """The chart's optional Telemetry (variantLabel), created on the real API server (Istio's schema checks
+    it): the destination-reported request metrics of the rollout's services carry `variant` from the
+    x-variant header the operator sets on each destination; requests without it are `none`."""
+    namespace = experiment.rollout.namespace
+    rendered = render(
+        helm,
+        namespace,
+        "--set",
+        "variantLabel.enabled=true",
+        "--set",
+        f"variantLabel.namespaces={{{namespace}}}",
+    )
+    [telemetry] = [o for o in rendered if o["kind"] == "Telemetry"]
+    assert telemetry["metadata"]["namespace"] == namespace
+    client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+        "telemetry.istio.io", "v1", namespace, "telemetries", telemetry
+    )
+    experiment.load(40)
+    experiment.rollout.create(
+        stages=[{"weight": 30, "duration": "60s"}, {"weight": 100}],
+        models=experiment.models,
+        gates=[{"name": "error-rate", "template": "istio-error-rate", "max": 0.05}],
+        **ANALYSIS,
+    )
+    experiment.rollout.wait_status("stage 1", lambda s: s.get("canaryWeight") == 30, timeout=30)
+    selector = f'destination_service_namespace="{namespace}", variant!=""'
+    by_variant = f"sum by (destination_service_name, variant) (istio_requests_total{{{selector}}})"
+    seen = prometheus.wait_for_series(by_variant, timeout=30)
+
+    def labelled() -> set[tuple[str, str]]:
+        return {
+            (s["metric"]["destination_service_name"], s["metric"]["variant"])
+            for s in prometheus.api_get("/api/v1/query", {"query": by_variant})["data"]["result"]
+        }
+
+    deadline = time.monotonic() + 30
+    while not {(STABLE, "stable"), (CANARY, "canary")} <= labelled():
+        assert time.monotonic() < deadline, labelled()
+        time.sleep(0.5)
+    assert seen
+    assert (CANARY, "stable") not in labelled()
+    assert (STABLE, "canary") not in labelled()
+    # A request that no managed route gave the dimension headers is labelled `none`.
+    experiment.send({"x-llm-eval": "canary"}, count=5)
+    deadline = time.monotonic() + 30
+    while (CANARY, "none") not in labelled():
+        assert time.monotonic() < deadline, labelled()
+        time.sleep(0.5)

@@ -10,88 +10,23 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client
 
-from modelrollout_dev.devenv.binaries import (
-    GOMOD_DIR,
-    BinariesError,
-    GoBuild,
-    _file_lock,
-    cache_root,
-    pinned_version,
-    run_build,
-)
+from install_support import CHART, HELM_MODULE, REPO, Manifest, render, run_helm
+from modelrollout_dev.devenv.binaries import pinned_version
 from scenario_support import Kubectl
 
 # A cold helm build (module download and compile) takes minutes; it happens in the first test that asks.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "modelrollout-operator"
 CRD_NAME = "modelrollout.io_modelrollouts.yaml"
 CRD = REPO / "crds" / CRD_NAME
 CRD_COPIES = (CHART / "crds" / CRD_NAME, REPO / "manifests" / "base" / "crds" / CRD_NAME)
-HELM_MODULE = GOMOD_DIR / "helm"
-
-Manifest = dict[str, Any]
-
-
-def helm_build(root: Path | None = None) -> GoBuild:
-    """helm from the pinned module, with the flags helm's own release builds set (mk/deploy.mk uses the
-    same): the version, and a default Capabilities.KubeVersion from the client-go it is built with (unset,
-    it is 1.20, below the chart's kubeVersion)."""
-    version = pinned_version(HELM_MODULE, "helm.sh/helm/v3")
-    kube_minor = pinned_version(HELM_MODULE, "k8s.io/client-go").split(".")[1]
-    ldflags = ["-s", "-w", f"-X helm.sh/helm/v3/internal/version.version={version}"]
-    ldflags.append("-X helm.sh/helm/v3/internal/version.gitTreeState=clean")
-    for package in ("chartutil", "lint/rules"):
-        ldflags.append(f"-X helm.sh/helm/v3/pkg/{package}.k8sVersionMajor=1")
-        ldflags.append(f"-X helm.sh/helm/v3/pkg/{package}.k8sVersionMinor={kube_minor}")
-    return GoBuild(
-        module_dir=HELM_MODULE,
-        packages=("helm.sh/helm/v3/cmd/helm",),
-        outputs=("helm",),
-        target_dir=(root or cache_root()) / "bin" / f"helm-{version}",
-        tags="",
-        ldflags=" ".join(ldflags),
-    )
-
-
-def ensure_helm(log: Callable[[str], None] = print) -> Path:
-    """The cached helm, built first if missing. The lock is the one `make helm` takes (flock on the same
-    file), so a test session and a make run started together build once."""
-    build = helm_build()
-    with _file_lock(build.target_dir.parent / ".helm.lock"):
-        if not build.is_cached():
-            run_build(build, log)
-    return build.target_dir / "helm"
-
-
-@pytest.fixture(scope="session")
-def helm() -> Path:
-    try:
-        return ensure_helm(lambda message: print(f"[helm] {message}"))
-    except BinariesError as error:  # never a skip: the install path must be checked in CI
-        pytest.fail(f"helm could not be built from {HELM_MODULE}: {error}", pytrace=False)
-
-
-def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(helm), *args], capture_output=True, text=True, timeout=120, check=False, cwd=REPO
-    )
-
-
-def render(helm: Path, namespace: str, *args: str, release: str = "modelrollout") -> list[Manifest]:
-    """`helm template` of the chart as a list of objects."""
-    rendered = run_helm(helm, "template", release, str(CHART), "--namespace", namespace, *args)
-    assert rendered.returncode == 0, rendered.stderr
-    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
 
 
 def kustomize(kubectl: Kubectl, directory: str) -> list[Manifest]:
@@ -543,3 +478,25 @@ def test_the_judge_is_off_by_default_and_read_only_when_on(
         if o["kind"] == "Deployment" and "-judge" in o["metadata"]["name"]
     }
     assert args == ("--port", "8090", "--redact", "\\bACME-\\d{6}\\b", "--redact", "order #\\d+")
+
+
+def test_the_variant_label_telemetry_is_off_by_default_and_the_plain_manifest_matches_the_chart(
+    helm: Path, kubectl: Kubectl, namespace: str
+) -> None:
+    assert not [o for o in render(helm, namespace) if o["kind"] == "Telemetry"]
+    [mesh_wide] = [
+        o for o in render(helm, namespace, "--set", "variantLabel.enabled=true") if o["kind"] == "Telemetry"
+    ]
+    plain = yaml.safe_load((REPO / "manifests" / "optional" / "telemetry-variant-label.yaml").read_text())
+    assert (plain["metadata"]["name"], plain["metadata"]["namespace"]) == (
+        "modelrollout-variant",
+        "istio-system",
+    )
+    assert (mesh_wide["metadata"]["name"], mesh_wide["metadata"]["namespace"]) == (
+        plain["metadata"]["name"],
+        plain["metadata"]["namespace"],
+    )
+    assert plain["spec"] == mesh_wide["spec"]
+    # Istio's own schema accepts it (in a namespace that exists here)
+    in_namespace = {**plain, "metadata": {**plain["metadata"], "namespace": namespace}}
+    dry_run_apply(kubectl, [in_namespace])

@@ -25,11 +25,10 @@ import httpx
 import pytest
 import yaml
 from kubernetes import client
-from test_install import CHART, ensure_helm, run_helm
 from test_prometheus_provider import FakePrometheus
 
+from install_support import CHART, run_helm
 from istio_exporter import IstioTrafficExporter
-from modelrollout_dev.devenv.binaries import BinariesError
 from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.netutil import free_port
 from modelrollout_dev.devenv.prometheus import PrometheusServer
@@ -43,14 +42,6 @@ pytestmark = [
     pytest.mark.usefixtures("modelrollout_crd"),
     pytest.mark.timeout(900),  # a cold helm build comes first
 ]
-
-
-@pytest.fixture(scope="session")
-def helm() -> Path:
-    try:
-        return ensure_helm(lambda message: print(f"[helm] {message}"))
-    except BinariesError as error:
-        pytest.fail(f"helm could not be built: {error}", pytrace=False)
 
 
 @dataclass

@@ -216,6 +216,8 @@ REQUEST_LABELS: tuple[str, ...] = (
     *DESTINATION_LABELS,
     "request_protocol",
     "response_code",
+    # Set only by an Istio Telemetry tag override (`sim.telemetry`); empty, i.e. absent, otherwise.
+    "variant",
 )
 
 
@@ -447,6 +449,7 @@ class MeshMetrics:
         tokens_out: int,
         source_workload: str,
         source_namespace: str,
+        variant: str = "",
     ) -> None:
         where = destination_labels(destination)
         labels = {
@@ -456,6 +459,7 @@ class MeshMetrics:
             **where,
             "request_protocol": "http",
             "response_code": str(status),
+            "variant": variant,
         }
         self.requests.labels(**labels).inc()
         self.duration.labels(**labels).observe(latency_ms)
@@ -465,7 +469,13 @@ class MeshMetrics:
             self.tokens.labels(direction="output", **where).inc(tokens_out)
 
     def record_served(
-        self, destination: Destination, served: Served, *, source_workload: str, source_namespace: str
+        self,
+        destination: Destination,
+        served: Served,
+        *,
+        source_workload: str,
+        source_namespace: str,
+        variant: str = "",
     ) -> None:
         """A request that reached `destination`'s backend: in the Istio families and the vLLM ones."""
         self.record(
@@ -476,6 +486,7 @@ class MeshMetrics:
             tokens_out=served.tokens_out,
             source_workload=source_workload,
             source_namespace=source_namespace,
+            variant=variant,
         )
         self.vllm.record(model_name(destination, served), served)
 

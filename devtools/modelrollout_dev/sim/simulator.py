@@ -33,6 +33,7 @@ from modelrollout_dev.sim.metrics import MeshMetrics, model_name
 from modelrollout_dev.sim.routing import Destination, Request, RouteResult, route
 from modelrollout_dev.sim.server import ControlServer
 from modelrollout_dev.sim.stats import Stats
+from modelrollout_dev.sim.telemetry import VariantTag
 from modelrollout_dev.sim.watcher import IstioWatcher
 
 VirtualServices = Callable[[], Sequence[Mapping[str, Any]]]
@@ -114,6 +115,8 @@ class Simulator:
     ) -> None:
         self.watcher: IstioWatcher | None = None
         self.filter_watcher: IstioWatcher | None = None
+        self.telemetry_watcher: IstioWatcher | None = None
+        self.variant_tag = VariantTag(list)
         self._virtual_services: VirtualServices
         self.lua_filters: LuaFilters | None = None
         if api_client is not None and virtual_services is None:
@@ -124,6 +127,11 @@ class Simulator:
                 api_client, namespaces, api_version="v1alpha3", plural="envoyfilters"
             )
             self.lua_filters = LuaFilters(self.filter_watcher.snapshot)
+            # Telemetries: the tag overrides the destination sidecar applies to the standard metrics.
+            self.telemetry_watcher = IstioWatcher(
+                api_client, None, api_version="v1", plural="telemetries", group="telemetry.istio.io"
+            )
+            self.variant_tag = VariantTag(self.telemetry_watcher.snapshot)
         elif virtual_services is not None and api_client is None:
             self._virtual_services = virtual_services
         else:
@@ -150,6 +158,8 @@ class Simulator:
             self.watcher.start()
         if self.filter_watcher is not None:
             self.filter_watcher.start()
+        if self.telemetry_watcher is not None:
+            self.telemetry_watcher.start()
         self.load.start()
         self.server.start()
         return self
@@ -161,6 +171,8 @@ class Simulator:
             self.watcher.stop()
         if self.filter_watcher is not None:
             self.filter_watcher.stop()
+        if self.telemetry_watcher is not None:
+            self.telemetry_watcher.stop()
 
     def __enter__(self) -> Simulator:
         return self.start()
@@ -297,7 +309,11 @@ class Simulator:
         same headers as the request the routed destination received)."""
         served = self.backends.serve(destination.service, destination.namespace, rng)
         self.metrics.record_served(
-            destination, served, source_workload=source_workload, source_namespace=source_namespace
+            destination,
+            served,
+            source_workload=source_workload,
+            source_namespace=source_namespace,
+            variant=self.variant_tag(destination.namespace, routing.headers),
         )
         self.metrics.record_received(destination, routing.headers, mirrored=mirrored)
         return served

@@ -1,5 +1,6 @@
-"""The live VirtualServices (or other Istio objects: EnvoyFilters) of some namespaces (or all), kept current
-from the API server: list, then watch from the list's resourceVersion, in a background thread per scope.
+"""The live VirtualServices (or other Istio objects: EnvoyFilters, Telemetries) of some namespaces (or all),
+kept current from the API server: list, then watch from the list's resourceVersion, in a background thread
+per scope.
 
 Any failure (410 Gone when the resourceVersion expired, a dropped connection, an API error) ends the watch and
 the thread lists again after a short backoff, replacing what it held, so deletions missed while disconnected
@@ -38,8 +39,10 @@ class IstioWatcher:
         *,
         api_version: str = "v1",
         plural: str = PLURAL,
+        group: str = ISTIO_GROUP,
     ) -> None:
         self._api = client.CustomObjectsApi(api_client)
+        self._group = group
         self._version = api_version
         self._plural = plural
         self._scopes = list(dict.fromkeys(namespaces)) if namespaces else [ALL_NAMESPACES]
@@ -155,11 +158,11 @@ class IstioWatcher:
         timeout = _REQUEST_TIMEOUT[0] * 2
         if scope:
             answer = self._api.list_namespaced_custom_object(
-                ISTIO_GROUP, self._version, scope, self._plural, _request_timeout=timeout
+                self._group, self._version, scope, self._plural, _request_timeout=timeout
             )
         else:
             answer = self._api.list_cluster_custom_object(
-                ISTIO_GROUP, self._version, self._plural, _request_timeout=timeout
+                self._group, self._version, self._plural, _request_timeout=timeout
             )
         listed = cast(dict[str, Any], answer)
         objects = {_key(vs): vs for vs in listed.get("items") or []}
@@ -175,10 +178,10 @@ class IstioWatcher:
             self._watches[scope] = stream
         if scope:
             call: Any = self._api.list_namespaced_custom_object
-            args: tuple[str, ...] = (ISTIO_GROUP, self._version, scope, self._plural)
+            args: tuple[str, ...] = (self._group, self._version, scope, self._plural)
         else:
             call = self._api.list_cluster_custom_object
-            args = (ISTIO_GROUP, self._version, self._plural)
+            args = (self._group, self._version, self._plural)
         try:
             if self._stopping.is_set():  # stop() ran before this watch was registered
                 return resource_version
