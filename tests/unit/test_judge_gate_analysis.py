@@ -4,6 +4,7 @@ weights, untouched by the mesh's routing checks, and held Inconclusive while the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -200,8 +201,15 @@ def check(
 
 
 def run_until(
-    losses_per_minute: float, wins_per_minute: float, minutes: int, **kwargs: Any
+    losses_per_minute: float,
+    wins_per_minute: float,
+    minutes: int,
+    *,
+    failures: Callable[[int], float] = lambda minute: 0.0,
+    **kwargs: Any,
 ) -> list[CheckResult]:
+    """Checks a minute apart until the gate fails or `minutes` pass; `failures(minute)`: the judge's failed
+    judgements so far."""
     results = [check(T0, 0.0, 0.0, **kwargs)]
     for minute in range(1, minutes + 1):
         results.append(
@@ -210,6 +218,7 @@ def run_until(
                 losses_per_minute * minute,
                 wins_per_minute * minute,
                 previous=results[-1],
+                failures=failures(minute),
                 **kwargs,
             )
         )
@@ -256,19 +265,10 @@ def test_the_routing_checks_do_not_concern_judge_gates() -> None:
 
 def test_a_judge_that_fails_often_leaves_judge_gates_inconclusive() -> None:
     """One in five judgements failed: neither the clear loss nor the score comparison decides."""
-    results = [check(T0, 0.0, 0.0, score=(8.0, 8.0))]
-    for minute in range(1, 31):
-        results.append(
-            check(
-                T0 + timedelta(minutes=minute),
-                8.0 * minute,
-                4.0 * minute,
-                failures=6.0 * minute,  # of 24 verdicts + 6 failures a minute
-                previous=results[-1],
-                score=(5.0, 8.0),
-            )
-        )
+    # 24 verdicts (8 losses, 4 wins, 12 ties) and 6 failures a minute
+    results = run_until(8.0, 4.0, 30, failures=lambda minute: 6.0 * minute, score=(5.0, 8.0))
     last = results[-1]
+    assert len(results) == 31
     assert [g.verdict for g in last.gates] == [INC, INC]
     assert last.verdict == INC
     assert "the judge failed 180 of 900 judgements this stage (20%" in (last.gates[0].message or "")
@@ -280,17 +280,5 @@ def test_a_judge_that_fails_often_leaves_judge_gates_inconclusive() -> None:
 
 
 def test_a_few_judge_failures_are_tolerated() -> None:
-    results = [check(T0, 0.0, 0.0)]
-    for minute in range(1, 31):
-        results.append(
-            check(
-                T0 + timedelta(minutes=minute),
-                8.0 * minute,
-                4.0 * minute,
-                failures=min(minute, 2.0),  # two failures in all: below the floor of three
-                previous=results[-1],
-            )
-        )
-        if results[-1].verdict == F:
-            break
-    assert results[-1].verdict == F
+    # two failures in all: below the floor of three
+    assert run_until(8.0, 4.0, 30, failures=lambda minute: min(minute, 2.0))[-1].verdict == F

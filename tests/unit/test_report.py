@@ -28,6 +28,18 @@ def as_object(status: api.ModelRolloutStatus, **spec_extra: Any) -> dict[str, An
     }
 
 
+def decide_on(ticks: Ticks, check: CheckResult) -> None:
+    """One tick of the engine on `check`, at the live weight."""
+    obs = Observation(
+        now=ticks.now,
+        generation=7,
+        operator_started_at=T0 - timedelta(hours=1),
+        routing=RoutingView(canary_weight=ticks.live, last_writer=engine.FIELD_MANAGER),
+        check=check,
+    )
+    ticks.status = engine.decide(ticks.spec, ticks.status, obs).status
+
+
 def promoted() -> api.ModelRolloutStatus:
     ticks = Ticks()
     ticks.to_manual_gate()
@@ -82,14 +94,7 @@ def test_a_comparing_gate_shows_control_treatment_and_delta() -> None:
     check = CheckResult(
         at=ticks.now, verdict=api.Verdict.FAIL, gates=(gate,), canary_requests=900, summary="output-tokens"
     )
-    obs = Observation(
-        now=ticks.now,
-        generation=7,
-        operator_started_at=T0 - timedelta(hours=1),
-        routing=RoutingView(canary_weight=ticks.live, last_writer=engine.FIELD_MANAGER),
-        check=check,
-    )
-    ticks.status = engine.decide(ticks.spec, ticks.status, obs).status
+    decide_on(ticks, check)
     built = report.decision_report(as_object(ticks.status), ticks.now)
     (row,) = built.stages
     assert (row.outcome, row.last_check) == ("RolledBack", "Fail")
@@ -136,14 +141,7 @@ def test_sequential_gates_show_each_variant_s_events_and_the_judge_its_wins() ->
     ticks.now += timedelta(seconds=30)
     gates = (tested("quality", 18.0, 0.0, None), tested("errors", 40.0, 12.0, 5.5))
     check = CheckResult(at=ticks.now, verdict=api.Verdict.FAIL, gates=gates, canary_requests=900, summary="")
-    obs = Observation(
-        now=ticks.now,
-        generation=7,
-        operator_started_at=T0 - timedelta(hours=1),
-        routing=RoutingView(canary_weight=ticks.live, last_writer=engine.FIELD_MANAGER),
-        check=check,
-    )
-    ticks.status = engine.decide(ticks.spec, ticks.status, obs).status
+    decide_on(ticks, check)
     judged = {"gates": [{"name": "quality", "template": "judge-win-rate", "test": {}}]}
     built = report.decision_report(as_object(ticks.status, analysis=judged), ticks.now)
     (row,) = built.stages

@@ -158,11 +158,11 @@ class JudgeService:
             self._complete(target.canary_url, target.canary_model, messages, timeout),
             return_exceptions=True,
         )
-        if any(isinstance(answer, BaseException) for answer in answers):
+        stable, canary = answers
+        if isinstance(stable, BaseException) or isinstance(canary, BaseException):
             self.metrics.errors.labels(target.namespace, target.name, "variant-unreachable").inc()
             return None
-        stable, canary = (str(answer) for answer in answers)
-        return Pair(uuid.uuid4().hex, prompt, stable_answer=stable, canary_answer=canary)
+        return Pair(uuid.uuid4().hex, prompt, stable_answer=stable.text, canary_answer=canary.text)
 
     # ---- judging ----
 
@@ -182,7 +182,7 @@ class JudgeService:
                 return None
             self.metrics.calls.labels(*labels).inc()
             try:
-                answer = await self._answer(
+                answer = await self._complete(
                     model.url, model.name, messages, target.judge.timeout.total_seconds(), api_key
                 )
             except (httpx.HTTPError, ValueError):
@@ -260,16 +260,6 @@ class JudgeService:
             self.metrics.cost.labels(*labels).inc(cost)
 
     async def _complete(
-        self,
-        base_url: str,
-        model: str,
-        messages: list[dict[str, str]],
-        seconds: float,
-        api_key: str | None = None,
-    ) -> str:
-        return (await self._answer(base_url, model, messages, seconds, api_key)).text
-
-    async def _answer(
         self,
         base_url: str,
         model: str,
