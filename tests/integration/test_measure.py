@@ -76,16 +76,20 @@ def spec(
     )
 
 
+# Two gates, the canary's request count, and both variants' request counters (the stage's counts).
+QUERIES_PER_CHECK = 5
+
+
 def ref(name: str, namespace: str = "llm") -> RolloutRef:
     return RolloutRef(namespace=namespace, name=name, uid="")
 
 
 def test_a_crowd_on_a_slow_prometheus_gets_checks_or_deferrals_never_errors(fake: FakePrometheus) -> None:
-    """12 rollouts of 3 queries each (two gates and the request count), Prometheus answering in 0.5s (well
-    within its 1s timeout), 4 worker threads, interval 2s: about 16 queries fit in an interval, 36 are
-    asked. The checks that got their turns are complete and error-free; the others are deferred (None) and
-    counted as such, and come first in the next round. Before, a query's timeout included its wait for a
-    slot, and most of these checks were Errors."""
+    """12 rollouts of 5 queries each (two gates, the request count, and each variant's request counters for
+    the stage's counts), Prometheus answering in 0.5s (well within its 1s timeout), 4 worker threads,
+    interval 2s: about 16 queries fit in an interval, 60 are asked. The checks that got their turns are
+    complete and error-free; the others are deferred (None) and counted as such, and come first in the next
+    round. Before, a query's timeout included its wait for a slot, and most of these checks were Errors."""
     fake.delay = 0.5
     telemetry = Telemetry()
     config = OperatorConfig(prometheus_workers=4, prometheus_queries_per_rollout=4)
@@ -114,7 +118,7 @@ def test_a_crowd_on_a_slow_prometheus_gets_checks_or_deferrals_never_errors(fake
     )
     assert counted == deferred
     # The rollouts deferred come first next time: a second round serves them before the others.
-    assert len(fake.requests) <= 12 * 3
+    assert len(fake.requests) <= 12 * QUERIES_PER_CHECK
 
 
 def test_short_hosts_are_looked_up_in_the_virtual_services_namespace(fake: FakePrometheus) -> None:
@@ -125,7 +129,7 @@ def test_short_hosts_are_looked_up_in_the_virtual_services_namespace(fake: FakeP
     measurer.close()
     assert check is not None
     queries = [params["query"][0] for params, _ in fake.requests]
-    assert len(queries) == 3
+    assert len(queries) == QUERIES_PER_CHECK
     assert all('destination_service_namespace="mesh"' in q for q in queries), queries
     assert all("rollouts" not in q for q in queries)
 
@@ -176,7 +180,7 @@ def test_an_allow_listed_address_takes_credentials_from_a_secret_without_one(fak
     measurer.close()
     assert check is not None
     assert check.verdict != api.Verdict.ERROR, check.summary
-    assert len(fake.requests) == 3
+    assert len(fake.requests) == QUERIES_PER_CHECK
 
 
 def test_a_rotated_token_closes_the_old_session(fake: FakePrometheus) -> None:
@@ -192,5 +196,6 @@ def test_a_rotated_token_closes_the_old_session(fake: FakePrometheus) -> None:
     assert (len(measurer.providers), measurer.providers.closed) == (1, 2)
     assert telemetry.prometheus_connections._value.get() == 1
     sent = [h["Authorization"] for _, h in fake.requests]
-    assert sent == ["Bearer first"] * 3 + ["Bearer second"] * 3 + ["Bearer third"] * 3
+    per_check = QUERIES_PER_CHECK
+    assert sent == ["Bearer first"] * per_check + ["Bearer second"] * per_check + ["Bearer third"] * per_check
     measurer.close()
