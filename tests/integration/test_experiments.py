@@ -322,6 +322,7 @@ def test_the_charts_telemetry_labels_istios_request_metrics_with_the_variant(
     experiment.rollout.create(
         stages=[{"weight": 30, "duration": "60s"}, {"weight": 100}],
         models=experiment.models,
+        experiment={},  # dimensions on: the x-variant header on each managed destination
         gates=[{"name": "error-rate", "template": "istio-error-rate", "max": 0.05}],
         **ANALYSIS,
     )
