@@ -316,6 +316,8 @@ class Reconciler:
         """Record `status` if it differs from what is stored, conditionally on the object's version. Its
         compact report is derived here, in one place before every write, from the status and the spec (an
         invalid spec, whatever its shape, is not read: the report then goes by the status alone)."""
+        if status == current and current.report is not None and obj.get("status"):
+            return obj  # nothing changed, the report neither: a quiet tick derives nothing
         spec_view = (obj.get("spec") or {}) if valid else {}
         status = status.model_copy(update={"report": report.summary(spec_view, status)})
         if status == current and obj.get("status"):

@@ -123,12 +123,15 @@ def decision_word(gate: api.GateSummary) -> str:
     return "no worse" if gate.control is not None else "within bounds"
 
 
-def _judged_gates(spec: Mapping[str, Any]) -> frozenset[str]:
-    """The names of the gates that read the judge's verdicts."""
+def _gate_names(spec: Mapping[str, Any], template: api.GateTemplate) -> frozenset[str]:
+    """The names of the spec's gates on `template`."""
     gates = (spec.get("analysis") or {}).get("gates") or []
-    return frozenset(
-        str(g.get("name")) for g in gates if str(g.get("template", "")) == api.GateTemplate.JUDGE_WIN_RATE
-    )
+    return frozenset(str(g.get("name")) for g in gates if str(g.get("template", "")) == template)
+
+
+def _judged_gates(spec: Mapping[str, Any]) -> frozenset[str]:
+    """The names of the gates that count the judge's wins and losses."""
+    return _gate_names(spec, api.GateTemplate.JUDGE_WIN_RATE)
 
 
 def _counts(gate: api.GateSummary, judged: bool) -> tuple[str, str]:
@@ -176,6 +179,11 @@ def _stage_label(stage: int, count: int) -> str:
     return f"{stage + 1}/{count}" if count else str(stage + 1)
 
 
+def _gate_rows(spec: Mapping[str, Any], gates: Sequence[api.GateSummary]) -> tuple[GateRow, ...]:
+    judged = _judged_gates(spec)
+    return tuple(_gate_row(g, judged) for g in gates)
+
+
 def _finished(spec: Mapping[str, Any], record: api.StageRecord, count: int) -> StageRow:
     return StageRow(
         stage=_stage_label(record.stage, count),
@@ -185,7 +193,7 @@ def _finished(spec: Mapping[str, Any], record: api.StageRecord, count: int) -> S
         ran=_duration(record.started_at, record.ended_at),
         last_check=record.verdict.value if record.verdict else MISSING,
         outcome=record.outcome,
-        gates=tuple(_gate_row(g, _judged_gates(spec)) for g in record.gates),
+        gates=_gate_rows(spec, record.gates),
     )
 
 
@@ -204,7 +212,7 @@ def _running(spec: Mapping[str, Any], status: api.ModelRolloutStatus, count: int
         ran=_duration(status.stage_started_at, now),
         last_check=check.verdict.value if check else MISSING,
         outcome=f"running ({status.phase.value})",
-        gates=tuple(_gate_row(g, _judged_gates(spec)) for g in gates),
+        gates=_gate_rows(spec, gates),
     )
 
 
@@ -236,14 +244,11 @@ def summary(spec: Mapping[str, Any], status: api.ModelRolloutStatus) -> api.Repo
             f"running ({status.phase.value})"
         )
     check = status.last_analysis
-    judged = _judged_gates(spec)
-    gates = []
-    for result in check.gates if check else []:
-        row = _gate_row(gate_summary(result), judged)
-        gates.append(
-            f"{row.gate}: control {row.control}, treatment {row.treatment}, delta {row.delta}, "
-            f"required {row.required}: {row.decision}"
-        )
+    gates = [
+        f"{row.gate}: control {row.control}, treatment {row.treatment}, delta {row.delta}, "
+        f"required {row.required}: {row.decision}"
+        for row in _gate_rows(spec, [gate_summary(result) for result in (check.gates if check else [])])
+    ]
     decision = f"{status.phase.value}: {status.message}" if status.message else status.phase.value
     return api.ReportSummary(
         decision=_line(decision),
@@ -252,10 +257,13 @@ def summary(spec: Mapping[str, Any], status: api.ModelRolloutStatus) -> api.Repo
     )
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _text(value: Any, limit: int = 2_000) -> str:
     """A field of a sample as text, bounded (the judge service's answer is data, not trusted layout)."""
-    text = value if isinstance(value, str) else "" if value is None else str(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return _cut(value if isinstance(value, str) else "" if value is None else str(value), limit)
 
 
 def _scores(sample: Mapping[str, Any]) -> str:
@@ -292,8 +300,7 @@ def sample_rows(samples: Sequence[Mapping[str, Any]]) -> tuple[SampleRow, ...]:
 
 def _cost(spec: Mapping[str, Any], status: api.ModelRolloutStatus) -> str:
     """The canary's cost per request (and the stable's, when the gate compares), from the latest check."""
-    gates = (spec.get("analysis") or {}).get("gates") or []
-    priced = {str(g.get("name")) for g in gates if g.get("template") == api.GateTemplate.LLM_COST_PER_REQUEST}
+    priced = _gate_names(spec, api.GateTemplate.LLM_COST_PER_REQUEST)
     check = status.last_analysis
     for result in check.gates if check else []:
         if result.name in priced and result.value is not None:
@@ -373,8 +380,7 @@ def render_table(report: Report) -> str:
 
 
 def _one_line(text: str, limit: int = 160) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return _cut(" ".join(text.split()), limit)
 
 
 _SAMPLE_HEADERS = (

@@ -7,9 +7,10 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from modelrollout import api
+from modelrollout.durations import format_duration
 
 WIDTH, HEIGHT = 720, 220
 _LEFT, _RIGHT, _TOP, _BOTTOM = 48, 16, 16, 36
@@ -28,28 +29,24 @@ class Step:
 
 
 def steps(status: api.ModelRolloutStatus, now: datetime) -> tuple[Step, ...]:
-    records = [r for r in status.stage_history if r.started_at is not None and r.ended_at is not None]
-    running = status.phase in (api.Phase.PROGRESSING, api.Phase.PAUSED) and status.stage_started_at
-    starts = [r.started_at for r in records if r.started_at is not None]
-    if running and status.stage_started_at is not None:
-        starts.append(status.stage_started_at)
-    if not starts:
+    spans = [
+        (r.started_at, r.ended_at, r.weight, r.shadow, r.outcome)
+        for r in status.stage_history
+        if r.started_at is not None and r.ended_at is not None
+    ]
+    started = status.stage_started_at
+    if status.phase in (api.Phase.PROGRESSING, api.Phase.PAUSED) and started is not None:
+        spans.append((started, now, status.canary_weight, status.shadow, ""))
+    if not spans:
         return ()
-    origin = min(starts)
+    origin = min(span[0] for span in spans)
 
     def seconds(at: datetime) -> float:
         return max(0.0, (at - origin).total_seconds())
 
-    timeline = [
-        Step(seconds(r.started_at), seconds(r.ended_at), r.weight, r.shadow, r.outcome)
-        for r in records
-        if r.started_at is not None and r.ended_at is not None
-    ]
-    if running and status.stage_started_at is not None:
-        timeline.append(
-            Step(seconds(status.stage_started_at), seconds(now), status.canary_weight, status.shadow, "")
-        )
-    return tuple(timeline)
+    return tuple(
+        Step(seconds(start), seconds(end), weight, shadow, how) for start, end, weight, shadow, how in spans
+    )
 
 
 def _x(seconds: float, span: float) -> float:
@@ -58,16 +55,6 @@ def _x(seconds: float, span: float) -> float:
 
 def _y(percent: float) -> float:
     return _TOP + (HEIGHT - _TOP - _BOTTOM) * (1 - percent / 100)
-
-
-def _duration(seconds: float) -> str:
-    return (
-        f"{seconds:.0f}s"
-        if seconds < 120
-        else f"{seconds / 60:.0f}m"
-        if seconds < 7200
-        else f"{seconds / 3600:.1f}h"
-    )
 
 
 def svg(timeline: Sequence[Step]) -> str:
@@ -87,7 +74,7 @@ def svg(timeline: Sequence[Step]) -> str:
         )
     parts.append(
         f'<text x="{WIDTH - _RIGHT}" y="{HEIGHT - 8}" font-size="11" text-anchor="end">'
-        f"{html.escape(_duration(span))}</text>"
+        f"{html.escape(format_duration(timedelta(seconds=round(span))))}</text>"
         f'<text x="{_LEFT}" y="{HEIGHT - 8}" font-size="11">0s</text>'
     )
     points: list[str] = []

@@ -57,14 +57,18 @@ class VariantTag:
         self._telemetries = telemetries
 
     def __call__(self, namespace: str, headers: Mapping[str, str]) -> str:
-        by_namespace: dict[str, list[Mapping[str, Any]]] = {}
+        """Called for every request served: one pass over the (few) live Telemetries, no index built."""
+        mesh_wide: str | None = None
+        in_namespace = False
         for telemetry in self._telemetries():
-            by_namespace.setdefault(str((telemetry.get("metadata") or {}).get("namespace")), []).append(
-                telemetry
-            )
-        scope = by_namespace.get(namespace) or by_namespace.get(ROOT_NAMESPACE) or []
-        for telemetry in scope:
-            expression = _expression(telemetry)
-            if expression is not None:
-                return _tag_value(expression, headers)
-        return ""
+            where = (telemetry.get("metadata") or {}).get("namespace")
+            if where == namespace:
+                in_namespace = True  # the namespace's own Telemetries replace the mesh-wide ones
+                expression = _expression(telemetry)
+                if expression is not None:
+                    return _tag_value(expression, headers)
+            elif where == ROOT_NAMESPACE and mesh_wide is None:
+                mesh_wide = _expression(telemetry)
+        if in_namespace or mesh_wide is None:
+            return ""
+        return _tag_value(mesh_wide, headers)

@@ -120,7 +120,7 @@ def evaluate_check(
         results = _held_by_routing(measurement, results)
     judged = {g.gate.name for g in measurement.gates if g.gate.judged}
     if judged:
-        results = _judge_reliability(measurement, run, previous, accumulations, results)
+        results = _judge_reliability(measurement, run, previous, accumulations, results, judged=judged)
     requests = measurement.canary_requests
     # Only a Pass is withheld below: a Fail or an Error already says something conclusive.
     withheld: tuple[api.Verdict, str] | None = None
@@ -207,9 +207,10 @@ def _judge_reliability(
     previous: dict[str, api.Accumulation],
     accumulations: list[api.Accumulation],
     results: list[api.GateResult],
+    *,
+    judged: set[str],
 ) -> list[api.GateResult]:
-    """Judge gates decide nothing while too many of the stage's judgements failed."""
-    judged = {g.gate.name for g in measurement.gates if g.gate.judged}
+    """Judge gates (`judged`) decide nothing while too many of the stage's judgements failed."""
     failures, verdicts = measurement.judge_failure_counters, measurement.judge_verdict_counters
     if failures is None or verdicts is None:
         if JUDGE_FAILURES in previous:

@@ -1,8 +1,8 @@
 """The judge's Prometheus metrics, per rollout: verdicts (the canary's win, loss or tie against the stable),
 scores per variant and criterion, judge errors by reason, judge model calls, their tokens and estimated cost,
-and pairs by source. Gates read
-them like any metric. Labels are bounded: the rollout (`rollout_namespace`, `rollout`; not `namespace`, which
-Prometheus' Kubernetes discovery sets to the judge Pod's own) and closed sets."""
+and pairs by source. Gates read them like any metric. Labels are bounded: the rollout (`rollout_namespace`,
+`rollout`; not `namespace`, which Prometheus' Kubernetes discovery sets to the judge Pod's own) and closed
+sets."""
 
 from __future__ import annotations
 

@@ -73,9 +73,17 @@ class SampleStore:
         return sample(text, self.patterns, limit)
 
     def keep(self, key: tuple[str, str], judged: Judged) -> None:
+        self.add(key, self.sample_of(judged))
+
+    def add(self, key: tuple[str, str], entry: Sample) -> None:
         kept = self._kept.setdefault(key, _Kept())
+        (kept.losses if entry.outcome == LOSS else kept.others).append(entry)
+
+    def sample_of(self, judged: Judged) -> Sample:
+        """The sample to keep of `judged`: redacted and cut (regular expressions over texts of up to 100,000
+        characters: callers on an event loop run it in a thread)."""
         pair, outcome = judged.pair, judged.outcome
-        entry = Sample(
+        return Sample(
             request_id=self._clean(pair.request_id, 64),
             source=judged.source,
             at=judged.at,
@@ -89,7 +97,6 @@ class SampleStore:
             judge_model=judged.judge_model,
             rubric=judged.rubric,
         )
-        (kept.losses if outcome.canary == LOSS else kept.others).append(entry)
 
     def samples(self, key: tuple[str, str]) -> list[Sample]:
         """Losses first, the latest of each kind first."""

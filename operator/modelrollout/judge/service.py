@@ -197,18 +197,17 @@ class JudgeService:
                 continue
             result = outcome(shown_pair, verdict)
             self.metrics.verdicts.labels(*labels, result.canary, model.name, rubric.version).inc()
-            self.samples.keep(
-                labels,
-                Judged(
-                    pair=pair,
-                    outcome=result,
-                    verdict=verdict,
-                    source=source,
-                    at=datetime.now(UTC).isoformat(timespec="seconds"),
-                    judge_model=model.name,
-                    rubric=rubric.version,
-                ),
+            judged = Judged(
+                pair=pair,
+                outcome=result,
+                verdict=verdict,
+                source=source,
+                at=datetime.now(UTC).isoformat(timespec="seconds"),
+                judge_model=model.name,
+                rubric=rubric.version,
             )
+            # Redaction runs regular expressions over whole answers: off the event loop.
+            self.samples.add(labels, await asyncio.to_thread(self.samples.sample_of, judged))
             for variant, scores in (("canary", result.canary_scores), ("stable", result.stable_scores)):
                 for criterion, score in scores.items():
                     self.metrics.scores.labels(*labels, variant, criterion).observe(score)
