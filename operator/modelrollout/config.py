@@ -21,3 +21,7 @@ class OperatorConfig:
     prometheus_credentials_allow: tuple[str, ...] = ()
     # A Prometheus connection (address, timeout, credentials) unused this long is closed.
     prometheus_idle_seconds: float = 600.0
+    # VirtualServices come from a watch (one for all namespaces when the operator watches all of them, else
+    # one per namespace as rollouts need them); False: every tick reads them from the API server.
+    watch_virtual_services: bool = True
+    cluster_wide: bool = True

@@ -5,11 +5,15 @@ event loop never waits on the API server. A write replaces the whole object carr
 the snapshot it was computed from, so a concurrent edit is never overwritten: the server answers 409, which
 is raised as StaleWrite for the caller to observe and decide again. The write's answer is the stored object,
 which is checked to show the split before it is returned as the next snapshot (the read-back).
+
+With a VirtualServiceCache a read comes from the watch when the watch can say (no API request); a write's
+answer goes into the cache, and a conflict makes the next read a live one.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -40,6 +44,7 @@ from modelrollout.routing.router import (
     Snapshot,
     StaleWrite,
 )
+from modelrollout.routing.watch import VirtualServiceCache
 
 ISTIO_GROUP = "networking.istio.io"
 PLURAL = "virtualservices"
@@ -57,6 +62,8 @@ class IstioRouter(Router):
         owner: str,
         field_manager: str = "modelrollout-operator",
         request_timeout: float = 10.0,
+        cache: VirtualServiceCache | None = None,
+        on_read: Callable[[str], None] | None = None,
     ) -> None:
         group, _, version = api_version.partition("/")
         if group != ISTIO_GROUP or not version:
@@ -69,6 +76,8 @@ class IstioRouter(Router):
         self.owner = owner
         self.field_manager = field_manager
         self.request_timeout = request_timeout
+        self._cache = cache
+        self._on_read = on_read or (lambda _source: None)  # "cache" or "api", for the operator's metrics
 
     @property
     def ref(self) -> str:
@@ -85,7 +94,24 @@ class IstioRouter(Router):
         )
 
     async def read(self) -> Snapshot:
-        return self._snapshot(await self._get())
+        if self._cache is not None:
+            known, cached = self._cache.cached(self._version, self.namespace, self.name)
+            if known and cached is None:
+                self._on_read("cache")
+                raise self._not_found()
+            if cached is not None:
+                self._on_read("cache")
+                return self._snapshot(cached)
+        self._on_read("api")
+        found = await self._get()
+        if self._cache is not None:
+            self._cache.fetched(self._version, found)
+        return self._snapshot(found)
+
+    def _not_found(self) -> RoutingProblem:
+        return RoutingProblem(
+            "VirtualServiceNotFound", f"VirtualService {self.ref} not found ({ISTIO_GROUP}/{self._version})"
+        )
 
     def managed_keys(self, snapshot: Snapshot) -> list[str]:
         vs: VirtualService = snapshot.body
@@ -166,10 +192,7 @@ class IstioRouter(Router):
             )
         except ApiException as failed:
             if failed.status == 404:
-                raise RoutingProblem(
-                    "VirtualServiceNotFound",
-                    f"VirtualService {self.ref} not found ({ISTIO_GROUP}/{self._version})",
-                ) from failed
+                raise self._not_found() from failed
             raise
         return _as_object(self.ref, found)
 
@@ -190,6 +213,8 @@ class IstioRouter(Router):
                 _request_timeout=self.request_timeout,
             )
         except ApiException as failed:
+            if self._cache is not None and failed.status in (404, 409):
+                self._cache.invalidate(self._version, self.namespace, self.name)
             if failed.status == 409:
                 raise StaleWrite(f"VirtualService {self.ref} changed since it was read") from failed
             if failed.status == 404:
@@ -197,7 +222,10 @@ class IstioRouter(Router):
                     "VirtualServiceNotFound", f"VirtualService {self.ref} is gone"
                 ) from failed
             raise
-        return _as_object(self.ref, stored)
+        stored = _as_object(self.ref, stored)
+        if self._cache is not None:
+            self._cache.wrote(self._version, str(body["metadata"].get("resourceVersion", "")), stored)
+        return stored
 
 
 def _as_object(ref: str, found: Any) -> VirtualService:

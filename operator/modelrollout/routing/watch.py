@@ -1,0 +1,276 @@
+"""The VirtualServices the rollouts route through, kept current by a watch: a tick reads them from memory, so
+an idle rollout costs the API server nothing, and a change made by anyone wakes the rollouts that claim the
+VirtualService at once (drift is seen when it happens, not at the next tick).
+
+An informer of our own rather than kopf's handlers: the cache must replace its view of a scope on every
+re-list (an object deleted while the watch was down must not linger), start per namespace on first use (a
+rollout may route through a VirtualService in a namespace the operator does not watch for rollouts), and
+fall back to a plain GET where the operator may not list (RBAC without list/watch on VirtualServices). The
+kubernetes client is synchronous, so each watch runs in a thread of its own and hands every change to the
+event loop; the cache itself is touched on the loop only.
+
+What the cache answers is never trusted for a write: writes carry the resourceVersion that was read, so a
+stale answer costs one 409, after which that VirtualService is read live until the watch shows it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from modelrollout.kube import describe_api_error
+from modelrollout.routing.istio import VirtualService
+
+log = logging.getLogger(__name__)
+
+ISTIO_GROUP = "networking.istio.io"
+PLURAL = "virtualservices"
+# A scope the operator may not watch is tried again after this long (its reads go to the API meanwhile).
+REFUSED_RETRY_SECONDS = 300.0
+# The versions our own writes replaced, per VirtualService: a watch event still carrying one of them is
+# older than what the cache holds. A watch is never more than a few writes behind.
+SUPERSEDED_KEPT = 8
+
+Key = tuple[str, str, str]  # API version, namespace, name
+ScopeKey = tuple[str, str]  # API version, namespace ("" for every namespace)
+OnChange = Callable[[VirtualService | None, VirtualService | None], None]
+
+
+@dataclass
+class _Scope:
+    synced: bool = False  # listed, and watching since: absence from the cache means absence
+    listed: bool = False  # listed at least once
+    refused: str | None = None  # the API server's reason this scope cannot be watched (read live instead)
+    stream: watch.Watch | None = None
+
+
+@dataclass
+class _Writes:
+    own: str | None = None  # the version our last write stored: its echo on the watch wakes nobody
+    superseded: list[str] = field(default_factory=list)
+
+
+def _key(version: str, obj: VirtualService) -> Key:
+    meta = obj.get("metadata") or {}
+    return version, str(meta.get("namespace", "")), str(meta.get("name", ""))
+
+
+def _version_of(obj: VirtualService) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion", ""))
+
+
+class VirtualServiceCache:
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        *,
+        cluster_wide: bool,
+        request_timeout: float = 10.0,
+        watch_seconds: int = 300,
+        on_change: OnChange | None = None,
+    ) -> None:
+        self._api = client.CustomObjectsApi(api_client)
+        self._cluster_wide = cluster_wide
+        self._request_timeout = request_timeout
+        self._watch_seconds = watch_seconds
+        self.on_change = on_change
+        self._objects: dict[Key, VirtualService] = {}
+        self._unsure: set[Key] = set()
+        self._writes: dict[Key, _Writes] = {}
+        self._scopes: dict[ScopeKey, _Scope] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = threading.Event()
+
+    # ---- what the routers ask (on the event loop) ----
+
+    def cached(self, version: str, namespace: str, name: str) -> tuple[bool, VirtualService | None]:
+        """(True, the object) or (True, None: the watch knows it does not exist); (False, None) when the
+        cache cannot say: its watch is starting, reconnecting or refused, or the last write to it conflicted.
+        The first question about a scope starts its watch."""
+        scope = self._scope(version, namespace)
+        key = (version, namespace, name)
+        if not scope.synced or key in self._unsure:
+            return False, None
+        return True, self._objects.get(key)
+
+    def fetched(self, version: str, obj: VirtualService) -> None:
+        """A live read's answer: newer than (or as new as) what the watch has shown."""
+        key = _key(version, obj)
+        self._objects[key] = obj
+        self._unsure.discard(key)
+
+    def wrote(self, version: str, superseded: str, stored: VirtualService) -> None:
+        """Our write replaced `superseded` with `stored`."""
+        key = _key(version, stored)
+        writes = self._writes.setdefault(key, _Writes())
+        writes.own = _version_of(stored)
+        writes.superseded = [*writes.superseded, superseded][-SUPERSEDED_KEPT:]
+        self._objects[key] = stored
+        self._unsure.discard(key)
+
+    def invalidate(self, version: str, namespace: str, name: str) -> None:
+        """A write met a newer version (409) or none (404): read it live until the watch shows it again."""
+        self._unsure.add((version, namespace, name))
+
+    def close(self) -> None:
+        self._stopping.set()
+        for scope in self._scopes.values():
+            if scope.stream is not None:
+                scope.stream.stop()  # type: ignore[no-untyped-call]
+
+    def stats(self) -> tuple[int, int]:
+        """(VirtualServices held, scopes watched and in sync)."""
+        return len(self._objects), sum(1 for s in self._scopes.values() if s.synced)
+
+    # ---- the watches ----
+
+    def _scope(self, version: str, namespace: str) -> _Scope:
+        scope_key = (version, "" if self._cluster_wide else namespace)
+        scope = self._scopes.get(scope_key)
+        if scope is None:
+            scope = self._scopes[scope_key] = _Scope()
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._start_watch(scope_key, scope)
+        return scope
+
+    def _start_watch(self, scope_key: ScopeKey, scope: _Scope) -> None:
+        name = f"watch-vs-{scope_key[1] or 'all'}"
+        threading.Thread(target=self._watch, args=(scope_key, scope), name=name, daemon=True).start()
+
+    def _list_call(self, scope_key: ScopeKey) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        version, namespace = scope_key
+        if namespace:
+            return self._api.list_namespaced_custom_object, (ISTIO_GROUP, version, namespace, PLURAL)
+        return self._api.list_cluster_custom_object, (ISTIO_GROUP, version, PLURAL)
+
+    def _watch(self, scope_key: ScopeKey, scope: _Scope) -> None:
+        """List, then watch from the listed version; re-list when the version is too old (410) or the
+        stream fails. Runs in its own thread until the cache is closed or the scope refused."""
+        call, args = self._list_call(scope_key)
+        backoff = 1.0
+        while not self._stopping.is_set():
+            try:
+                listing = call(*args, _request_timeout=self._request_timeout)
+                since = str(listing["metadata"]["resourceVersion"])
+                self._post(self._relisted, scope_key, list(listing.get("items") or ()))
+                backoff = 1.0
+                stream = scope.stream = watch.Watch()  # type: ignore[no-untyped-call]
+                while not self._stopping.is_set():
+                    for event in stream.stream(  # type: ignore[no-untyped-call]
+                        call,
+                        *args,
+                        resource_version=since,
+                        timeout_seconds=self._watch_seconds,
+                        allow_watch_bookmarks=True,
+                        _request_timeout=self._watch_seconds + 30,
+                    ):
+                        if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                            self._post(self._changed, scope_key[0], event["type"], event["raw_object"])
+                    since = stream.resource_version or since
+            except ApiException as error:
+                if self._stopping.is_set():
+                    return
+                if error.status in (401, 403, 404):
+                    # Not allowed (or not served): read live, and ask again now and then, in case the
+                    # permission is granted later.
+                    self._post(self._refused, scope_key, describe_api_error(error))
+                    self._stopping.wait(REFUSED_RETRY_SECONDS)
+                elif error.status != 410:  # 410: the version is too old, list again at once
+                    self._post(self._lost, scope_key, describe_api_error(error))
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
+            except Exception as error:  # a dropped connection, a timeout: list again after a pause
+                if self._stopping.is_set():
+                    return  # closed: the stream was cut on purpose
+                self._post(self._lost, scope_key, f"{type(error).__name__}: {error}")
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _post(self, handler: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._stopping.set()
+            return
+        try:
+            loop.call_soon_threadsafe(handler, *args)
+        except RuntimeError:  # the loop closed meanwhile: the operator is stopping
+            self._stopping.set()
+
+    # ---- applying what the watches saw (on the event loop) ----
+
+    def _in_scope(self, key: Key, scope_key: ScopeKey) -> bool:
+        return key[0] == scope_key[0] and (not scope_key[1] or key[1] == scope_key[1])
+
+    def _relisted(self, scope_key: ScopeKey, items: list[VirtualService]) -> None:
+        scope = self._scopes[scope_key]
+        version = scope_key[0]
+        listed = {_key(version, obj): obj for obj in items}
+        before = {key: obj for key, obj in self._objects.items() if self._in_scope(key, scope_key)}
+        for key in before.keys() - listed.keys():
+            del self._objects[key]
+        self._objects.update(listed)
+        self._unsure -= listed.keys()
+        first, scope.listed, scope.synced = not scope.listed, True, True
+        for key in before.keys() | listed.keys():
+            old, new = before.get(key), listed.get(key)
+            if first and old is None:
+                continue  # the first listing: no driver waits on it, each reads at its next tick
+            if old is None or new is None or _version_of(old) != _version_of(new):
+                self._notify(old, new)
+
+    def _changed(self, version: str, kind: str, obj: VirtualService) -> None:
+        key = _key(version, obj)
+        old = self._objects.get(key)
+        if kind == "DELETED":
+            self._objects.pop(key, None)
+            self._writes.pop(key, None)
+            self._notify(old, None)
+            return
+        writes = self._writes.get(key)
+        seen = _version_of(obj)
+        if writes is not None and seen in writes.superseded:
+            return  # older than what our own write stored
+        self._objects[key] = obj
+        self._unsure.discard(key)
+        if writes is not None and writes.own == seen:
+            return  # the echo of our own write
+        self._notify(old, obj)
+
+    def _refused(self, scope_key: ScopeKey, reason: str) -> None:
+        scope = self._scopes[scope_key]
+        scope.synced = False
+        if scope.refused == reason:
+            return  # said once
+        scope.refused = reason
+        where = f"namespace {scope_key[1]}" if scope_key[1] else "all namespaces"
+        log.warning(
+            "VirtualServices in %s cannot be watched (%s): each tick reads them from the API server instead "
+            "(grant list and watch on virtualservices.%s to save those reads)",
+            where,
+            reason,
+            ISTIO_GROUP,
+        )
+
+    def _lost(self, scope_key: ScopeKey, reason: str) -> None:
+        scope = self._scopes[scope_key]
+        if scope.synced:
+            log.info(
+                "VirtualService watch (%s) interrupted: %s; reading live until it is back", scope_key, reason
+            )
+        scope.synced = False
+
+    def _notify(self, old: VirtualService | None, new: VirtualService | None) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(old, new)
+        except Exception:  # a wake-up that fails must not stop the cache
+            log.exception("VirtualService change callback failed")
