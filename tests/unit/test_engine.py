@@ -519,6 +519,17 @@ def test_analysis_is_due_every_interval_and_at_once_in_a_new_stage() -> None:
     assert engine.analysis_due(r.spec, r.status, r.now + timedelta(seconds=10), r.started)
 
 
+def test_a_check_asked_for_out_of_turn_runs_now_but_not_twice_in_a_second() -> None:
+    r = Rollout()
+    assert not engine.analysis_due(r.spec, r.status, r.now, r.started, requested=True)  # not started
+    r.tick()
+    r.tick(timedelta(seconds=1), verdict=P)
+    soon, later = r.now + timedelta(milliseconds=500), r.now + timedelta(seconds=1)
+    assert not engine.analysis_due(r.spec, r.status, later, r.started)  # the interval is 10 s
+    assert engine.analysis_due(r.spec, r.status, later, r.started, requested=True)
+    assert not engine.analysis_due(r.spec, r.status, soon, r.started, requested=True)  # an alert storm
+
+
 @pytest.mark.parametrize(
     ("cause", "phase"), [("rollback", api.Phase.ROLLED_BACK), ("abort", api.Phase.ABORTED)]
 )

@@ -36,6 +36,7 @@ from modelrollout.engine.model import (
     RoutingView,
     pair_hash,
 )
+from modelrollout.engine.wake import ONLY_EVENTS, look_after
 
 __all__ = [
     "DRIFT_LIMIT",
@@ -43,6 +44,7 @@ __all__ = [
     "FIELD_MANAGER",
     "INVALID_SPEC",
     "NOTIFIED_REASONS",
+    "ONLY_EVENTS",
     "TERMINAL",
     "UNUSABLE_ROUTING_REASONS",
     "WRITE_FAILED",
@@ -59,6 +61,7 @@ __all__ = [
     "filter_removal_failed",
     "invalid_spec",
     "live_experiment",
+    "look_after",
     "observed_filter_name",
     "pair_hash",
     "wants_filter",

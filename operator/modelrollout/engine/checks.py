@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from modelrollout import api
 from modelrollout.analysis import CheckResult
@@ -10,17 +10,29 @@ from modelrollout.engine.draft import Draft
 from modelrollout.engine.model import TERMINAL, pair_hash
 from modelrollout.engine.returns import roll_back
 
+# The least time between two checks of one rollout when checks are asked for out of turn.
+REQUESTED_CHECK_SPACING = timedelta(seconds=1)
+
 
 def analysis_due(
-    spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, now: datetime, operator_started_at: datetime
+    spec: api.ModelRolloutSpec,
+    status: api.ModelRolloutStatus,
+    now: datetime,
+    operator_started_at: datetime,
+    *,
+    requested: bool = False,
 ) -> bool:
-    """Whether the caller should query the gates on this tick."""
+    """Whether the caller should query the gates on this tick. `requested`: a check was asked for out of
+    turn (an alert named the rollout); it runs now unless the last one is under REQUESTED_CHECK_SPACING old,
+    so a storm of alerts cannot turn into a storm of queries."""
     if status.pair_hash != pair_hash(spec) or status.phase in TERMINAL or status.phase == api.Phase.PENDING:
         return False
     last = status.last_analysis
     if last is None or last.stage != status.stage or last.at < operator_started_at:
         return True
     if status.stage_started_at and last.at < status.stage_started_at:
+        return True
+    if requested and now - last.at >= min(REQUESTED_CHECK_SPACING, spec.analysis.interval):
         return True
     return now - last.at >= spec.analysis.interval
 

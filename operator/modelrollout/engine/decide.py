@@ -39,6 +39,7 @@ from modelrollout.engine.model import (
 from modelrollout.engine.returns import complete_return, pending_return
 from modelrollout.engine.settle import settle
 from modelrollout.engine.stages import maybe_advance, progress, realign, start
+from modelrollout.engine.wake import look_after
 from modelrollout.routing.router import RouteWrite, backend_of
 
 # Analysis events stand even when the write that followed them failed: the check was made and counted.
@@ -155,7 +156,10 @@ def _take_action(status: api.ModelRolloutStatus, obs: Observation) -> tuple[str 
 
 
 def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Observation) -> Plan:
-    return with_filter(with_history(_decide(spec, status, obs), status, obs.now), spec, status, obs)
+    plan = with_filter(with_history(_decide(spec, status, obs), status, obs.now), spec, status, obs)
+    if plan.again or plan.write is not None or plan.intent is not None:
+        return plan  # a transition under way: look again at the next tick
+    return replace(plan, look_after=look_after(spec, plan.status, obs.now, obs.operator_started_at))
 
 
 def _decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Observation) -> Plan:

@@ -104,7 +104,8 @@ class Plan:
        spec's, or the one recorded in status) and check the stored object shows it; drop our claim from the
        recorded VirtualService if `release_recorded`; remove the EnvoyFilter `bucket_filter.remove`;
     5. record `status`;
-    6. post `events`, send `notifications`, count `rollback_reason`.
+    6. post `events`, send `notifications`, count `rollback_reason`;
+    7. look again after `look_after` unless something happens first (None: at the next tick).
 
     A write that fails stops the plan after step 4: the shell records `write_failed(...)` instead. A conflict
     (409) on any write stops it too: the shell observes again and asks for a new plan. `again` asks for a new
@@ -121,6 +122,7 @@ class Plan:
     rollback_reason: str | None = None
     again: bool = False
     bucket_filter: FilterStep | None = None
+    look_after: timedelta | None = None
 
     @property
     def canary_weight(self) -> int | None:
