@@ -87,7 +87,39 @@ def etcd_argv(binary: Path, data_dir: Path, client_port: int, peer_port: int) ->
     ]
 
 
-def apiserver_argv(binary: Path, pki: Pki, etcd_url: str, secure_port: int, cert_dir: Path) -> list[str]:
+# Writes to VirtualServices and Leases, with who made them (user, user agent) and when: the tests check from
+# it that two operator replicas never both write. Nothing else is audited.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    verbs: [create, update, patch, delete]
+    resources:
+      - group: networking.istio.io
+        resources: [virtualservices]
+      - group: coordination.k8s.io
+        resources: [leases]
+  - level: None
+"""
+
+
+def audit_log_path(run_dir: Path) -> Path:
+    return run_dir / "apiserver-audit.log"
+
+
+def apiserver_argv(
+    binary: Path, pki: Pki, etcd_url: str, secure_port: int, cert_dir: Path, *, audit_dir: Path | None = None
+) -> list[str]:
+    audit = (
+        [
+            f"--audit-policy-file={audit_dir / 'audit-policy.yaml'}",
+            f"--audit-log-path={audit_log_path(audit_dir)}",
+        ]
+        if audit_dir is not None
+        else []
+    )
     return [
         str(binary),
         f"--etcd-servers={etcd_url}",
@@ -108,6 +140,7 @@ def apiserver_argv(binary: Path, pki: Pki, etcd_url: str, secure_port: int, cert
         "--disable-admission-plugins=ServiceAccount",
         # The `kubernetes` Service endpoints may not be loopback; nothing here needs them.
         "--endpoint-reconciler-type=none",
+        *audit,
     ]
 
 
@@ -211,8 +244,14 @@ class ControlPlane:
 
     def _start_apiserver(self, pki: Pki, etcd_url: str, timeout: float, port: int | None = None) -> str:
         port = port or free_port()
+        (self.run_dir / "audit-policy.yaml").write_text(AUDIT_POLICY)
         argv = apiserver_argv(
-            self.binaries.kube_apiserver, pki, etcd_url, port, self.run_dir / "apiserver-certs"
+            self.binaries.kube_apiserver,
+            pki,
+            etcd_url,
+            port,
+            self.run_dir / "apiserver-certs",
+            audit_dir=self.run_dir,
         )
         proc, record = self._spawn("kube-apiserver", argv)
         self._apiserver = record

@@ -1,0 +1,117 @@
+"""Leader election's pure rules: who may take the Lease and what is written, when a Lease counts as expired
+(by the candidate's own clock only), and when a leader must stop writing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from modelrollout.leadership import LeaderElector, LeaseTiming, claimed_spec, released_spec
+
+NOW = datetime(2026, 12, 2, 14, 0, 0, 123456, tzinfo=UTC)
+STAMP = "2026-12-02T14:00:00.123456Z"
+TIMING = LeaseTiming(duration=15, renew_deadline=10, retry_period=2)
+
+
+def held(by: str | None, transitions: int = 3) -> dict[str, Any]:
+    return {
+        "holderIdentity": by,
+        "leaseDurationSeconds": 15,
+        "acquireTime": "2026-12-02T13:00:00.000000Z",
+        "renewTime": "2026-12-02T13:59:58.000000Z",
+        "leaseTransitions": transitions,
+    }
+
+
+def test_a_missing_lease_is_created_held_by_the_candidate() -> None:
+    assert claimed_spec(None, "a", NOW, False, TIMING) == {
+        "holderIdentity": "a",
+        "leaseDurationSeconds": 15,
+        "acquireTime": STAMP,
+        "renewTime": STAMP,
+        "leaseTransitions": 0,
+    }
+
+
+def test_the_holder_renews_keeping_its_acquire_time_and_the_count_of_transitions() -> None:
+    renewed = claimed_spec(held("a"), "a", NOW, False, TIMING)
+    assert renewed is not None
+    assert (renewed["renewTime"], renewed["acquireTime"], renewed["leaseTransitions"]) == (
+        STAMP,
+        "2026-12-02T13:00:00.000000Z",
+        3,
+    )
+
+
+@pytest.mark.parametrize("expired", [False, True])
+def test_another_holders_lease_is_taken_only_once_expired(expired: bool) -> None:
+    taken = claimed_spec(held("b"), "a", NOW, expired, TIMING)
+    if not expired:
+        assert taken is None
+        return
+    assert taken is not None
+    assert (taken["holderIdentity"], taken["acquireTime"], taken["leaseTransitions"]) == ("a", STAMP, 4)
+
+
+def test_a_released_lease_is_taken_at_once() -> None:
+    released = released_spec(held("b"), NOW)
+    assert released["holderIdentity"] is None
+    assert released["leaseDurationSeconds"] == 1
+    taken = claimed_spec(released, "a", NOW, False, TIMING)
+    assert taken is not None
+    assert taken["holderIdentity"] == "a"
+    assert taken["leaseTransitions"] == 3  # nobody held it: no transition from another holder
+
+
+@pytest.mark.parametrize(
+    ("duration", "deadline", "retry"), [(10, 10, 2), (15, 10, 10), (15, 20, 2), (15, 10, 0)]
+)
+def test_timings_that_could_let_two_replicas_lead_are_refused(
+    duration: float, deadline: float, retry: float
+) -> None:
+    with pytest.raises(ValueError, match="retry period < renew deadline < lease duration"):
+        LeaseTiming(duration=duration, renew_deadline=deadline, retry_period=retry)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def elector(clock: Clock) -> LeaderElector:
+    return LeaderElector(
+        client.ApiClient(), namespace="ops", name="lease", identity="a", timing=TIMING, clock=clock
+    )
+
+
+def test_a_lease_expires_only_after_it_was_seen_unchanged_for_its_duration_by_our_clock() -> None:
+    clock = Clock()
+    candidate = elector(clock)
+    # The record's renewTime is an hour old by its writer's clock: that says nothing here.
+    stale = held("b") | {"renewTime": "2026-12-02T12:00:00.000000Z"}
+    assert not candidate._expired(stale)
+    clock.now += 14.9
+    assert not candidate._expired(stale)
+    clock.now += 0.1
+    assert candidate._expired(stale)
+    renewed = stale | {"renewTime": "2026-12-02T14:00:15.000000Z"}
+    assert not candidate._expired(renewed)  # renewed meanwhile: the wait starts again
+    clock.now += 14
+    assert not candidate._expired(renewed)
+
+
+def test_a_leader_stops_leading_once_its_last_renewal_is_older_than_the_renew_deadline() -> None:
+    clock = Clock()
+    leader = elector(clock)
+    assert not leader.leading()  # never acquired
+    leader._renewed_at = clock.now
+    clock.now += 9.9
+    assert leader.leading()
+    clock.now += 0.1
+    assert not leader.leading()  # well before any standby may take over (15 s)
