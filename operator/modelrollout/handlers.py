@@ -7,16 +7,21 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from modelrollout import api
+from modelrollout import api, engine
+from modelrollout.alert_receiver import AlertReceiver
+from modelrollout.alerts import canary_service
 from modelrollout.config import OperatorConfig
 from modelrollout.kube import ACTION_ANNOTATION, default_api_client, describe_api_error
 from modelrollout.notify import Notifier, NotifyTargets
 from modelrollout.reconciler import Reconciler
+from modelrollout.wakeups import Wakeups
 
 FINALIZER = f"{api.GROUP}/finalizer"
 log = logging.getLogger(__name__)
@@ -28,6 +33,21 @@ class Runtime:
     config = OperatorConfig()
     tick_seconds = 5.0
     namespaces: tuple[str, ...] = ()
+    # A rollout with nothing due (a long soak, a finished rollout) is looked at no less often than this, in
+    # case something no event reports changed (an EnvoyFilter removed by hand, a VirtualService created).
+    resync_seconds = 60.0
+    alerts_port = 0  # 0: no alert receiver
+    alerts_token: str | None = None
+    identity = ""
+    # Whether this replica may reconcile and write: always, unless it runs under leader election; then
+    # `step_down` is set once it no longer may, which stops the operator.
+    leading: Callable[[], bool] = staticmethod(lambda: True)
+    step_down: asyncio.Event | None = None
+
+
+def user_agent(identity: str) -> str:
+    """The user agent of this replica's API requests: its identity shows in the API server's audit log."""
+    return f"modelrollout-operator/{identity}" if identity else "modelrollout-operator"
 
 
 @kopf.on.startup()
@@ -49,10 +69,22 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         # Exact namespaces need no cluster-wide discovery: a namespaced install (Roles only) starts at once
         # instead of retrying cluster-scoped lists it may not make.
         settings.scanning.disabled = True
-    reconciler, kube = Reconciler.for_cluster(await asyncio.to_thread(default_api_client), Runtime.config)
+    api_client = await asyncio.to_thread(default_api_client)
+    api_client.user_agent = user_agent(Runtime.identity)
+    reconciler, kube = Reconciler.for_cluster(api_client, Runtime.config)
     memo.reconciler = reconciler
+    wakeups = _wakeups(memo)
+    if reconciler.virtual_services is not None:
+        # A change to a VirtualService wakes the rollouts that claim it: drift is corrected when it happens.
+        reconciler.virtual_services.on_change = wakeups.on_virtual_service
     if Runtime.config.metrics_port:
         reconciler.telemetry.serve(Runtime.config.metrics_port)
+    if Runtime.step_down is not None:
+        memo.leadership_task = asyncio.create_task(_step_down_when_lost(Runtime.step_down))
+    if Runtime.alerts_port:
+        receiver = AlertReceiver(wakeups, token=Runtime.alerts_token, telemetry=reconciler.telemetry)
+        await receiver.start(Runtime.alerts_port)
+        memo.alert_receiver = receiver
     if Runtime.config.notify_secret:
         # "namespace/name", or a bare name in the operator's own namespace (the chart passes that).
         secret_namespace, _slash, secret_name = Runtime.config.notify_secret.rpartition("/")
@@ -68,16 +100,28 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             memo.notifier_task = asyncio.create_task(reconciler.notifier.run())
 
 
+async def _step_down_when_lost(step_down: asyncio.Event) -> None:
+    """Stop the operator once this replica no longer holds its Lease (kopf waits on `step_down`)."""
+    while Runtime.leading():  # noqa: ASYNC110 - leadership lapses with time, no event marks it
+        await asyncio.sleep(0.25)
+    log.error("no longer the leader: stopping")
+    step_down.set()
+
+
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    receiver: AlertReceiver | None = getattr(memo, "alert_receiver", None)
+    if receiver is not None:
+        await receiver.stop()
     reconciler: Reconciler | None = getattr(memo, "reconciler", None)
     if reconciler is not None:
         if reconciler.notifier is not None:
             await reconciler.notifier.drain(5)
         reconciler.close()
-    task: asyncio.Task[None] | None = getattr(memo, "notifier_task", None)
-    if task is not None:
-        task.cancel()
+    for name in ("notifier_task", "leadership_task"):
+        task: asyncio.Task[None] | None = getattr(memo, name, None)
+        if task is not None:
+            task.cancel()
 
 
 def _lock(memo: kopf.Memo, uid: str) -> asyncio.Lock:
@@ -88,11 +132,30 @@ def _lock(memo: kopf.Memo, uid: str) -> asyncio.Lock:
     return locks.setdefault(uid, asyncio.Lock())
 
 
-def _wakeup(memo: kopf.Memo) -> asyncio.Event:
-    if not hasattr(memo, "wakeup"):
-        memo.wakeup = asyncio.Event()
-    wakeup: asyncio.Event = memo.wakeup
-    return wakeup
+def _wakeups(memo: kopf.Memo) -> Wakeups:
+    """The drivers' alarms, one registry for the operator (set at startup, shared by every object's memo)."""
+    if not hasattr(memo, "wakeups"):
+        memo.wakeups = Wakeups()
+    wakeups: Wakeups = memo.wakeups
+    return wakeups
+
+
+def _name(body: kopf.Body) -> str:
+    return f"{body.metadata.namespace}/{body.metadata.name}"
+
+
+def _canary_service(body: kopf.Body) -> tuple[str, str] | None:
+    """The canary Service the rollout routes to, for alerts that name the Service (read leniently: a spec
+    the engine refuses names none)."""
+    spec = body.get("spec") or {}
+    canary = spec.get("canary") if isinstance(spec, dict) else None
+    host = canary.get("host") if isinstance(canary, dict) else None
+    istio = (spec.get("trafficRouting") or {}).get("istio") or {} if isinstance(spec, dict) else {}
+    virtual_service = istio.get("virtualService") if isinstance(istio, dict) else None
+    where = virtual_service.get("namespace") if isinstance(virtual_service, dict) else None
+    if not isinstance(host, str):
+        return None
+    return canary_service(host, where if isinstance(where, str) and where else body.metadata.namespace or "")
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
@@ -102,7 +165,7 @@ async def wake(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     pending_action = ACTION_ANNOTATION in body.metadata.annotations
     new_spec = body.metadata.get("generation") != body.status.get("observedGeneration")
     if pending_action or new_spec:
-        _wakeup(memo).set()
+        _wakeups(memo).wake(_name(body))
 
 
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=30)
@@ -113,29 +176,52 @@ async def drive(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     **_: Any,
 ) -> None:
-    """The one driver of this rollout: reconcile, then wait for the next tick or a change."""
+    """The one driver of this rollout: reconcile, then wait for the next tick or a change (a spec edit, an
+    action, a change to its VirtualService, an alert)."""
     reconciler: Reconciler = memo.reconciler
-    wakeup = _wakeup(memo)
+    wakeups = _wakeups(memo)
+    rollout = _name(body)
+    alarm = wakeups.alarm(rollout)
     lock = _lock(memo, body.metadata.uid or "")
     while not stopped:
-        wakeup.clear()
+        alarm.clear()
+        wakeups.route_canary(rollout, _canary_service(body))
+        requested = wakeups.take_check_request(rollout)
+        plan: engine.Plan | None = None
         async with lock:
-            if stopped:
+            if stopped or not Runtime.leading():
                 break
             try:
-                # Asked before every write: once kopf stops the driver (a deletion), nothing more is written.
-                await reconciler.reconcile(body, may_write=lambda: not stopped)
+                # Asked before every write: once kopf stops the driver (a deletion, or this replica lost its
+                # Lease), nothing more is written.
+                plan = await reconciler.reconcile(
+                    body, may_write=lambda: not stopped and Runtime.leading(), check_requested=requested
+                )
             except ApiException as error:  # the API server's own words, e.g. a missing RBAC permission
                 logger.error("reconcile failed: %s", describe_api_error(error))
             except Exception:  # a failed tick is retried at the next one; state lives in status, not here
                 logger.exception("reconcile failed")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wakeup.wait(), timeout=Runtime.tick_seconds)
+            await asyncio.wait_for(alarm.wait(), timeout=_wait_seconds(plan))
+    wakeups.forget(rollout, alarm)
+
+
+def _wait_seconds(plan: engine.Plan | None) -> float:
+    """Until the engine's next timed moment (its next check, the end of a soak), within the resync period;
+    a tick when it names none or the tick failed."""
+    look = plan.look_after if plan is not None else None
+    if look is None or look <= timedelta(0):
+        return Runtime.tick_seconds
+    if look == engine.ONLY_EVENTS:
+        return max(Runtime.resync_seconds, Runtime.tick_seconds)
+    return min(look.total_seconds(), max(Runtime.resync_seconds, Runtime.tick_seconds))
 
 
 @kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL)
 async def release(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     reconciler: Reconciler = memo.reconciler
+    if not Runtime.leading():
+        raise kopf.TemporaryError("this replica no longer holds the Lease; the leader finalizes", delay=2)
     # Waits for a tick in progress to finish; the driver, told to stop, starts no other.
     async with _lock(memo, body.metadata.uid or ""):
         try:

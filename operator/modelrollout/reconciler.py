@@ -29,6 +29,7 @@ from modelrollout.ports import KubeApi, Measuring, RouterFactory
 from modelrollout.routing.envoy_filter import BucketFilter
 from modelrollout.routing.istio_router import IstioRouter
 from modelrollout.routing.router import Router, RoutingProblem, StaleWrite, backend_of
+from modelrollout.routing.watch import VirtualServiceCache
 from modelrollout.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,19 @@ def spec_problems(raw: Mapping[str, Any]) -> api.ModelRolloutSpec | list[str]:
     return spec_template_errors(spec) or spec
 
 
-def istio_routers(api_client: client.ApiClient, request_timeout: float) -> RouterFactory:
+def istio_routers(
+    api_client: client.ApiClient,
+    request_timeout: float,
+    *,
+    cache: VirtualServiceCache | None = None,
+    telemetry: Telemetry | None = None,
+) -> RouterFactory:
+    on_read = telemetry.virtual_service_reads.labels if telemetry else None
+
+    def counted(source: str) -> None:
+        if on_read is not None:
+            on_read(source).inc()
+
     def make(record: api.RoutingRecord, owner: str) -> Router:
         namespace, _, name = record.virtual_service.partition("/")
         return IstioRouter(
@@ -73,6 +86,8 @@ def istio_routers(api_client: client.ApiClient, request_timeout: float) -> Route
             owner=owner,
             field_manager=engine.FIELD_MANAGER,
             request_timeout=request_timeout,
+            cache=cache,
+            on_read=counted,
         )
 
     return make
@@ -96,6 +111,7 @@ class Reconciler:
         self.telemetry = telemetry or Telemetry()
         self.observer = RoutingObserver(routers, kube.rollout_exists)
         self.notifier: Notifier | None = None
+        self.virtual_services: VirtualServiceCache | None = None  # the watch the routers read from
         # The object our last write returned, per rollout, and the resourceVersions it superseded: a body
         # from a watch that has not caught up with our own write is never decided on.
         self._latest: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
@@ -104,18 +120,32 @@ class Reconciler:
     def for_cluster(cls, api_client: client.ApiClient, config: OperatorConfig) -> tuple[Reconciler, Kube]:
         """The operator's reconciler over the API server and Prometheus, and its Kube adapter."""
         kube = Kube(api_client, config.request_timeout)
-        routers = istio_routers(api_client, config.request_timeout)
         telemetry = Telemetry()
+        cache = (
+            VirtualServiceCache(
+                api_client, cluster_wide=config.cluster_wide, request_timeout=config.request_timeout
+            )
+            if config.watch_virtual_services
+            else None
+        )
+        routers = istio_routers(api_client, config.request_timeout, cache=cache, telemetry=telemetry)
         measurer = Measurer(kube, config, telemetry=telemetry)
-        return cls(kube, routers, measurer, config, telemetry=telemetry), kube
+        reconciler = cls(kube, routers, measurer, config, telemetry=telemetry)
+        reconciler.virtual_services = cache
+        return reconciler, kube
 
     # ---- the tick ----
 
     async def reconcile(
-        self, body: Mapping[str, Any], may_write: Callable[[], bool] = lambda: True
+        self,
+        body: Mapping[str, Any],
+        may_write: Callable[[], bool] = lambda: True,
+        *,
+        check_requested: bool = False,
     ) -> engine.Plan | None:
         """One tick. `may_write` is asked before every write: False once the driver is told to stop (the
-        rollout is being deleted and its finalizer takes over)."""
+        rollout is being deleted and its finalizer takes over). `check_requested`: a check was asked for out
+        of turn (an alert); the engine says whether it runs now."""
         with self.telemetry.reconcile_seconds.time():
             obj = self._freshest(body)
             ref = _ref(obj)
@@ -124,7 +154,7 @@ class Reconciler:
                 if obj.get("metadata", {}).get("deletionTimestamp"):
                     return None  # the finalizer's turn
                 try:
-                    return await self._tick(ref, obj, check, may_write)
+                    return await self._tick(ref, obj, check, may_write, check_requested)
                 except (Stale, StaleObject, StaleWrite) as stale:
                     log.debug("%s/%s: %s; observing again", ref.namespace, ref.name, stale)
                     fresh = await self.kube.get_rollout(ref)
@@ -157,10 +187,11 @@ class Reconciler:
         obj: dict[str, Any],
         check: list[CheckResult | None],
         may_write: Callable[[], bool],
+        check_requested: bool,
     ) -> engine.Plan | None:
         plan: engine.Plan | None = None
         for _ in range(MAX_STEPS):
-            plan, obj = await self._step(ref, obj, check, may_write)
+            plan, obj = await self._step(ref, obj, check, may_write, check_requested)
             if plan is None or not plan.again:
                 break
         return plan
@@ -171,6 +202,7 @@ class Reconciler:
         obj: dict[str, Any],
         check: list[CheckResult | None],
         may_write: Callable[[], bool],
+        check_requested: bool,
     ) -> tuple[engine.Plan | None, dict[str, Any]]:
         now = self.clock()
         meta = obj["metadata"]
@@ -190,7 +222,7 @@ class Reconciler:
         bucket_filter = await self.kube.get_envoy_filter(ref.namespace, filter_name) if filter_name else None
         action = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
         if not check:
-            due = engine.analysis_due(spec, status, now, self.config.started_at)
+            due = engine.analysis_due(spec, status, now, self.config.started_at, requested=check_requested)
             same = status.pair_hash == engine.pair_hash(spec) and status.routing in (None, target)
             measured = None
             if due and same and routing.usable:
@@ -419,3 +451,5 @@ class Reconciler:
 
     def close(self) -> None:
         self.measurer.close()
+        if self.virtual_services is not None:
+            self.virtual_services.close()

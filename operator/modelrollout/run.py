@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import socket
+import uuid
 
 import kopf
 
 from modelrollout import handlers
 from modelrollout.config import OperatorConfig
+from modelrollout.kube import default_api_client
+from modelrollout.leadership import LeaderElector, LeaseTiming
+
+log = logging.getLogger(__name__)
 
 
 def _env_list(name: str) -> list[str]:
@@ -85,6 +92,50 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="seconds between reconciliations of a rollout when nothing changes (gates run every "
         "spec.analysis.interval)",
     )
+    run.add_argument(
+        "--alerts-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="serve an Alertmanager webhook receiver on PORT at /alerts: a firing alert that names a rollout "
+        "(or its canary Service) makes it check its gates at once (default 0: off). With "
+        "$MODELROLLOUT_ALERTS_TOKEN set, requests must carry `Authorization: Bearer <token>`",
+    )
+    run.add_argument(
+        "--virtual-services",
+        choices=["watch", "get"],
+        default="watch",
+        help="watch: VirtualServices come from a watch, an idle tick costs the API server nothing and a "
+        "change wakes the rollouts that claim it; get: every tick reads them (default watch)",
+    )
+    run.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="run as one of several replicas: reconcile only while holding a coordination.k8s.io Lease, "
+        "stand by otherwise (the chart turns it on)",
+    )
+    run.add_argument(
+        "--leader-election-namespace",
+        default=os.environ.get("POD_NAMESPACE", "default"),
+        metavar="NS",
+        help="namespace of the Lease (default $POD_NAMESPACE, else default)",
+    )
+    run.add_argument(
+        "--leader-election-id", default="modelrollout-operator", metavar="NAME", help="the Lease's name"
+    )
+    run.add_argument(
+        "--lease-duration", type=float, default=15.0, metavar="SECONDS", help="how long a Lease holds (15)"
+    )
+    run.add_argument(
+        "--renew-deadline",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a leader that could not renew for this long stops (10; below --lease-duration)",
+    )
+    run.add_argument(
+        "--retry-period", type=float, default=2.0, metavar="SECONDS", help="between renewals and attempts (2)"
+    )
     run.set_defaults(handler=run_operator)
 
 
@@ -96,6 +147,8 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         prometheus_workers=args.prometheus_workers,
         prometheus_queries_per_rollout=args.prometheus_queries_per_rollout,
         prometheus_credentials_allow=tuple(args.prometheus_credentials_allow),
+        watch_virtual_services=args.virtual_services == "watch",
+        cluster_wide=not args.namespace,
     )
 
 
@@ -111,10 +164,44 @@ def run_operator(args: argparse.Namespace) -> int:
     handlers.Runtime.config = config_from_args(args)
     handlers.Runtime.tick_seconds = args.tick
     handlers.Runtime.namespaces = tuple(args.namespace)
+    handlers.Runtime.alerts_port = args.alerts_port
+    handlers.Runtime.alerts_token = os.environ.get("MODELROLLOUT_ALERTS_TOKEN") or None
+    # Who this replica is, in the Lease and in the API server's audit log (the user agent of its requests).
+    identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    handlers.Runtime.identity = identity
+    # An asyncio flag (bound to kopf's loop on first use): kopf waits on threading flags in an executor thread
+    # that would keep the process from exiting after a signal.
+    stop = asyncio.Event()
+    elector = None
+    if args.leader_elect:
+        try:
+            timing = LeaseTiming(args.lease_duration, args.renew_deadline, args.retry_period)
+        except ValueError as error:
+            raise SystemExit(f"modelrollout run: {error}") from None
+        election_client = default_api_client()  # its own connections: renewals never queue behind ticks
+        election_client.user_agent = handlers.user_agent(identity)
+        elector = LeaderElector(
+            election_client,
+            namespace=args.leader_election_namespace,
+            name=args.leader_election_id,
+            identity=identity,
+            timing=timing,
+        )
+        if not elector.acquire():
+            return 1
+        handlers.Runtime.leading = elector.leading
+        handlers.Runtime.step_down = stop  # set on the loop once the Lease is lost
+        elector.keep_renewing()
     kopf.run(
-        standalone=True,  # no peering objects: one replica with `strategy: Recreate`
+        # No kopf peering: one replica, or several with a Lease deciding which one runs.
+        standalone=True,
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
         liveness_endpoint=None if args.liveness == "off" else args.liveness,
+        stop_flag=stop,
     )
-    return 0
+    if elector is None:
+        return 0
+    lost = not elector.leading()
+    elector.stop(release=not lost)
+    return 1 if lost else 0

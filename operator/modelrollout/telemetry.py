@@ -93,6 +93,19 @@ class Telemetry:
             "Prometheus clients held open (one per address, timeout and credentials in use)",
             registry=self.registry,
         )
+        self.virtual_service_reads = Counter(
+            "modelrollout_virtualservice_reads_total",
+            "VirtualService reads by where the answer came from: the watch's cache or the API server",
+            ("source",),
+            registry=self.registry,
+        )
+        self.alerts = Counter(
+            "modelrollout_alerts_total",
+            "Alerts received on /alerts by outcome: checked (a rollout was asked for a check), unmatched "
+            "(no rollout here), resolved (ignored), refused (bad token or payload)",
+            ("outcome",),
+            registry=self.registry,
+        )
         self.reconcile_seconds = Histogram(
             "modelrollout_reconcile_duration_seconds",
             "Time of one reconciliation (gate queries included)",
