@@ -19,6 +19,7 @@ from kubernetes import client
 
 from install_support import CHART, HELM_MODULE, REPO, Manifest, render, run_helm
 from modelrollout_dev.devenv.binaries import pinned_version
+from modelrollout_dev.devenv.prometheus import PrometheusServer
 from scenario_support import Kubectl
 
 # A cold helm build (module download and compile) takes minutes; it happens in the first test that asks.
@@ -136,8 +137,16 @@ def test_helm_is_the_pinned_build_and_make_uses_the_same(helm: Path) -> None:
             "prometheusUrl=http://prometheus.monitoring:9090",
         ],
         ["--set", "judge.enabled=true", "--set", "judge.secrets={llm/judge-key}"],
+        [
+            "--set",
+            "alerts.enabled=true",
+            "--set",
+            "alerts.tokenSecretName=t",
+            "--set",
+            "alerts.prometheusRule.enabled=true",
+        ],
     ],
-    ids=["defaults", "namespaced", "judge"],
+    ids=["defaults", "namespaced", "judge", "alerts"],
 )
 def test_chart_lints(helm: Path, values: list[str]) -> None:
     linted = run_helm(helm, "lint", "--strict", str(CHART), *values)
@@ -317,6 +326,38 @@ def test_service_monitor_renders_for_the_metrics_service(helm: Path, namespace: 
     assert [p["name"] for p in service["spec"]["ports"]] == ["metrics"]
 
 
+def test_the_alert_receiver_renders_with_its_service_token_and_rule(
+    helm: Path, kubectl: Kubectl, namespace: str, prometheus: PrometheusServer
+) -> None:
+    """Off by default; on, the operator serves /alerts behind a Service of its own, takes its token from the
+    Secret named, and the PrometheusRule's expression is one the real Prometheus accepts."""
+    default = render(helm, namespace)
+    assert "--alerts-port" not in operator_container(one(default, "Deployment"))["args"]
+    assert "PrometheusRule" not in kinds(default)
+    objects = render(
+        helm, namespace, "--set", "alerts.enabled=true", "--set", "alerts.tokenSecretName=alerts-token",
+        "--set", "alerts.prometheusRule.enabled=true", "--set", "alerts.prometheusRule.errorRatio=0.1",
+    )  # fmt: skip
+    container = operator_container(one(objects, "Deployment"))
+    assert flag_values(container["args"], "--alerts-port") == ["8081"]
+    assert {"name": "alerts", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+    token = next(e for e in container["env"] if e["name"] == "MODELROLLOUT_ALERTS_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "alerts-token", "key": "token"}
+    services = {s["metadata"]["name"]: s for s in objects if s["kind"] == "Service"}
+    alerts = next(s for name, s in services.items() if name.endswith("-alerts"))
+    assert alerts["spec"]["ports"] == [
+        {"name": "alerts", "port": 8081, "targetPort": "alerts", "protocol": "TCP"}
+    ]
+    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert alerts["spec"]["selector"].items() <= pod_labels.items()
+    rule = one(objects, "PrometheusRule")["spec"]["groups"][0]["rules"][0]
+    assert rule["expr"].endswith("> 0.1")
+    parsed = prometheus.api_get("/api/v1/query", {"query": rule["expr"]})
+    assert parsed["status"] == "success", parsed
+    # The API server here has no PrometheusRule CRD (it comes with the Prometheus Operator).
+    dry_run_apply(kubectl, [o for o in objects if o["kind"] != "PrometheusRule"])
+
+
 # ---- kustomize against the API server ----
 
 
@@ -384,6 +425,7 @@ def test_kustomize_and_chart_agree(helm: Path, kubectl: Kubectl) -> None:
         "ports",
         "volumeMounts",
         "args",
+        "env",
     ):
         assert base_container[key] == chart_container[key], key
 

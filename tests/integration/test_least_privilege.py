@@ -50,6 +50,7 @@ class Installed:
     ServiceAccount."""
 
     namespace: str
+    release: str
     service_account: str
     cluster_role: dict[str, Any]
     kubeconfig: Path
@@ -113,6 +114,7 @@ def installed(
     )
     yield Installed(
         namespace=namespace,
+        release=f"lp-{suffix}",
         service_account=account,
         cluster_role=next(o for o in objects if o["kind"] == "ClusterRole"),
         kubeconfig=kubeconfig,
@@ -125,8 +127,11 @@ class TokenOperator:
     """`modelrollout run` with a kubeconfig of its own (scenario_support.OperatorProcess takes the admin's),
     serving kopf's liveness endpoint as the chart's probes expect it. Each start logs to a new file."""
 
-    def __init__(self, kubeconfig: Path, prometheus_url: str, log_dir: Path) -> None:
+    def __init__(
+        self, kubeconfig: Path, prometheus_url: str, log_dir: Path, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.kubeconfig = kubeconfig
+        self.extra_args = extra_args
         self.prometheus_url = prometheus_url
         self.log_dir = log_dir
         self.health_url = f"http://127.0.0.1:{free_port()}/healthz"
@@ -137,7 +142,8 @@ class TokenOperator:
     def log_path(self) -> Path:
         return self.log_dir / f"operator-{self.starts}.log"
 
-    def start(self) -> None:
+    def start(self, *, wait: bool = True) -> None:
+        """Start afresh; with `wait`, until kopf's /healthz answers (with leader election: until it leads)."""
         self.starts += 1
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         with self.log_path.open("wb") as log:
@@ -155,12 +161,14 @@ class TokenOperator:
                     self.prometheus_url,
                     "--metrics-port",  # none: the default port may be taken on a shared machine
                     "0",
+                    *self.extra_args,
                 ],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        wait_for("the operator's /healthz", self.healthy, timeout=30)
+        if wait:
+            wait_for("the operator's /healthz", self.healthy, timeout=30)
 
     def restart(self) -> None:
         self.stop()
@@ -346,8 +354,7 @@ def without(role: dict[str, Any], group: str, resource: str, verb: str) -> dict[
     rules = []
     for rule in role["rules"]:
         kept = rule
-        if rule["apiGroups"] == [group] and rule["resources"] == [resource]:
-            assert verb in rule["verbs"], (group, resource, verb)
+        if rule["apiGroups"] == [group] and rule["resources"] == [resource] and verb in rule["verbs"]:
             kept = {**rule, "verbs": [v for v in rule["verbs"] if v != verb]}
         if kept["verbs"]:
             rules.append(kept)
@@ -420,6 +427,69 @@ def test_a_refused_write_mid_rollout_is_not_reported_as_progress(
         assert (status.get("canaryWeight"), status.get("phase")) == (10, "Progressing"), status.get("message")
 
 
+def test_leader_election_needs_exactly_the_lease_role_the_chart_renders(
+    helm: Path,
+    kubectl: Kubectl,
+    api_client: client.ApiClient,
+    installed: Installed,
+    prometheus: PrometheusServer,
+    tmp_path: Path,
+) -> None:
+    """With leader election on, the chart adds a Role on the one Lease: with it the operator leads and is
+    never refused; without any one of its verbs, it is refused that verb and stands by, never leading."""
+    rendered = run_helm(
+        helm, "template", installed.release, str(CHART), "--namespace", installed.namespace,
+        "--show-only", "templates/rbac.yaml", "--set", "replicas=2",
+        "--set", f"rbac.prometheusSecrets={{{SECRET}}}",
+    )  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr
+    election = [
+        o
+        for o in yaml.safe_load_all(rendered.stdout)
+        if o and o["metadata"]["name"].endswith("-leader-election")
+    ]
+    assert sorted(o["kind"] for o in election) == ["Role", "RoleBinding"]
+    role = next(o for o in election if o["kind"] == "Role")
+    applied = kubectl("apply", "-f", "-", input=yaml.safe_dump_all(election))
+    assert applied.returncode == 0, applied.stderr
+    lease = installed.service_account  # the chart names the Lease after the release, as its ServiceAccount
+    leases = client.CoordinationV1Api(api_client)
+    elect = (
+        "--leader-elect",
+        "--leader-election-namespace",
+        installed.namespace,
+        "--leader-election-id",
+        lease,
+    )
+    timing = ("--lease-duration", "4", "--renew-deadline", "3", "--retry-period", "0.5")
+    operator = TokenOperator(
+        installed.kubeconfig, prometheus.url, tmp_path, ("--namespace", installed.namespace, *elect, *timing)
+    )
+    try:
+        operator.start()  # healthy once it leads
+        held = leases.read_namespaced_lease(lease, installed.namespace).spec
+        assert held.holder_identity
+        assert held.holder_identity in operator.log() or "leading: Lease" in operator.log()
+        operator.stop()  # a clean stop releases the Lease
+        assert not leases.read_namespaced_lease(lease, installed.namespace).spec.holder_identity
+        assert denials(operator, installed) == []
+        for verb in ("get", "update", "create"):
+            if verb == "create":
+                leases.delete_namespaced_lease(lease, installed.namespace)
+            with applied_role(kubectl, without(role, "coordination.k8s.io", "leases", verb), role):
+                operator.start(wait=False)
+                refused = f'User "{installed.user}" cannot {verb} resource "leases"'
+                wait_for(
+                    f"the refusal of {verb} on leases in the operator's log",
+                    lambda refused=refused: refused in operator.log(),  # type: ignore[misc]
+                )
+                assert not operator.healthy()  # standing by: kopf never started
+                operator.stop()
+    finally:
+        operator.stop()
+        kubectl("delete", "--ignore-not-found", "-f", "-", input=yaml.safe_dump_all(election))
+
+
 # Every verb the chart grants, with where its refusal shows: the operator's log (kopf's requests and the
 # operator's own API calls), or the rollout's status (a refused Secret read is a gate error, reported there).
 NEEDED = [
@@ -429,6 +499,8 @@ NEEDED = [
     ("modelrollout.io", "modelrollouts", "patch", "log"),
     ("modelrollout.io", "modelrollouts/status", "patch", "log"),
     ("networking.istio.io", "virtualservices", "get", "log"),
+    ("networking.istio.io", "virtualservices", "list", "log"),
+    ("networking.istio.io", "virtualservices", "watch", "log"),
     ("networking.istio.io", "virtualservices", "update", "log"),
     ("", "events", "create", "log"),
     ("", "secrets", "get", "status"),

@@ -59,10 +59,12 @@ the operator with exactly these rules.
 - apiGroups: [modelrollout.io]
   resources: [modelrollouts/status]
   verbs: [patch]
-# routing.istio_router: read the VirtualService, replace it with the resourceVersion it was read at (PUT).
+# routing.istio_router: read the VirtualService, replace it with the resourceVersion it was read at (PUT);
+# routing.watch: list and watch them, so a tick reads from memory (get: until the watch is in sync, and after
+# a conflicting write).
 - apiGroups: [networking.istio.io]
   resources: [virtualservices]
-  verbs: [get, update]
+  verbs: [get, list, watch, update]
 # kube.emit_event and kopf's own warnings: core/v1 Events on the rollouts (neither posts events.k8s.io).
 - apiGroups: [""]
   resources: [events]
@@ -116,4 +118,14 @@ a JSON list. A bare name or NAMESPACE/NAME; anything else fails the install.
 {{- end }}
 {{- end }}
 {{- toJson ($namespaces | uniq) }}
+{{- end }}
+
+{{/* The 5xx share per destination Service that the chart's PrometheusRule alerts on. */}}
+{{- define "modelrollout.canaryErrorsExpr" -}}
+sum by (destination_service_name, destination_service_namespace) (rate(istio_requests_total{reporter="destination",response_code=~"5.."}[1m])) / sum by (destination_service_name, destination_service_namespace) (rate(istio_requests_total{reporter="destination"}[1m])) > {{ .Values.alerts.prometheusRule.errorRatio }}
+{{- end }}
+
+{{/* Whether the replicas elect a leader: asked for, or more than one replica. */}}
+{{- define "modelrollout.leaderElection" -}}
+{{- if or .Values.leaderElection.enabled (gt (int .Values.replicas) 1) }}true{{- end }}
 {{- end }}

@@ -1,0 +1,181 @@
+"""Two operator replicas against one API server, electing a leader with a Lease: one leads and drives the
+rollout while the other stands by; killing the leader hands over within the lease duration; a clean stop
+hands over at once; and at no moment do both write (the API server's audit log of VirtualService writes,
+by each replica's user agent, says so)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from istio_exporter import IstioTrafficExporter
+from modelrollout_dev.devenv.controlplane import audit_log_path
+from modelrollout_dev.devenv.environment import EnvironmentState
+from modelrollout_dev.devenv.prometheus import PrometheusServer
+from scenario_support import Kubectl, OperatorProcess, Rollout, prepared_rollout, remove_rollouts, wait_for
+
+LEASE = "modelrollout-test-lease"
+LEASE_SECONDS, RENEW_DEADLINE, RETRY = 4.0, 3.0, 0.5
+
+
+class Replica(OperatorProcess):
+    def __init__(self, env_state: EnvironmentState, prometheus_url: str, log_dir: Path, name: str) -> None:
+        super().__init__(env_state, prometheus_url, log_dir / name)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.env["POD_NAME"] = name
+
+    def run(self, namespace: str) -> None:
+        self.start(
+            "--namespace",
+            namespace,
+            "--leader-elect",
+            "--leader-election-namespace",
+            namespace,
+            "--leader-election-id",
+            LEASE,
+            "--lease-duration",
+            f"{LEASE_SECONDS:g}",
+            "--renew-deadline",
+            f"{RENEW_DEADLINE:g}",
+            "--retry-period",
+            f"{RETRY:g}",
+        )
+
+    def signal(self, number: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(number)
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def replicas(
+    env_state: EnvironmentState, prometheus: PrometheusServer, tmp_path: Path, modelrollout_crd: str
+) -> Iterator[dict[str, Replica]]:
+    started = {
+        name: Replica(env_state, prometheus.url, tmp_path, name)
+        for name in ("replica-a", "replica-b", "replica-c")
+    }
+    yield started
+    for replica in started.values():
+        replica.stop()
+
+
+@pytest.fixture
+def subject(
+    api_client: client.ApiClient, kubectl: Kubectl, namespace: str, exporter: IstioTrafficExporter
+) -> Iterator[Rollout]:
+    with prepared_rollout(api_client, kubectl, namespace, exporter) as rollout:
+        yield rollout
+    remove_rollouts(api_client, namespace)
+
+
+def holder(api_client: client.ApiClient, namespace: str) -> str:
+    try:
+        lease = client.CoordinationV1Api(api_client).read_namespaced_lease(LEASE, namespace)
+    except ApiException as missing:
+        if missing.status == 404:
+            return ""
+        raise
+    return str(lease.spec.holder_identity or "")
+
+
+def virtual_service_writes(env_state: EnvironmentState, namespace: str) -> list[tuple[datetime, str]]:
+    """(when, by which replica) for every VirtualService write an operator replica made in `namespace`."""
+    writes = []
+    for line in audit_log_path(Path(env_state.run_dir)).read_text().splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef") or {}
+        agent = event.get("userAgent", "")
+        if ref.get("resource") != "virtualservices" or ref.get("namespace") != namespace:
+            continue
+        if event.get("verb") not in ("update", "patch") or not agent.startswith("modelrollout-operator/"):
+            continue
+        if (event.get("responseStatus") or {}).get("code") != 200:
+            continue  # refused (e.g. a conflict): nothing written
+        at = datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00"))
+        writes.append((at, agent.removeprefix("modelrollout-operator/").rsplit("-", 1)[0]))
+    return sorted(writes)
+
+
+def hand_edit(rollout: Rollout) -> None:
+    edited = rollout.kubectl(
+        "-n", rollout.namespace, "patch", "virtualservice", "llm", "--type=json", "-p",
+        '[{"op":"replace","path":"/spec/http/1/route/1/weight","value":70},'
+        '{"op":"replace","path":"/spec/http/1/route/0/weight","value":30}]',
+    )  # fmt: skip
+    assert edited.returncode == 0, edited.stderr
+
+
+def test_one_replica_leads_a_killed_leader_is_replaced_and_both_never_write(
+    replicas: dict[str, Replica],
+    subject: Rollout,
+    api_client: client.ApiClient,
+    env_state: EnvironmentState,
+    namespace: str,
+) -> None:
+    a, b, c = replicas["replica-a"], replicas["replica-b"], replicas["replica-c"]
+    a.run(namespace)
+    wait_for("replica-a to lead", lambda: holder(api_client, namespace).startswith("replica-a-"))
+    b.run(namespace)
+    wait_for("replica-b to stand by", lambda: "standing by" in b.log_text(), timeout=30)
+
+    subject.create(
+        stages=[{"weight": 10, "duration": "2s"}, {"weight": 50, "duration": "600s"}, {"weight": 100}]
+    )
+    wait_for("stage 2 weights", lambda: subject.weights() == (50, 50), timeout=30)
+    assert holder(api_client, namespace).startswith("replica-a-")
+
+    # The leader dies without a word: the standby takes over once the Lease has gone unrenewed long enough.
+    a.signal(signal.SIGKILL)
+    killed_at, killed_wall = time.monotonic(), datetime.now(UTC)
+    wait_for("replica-b to lead", lambda: holder(api_client, namespace).startswith("replica-b-"), timeout=30)
+    takeover = time.monotonic() - killed_at
+    print(
+        f"\nleader killed -> standby holds the Lease: {takeover:.2f} s (lease duration {LEASE_SECONDS:g} s)"
+    )
+    assert takeover < LEASE_SECONDS + 3 * RETRY + 2  # the standby's first sight of the Lease starts its wait
+
+    # The new leader drives: a hand edit is put back, by replica-b.
+    hand_edit(subject)
+    wait_for("weights put back by the new leader", lambda: subject.weights() == (50, 50), timeout=20)
+
+    # A clean stop gives the Lease up: the next standby takes over at once, not after the lease duration.
+    c.run(namespace)
+    wait_for("replica-c to stand by", lambda: "standing by" in c.log_text(), timeout=30)
+    b.signal(signal.SIGTERM)
+    stopped_at = time.monotonic()
+    wait_for("replica-c to lead", lambda: holder(api_client, namespace).startswith("replica-c-"), timeout=30)
+    handover = time.monotonic() - stopped_at
+    print(f"leader stopped cleanly -> standby holds the Lease: {handover:.2f} s")
+    assert handover < LEASE_SECONDS
+    hand_edit(subject)
+    wait_for("weights put back by replica-c", lambda: subject.weights() == (50, 50), timeout=20)
+    assert subject.status()["phase"] == "Progressing"
+
+    # The audit log: replica-a wrote before it died, replica-b only after, replica-c only after b stopped.
+    writes = wait_for(
+        "replica-c's write in the audit log",
+        lambda: (
+            (found := virtual_service_writes(env_state, namespace)) and found[-1][1] == "replica-c" and found
+        ),
+        timeout=10,
+    )
+    by = {name: [at for at, who in writes if who == name] for name in ("replica-a", "replica-b", "replica-c")}
+    print("VirtualService writes: " + ", ".join(f"{name} {len(times)}" for name, times in by.items()))
+    assert len(by["replica-a"]) >= 2  # 10%, then 50%
+    assert by["replica-b"]
+    assert by["replica-c"]
+    assert max(by["replica-a"]) < killed_wall <= min(by["replica-b"])
+    assert max(by["replica-b"]) < min(by["replica-c"])
+    assert [who for _, who in writes] == sorted(
+        (who for _, who in writes), key=["replica-a", "replica-b", "replica-c"].index
+    )
