@@ -161,6 +161,9 @@ class LeaderElector:
         self._thread.start()
 
     def try_acquire_or_renew(self) -> bool:
+        # The renewal counts from before the attempt, never from its answer: a slow answer cannot stretch
+        # this replica's leadership past what a standby computes from the moment it saw the record.
+        attempted_at = self._clock()
         now = datetime.now(UTC)
         try:
             raw = self._read()
@@ -168,7 +171,7 @@ class LeaderElector:
             if error.status != 404:
                 log.warning("Lease %s unreadable: %s", self.lease, describe_api_error(error))
                 return False
-            return self._create(now)
+            return self._create(now, attempted_at)
         except Exception as error:  # an unreachable API server: try again at the next period
             log.warning("Lease %s unreadable: %s: %s", self.lease, type(error).__name__, error)
             return False
@@ -186,7 +189,7 @@ class LeaderElector:
         except Exception as error:
             log.warning("Lease %s not written: %s: %s", self.lease, type(error).__name__, error)
             return False
-        self._renewed_at = self._clock()
+        self._renewed_at = attempted_at
         return True
 
     def _read(self) -> dict[str, Any]:
@@ -206,7 +209,7 @@ class LeaderElector:
             _request_timeout=self._timeout,
         )
 
-    def _create(self, now: datetime) -> bool:
+    def _create(self, now: datetime, attempted_at: float) -> bool:
         spec = claimed_spec(None, self.identity, now, True, self.timing)
         body = {"metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec}
         try:
@@ -220,7 +223,10 @@ class LeaderElector:
             if error.status != 409:  # 409: another replica created it first
                 log.warning("Lease %s not created: %s", self.lease, describe_api_error(error))
             return False
-        self._renewed_at = self._clock()
+        except Exception as error:
+            log.warning("Lease %s not created: %s: %s", self.lease, type(error).__name__, error)
+            return False
+        self._renewed_at = attempted_at
         return True
 
     def _expired(self, spec: dict[str, Any]) -> bool:
