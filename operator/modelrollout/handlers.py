@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -39,10 +40,10 @@ class Runtime:
     alerts_port = 0  # 0: no alert receiver
     alerts_token: str | None = None
     identity = ""
-    # Whether this replica may reconcile and write: always, unless it runs under leader election; then
-    # `step_down` is set once it no longer may, which stops the operator.
+    # Whether this replica may reconcile and write: always, unless it runs under leader election (`elected`);
+    # then the operator stops once it no longer may.
     leading: Callable[[], bool] = staticmethod(lambda: True)
-    step_down: asyncio.Event | None = None
+    elected = False
 
 
 def user_agent(identity: str) -> str:
@@ -79,8 +80,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         reconciler.virtual_services.on_change = wakeups.on_virtual_service
     if Runtime.config.metrics_port:
         reconciler.telemetry.serve(Runtime.config.metrics_port)
-    if Runtime.step_down is not None:
-        memo.leadership_task = asyncio.create_task(_step_down_when_lost(Runtime.step_down))
+    if Runtime.elected:
+        memo.leadership_task = asyncio.create_task(_step_down_when_lost())
     if Runtime.alerts_port:
         receiver = AlertReceiver(wakeups, token=Runtime.alerts_token, telemetry=reconciler.telemetry)
         await receiver.start(Runtime.alerts_port)
@@ -100,12 +101,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             memo.notifier_task = asyncio.create_task(reconciler.notifier.run())
 
 
-async def _step_down_when_lost(step_down: asyncio.Event) -> None:
-    """Stop the operator once this replica no longer holds its Lease (kopf waits on `step_down`)."""
+async def _step_down_when_lost() -> None:
+    """Stop the operator once this replica no longer holds its Lease: as a SIGTERM would, so kopf winds down
+    the way it does for a pod's termination (a stop flag would leave a waiter that delays every exit)."""
     while Runtime.leading():  # noqa: ASYNC110 - leadership lapses with time, no event marks it
         await asyncio.sleep(0.25)
     log.error("no longer the leader: stopping")
-    step_down.set()
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 @kopf.on.cleanup()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import socket
@@ -169,9 +168,6 @@ def run_operator(args: argparse.Namespace) -> int:
     # Who this replica is, in the Lease and in the API server's audit log (the user agent of its requests).
     identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     handlers.Runtime.identity = identity
-    # An asyncio flag (bound to kopf's loop on first use): kopf waits on threading flags in an executor thread
-    # that would keep the process from exiting after a signal.
-    stop = asyncio.Event()
     elector = None
     if args.leader_elect:
         try:
@@ -190,7 +186,7 @@ def run_operator(args: argparse.Namespace) -> int:
         if not elector.acquire():
             return 1
         handlers.Runtime.leading = elector.leading
-        handlers.Runtime.step_down = stop  # set on the loop once the Lease is lost
+        handlers.Runtime.elected = True
         elector.keep_renewing()
     kopf.run(
         # No kopf peering: one replica, or several with a Lease deciding which one runs.
@@ -198,7 +194,6 @@ def run_operator(args: argparse.Namespace) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
         liveness_endpoint=None if args.liveness == "off" else args.liveness,
-        stop_flag=stop,
     )
     if elector is None:
         return 0
