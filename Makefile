@@ -9,7 +9,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: bench bench-decisions bench-scale help deps venv binaries crds lint test test-unit test-integration demo dev dev-up dev-down dev-env clean
+.PHONY: bench bench-decisions bench-scale bench-promote help deps venv binaries crds lint test test-unit test-integration demo dev dev-up dev-down dev-env clean
 
 help:
 	@echo "make demo              two rollouts on simulated traffic: one promotes, one rolls back (~2 min)"
@@ -21,6 +21,8 @@ help:
 	@echo "make test-gitops       Flux's controllers, kstatus and Argo CD's Lua runtime on live rollouts"
 	@echo "make dev-up|dev-env|dev-down  a detached local environment for your shell"
 	@echo "make bench-decisions   simulated rollouts: threshold vs Mann-Whitney vs sequential gates (no servers)"
+	@echo "make bench-scale       fleets of 100, 1,000 and 5,000 healthy rollouts on one operator (SIZES=...)"
+	@echo "make bench-promote     N rollouts promoted at once, then the kill switch (N=40)"
 
 deps:
 	@bash scripts/install-system-deps.sh
@@ -90,8 +92,12 @@ bench: venv
 bench-decisions: venv
 	$(BIN)/python bench/decisions.py
 
+SIZES ?= 100 1000 5000
 bench-scale: binaries
-	$(BIN)/python bench/scale.py --rollouts $(N)
+	$(BIN)/python bench/scale.py --sizes $(SIZES)
+
+bench-promote: binaries
+	$(BIN)/python bench/promote.py --rollouts $(N)
 
 # Areas keep their own targets in mk/*.mk (deployment, simulator, ...).
 -include mk/*.mk

@@ -1,10 +1,10 @@
-"""Scale benchmark, printing figures (no pass/fail): N rollouts driven at once by one operator process, on the
-local control plane with simulated traffic and the real Prometheus. Reports the time until all are promoted,
-reconcile latency from the operator's own histogram, and the operator's CPU time and memory. Then the kill
-switch: K more rollouts with experiments (overrides, sticky bucket routes, dimension headers) are aborted one
-at a time at 10%, and the time from the abort annotation to the VirtualService showing stable-only (100% on
-stable, no route the rollout added) is measured for each, as a client polling the API server every 10 ms sees
-it. Run: `make bench-scale N=40`."""
+"""Promotion benchmark, printing figures (no pass/fail): N rollouts driven at once by one operator process,
+on the local control plane with simulated traffic and the real Prometheus. Reports the time until all are
+promoted, reconcile latency from the operator's own histogram, and the operator's CPU time and memory. Then
+the kill switch: K more rollouts with experiments (overrides, sticky bucket routes, dimension headers) are
+aborted one at a time at 10%, and the time from the abort annotation to the VirtualService showing
+stable-only (100% on stable, no route the rollout added) is measured for each, as a client polling the API
+server every 10 ms sees it. Run: `make bench-promote N=40`."""
 
 from __future__ import annotations
 

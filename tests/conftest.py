@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from istio_exporter import IstioTrafficExporter
 from modelrollout_dev.devenv.environment import DevEnvironment, EnvironmentState, runs_root
 from modelrollout_dev.devenv.gitops import GitopsTool, gitops_tool
 from modelrollout_dev.devenv.prometheus import PrometheusServer
+from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
 from scenario_support import Kubectl, OperatorProcess, serving_exporter
 
 _started: dict[str, Any] = {}

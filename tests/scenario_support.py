@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from istio_exporter import IstioTrafficExporter
 from modelrollout import api
 from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.prometheus import PrometheusServer
 from modelrollout_dev.local_operator import local_command
+from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
 from modelrollout_dev.sim.simulator import Simulator
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]

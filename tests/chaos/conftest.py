@@ -12,9 +12,9 @@ import pytest
 from faults import DelayingProxy
 from kubernetes import client
 
-from istio_exporter import IstioTrafficExporter
 from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.prometheus import PrometheusServer
+from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
 from scenario_support import OperatorProcess, mark_tier, remove_rollouts, serving_exporter
 
 OperatorFactory = Callable[..., OperatorProcess]

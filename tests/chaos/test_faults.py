@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from istio_exporter import IstioTrafficExporter
 from modelrollout import api
 from modelrollout_dev.devenv.environment import DevEnvironment
 from modelrollout_dev.devenv.prometheus import PrometheusServer
+from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
 from scenario_support import CANARY, RPS, STABLE, Kubectl, Rollout, prepared_rollout, wait_for
 
 pytestmark = pytest.mark.usefixtures("modelrollout_crd")

@@ -20,10 +20,10 @@ from faults import DelayingProxy
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from istio_exporter import IstioTrafficExporter
 from modelrollout import api
 from modelrollout_dev.devenv.netutil import free_port
 from modelrollout_dev.devenv.prometheus import PrometheusServer
+from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
 from scenario_support import CANARY, RPS, STABLE, OperatorProcess
 
 ROLLOUTS = 50

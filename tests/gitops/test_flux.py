@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import pytest
 from flux_fleet import IF_NOT_PRESENT, Fleet, Readiness
 
-from istio_exporter import IstioTrafficExporter
 from modelrollout_dev.devenv.gitops import GitopsTool
+from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
 from scenario_support import CANARY, RPS, STABLE, wait_for
 
 pytestmark = [pytest.mark.integration]

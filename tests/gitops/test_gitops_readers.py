@@ -22,11 +22,11 @@ import pytest
 import yaml
 from kubernetes import client
 
-from istio_exporter import IstioTrafficExporter
 from modelrollout import api
 from modelrollout.engine.actions import action_refusal
 from modelrollout.engine.model import Action, pair_hash
 from modelrollout_dev.devenv.gitops import GitopsTool
+from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
 from scenario_support import CANARY, RPS, STABLE, Kubectl, OperatorProcess, Rollout, remove_rollouts, wait_for
 
 pytestmark = [pytest.mark.integration]

@@ -10,8 +10,8 @@ import pytest
 from kubernetes import client
 
 from install_support import HELM_MODULE, ensure_helm
-from istio_exporter import IstioTrafficExporter
 from modelrollout_dev.devenv.binaries import BinariesError
+from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
 from scenario_support import (
     Kubectl,
     OperatorProcess,

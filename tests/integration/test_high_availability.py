@@ -16,10 +16,10 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from istio_exporter import IstioTrafficExporter
 from modelrollout_dev.devenv.controlplane import audit_log_path
 from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.prometheus import PrometheusServer
+from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
 from scenario_support import Kubectl, OperatorProcess, Rollout, prepared_rollout, remove_rollouts, wait_for
 
 LEASE = "modelrollout-test-lease"

@@ -28,10 +28,10 @@ from kubernetes import client
 from test_prometheus_provider import FakePrometheus
 
 from install_support import CHART, run_helm
-from istio_exporter import IstioTrafficExporter
 from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.netutil import free_port
 from modelrollout_dev.devenv.prometheus import PrometheusServer
+from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
 from scenario_support import CANARY, RPS, Kubectl, Rollout, prepared_rollout, wait_for
 
 SECRET = "prometheus-auth"

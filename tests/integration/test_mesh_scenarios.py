@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from istio_exporter import IstioTrafficExporter
 from modelrollout_dev.devenv.prometheus import PrometheusServer
+from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
 from modelrollout_dev.sim.routing import Request
 from modelrollout_dev.sim.simulator import Simulator
 from scenario_support import (

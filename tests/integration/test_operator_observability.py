@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from istio_exporter import IstioTrafficExporter
 from modelrollout.notify import Notification, Notifier, NotifyTargets
 from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.prometheus import PrometheusServer
+from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
 from scenario_support import CANARY, RPS, STABLE, Kubectl, OperatorProcess, Rollout, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("modelrollout_crd")]

@@ -20,13 +20,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from istio_exporter import IstioTrafficExporter
 from llm_gates import EVERY_LLM_GATE, llm_gate, llm_variables
 from modelrollout import api
 from modelrollout.metrics.prometheus import PrometheusProvider, QueryDeferred, QueryPool
 from modelrollout.metrics.provider import MetricsError, Sample
 from modelrollout.metrics.templates import TemplateVariables, render_gate_query, request_count_query
 from modelrollout_dev.devenv.prometheus import PrometheusServer
+from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from istio_exporter import IstioTrafficExporter
 from modelrollout import api
 from modelrollout_dev.devenv.processes import ProcessSet
 from modelrollout_dev.devenv.prometheus import PrometheusServer
+from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
 from scenario_support import CANARY, RPS, Kubectl, OperatorProcess, Rollout, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("modelrollout_crd")]

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from istio_exporter import IstioTrafficExporter
 from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.prometheus import PrometheusServer
+from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
 from scenario_support import (
     CANARY,
     STABLE,

@@ -1,5 +1,5 @@
-"""A synthetic Istio sidecar for tests: `/metrics` with Istio's standard request metrics for the traffic the
-test says each service receives.
+"""A synthetic Istio sidecar for tests and benchmarks: `/metrics` with Istio's standard request metrics for
+the traffic the caller says each service receives (no requests are made: for fleets too large to simulate).
 
 Counters are the integral of the configured rates over wall-clock time, computed at scrape time, so
 Prometheus' `rate()` gives back the configured requests per second and the 5xx share the configured error
@@ -86,8 +86,13 @@ class _Service:
 
 
 class IstioTrafficExporter:
-    def __init__(self) -> None:
+    def __init__(self, *, histograms: bool = True) -> None:
+        """`histograms`: export istio_request_duration_milliseconds too (20 series per service and code; a
+        fleet benchmark leaves them out and gates on requests only)."""
+        self.histograms = histograms
         self._lock = threading.Lock()
+        # When each service was first scraped showing a 5xx (the first breaching sample Prometheus holds).
+        self.first_errors_scraped: dict[tuple[str, str], float] = {}
         # (service, namespace, version): a version is a subset's pods, labelled destination_version.
         self._services: dict[tuple[str, str, str], _Service] = {}
         self.scrapes = 0
@@ -161,6 +166,10 @@ class IstioTrafficExporter:
             for code, counts in sorted(by_code.items()):
                 labels = _labels(service, namespace, code, version)
                 requests.append(f"istio_requests_total{{{labels}}} {counts.requests!r}")
+                if code == ERROR_CODE and counts.requests > 0:
+                    self.first_errors_scraped.setdefault((service, namespace), now)
+                if not self.histograms:
+                    continue
                 cumulative = 0.0
                 for bound, in_bucket in zip((*LATENCY_BUCKETS_MS, None), counts.buckets, strict=True):
                     cumulative += in_bucket

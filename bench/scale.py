@@ -1,0 +1,565 @@
+"""Scale benchmark (prints figures, passes or fails nothing): for each fleet size N, N healthy rollouts on one
+operator, against the local control plane and the real Prometheus, with synthetic Istio metrics (the fleet is
+too large for the request-level simulator: `modelrollout_dev.sim.istio_exporter` exports each service's
+counters for the traffic it is told, 2 requests/s per service by default, no latency histograms).
+
+Per N it prints: the healthy rollouts rolled back or held (must be 0) and the checks the operator put off;
+the operator's RSS (and per rollout) and CPU as % of one core over a quiet window; API server requests/s by
+verb and resource over that window (the API server's own counters; nothing else talks to it then); PromQL
+queries/s and per analysis interval (Prometheus' own counters); the time from the operator's start to every
+rollout reconciled once and checked once; 10 breaches detected by the rollouts' own checks (from the first
+scraped breaching sample to the VirtualService write, and from the check's start to the write) and 10 by an
+alert (from the alert to the write), min/median/p99; and a standby replica taking over from a killed leader.
+Run: `make bench-scale` (SIZES="100 1000 5000" by default)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelrollout import api
+from modelrollout_dev.devenv.environment import DevEnvironment, runs_root
+from modelrollout_dev.devenv.netutil import free_port
+from modelrollout_dev.devenv.processes import ProcessSet
+from modelrollout_dev.local_operator import local_command
+from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
+
+NAMESPACE = "fleet"
+CRDS = Path(__file__).resolve().parents[1] / "crds"
+LEASE = "modelrollout-bench"
+LEASE_SECONDS = 15
+INTERVAL_SECONDS = 30
+BREACHES = 10
+
+# Targets the scale issue sets, printed beside the figures.
+TARGET_RSS_MB_AT_5000 = 300
+TARGET_CPU_CORES = 0.5
+TARGET_CHECK_TO_WRITE_P99_S = 0.25
+TARGET_ALERT_TO_WRITE_P99_S = 2.0
+
+
+def names(index: int) -> tuple[str, str, str]:
+    return f"svc-{index}", f"svc-{index}-v1", f"svc-{index}-v2"
+
+
+def fleet_objects(index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    host, stable, canary = names(index)
+    vs = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": host, "namespace": NAMESPACE},
+        "spec": {
+            "hosts": [host],
+            "http": [{"name": "primary", "route": [{"destination": {"host": stable}, "weight": 100}]}],
+        },
+    }
+    mro = {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": host, "namespace": NAMESPACE},
+        "spec": {
+            "stable": {"host": stable},
+            "canary": {"host": canary},
+            "trafficRouting": {"istio": {"virtualService": {"name": host}}},
+            # Healthy rollouts park at 10% for the whole benchmark: every one is checked every interval.
+            "stages": [{"weight": 10, "duration": "24h"}, {"weight": 100}],
+            "analysis": {
+                "interval": f"{INTERVAL_SECONDS}s",
+                "window": "1m",
+                "minRequests": 5,
+                "failureLimit": 0,
+                "gates": [{"name": "error-rate", "template": "istio-error-rate", "max": 0.02}],
+            },
+        },
+    }
+    return vs, mro
+
+
+def canary_weight(vs: dict[str, Any]) -> int | None:
+    for route in vs.get("spec", {}).get("http", []):
+        if route.get("name") == "primary":
+            for entry in route.get("route", []):
+                if entry["destination"]["host"].endswith("-v2"):
+                    return int(entry.get("weight", 0))
+            return 0
+    return None
+
+
+class WriteWatcher:
+    """When each VirtualService of the fleet was first written back to stable-only (watch events, as they
+    arrive: within milliseconds of the write on loopback)."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._api = client.CustomObjectsApi(api_client)
+        self.to_stable: dict[str, tuple[float, datetime]] = {}
+        self._stream = watch.Watch()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        seen: dict[str, int | None] = {}
+        for event in self._stream.stream(
+            self._api.list_namespaced_custom_object, "networking.istio.io", "v1", NAMESPACE, "virtualservices"
+        ):
+            obj = event["raw_object"]
+            name = obj["metadata"]["name"]
+            weight = canary_weight(obj)
+            if weight == 0 and (seen.get(name) or 0) > 0 and name not in self.to_stable:
+                self.to_stable[name] = (time.monotonic(), datetime.now(UTC))
+            seen[name] = weight
+
+    def stop(self) -> None:
+        self._stream.stop()
+
+
+@dataclass
+class Snapshot:
+    at: float
+    api: Counter[tuple[str, str]]
+    queries: float
+    cpu_seconds: float
+    rss_mb: float
+    operator: dict[str, float] = field(default_factory=dict)
+
+
+def apiserver_requests(kubectl: list[str]) -> Counter[tuple[str, str]]:
+    raw = subprocess.run([*kubectl, "get", "--raw", "/metrics"], check=True, capture_output=True, text=True)
+    counts: Counter[tuple[str, str]] = Counter()
+    pattern = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+    for line in raw.stdout.splitlines():
+        found = pattern.match(line)
+        if not found:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', found["labels"]))
+        if not labels.get("resource"):
+            continue
+        resource = labels["resource"] + (f"/{labels['subresource']}" if labels.get("subresource") else "")
+        counts[(labels["verb"], resource)] += float(found["value"])
+    return counts
+
+
+def prometheus_queries(prometheus_url: str) -> float:
+    with urllib.request.urlopen(f"{prometheus_url}/metrics", timeout=10) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name == "prometheus_http_requests":
+            for sample in family.samples:
+                if sample.name.endswith("_total") and sample.labels.get("handler") == "/api/v1/query":
+                    total += sample.value
+    return total
+
+
+def operator_metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    wanted = {
+        "modelrollout_checks_deferred_total": "deferred",
+        "modelrollout_reconcile_duration_seconds_count": "reconciles",
+        "modelrollout_virtualservice_reads_total": "vs_reads",
+    }
+    found = dict.fromkeys(wanted.values(), 0.0)
+    checks = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                found[wanted[sample.name]] += sample.value
+            elif sample.name == "modelrollout_checks_total":
+                checks += sample.value
+    found["checks"] = checks
+    return found
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def snapshot(kubectl: list[str], prometheus_url: str, pid: int, metrics_port: int) -> Snapshot:
+    return Snapshot(
+        at=time.monotonic(),
+        api=apiserver_requests(kubectl),
+        queries=prometheus_queries(prometheus_url),
+        cpu_seconds=process_cpu_seconds(pid),
+        rss_mb=process_rss_mb(pid),
+        operator=operator_metrics(metrics_port),
+    )
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "none measured"
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return (
+        f"min {ordered[0]:.2f} s, median {statistics.median(ordered):.2f} s, p99 {p99:.2f} s "
+        f"(n={len(ordered)})"
+    )
+
+
+def create_all(
+    objects: client.CustomObjectsApi, group: str, version: str, plural: str, bodies: list[Any]
+) -> None:
+    def create(body: dict[str, Any]) -> None:
+        for attempt in range(5):
+            try:
+                objects.create_namespaced_custom_object(group, version, NAMESPACE, plural, body)
+                return
+            except ApiException as error:
+                if error.status == 409:
+                    return
+                if attempt == 4:
+                    raise
+                time.sleep(0.5)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(create, bodies))
+
+
+def list_rollouts(objects: client.CustomObjectsApi) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = objects.list_namespaced_custom_object(
+        api.GROUP, api.VERSION, NAMESPACE, api.PLURAL
+    )["items"]
+    return listed
+
+
+def unhealthy(items: list[dict[str, Any]], breached: set[str]) -> list[str]:
+    """Healthy rollouts that are not progressing undisturbed at stage 1: rolled back, held, degraded."""
+    found = []
+    for item in items:
+        name = item["metadata"]["name"]
+        if name in breached:
+            continue
+        status = item.get("status") or {}
+        if status.get("phase") != "Progressing" or status.get("hold") or status.get("rollback"):
+            found.append(
+                f"{name}: {status.get('phase')} {status.get('reason')} {status.get('message', '')[:80]}"
+            )
+    return found
+
+
+def post_alert(port: int, rollout: str) -> None:
+    payload = {
+        "version": "4",
+        "status": "firing",
+        "alerts": [{"status": "firing", "labels": {"modelrollout": rollout, "namespace": NAMESPACE}}],
+    }
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/alerts",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
+        answer.read()
+
+
+def lease_holder(api_client: client.ApiClient) -> str:
+    try:
+        lease = client.CoordinationV1Api(api_client).read_namespaced_lease(LEASE, NAMESPACE)
+    except ApiException:
+        return ""
+    return str(lease.spec.holder_identity or "")
+
+
+def wait(what: str, predicate: Any, timeout: float, every: float = 1.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(every)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def run_size(n: int, rps: float, quiet_seconds: float, log: Any) -> dict[str, Any]:
+    run_dir = runs_root() / f"bench-scale-{n}"
+    environment = DevEnvironment(run_dir, detached=False)
+    environment.stop()
+    processes = ProcessSet(run_dir)
+    exporter = IstioTrafficExporter(histograms=False)
+    watcher: WriteWatcher | None = None
+    figures: dict[str, Any] = {"n": n}
+    try:
+        state = environment.start(log=lambda m: log(f"[{n}] {m}"))
+        assert environment.prometheus is not None
+        prometheus = environment.prometheus
+        kubectl = [state.kubectl, f"--kubeconfig={state.kubeconfig}"]
+        subprocess.run([*kubectl, "apply", "--server-side", "-f", str(CRDS)], check=True, capture_output=True)
+        subprocess.run(
+            [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS)],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run([*kubectl, "create", "namespace", NAMESPACE], check=True, capture_output=True)
+        settings = client.Configuration()
+        config.load_kube_config(config_file=state.kubeconfig, client_configuration=settings)
+        settings.connection_pool_maxsize = 16  # the creating threads each keep a connection
+        api_client = client.ApiClient(settings)
+        objects = client.CustomObjectsApi(api_client)
+
+        for index in range(n):
+            _, stable, canary = names(index)
+            exporter.set_traffic(stable, NAMESPACE, rps=rps)
+            exporter.set_traffic(canary, NAMESPACE, rps=rps)
+        prometheus.set_targets("fleet-istio", [exporter.address])
+        prometheus.wait_for_job_up("fleet-istio", timeout=60)
+        pairs = [fleet_objects(i) for i in range(n)]
+        created = time.monotonic()
+        create_all(objects, "networking.istio.io", "v1", "virtualservices", [vs for vs, _ in pairs])
+        create_all(objects, api.GROUP, api.VERSION, api.PLURAL, [mro for _, mro in pairs])
+        log(f"[{n}] created {n} VirtualServices and {n} ModelRollouts in {time.monotonic() - created:.0f} s")
+        # Both variants' rates over the gate window exist before the first checks.
+        prometheus.wait_for_series(
+            f'count(istio_requests_total{{destination_service_namespace="{NAMESPACE}"}}) >= {2 * n}',
+            timeout=120,
+        )
+        time.sleep(3)
+
+        metrics_port, alerts_port = free_port(), free_port()
+        elect = ["--leader-elect", "--leader-election-namespace", NAMESPACE, "--leader-election-id", LEASE]
+        env = {**os.environ, "KUBECONFIG": state.kubeconfig}
+        leader, _ = processes.spawn(
+            "operator",
+            [
+                *local_command(state.prometheus_url, tick=5, metrics_port=metrics_port),
+                "--alerts-port",
+                str(alerts_port),
+                "--namespace",
+                NAMESPACE,
+                *elect,
+            ],
+            die_with_parent=True,
+            env={**env, "POD_NAME": "leader"},
+        )
+        started = time.monotonic()
+
+        def count_with(predicate: Any) -> int:
+            return sum(1 for item in list_rollouts(objects) if predicate(item.get("status") or {}))
+
+        wait(
+            "every rollout reconciled once",
+            lambda: count_with(lambda s: s.get("phase") not in (None, "Pending")) == n,
+            timeout=1800,
+            every=2,
+        )
+        figures["reconciled_s"] = time.monotonic() - started
+        wait("every rollout checked once", lambda: count_with(lambda s: s.get("lastAnalysis")) == n, 1800, 2)
+        figures["checked_s"] = time.monotonic() - started
+        log(f"[{n}] all reconciled once after {figures['reconciled_s']:.1f} s, checked once after "
+            f"{figures['checked_s']:.1f} s")  # fmt: skip
+
+        processes.spawn(
+            "standby",
+            [*local_command(state.prometheus_url, tick=5, metrics_port=0), "--namespace", NAMESPACE, *elect],
+            die_with_parent=True,
+            env={**env, "POD_NAME": "standby"},
+        )
+        time.sleep(INTERVAL_SECONDS)  # steady state: every rollout checks once an interval
+
+        before = snapshot(kubectl, state.prometheus_url, leader.pid, metrics_port)
+        time.sleep(quiet_seconds)
+        after = snapshot(kubectl, state.prometheus_url, leader.pid, metrics_port)
+        elapsed = after.at - before.at
+        figures["cpu_cores"] = (after.cpu_seconds - before.cpu_seconds) / elapsed
+        figures["rss_mb"] = after.rss_mb
+        figures["api_per_s"] = {
+            key: (after.api[key] - before.api.get(key, 0.0)) / elapsed
+            for key in after.api
+            if after.api[key] - before.api.get(key, 0.0) > 0
+        }
+        figures["queries_per_s"] = (after.queries - before.queries) / elapsed
+        figures["checks_per_s"] = (after.operator["checks"] - before.operator["checks"]) / elapsed
+        figures["reconciles_per_s"] = (after.operator["reconciles"] - before.operator["reconciles"]) / elapsed
+        figures["deferred"] = after.operator["deferred"]
+        figures["quiet_s"] = elapsed
+
+        watcher = WriteWatcher(api_client)
+        step = max(1, n // (2 * BREACHES))
+        by_check = [names(i)[0] for i in range(0, step * BREACHES, step)][:BREACHES]
+        by_alert = [names(i)[0] for i in range(step // 2 + 1, n, step) if names(i)[0] not in by_check][
+            :BREACHES
+        ]
+        time.sleep(1)
+        breached_at: dict[str, float] = {}
+        for host in by_check:
+            exporter.set_traffic(f"{host}-v2", NAMESPACE, rps=rps, error_ratio=0.5)
+            breached_at[host] = time.monotonic()
+        wait("every check-detected breach rolled back", lambda: all(h in watcher.to_stable for h in by_check),
+             timeout=3 * INTERVAL_SECONDS + 60)  # fmt: skip
+        figures["scrape_to_write"] = [
+            watcher.to_stable[h][0] - exporter.first_errors_scraped[(f"{h}-v2", NAMESPACE)] for h in by_check
+        ]
+        statuses = {item["metadata"]["name"]: item.get("status") or {} for item in list_rollouts(objects)}
+        figures["check_to_write"] = [
+            (
+                watcher.to_stable[h][1] - datetime.fromisoformat(statuses[h]["lastAnalysis"]["at"])
+            ).total_seconds()
+            for h in by_check
+            if (statuses[h].get("lastAnalysis") or {}).get("at")
+        ]
+
+        for host in by_alert:
+            exporter.set_traffic(f"{host}-v2", NAMESPACE, rps=rps, error_ratio=0.5)
+        scraped = exporter.first_errors_scraped
+        wait(
+            "the alert breaches scraped",
+            lambda: all((f"{h}-v2", NAMESPACE) in scraped for h in by_alert),
+            30,
+            0.2,
+        )
+        time.sleep(2)  # two more scrapes: the rate over the window shows the breach
+        alerted: dict[str, float] = {}
+        already = 0
+        for host in by_alert:
+            if host in watcher.to_stable:
+                already += 1  # its own check came first
+                continue
+            alerted[host] = time.monotonic()
+            post_alert(alerts_port, host)
+        wait(
+            "every alerted rollout rolled back", lambda: all(h in watcher.to_stable for h in alerted), 60, 0.1
+        )
+        figures["alert_to_write"] = [watcher.to_stable[h][0] - alerted[h] for h in alerted]
+        figures["alert_preempted"] = already
+
+        breached = set(by_check) | set(by_alert)
+        figures["unhealthy"] = unhealthy(list_rollouts(objects), breached)
+
+        holder = lease_holder(api_client)
+        leader.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        wait("the standby to take over", lambda: lease_holder(api_client).startswith("standby-"), 120, 0.1)
+        figures["takeover_s"] = time.monotonic() - killed
+        figures["leader_was"] = holder
+        return figures
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        processes.stop_all(grace_seconds=10)
+        exporter.close()
+        environment.stop()
+        environment.remove()
+
+
+def report(figures: dict[str, Any]) -> None:
+    n = figures["n"]
+    per_interval = figures["queries_per_s"] * INTERVAL_SECONDS
+    preempted = figures["alert_preempted"]
+    lines = [
+        f"== {n} rollouts (one gate each, interval {INTERVAL_SECONDS} s, tick 5 s, a leader and a standby)",
+        f"  healthy rollouts rolled back or held: {len(figures['unhealthy'])} (must be 0)",
+        *(f"    {line}" for line in figures["unhealthy"][:5]),
+        f"  checks put off by the operator's own queue (never errors): {figures['deferred']:.0f}",
+        f"  operator RSS: {figures['rss_mb']:.0f} MB ({figures['rss_mb'] / n * 1024:.0f} KB per rollout)",
+        f"  operator CPU: {figures['cpu_cores']:.1%} of one core over {figures['quiet_s']:.0f} s "
+        f"({figures['reconciles_per_s']:.1f} reconciliations/s, {figures['checks_per_s']:.1f} checks/s)",
+        f"  API server requests/s while idle: {sum(figures['api_per_s'].values()):.1f} in all",
+        *(
+            f"    {verb:>6} {resource:<28} {rate:8.2f}/s"
+            for (verb, resource), rate in sorted(figures["api_per_s"].items(), key=lambda kv: -kv[1])
+        ),
+        f"  PromQL: {figures['queries_per_s']:.1f} queries/s, {per_interval:.0f} per {INTERVAL_SECONDS} s",
+        f"  operator start -> every rollout reconciled once: {figures['reconciled_s']:.1f} s; "
+        f"checked once: {figures['checked_s']:.1f} s",
+        f"  breach (first scraped sample) -> VirtualService write: {spread(figures['scrape_to_write'])}",
+        f"  check start -> VirtualService write: {spread(figures['check_to_write'])}",
+        f"  alert -> VirtualService write: {spread(figures['alert_to_write'])}"
+        + (f"; {preempted} rolled back by their own check first" if preempted else ""),
+        f"  leader killed -> standby holds the Lease: {figures['takeover_s']:.1f} s "
+        f"(lease duration {LEASE_SECONDS} s)",
+    ]
+    print("\n" + "\n".join(lines), flush=True)
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] if ordered else float("inf")
+
+
+def flat(values: list[float]) -> bool:
+    """Independent of N, as far as three sizes tell: the largest within twice the smallest (plus one)."""
+    return max(values) <= 2 * min(values) + 1
+
+
+def targets(all_figures: list[dict[str, Any]]) -> None:
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    largest = max(all_figures, key=lambda f: f["n"])
+    at = largest["n"]
+    big = at >= 5000
+    idle = [sum(f["api_per_s"].values()) for f in all_figures]
+    queries = [f["queries_per_s"] * INTERVAL_SECONDS for f in all_figures]
+    sizes = [f["n"] for f in all_figures]
+    worst_check = max(p99(f["check_to_write"]) for f in all_figures)
+    worst_alert = max(p99(f["alert_to_write"]) for f in all_figures)
+    unhealthy = sum(len(f["unhealthy"]) for f in all_figures)
+    worst_takeover = max(f["takeover_s"] for f in all_figures)
+    lines = [
+        "targets:",
+        f"  5,000 rollouts in < {TARGET_RSS_MB_AT_5000} MB RSS: {largest['rss_mb']:.0f} MB at {at} "
+        f"-> {verdict(big and largest['rss_mb'] < TARGET_RSS_MB_AT_5000)}",
+        f"  < {TARGET_CPU_CORES} core at a 30 s interval: {largest['cpu_cores']:.2f} cores at {at} "
+        f"-> {verdict(big and largest['cpu_cores'] < TARGET_CPU_CORES)}",
+        "  idle API requests/s independent of N: "
+        + ", ".join(f"{n}: {v:.1f}/s" for n, v in zip(sizes, idle, strict=True))
+        + f" -> {verdict(flat(idle))}",
+        "  PromQL queries per interval independent of N: "
+        + ", ".join(f"{n}: {v:.0f}" for n, v in zip(sizes, queries, strict=True))
+        + f" -> {verdict(flat(queries))}",
+        f"  check start -> write p99 < {TARGET_CHECK_TO_WRITE_P99_S * 1000:.0f} ms: worst "
+        f"{worst_check * 1000:.0f} ms -> {verdict(worst_check < TARGET_CHECK_TO_WRITE_P99_S)}",
+        f"  alert -> write p99 < {TARGET_ALERT_TO_WRITE_P99_S:g} s: worst {worst_alert:.2f} s "
+        f"-> {verdict(worst_alert < TARGET_ALERT_TO_WRITE_P99_S)}",
+        f"  healthy rollouts rolled back or held: {unhealthy} -> {verdict(unhealthy == 0)}",
+        f"  standby takeover within the lease duration ({LEASE_SECONDS} s) and a retry period: worst "
+        f"{worst_takeover:.1f} s -> {verdict(worst_takeover < LEASE_SECONDS + 2)}",
+    ]
+    print("\n" + "\n".join(lines), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000])
+    parser.add_argument("--rps", type=float, default=2.0, help="requests/s per service (synthetic)")
+    parser.add_argument("--quiet-seconds", type=float, default=60.0, help="the measuring window")
+    args = parser.parse_args()
+    results = []
+    for n in args.sizes:
+        figures = run_size(n, args.rps, args.quiet_seconds, lambda m: print(m, file=sys.stderr, flush=True))
+        report(figures)
+        results.append(figures)
+    targets(results)
+    print(f"\nmachine: {os.cpu_count()} cores, {Path('/proc/meminfo').read_text().split()[1]} kB memory")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
