@@ -111,21 +111,26 @@ class WriteWatcher:
     def __init__(self, api_client: client.ApiClient) -> None:
         self._api = client.CustomObjectsApi(api_client)
         self.to_stable: dict[str, tuple[float, datetime]] = {}
+        self.ended = ""
         self._stream = watch.Watch()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         seen: dict[str, int | None] = {}
-        for event in self._stream.stream(
+        stream = self._stream.stream(
             self._api.list_namespaced_custom_object, "networking.istio.io", "v1", NAMESPACE, "virtualservices"
-        ):
-            obj = event["raw_object"]
-            name = obj["metadata"]["name"]
-            weight = canary_weight(obj)
-            if weight == 0 and (seen.get(name) or 0) > 0 and name not in self.to_stable:
-                self.to_stable[name] = (time.monotonic(), datetime.now(UTC))
-            seen[name] = weight
+        )
+        try:
+            for event in stream:
+                obj = event["raw_object"]
+                name = obj["metadata"]["name"]
+                weight = canary_weight(obj)
+                if weight == 0 and (seen.get(name) or 0) > 0 and name not in self.to_stable:
+                    self.to_stable[name] = (time.monotonic(), datetime.now(UTC))
+                seen[name] = weight
+        except Exception as ended:  # the environment stopping under the watch ends the measurement
+            self.ended = f"{type(ended).__name__}: {ended}"
 
     def stop(self) -> None:
         self._stream.stop()
@@ -379,7 +384,9 @@ def run_size(n: int, rps: float, quiet_seconds: float, log: Any) -> dict[str, An
             die_with_parent=True,
             env={**env, "POD_NAME": "standby"},
         )
-        time.sleep(INTERVAL_SECONDS)  # steady state: every rollout checks once an interval
+        # Steady state: past every rollout's first check window (1 m after its stage began, a moment the
+        # drivers wake for once) and one more interval; from then on each rollout is looked at once a check.
+        time.sleep(60 + INTERVAL_SECONDS)
 
         before = snapshot(kubectl, state.prometheus_url, leader.pid, metrics_port)
         time.sleep(quiet_seconds)

@@ -203,9 +203,16 @@ async def drive(
                 logger.error("reconcile failed: %s", describe_api_error(error))
             except Exception:  # a failed tick is retried at the next one; state lives in status, not here
                 logger.exception("reconcile failed")
+        waiting = _wait_seconds(plan)
+        logger.debug("next look in %.2f s (engine: %s)", waiting, plan.look_after if plan else "no plan")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(alarm.wait(), timeout=_wait_seconds(plan))
+            await asyncio.wait_for(alarm.wait(), timeout=waiting)
     wakeups.forget(rollout, alarm)
+
+
+# Added to the engine's moment: the loop's timers may fire a little before the wall clock the engine reads
+# has reached it, and a driver woken a hair early would find nothing due and go round once more.
+WAKE_MARGIN_SECONDS = 0.05
 
 
 def _wait_seconds(plan: engine.Plan | None) -> float:
@@ -216,7 +223,7 @@ def _wait_seconds(plan: engine.Plan | None) -> float:
         return Runtime.tick_seconds
     if look == engine.ONLY_EVENTS:
         return max(Runtime.resync_seconds, Runtime.tick_seconds)
-    return min(look.total_seconds(), max(Runtime.resync_seconds, Runtime.tick_seconds))
+    return min(look.total_seconds() + WAKE_MARGIN_SECONDS, max(Runtime.resync_seconds, Runtime.tick_seconds))
 
 
 @kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL)

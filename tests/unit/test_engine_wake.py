@@ -77,8 +77,8 @@ def test_an_accepted_action_or_a_failed_write_keeps_the_tick() -> None:
     [
         (None, 5.0),
         (timedelta(0), 5.0),
-        (timedelta(seconds=2), 2.0),
-        (timedelta(seconds=45), 45.0),
+        (timedelta(seconds=2), 2.05),
+        (timedelta(seconds=45), 45.05),
         (timedelta(hours=1), 60.0),
         (engine.ONLY_EVENTS, 60.0),
     ],
