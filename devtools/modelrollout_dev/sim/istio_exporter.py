@@ -10,6 +10,7 @@ Like Istio, a series appears on its first request: a service that never failed e
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -189,6 +190,7 @@ class IstioTrafficExporter:
         self._thread.join(timeout=5)
 
 
+@functools.cache  # a fleet's scrape builds the same label sets every second
 def _labels(service: str, namespace: str, code: str, version: str = "") -> str:
     pairs = {
         "reporter": "destination",
