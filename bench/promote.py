@@ -10,67 +10,41 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
+from bench_support import install_crd_and_namespace, process_cpu_seconds, process_rss_mb, rollout_pair
 from kubernetes import client, config
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelrollout import api
 from modelrollout_dev.devenv.environment import DevEnvironment, runs_root
+from modelrollout_dev.devenv.netutil import free_port
 from modelrollout_dev.devenv.processes import ProcessSet
 from modelrollout_dev.local_operator import local_command
 from modelrollout_dev.sim.simulator import Simulator
 
 NAMESPACE = "bench"
-CRDS = Path(__file__).resolve().parents[1] / "crds"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def rollout(index: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    host, stable, canary = f"svc-{index}", f"svc-{index}-v1", f"svc-{index}-v2"
-    vs = {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": {"name": host, "namespace": NAMESPACE},
-        "spec": {
-            "hosts": [host],
-            "http": [{"name": "primary", "route": [{"destination": {"host": stable}, "weight": 100}]}],
+    return rollout_pair(
+        index,
+        NAMESPACE,
+        [{"weight": 10, "duration": "10s"}, {"weight": 50, "duration": "10s"}, {"weight": 100}],
+        {
+            "interval": "2s",
+            "window": "10s",
+            "minRequests": 5,
+            "gates": [
+                {"name": "error-rate", "template": "istio-error-rate", "max": 0.02},
+                {"name": "p99-latency-ms", "template": "istio-latency-p99", "max": 5000},
+            ],
         },
-    }
-    mro = {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "metadata": {"name": host, "namespace": NAMESPACE},
-        "spec": {
-            "stable": {"host": stable},
-            "canary": {"host": canary},
-            "trafficRouting": {"istio": {"virtualService": {"name": host}}},
-            "stages": [{"weight": 10, "duration": "10s"}, {"weight": 50, "duration": "10s"}, {"weight": 100}],
-            "analysis": {
-                "interval": "2s",
-                "window": "10s",
-                "minRequests": 5,
-                "gates": [
-                    {"name": "error-rate", "template": "istio-error-rate", "max": 0.02},
-                    {"name": "p99-latency-ms", "template": "istio-latency-p99", "max": 5000},
-                ],
-            },
-        },
-    }
-    return vs, mro
+    )
 
 
 def experiment_rollout(index: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -156,20 +130,13 @@ def operator_figures(metrics_url: str, pid: int) -> dict[str, float]:
         wanted = q * count
         return next((le for le, cumulative in sorted(buckets) if cumulative >= wanted), float("inf"))
 
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    rss_kb = next(
-        int(line.split()[1])
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-        if line.startswith("VmRSS")
-    )
     return {
         "reconciles": count,
         "mean_s": total / count if count else 0.0,
         "p50_le_s": quantile(0.5),
         "p99_le_s": quantile(0.99),
-        "cpu_s": (int(fields[11]) + int(fields[12])) / ticks,
-        "rss_mb": rss_kb / 1024,
+        "cpu_s": process_cpu_seconds(pid),
+        "rss_mb": process_rss_mb(pid),
     }
 
 
@@ -188,13 +155,7 @@ def main() -> int:
     try:
         state = environment.start(log=lambda m: print(f"[bench] {m}", file=sys.stderr))
         kubectl = [state.kubectl, f"--kubeconfig={state.kubeconfig}"]
-        subprocess.run([*kubectl, "apply", "--server-side", "-f", str(CRDS)], check=True, capture_output=True)
-        subprocess.run(
-            [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS)],
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run([*kubectl, "create", "namespace", NAMESPACE], check=True, capture_output=True)
+        install_crd_and_namespace(kubectl, NAMESPACE)
         api_client = config.new_client_from_config(config_file=state.kubeconfig)
         objects = client.CustomObjectsApi(api_client)
         pairs = [rollout(i) for i in range(args.rollouts)]

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench_support import install_crd_and_namespace, process_cpu_seconds, process_rss_mb, rollout_pair
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
@@ -44,7 +45,6 @@ from modelrollout_dev.local_operator import local_command
 from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
 
 NAMESPACE = "fleet"
-CRDS = Path(__file__).resolve().parents[1] / "crds"
 LEASE = "modelrollout-bench"
 LEASE_SECONDS = 15
 INTERVAL_SECONDS = 30
@@ -62,36 +62,19 @@ def names(index: int) -> tuple[str, str, str]:
 
 
 def fleet_objects(index: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    host, stable, canary = names(index)
-    vs = {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": {"name": host, "namespace": NAMESPACE},
-        "spec": {
-            "hosts": [host],
-            "http": [{"name": "primary", "route": [{"destination": {"host": stable}, "weight": 100}]}],
+    # Healthy rollouts park at 10% for the whole benchmark: every one is checked every interval.
+    return rollout_pair(
+        index,
+        NAMESPACE,
+        [{"weight": 10, "duration": "24h"}, {"weight": 100}],
+        {
+            "interval": f"{INTERVAL_SECONDS}s",
+            "window": "1m",
+            "minRequests": 5,
+            "failureLimit": 0,
+            "gates": [{"name": "error-rate", "template": "istio-error-rate", "max": 0.02}],
         },
-    }
-    mro = {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "metadata": {"name": host, "namespace": NAMESPACE},
-        "spec": {
-            "stable": {"host": stable},
-            "canary": {"host": canary},
-            "trafficRouting": {"istio": {"virtualService": {"name": host}}},
-            # Healthy rollouts park at 10% for the whole benchmark: every one is checked every interval.
-            "stages": [{"weight": 10, "duration": "24h"}, {"weight": 100}],
-            "analysis": {
-                "interval": f"{INTERVAL_SECONDS}s",
-                "window": "1m",
-                "minRequests": 5,
-                "failureLimit": 0,
-                "gates": [{"name": "error-rate", "template": "istio-error-rate", "max": 0.02}],
-            },
-        },
-    }
-    return vs, mro
+    )
 
 
 def canary_weight(vs: dict[str, Any]) -> int | None:
@@ -192,18 +175,6 @@ def operator_metrics(port: int) -> dict[str, float]:
                 checks += sample.value
     found["checks"] = checks
     return found
-
-
-def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def process_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def snapshot(kubectl: list[str], prometheus_url: str, pid: int, metrics_port: int) -> Snapshot:
@@ -314,13 +285,7 @@ def run_size(n: int, rps: float, quiet_seconds: float, log: Any) -> dict[str, An
         assert environment.prometheus is not None
         prometheus = environment.prometheus
         kubectl = [state.kubectl, f"--kubeconfig={state.kubeconfig}"]
-        subprocess.run([*kubectl, "apply", "--server-side", "-f", str(CRDS)], check=True, capture_output=True)
-        subprocess.run(
-            [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS)],
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run([*kubectl, "create", "namespace", NAMESPACE], check=True, capture_output=True)
+        install_crd_and_namespace(kubectl, NAMESPACE)
         settings = client.Configuration()
         config.load_kube_config(config_file=state.kubeconfig, client_configuration=settings)
         settings.connection_pool_maxsize = 16  # the creating threads each keep a connection

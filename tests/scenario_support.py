@@ -185,6 +185,15 @@ class Rollout:
         by_host = {d["destination"]["host"]: d.get("weight", 100 if len(route) == 1 else 0) for d in route}
         return by_host.get(STABLE, 0), by_host.get(CANARY, 0)
 
+    def edit_weights(self, stable: int, canary: int) -> None:
+        """Set the managed route's weights by hand (kubectl, as a person would): drift for the operator."""
+        edited = self.kubectl(
+            "-n", self.namespace, "patch", "virtualservice", "llm", "--type=json", "-p",
+            f'[{{"op":"replace","path":"/spec/http/1/route/1/weight","value":{canary}}},'
+            f'{{"op":"replace","path":"/spec/http/1/route/0/weight","value":{stable}}}]',
+        )  # fmt: skip
+        assert edited.returncode == 0, edited.stderr
+
     def events(self) -> list[tuple[str, str, str]]:
         listed = self.core.list_namespaced_event(
             self.namespace, field_selector=f"involvedObject.name={self.name}"

@@ -34,6 +34,16 @@ def rollout(
     remove_rollouts(api_client, namespace)
 
 
+@pytest.fixture
+def subject(
+    api_client: client.ApiClient, kubectl: Kubectl, namespace: str, exporter: IstioTrafficExporter
+) -> Iterator[Rollout]:
+    """The test's VirtualService and healthy traffic, without the module's operator: the test runs its own."""
+    with prepared_rollout(api_client, kubectl, namespace, exporter) as prepared:
+        yield prepared
+    remove_rollouts(api_client, namespace)
+
+
 @pytest.fixture(scope="session")
 def helm() -> Path:
     try:

@@ -19,8 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from modelrollout_dev.devenv.controlplane import audit_log_path
 from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.prometheus import PrometheusServer
-from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
-from scenario_support import Kubectl, OperatorProcess, Rollout, prepared_rollout, remove_rollouts, wait_for
+from scenario_support import OperatorProcess, Rollout, wait_for
 
 LEASE = "modelrollout-test-lease"
 LEASE_SECONDS, RENEW_DEADLINE, RETRY = 4.0, 3.0, 0.5
@@ -69,15 +68,6 @@ def replicas(
         replica.stop()
 
 
-@pytest.fixture
-def subject(
-    api_client: client.ApiClient, kubectl: Kubectl, namespace: str, exporter: IstioTrafficExporter
-) -> Iterator[Rollout]:
-    with prepared_rollout(api_client, kubectl, namespace, exporter) as rollout:
-        yield rollout
-    remove_rollouts(api_client, namespace)
-
-
 def holder(api_client: client.ApiClient, namespace: str) -> str:
     try:
         lease = client.CoordinationV1Api(api_client).read_namespaced_lease(LEASE, namespace)
@@ -104,15 +94,6 @@ def virtual_service_writes(env_state: EnvironmentState, namespace: str) -> list[
         at = datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00"))
         writes.append((at, agent.removeprefix("modelrollout-operator/").rsplit("-", 1)[0]))
     return sorted(writes)
-
-
-def hand_edit(rollout: Rollout) -> None:
-    edited = rollout.kubectl(
-        "-n", rollout.namespace, "patch", "virtualservice", "llm", "--type=json", "-p",
-        '[{"op":"replace","path":"/spec/http/1/route/1/weight","value":70},'
-        '{"op":"replace","path":"/spec/http/1/route/0/weight","value":30}]',
-    )  # fmt: skip
-    assert edited.returncode == 0, edited.stderr
 
 
 def test_one_replica_leads_a_killed_leader_is_replaced_and_both_never_write(
@@ -145,7 +126,7 @@ def test_one_replica_leads_a_killed_leader_is_replaced_and_both_never_write(
     assert takeover < LEASE_SECONDS + 3 * RETRY + 2  # the standby's first sight of the Lease starts its wait
 
     # The new leader drives: a hand edit is put back, by replica-b.
-    hand_edit(subject)
+    subject.edit_weights(30, 70)
     wait_for("weights put back by the new leader", lambda: subject.weights() == (50, 50), timeout=20)
 
     # A clean stop gives the Lease up: the next standby takes over at once, not after the lease duration.
@@ -157,7 +138,7 @@ def test_one_replica_leads_a_killed_leader_is_replaced_and_both_never_write(
     handover = time.monotonic() - stopped_at
     print(f"leader stopped cleanly -> standby holds the Lease: {handover:.2f} s")
     assert handover < LEASE_SECONDS
-    hand_edit(subject)
+    subject.edit_weights(30, 70)
     wait_for("weights put back by replica-c", lambda: subject.weights() == (50, 50), timeout=20)
     assert subject.status()["phase"] == "Progressing"
 

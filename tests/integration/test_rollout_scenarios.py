@@ -227,18 +227,7 @@ def test_a_new_canary_mid_rollout_starts_again_from_stage_one(rollout: Rollout) 
 def test_a_weight_edited_by_hand_is_put_back(rollout: Rollout) -> None:
     rollout.create(stages=[{"weight": 10, "duration": "60s"}, {"weight": 100}])
     wait_for("stage 1 weights", lambda: rollout.weights() == (90, 10))
-    edited = rollout.kubectl(
-        "-n",
-        rollout.namespace,
-        "patch",
-        "virtualservice",
-        "llm",
-        "--type=json",
-        "-p",
-        '[{"op":"replace","path":"/spec/http/1/route/1/weight","value":60},'
-        '{"op":"replace","path":"/spec/http/1/route/0/weight","value":40}]',
-    )
-    assert edited.returncode == 0, edited.stderr
+    rollout.edit_weights(40, 60)
     wait_for("weights put back", lambda: rollout.weights() == (90, 10), timeout=15)
     rollout.wait_reasons("DriftCorrected")
     drift = [m for _, r, m in rollout.events() if r == "DriftCorrected"]

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
 
 from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.prometheus import PrometheusServer
@@ -29,8 +28,6 @@ from scenario_support import (
     Kubectl,
     OperatorProcess,
     Rollout,
-    prepared_rollout,
-    remove_rollouts,
     wait_for,
 )
 
@@ -107,15 +104,6 @@ def slow_operator(
     process.stop()
 
 
-@pytest.fixture
-def subject(
-    api_client: client.ApiClient, kubectl: Kubectl, namespace: str, exporter: IstioTrafficExporter
-) -> Iterator[Rollout]:
-    with prepared_rollout(api_client, kubectl, namespace, exporter) as rollout:
-        yield rollout
-    remove_rollouts(api_client, namespace)
-
-
 def virtual_service_gets(kubectl: Kubectl) -> float:
     """GETs of single VirtualServices the API server has answered since it started, from its own metrics."""
     raw = kubectl("get", "--raw", "/metrics")
@@ -139,21 +127,6 @@ def traffic_seen(prometheus: PrometheusServer, rollout: Rollout) -> None:
         )
 
 
-def edit_weights_by_hand(rollout: Rollout) -> None:
-    edited = rollout.kubectl(
-        "-n",
-        rollout.namespace,
-        "patch",
-        "virtualservice",
-        "llm",
-        "--type=json",
-        "-p",
-        '[{"op":"replace","path":"/spec/http/1/route/1/weight","value":60},'
-        '{"op":"replace","path":"/spec/http/1/route/0/weight","value":40}]',
-    )
-    assert edited.returncode == 0, edited.stderr
-
-
 def test_a_hand_edit_is_put_back_from_the_watch_without_waiting_for_a_tick(
     slow_operator: SlowOperator, subject: Rollout, prometheus: PrometheusServer
 ) -> None:
@@ -166,7 +139,7 @@ def test_a_hand_edit_is_put_back_from_the_watch_without_waiting_for_a_tick(
     subject.wait_status("the first check", lambda s: (s.get("lastAnalysis") or {}).get("verdict") == "Pass")
     time.sleep(3)
     edited_at = time.monotonic()
-    edit_weights_by_hand(subject)
+    subject.edit_weights(40, 60)
     wait_for("weights put back", lambda: subject.weights() == (90, 10), timeout=20)
     reaction = time.monotonic() - edited_at
     print(f"\nhand edit -> weights put back: within {reaction:.2f} s of starting kubectl (tick 60 s)")
