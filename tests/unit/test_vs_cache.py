@@ -106,6 +106,19 @@ def test_after_a_conflict_the_cache_cannot_say_until_a_read_or_the_watch_shows_a
     run(scenario)
 
 
+def test_a_live_read_that_the_watch_overtook_does_not_replace_the_watchs_view() -> None:
+    async def scenario() -> None:
+        cache = HandFedCache()
+        cache.cached(V1, "llm", "llm")
+        cache._relisted((V1, ""), [vs("5")])
+        cache.invalidate(V1, "llm", "llm")  # a 409: the next read is live
+        cache._changed(V1, "MODIFIED", vs("11"))  # the watch shows a newer version while the GET is out
+        cache.fetched(V1, vs("10"))  # the GET's answer, older
+        assert cache.cached(V1, "llm", "llm") == (True, vs("11"))
+
+    run(scenario)
+
+
 def test_a_relist_drops_what_went_missing_and_wakes_on_what_changed_meanwhile() -> None:
     async def scenario() -> None:
         cache = HandFedCache()

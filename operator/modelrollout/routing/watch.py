@@ -101,8 +101,12 @@ class VirtualServiceCache:
         return True, self._objects.get(key)
 
     def fetched(self, version: str, obj: VirtualService) -> None:
-        """A live read's answer: newer than (or as new as) what the watch has shown."""
+        """A live read's answer, kept unless the watch has spoken for that VirtualService while the read was
+        under way (its view is then the one to follow: it shows every later change in order)."""
         key = _key(version, obj)
+        scope = self._scopes.get((version, "" if self._cluster_wide else key[1]))
+        if scope is not None and scope.synced and key not in self._unsure:
+            return
         self._objects[key] = obj
         self._unsure.discard(key)
 
@@ -124,10 +128,6 @@ class VirtualServiceCache:
         for scope in self._scopes.values():
             if scope.stream is not None:
                 scope.stream.stop()  # type: ignore[no-untyped-call]
-
-    def stats(self) -> tuple[int, int]:
-        """(VirtualServices held, scopes watched and in sync)."""
-        return len(self._objects), sum(1 for s in self._scopes.values() if s.synced)
 
     # ---- the watches ----
 
