@@ -204,7 +204,9 @@ async def drive(
             except Exception:  # a failed tick is retried at the next one; state lives in status, not here
                 logger.exception("reconcile failed")
         waiting = _wait_seconds(plan)
-        logger.debug("next look in %.2f s (engine: %s)", waiting, plan.look_after if plan else "no plan")
+        log.debug(
+            "%s: next look in %.2f s (engine: %s)", rollout, waiting, plan.look_after if plan else "none"
+        )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(alarm.wait(), timeout=waiting)
     wakeups.forget(rollout, alarm)
