@@ -401,11 +401,17 @@ class Reconciler:
         self._latest.pop(ref.uid, None)
         status = api.ModelRolloutStatus.model_validate(body.get("status") or {})
         record = status.routing
+        spec = api.checked_spec(dict(body.get("spec") or {}))
         if record is None:
-            spec = api.checked_spec(dict(body.get("spec") or {}))
             if isinstance(spec, list):
                 return  # never started and no VirtualService it could name: nothing claimed
             record = target_of(spec, ref.namespace)
+        if status.pair_hash is None and status.routing is not None and not isinstance(spec, list):
+            # Deleted between a start's first write and its record: only the intent (where it routes) is in
+            # status. The pair being started is the spec's; if its write landed, traffic goes back to stable.
+            status = status.model_copy(
+                update={"pair_hash": engine.pair_hash(spec), "stable": spec.stable, "canary": spec.canary}
+            )
         router = self.observer.router(record, ref)
         for _ in range(MAX_CONFLICTS):
             try:

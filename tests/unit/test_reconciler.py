@@ -454,3 +454,18 @@ def test_a_spec_of_any_shape_leaves_a_report_and_never_crashes_the_tick() -> Non
     assert status.report.decision.startswith(f"{status.phase.value}: invalid spec")
     assert "spec.analysis" in status.report.decision
     assert status.report.stages[0] == "1/3 at 10% for 60s: Advanced (Soak), last check Pass"
+
+
+def test_a_rollout_deleted_between_its_first_write_and_its_record_returns_traffic_to_stable() -> None:
+    """Only the intent (where it routes) made it into status before the deletion; the write had landed."""
+    w = World()
+    w.server.put_vs(sample_vs())
+    w.server.create_rollout(sample_spec())
+    w.tick()
+    assert w.server.weights() == (90, 10)
+    stored = w.server.rollout()["status"]
+    w.server.rollouts[(NAMESPACE, "chat")]["status"] = {"routing": stored["routing"], "message": "starting"}
+    w.server.delete_rollout()
+    w.delete()
+    assert w.server.weights() == (100, 0)
+    assert w.server.claims() == {}
