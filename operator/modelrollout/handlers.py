@@ -223,9 +223,8 @@ def _wait_seconds(plan: engine.Plan | None) -> float:
     look = plan.look_after if plan is not None else None
     if look is None or look <= timedelta(0):
         return Runtime.tick_seconds
-    if look == engine.ONLY_EVENTS:
-        return max(Runtime.resync_seconds, Runtime.tick_seconds)
-    return min(look.total_seconds() + WAKE_MARGIN_SECONDS, max(Runtime.resync_seconds, Runtime.tick_seconds))
+    resync = max(Runtime.resync_seconds, Runtime.tick_seconds)
+    return resync if look == engine.ONLY_EVENTS else min(look.total_seconds() + WAKE_MARGIN_SECONDS, resync)
 
 
 @kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL)

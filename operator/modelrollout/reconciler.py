@@ -394,7 +394,8 @@ class Reconciler:
     async def on_delete(self, body: Mapping[str, Any]) -> None:
         """A rollout deleted mid-way returns traffic to stable; after Promoted the canary keeps it. Either way
         its claims on the VirtualService go, whatever the spec says now: the finalizer acts on what the
-        rollout recorded when it started (status.routing), and on the spec only when nothing was recorded."""
+        rollout recorded when it started (status.routing), and on the spec only when nothing was recorded (the
+        pair too: engine.deletion_pair)."""
         ref = _ref(body)
         self.telemetry.forget(ref.namespace, ref.name)
         self.measurer.forget(ref)
@@ -406,12 +407,7 @@ class Reconciler:
             if isinstance(spec, list):
                 return  # never started and no VirtualService it could name: nothing claimed
             record = target_of(spec, ref.namespace)
-        if status.pair_hash is None and status.routing is not None and not isinstance(spec, list):
-            # Deleted between a start's first write and its record: only the intent (where it routes) is in
-            # status. The pair being started is the spec's; if its write landed, traffic goes back to stable.
-            status = status.model_copy(
-                update={"pair_hash": engine.pair_hash(spec), "stable": spec.stable, "canary": spec.canary}
-            )
+        pair = engine.deletion_pair(status, None if isinstance(spec, list) else spec)
         router = self.observer.router(record, ref)
         for _ in range(MAX_CONFLICTS):
             try:
@@ -419,11 +415,11 @@ class Reconciler:
             except RoutingProblem:
                 break  # the VirtualService is gone: nothing to put back or release
             try:
-                if status.stable is not None and status.canary is not None:
+                if pair is not None:
                     view = await self.observer.view(
-                        router, snapshot, None, (backend_of(status.stable), backend_of(status.canary))
+                        router, snapshot, None, (backend_of(pair[0]), backend_of(pair[1]))
                     )
-                    write = engine.deletion_write(status, view)
+                    write = engine.deletion_write(status, view, pair)
                     if write is not None:
                         snapshot = await router.write(snapshot, write)
                         log.info(

@@ -15,8 +15,6 @@ from modelrollout.config import OperatorConfig
 from modelrollout.kube import default_api_client
 from modelrollout.leadership import LeaderElector, LeaseTiming
 
-log = logging.getLogger(__name__)
-
 
 def _env_list(name: str) -> list[str]:
     return os.environ.get(name, "").split()

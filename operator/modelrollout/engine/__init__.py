@@ -17,7 +17,7 @@ history   the record of each finished stage, for the decision report
 from modelrollout.engine.actions import action_refusal
 from modelrollout.engine.bucket_filter import filter_removal_failed, observed_filter_name, wants_filter
 from modelrollout.engine.checks import analysis_due
-from modelrollout.engine.decide import decide, deletion_write, invalid_spec, write_failed
+from modelrollout.engine.decide import decide, deletion_pair, deletion_write, invalid_spec, write_failed
 from modelrollout.engine.experiment import live_experiment
 from modelrollout.engine.model import (
     DRIFT_LIMIT,
@@ -57,6 +57,7 @@ __all__ = [
     "action_refusal",
     "analysis_due",
     "decide",
+    "deletion_pair",
     "deletion_write",
     "filter_removal_failed",
     "invalid_spec",

@@ -386,22 +386,32 @@ def invalid_spec(
     return Plan(status=draft.status, events=tuple(draft.events))
 
 
-def deletion_write(status: api.ModelRolloutStatus, view: RoutingView) -> RouteWrite | None:
-    """What a deleted rollout writes: traffic back to stable if it was mid-way (a promoted canary keeps
-    it)."""
-    if status.pair_hash is None or status.stable is None or status.canary is None:
-        return None
+def deletion_pair(
+    status: api.ModelRolloutStatus, spec: api.ModelRolloutSpec | None
+) -> tuple[api.Target, api.Target] | None:
+    """The (stable, canary) a deleted rollout answers for: the pair it recorded; or, deleted between a
+    start's first write and its record (only where it routes made it into status), the spec's pair, which
+    that write was routing. None: nothing of a pair to put back."""
+    if status.pair_hash is not None and status.stable is not None and status.canary is not None:
+        return status.stable, status.canary
+    if status.pair_hash is None and status.routing is not None and spec is not None:
+        return spec.stable, spec.canary
+    return None
+
+
+def deletion_write(
+    status: api.ModelRolloutStatus, view: RoutingView, pair: tuple[api.Target, api.Target]
+) -> RouteWrite | None:
+    """What a deleted rollout writes for `pair` (deletion_pair's): traffic back to stable if it was mid-way
+    (a promoted canary keeps it)."""
     if not view.usable:
         return None
+    stable, canary = backend_of(pair[0]), backend_of(pair[1])
     if status.phase == api.Phase.PROMOTED:
         # The promoted canary keeps its traffic; only experiment leftovers (if any) leave with the rollout.
         if view.experiment_in_place and not view.mirror:
             return None
-        return RouteWrite(
-            stable=backend_of(status.stable),
-            canary=backend_of(status.canary),
-            canary_weight=view.canary_weight or 0,
-        )
+        return RouteWrite(stable=stable, canary=canary, canary_weight=view.canary_weight or 0)
     if view.canary_weight == 0 and view.consistent and not view.mirror and view.experiment_in_place:
         return None
-    return RouteWrite(stable=backend_of(status.stable), canary=backend_of(status.canary), canary_weight=0)
+    return RouteWrite(stable=stable, canary=canary, canary_weight=0)

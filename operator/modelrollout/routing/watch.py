@@ -214,8 +214,9 @@ class VirtualServiceCache:
         version = scope_key[0]
         listed = {_key(version, obj): obj for obj in items}
         before = {key: obj for key, obj in self._objects.items() if self._in_scope(key, scope_key)}
-        for key in before.keys() - listed.keys():
+        for key in before.keys() - listed.keys():  # deleted while the watch was down
             del self._objects[key]
+            self._writes.pop(key, None)
         self._objects.update(listed)
         self._unsure -= listed.keys()
         first, scope.listed, scope.synced = not scope.listed, True, True
