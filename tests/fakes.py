@@ -275,6 +275,7 @@ class FakeMeasurer:
     calls: int = 0
     seen: list[tuple[int | None, int | None]] = field(default_factory=list)  # (live weight, status stage)
     mirrors: list[int] = field(default_factory=list)  # the live mirror percent of each check
+    requested: list[bool] = field(default_factory=list)  # whether an alert asked for each check
 
     async def measure(
         self,
@@ -286,8 +287,10 @@ class FakeMeasurer:
         canary_weight: int | None = None,
         mirror: int = 0,
         status: api.ModelRolloutStatus | None = None,
+        requested: bool = False,
     ) -> CheckResult | None:
         self.calls += 1
+        self.requested.append(requested)
         self.seen.append((canary_weight, status.stage if status else None))
         self.mirrors.append(mirror)
         if self.verdict is None:

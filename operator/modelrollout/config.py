@@ -24,4 +24,7 @@ class OperatorConfig:
     # VirtualServices come from a watch (one for all namespaces when the operator watches all of them, else
     # one per namespace as rollouts need them); False: every tick reads them from the API server.
     watch_virtual_services: bool = True
+    # Built-in gates ask grouped queries whose answers rollouts share, each taken at most this many seconds
+    # after it was asked (metrics.batching); None: every rollout asks its own queries.
+    batch_max_age: float | None = 5.0
     cluster_wide: bool = True

@@ -7,6 +7,10 @@ and reads the credentials Secrets a rollout names, sending them only where the o
 A check whose queries cannot all get a turn within the rollout's analysis interval is deferred (`measure`
 returns None): that wait is the operator's own queueing, so it never counts as a check that could not run.
 The timeout of each query starts when the query does.
+
+Built-in gates, the request counts and the judge's counters are asked in their grouped form, shared between
+rollouts (`metrics.batching`), unless the operator runs with batching off; gates with their own query ask it
+on their own.
 """
 
 from __future__ import annotations
@@ -31,14 +35,20 @@ from modelrollout.analysis.sequential import series_key
 from modelrollout.config import OperatorConfig
 from modelrollout.durations import format_duration
 from modelrollout.kube import Kube, RolloutRef, describe_api_error
+from modelrollout.metrics.batching import QueryBatcher
 from modelrollout.metrics.credentials import PrometheusAuth, auth_from_secret_data, credentials_refusal
 from modelrollout.metrics.prometheus import PrometheusProvider, QueryDeferred, QueryPool
 from modelrollout.metrics.provider import MetricsError, Sample
 from modelrollout.metrics.providers import ProviderCache
 from modelrollout.metrics.templates import (
+    GroupedQuery,
     Role,
     TemplateError,
     TemplateVariables,
+    grouped_gate_query,
+    grouped_judge_counter_queries,
+    grouped_request_count_query,
+    grouped_requests_series_query,
     judge_counter_queries,
     render_gate_query,
     request_count_query,
@@ -63,6 +73,11 @@ class Measurer:
             on_query=telemetry.prometheus_query_seconds.observe if telemetry else None,
         )
         self.providers = ProviderCache(self.pool, idle_seconds=config.prometheus_idle_seconds)
+        max_age = config.batch_max_age
+        self.batcher = None
+        if max_age is not None:
+            counted = (lambda how: telemetry.grouped_queries.labels(how).inc()) if telemetry else None
+            self.batcher = QueryBatcher(max_age=max_age, on_answer=counted)
         # Credentials may go to the operator's own Prometheus and to the addresses it is told to allow.
         own = (config.prometheus_url,) if config.prometheus_url else ()
         self.credentials_allow = (*own, *config.prometheus_credentials_allow)
@@ -115,12 +130,14 @@ class Measurer:
         canary_weight: int | None = None,
         mirror: int = 0,
         status: api.ModelRolloutStatus | None = None,
+        requested: bool = False,
     ) -> CheckResult | None:
         """The check of every gate, or None: the check could not get its turn in time because of the
         operator's own queueing (not the metrics backend's fault); the caller makes no check this tick and
         does not count it as an Error. Short hosts are Services in `virtual_service_namespace`, where Istio
         resolves them. `canary_weight`: the live weight (at 100 there is no control to compare with);
-        `mirror`: the live percent mirrored to the canary (a shadow stage)."""
+        `mirror`: the live percent mirrored to the canary (a shadow stage); `requested`: an alert asked for
+        this check (it takes no shared answer asked before now)."""
         analysis = spec.analysis
         loop = asyncio.get_running_loop()
         not_after = loop.time() + analysis.interval.total_seconds()
@@ -158,7 +175,15 @@ class Measurer:
         async def ask(promql: str) -> list[Sample]:
             return await provider.query(promql, owner=owner, not_after=not_after)
 
-        queries = _CheckQueries(ask, variables, analysis)
+        ask_grouped = None
+        if self.batcher is not None:
+            batcher = self.batcher
+            fresh_after = _fresh_after(now, status, requested)
+
+            async def ask_grouped(grouped: GroupedQuery) -> list[Sample]:
+                return await batcher.query(provider, grouped, not_after=not_after, fresh_after=fresh_after)
+
+        queries = _CheckQueries(ask, variables, analysis, ask_grouped)
         counting = asyncio.ensure_future(queries.requests("canary"))
         controls = any(needs_control(g) and not g.judged for g in analysis.gates)
         control_counting = asyncio.ensure_future(queries.requests("stable") if controls else _nothing())
@@ -218,6 +243,20 @@ class Measurer:
         self.pool.shutdown()
 
 
+def _fresh_after(now: datetime, status: api.ModelRolloutStatus | None, requested: bool) -> float:
+    """The earliest moment (wall clock) a shared answer may have been asked at for this check: not before
+    the rollout's previous check (each check reads data newer than the last one did: no answer counts twice
+    towards a limit), not before the stage started (its data would be the previous stage's), and for a
+    check an alert asked for, not before now."""
+    moments = [now] if requested else []
+    if status is not None:
+        if status.stage_started_at is not None:
+            moments.append(status.stage_started_at)
+        if status.last_analysis is not None:
+            moments.append(status.last_analysis.at)
+    return max((moment.timestamp() for moment in moments), default=0.0)
+
+
 async def _nothing() -> tuple[float | None, str | None]:
     return None, None
 
@@ -233,49 +272,64 @@ class _CheckQueries:
     ask: Callable[[str], Awaitable[list[Sample]]]
     variables: TemplateVariables
     analysis: api.Analysis
+    # Asks a query's grouped form (an answer shared with other rollouts); None: every query on its own.
+    ask_grouped: Callable[[GroupedQuery], Awaitable[list[Sample]]] | None = None
 
-    async def values(self, promql: str) -> tuple[tuple[float, ...], str | None]:
+    async def samples(self, promql: str, grouped: GroupedQuery | None = None) -> list[Sample]:
+        if grouped is not None and self.ask_grouped is not None:
+            return await self.ask_grouped(grouped)
+        return await self.ask(promql)
+
+    async def values(
+        self, promql: str, grouped: GroupedQuery | None = None
+    ) -> tuple[tuple[float, ...], str | None]:
         try:
-            return tuple(s.value for s in await self.ask(promql)), None
+            return tuple(s.value for s in await self.samples(promql, grouped)), None
         except MetricsError as error:
             return (), str(error)
 
-    async def counters(self, promql: str) -> tuple[dict[str, float] | None, str | None]:
+    async def counters(
+        self, promql: str, grouped: GroupedQuery | None = None
+    ) -> tuple[dict[str, float] | None, str | None]:
         try:
-            return {series_key(s.labels): s.value for s in await self.ask(promql)}, None
+            return {series_key(s.labels): s.value for s in await self.samples(promql, grouped)}, None
         except MetricsError as error:
             return None, str(error)
 
     async def gate(self, g: api.Gate) -> GateMeasurement:
         window = format_duration(g.window or self.analysis.window)
+        stable_variables = self.variables.targeting("stable")
         try:
             canary_query = render_gate_query(g, self.variables)
-            control_query = (
-                render_gate_query(g, self.variables.targeting("stable")) if g.compare or g.test else None
-            )
+            control_query = render_gate_query(g, stable_variables) if g.compare or g.test else None
+            canary_grouped = grouped_gate_query(g, self.variables)
+            control_grouped = grouped_gate_query(g, stable_variables) if control_query else None
         except TemplateError as unrenderable:
             return GateMeasurement(g, window, error=str(unrenderable))
         if g.test is not None and control_query is not None:
             (canary, failure), (stable, stable_failure) = await asyncio.gather(
-                self.counters(canary_query), self.counters(control_query)
+                self.counters(canary_query, canary_grouped), self.counters(control_query, control_grouped)
             )
             error = failure or stable_failure
             if error is not None:
                 return GateMeasurement(g, window, error=error)
             return GateMeasurement(g, window, canary_counters=canary, stable_counters=stable)
         if control_query is None:
-            found, failure = await self.values(canary_query)
+            found, failure = await self.values(canary_query, canary_grouped)
             return GateMeasurement(g, window, values=found, error=failure)
         (found, failure), (control, control_failure) = await asyncio.gather(
-            self.values(canary_query), self.values(control_query)
+            self.values(canary_query, canary_grouped), self.values(control_query, control_grouped)
         )
         return GateMeasurement(
             g, window, values=found, error=failure, control_values=control, control_error=control_failure
         )
 
     async def requests(self, role: Role) -> tuple[float | None, str | None]:
+        variables = self.variables.targeting(role)
         try:
-            samples = await self.ask(request_count_query(self.variables.targeting(role)))
+            samples = await self.samples(
+                request_count_query(variables), grouped_request_count_query(variables)
+            )
         except (MetricsError, TemplateError) as error:
             return None, str(error)
         values = [s.value for s in samples if not math.isnan(s.value)]
@@ -285,8 +339,8 @@ class _CheckQueries:
         """Both variants' request counters; None for a variant whose query failed (no sample-ratio check)."""
         (canary, _), (stable, _) = await asyncio.gather(
             *(
-                self.counters(requests_series_query(self.variables.targeting(role)))
-                for role in ("canary", "stable")
+                self.counters(requests_series_query(variables), grouped_requests_series_query(variables))
+                for variables in (self.variables.targeting(role) for role in ("canary", "stable"))
             )
         )
         return canary, stable
@@ -294,7 +348,8 @@ class _CheckQueries:
     async def judge_counters(self) -> tuple[dict[str, float] | None, dict[str, float] | None]:
         """The judge's failed judgements and its verdicts on this rollout (None for a query that failed)."""
         failures_query, verdicts_query = judge_counter_queries(self.variables)
+        failures_grouped, verdicts_grouped = grouped_judge_counter_queries(self.variables)
         (failures, _), (verdicts, _) = await asyncio.gather(
-            self.counters(failures_query), self.counters(verdicts_query)
+            self.counters(failures_query, failures_grouped), self.counters(verdicts_query, verdicts_grouped)
         )
         return failures, verdicts

@@ -463,7 +463,7 @@ def _conditions(status: Mapping[str, Any], now: datetime) -> list[str]:
 
 
 # Conditions that say something is wrong when True, in the order a person should read them.
-TROUBLES = ("InvalidSpec", "Conflict", "Degraded", "MetricsUnavailable")
+TROUBLES = ("InvalidSpec", "Conflict", "Degraded", "MetricsUnavailable", "AnalysisDelayed")
 
 
 def _problems(status: Mapping[str, Any]) -> list[str]:

@@ -47,6 +47,7 @@ class Measuring(Protocol):
         canary_weight: int | None = None,
         mirror: int = 0,
         status: api.ModelRolloutStatus | None = None,
+        requested: bool = False,
     ) -> CheckResult | None: ...
 
     def forget(self, ref: RolloutRef) -> None: ...

@@ -149,7 +149,8 @@ class Reconciler:
         with self.telemetry.reconcile_seconds.time():
             obj = self._freshest(body)
             ref = _ref(obj)
-            check: list[CheckResult | None] = []  # measured at most once per tick, whatever the retries
+            # Measured at most once per tick, whatever the retries: (the check, whether it was deferred).
+            check: list[tuple[CheckResult | None, bool]] = []
             for _ in range(MAX_CONFLICTS):
                 if obj.get("metadata", {}).get("deletionTimestamp"):
                     return None  # the finalizer's turn
@@ -185,7 +186,7 @@ class Reconciler:
         self,
         ref: RolloutRef,
         obj: dict[str, Any],
-        check: list[CheckResult | None],
+        check: list[tuple[CheckResult | None, bool]],
         may_write: Callable[[], bool],
         check_requested: bool,
     ) -> engine.Plan | None:
@@ -200,7 +201,7 @@ class Reconciler:
         self,
         ref: RolloutRef,
         obj: dict[str, Any],
-        check: list[CheckResult | None],
+        check: list[tuple[CheckResult | None, bool]],
         may_write: Callable[[], bool],
         check_requested: bool,
     ) -> tuple[engine.Plan | None, dict[str, Any]]:
@@ -235,8 +236,10 @@ class Reconciler:
                     canary_weight=routing.canary_weight,
                     mirror=routing.mirror,
                     status=status,
+                    requested=check_requested,
                 )
-            check.append(measured)
+            # Due and measurable, yet no result: the operator's own queue put it off.
+            check.append((measured, measured is None and due and same and routing.usable))
         observation = engine.Observation(
             now=now,
             generation=generation,
@@ -244,7 +247,8 @@ class Reconciler:
             routing=routing,
             target=target,
             previous=previous,
-            check=check[0],
+            check=check[0][0],
+            check_deferred=check[0][1],
             action=action,
             status_recorded=api.status_recorded(raw_status),
             rollout=f"{ref.namespace}/{ref.name}",
@@ -254,7 +258,7 @@ class Reconciler:
         plan = engine.decide(spec, status, observation)
         # A check is used by one decision that got recorded; after a conflict the next decision reuses it.
         executed, obj = await self._execute(ref, obj, status, plan, observed=observed, may_write=may_write)
-        check[:] = [None]
+        check[:] = [(None, False)]
         self.telemetry.record(
             ref.namespace, ref.name, executed.status, observation.check, executed.rollback_reason
         )

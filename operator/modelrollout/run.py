@@ -27,6 +27,15 @@ def _positive(text: str) -> int:
     return value
 
 
+def _batch_max_age(text: str) -> float | None:
+    if text == "off":
+        return None
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 'off' or a number of seconds >= 0, got {text}")
+    return value
+
+
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = subparsers.add_parser("run", help="run the operator")
     run.add_argument(
@@ -81,6 +90,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=4,
         metavar="N",
         help="most queries one rollout runs at once (default 4)",
+    )
+    run.add_argument(
+        "--batch-max-age",
+        type=_batch_max_age,
+        default=5.0,
+        metavar="SECONDS",
+        help="built-in gates ask one grouped query for every rollout (by destination service, model or "
+        "rollout) and rollouts share its answer for up to SECONDS after it was asked, never across a stage "
+        "start or an alert (default 5; 0: share only answers still coming; 'off': every rollout asks its "
+        "own queries)",
     )
     run.add_argument(
         "--tick",
@@ -145,6 +164,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         prometheus_queries_per_rollout=args.prometheus_queries_per_rollout,
         prometheus_credentials_allow=tuple(args.prometheus_credentials_allow),
         watch_virtual_services=args.virtual_services == "watch",
+        batch_max_age=args.batch_max_age,
         cluster_wide=not args.namespace,
     )
 

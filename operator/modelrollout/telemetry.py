@@ -88,6 +88,13 @@ class Telemetry:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self.grouped_queries = Counter(
+            "modelrollout_grouped_queries_total",
+            "Answers of built-in gates' grouped queries by how they came: asked (a query Prometheus "
+            "answered) or shared (taken from a query another check had asked)",
+            ("answer",),
+            registry=self.registry,
+        )
         self.prometheus_connections = Gauge(
             "modelrollout_prometheus_connections",
             "Prometheus clients held open (one per address, timeout and credentials in use)",

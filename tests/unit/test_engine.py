@@ -71,6 +71,7 @@ class Rollout:
         value: float = 0.004,
         action: str | None = None,
         routing: RoutingView | None = None,
+        deferred: bool = False,
     ) -> Plan:
         self.now += after
         obs = Observation(
@@ -79,6 +80,7 @@ class Rollout:
             operator_started_at=self.started,
             routing=routing or RoutingView(canary_weight=self.live, last_writer=engine.FIELD_MANAGER),
             check=check(verdict, self.now, value) if verdict else None,
+            check_deferred=deferred,
             action=action,
         )
         decision = engine.decide(self.spec, self.status, obs)
@@ -235,6 +237,45 @@ def test_error_limit_applies_on_error(on_error: str, phase: api.Phase) -> None:
     else:
         assert d.status.rollback is not None
         assert d.status.rollback.reason == "MetricsUnavailable"
+
+
+def test_a_check_the_operator_put_off_is_said_and_decides_nothing() -> None:
+    """An operator that cannot keep up checks less often and says so; the delay is never a verdict: no
+    limit counts it, the stage neither advances nor goes back."""
+    r = Rollout(spec=make_spec(errorLimit=0, inconclusiveLimit=0, failureLimit=0))
+    r.tick()
+    r.tick(timedelta(seconds=10), verdict=P)
+    before = r.status
+    for _ in range(5):
+        d = r.tick(timedelta(seconds=30), deferred=True)
+        assert (d.status.phase, d.status.stage, d.canary_weight) == (api.Phase.PROGRESSING, 0, None)
+        assert (d.status.consecutive_errors, d.status.consecutive_inconclusive) == (0, 0)
+        assert d.status.last_analysis == before.last_analysis
+    delayed = {c.type: c for c in d.status.conditions}["AnalysisDelayed"]
+    assert (delayed.status, delayed.reason) == ("True", "OperatorBehind")
+    assert "last check 2m30s ago" in delayed.message
+    assert r.reasons() == []  # one Event when the delays start, not one per deferral
+    d = r.tick(timedelta(seconds=1), verdict=P)
+    assert {c.type: c.status for c in d.status.conditions}["AnalysisDelayed"] == "False"
+    assert d.status.stage == 1  # the soak passed meanwhile; the first check after it decides
+
+
+def test_the_first_deferral_posts_one_event() -> None:
+    r = Rollout()
+    r.tick()
+    r.tick(timedelta(seconds=10), deferred=True)
+    assert r.reasons() == ["AnalysisDelayed"]
+    r.tick(timedelta(seconds=10), deferred=True)
+    assert r.reasons() == []
+
+
+def test_a_finished_rollout_is_not_behind() -> None:
+    r = Rollout()
+    r.tick()
+    r.tick(timedelta(seconds=10), deferred=True)
+    d = r.tick(timedelta(seconds=10), action="abort")
+    assert d.status.phase == api.Phase.ABORTED
+    assert {c.type: c.status for c in d.status.conditions}["AnalysisDelayed"] == "False"
 
 
 def test_an_error_between_errors_resets_nothing_but_a_pass_does() -> None:

@@ -47,6 +47,34 @@ def test_a_check_is_told_the_live_weight_and_the_recorded_status() -> None:
     assert w.measurer.seen[-1] == (50, 1)
 
 
+def test_a_due_check_the_measurer_put_off_is_reported_as_the_operator_behind() -> None:
+    w = world()
+    at_stage_two(w)
+    w.measurer.verdict = None  # what the measurer answers when the operator's own queue deferred the check
+    w.tick(timedelta(seconds=30))
+    conditions = {c.type: c for c in w.server.status().conditions}
+    assert (conditions["AnalysisDelayed"].status, conditions["AnalysisDelayed"].reason) == (
+        "True",
+        "OperatorBehind",
+    )
+    assert w.reasons().count("AnalysisDelayed") == 1
+    assert w.server.status().phase == api.Phase.PROGRESSING
+    w.measurer.verdict = P
+    w.tick(timedelta(seconds=30))
+    assert {c.type: c.status for c in w.server.status().conditions}["AnalysisDelayed"] == "False"
+
+
+def test_a_check_an_alert_asked_for_is_measured_as_asked_for() -> None:
+    """So that it reads Prometheus anew rather than a shared answer from before the alert."""
+    w = world()
+    at_stage_two(w)
+    checks = w.measurer.calls
+    w.now += timedelta(seconds=5)  # well before the next check is due
+    asyncio.run(w.reconciler.reconcile(w.server.rollout("chat"), check_requested=True))
+    assert w.measurer.calls == checks + 1
+    assert w.measurer.requested[-2:] == [False, True]
+
+
 # ---- writes that fail ----
 
 

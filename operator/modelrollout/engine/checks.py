@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 from modelrollout import api
 from modelrollout.analysis import CheckResult
+from modelrollout.durations import format_duration
 from modelrollout.engine.draft import Draft
 from modelrollout.engine.model import TERMINAL, pair_hash
 from modelrollout.engine.returns import roll_back
@@ -37,6 +38,23 @@ def analysis_due(
     return now - last.at >= spec.analysis.interval
 
 
+ANALYSIS_DELAYED = "AnalysisDelayed"
+
+
+def note_deferred(draft: Draft, spec: api.ModelRolloutSpec) -> None:
+    """A due check the operator's own queue put off: the rollout says the operator is behind (a condition,
+    an Event when it starts), and nothing else changes. A delay is never a verdict: no limit counts it, it
+    neither holds nor rolls back; the stage simply waits for its next check."""
+    last = draft.status.last_analysis
+    since = f"; last check {format_duration(draft.now - last.at)} ago" if last is not None else ""
+    message = (
+        f"checks are put off: the operator's queries got no Prometheus worker within the analysis interval "
+        f"({format_duration(spec.analysis.interval)}){since}; the delay decides nothing"
+    )
+    if draft.condition_flip(ANALYSIS_DELAYED, True, "OperatorBehind", message):
+        draft.event("Warning", ANALYSIS_DELAYED, message)
+
+
 def record_check(draft: Draft, spec: api.ModelRolloutSpec, check: CheckResult) -> None:
     """Count the check; roll back or hold when a limit is passed."""
     analysis = spec.analysis
@@ -57,6 +75,7 @@ def record_check(draft: Draft, spec: api.ModelRolloutSpec, check: CheckResult) -
                 f"{ratio.message}: routing does not follow the weights; sequential gates decide nothing "
                 "until it does",
             )
+    draft.condition_flip(ANALYSIS_DELAYED, False, "", "")
     if check.verdict != api.Verdict.ERROR:
         draft.condition_flip("MetricsUnavailable", False, "", "")
     if check.verdict == api.Verdict.FAIL:

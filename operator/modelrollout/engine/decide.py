@@ -18,7 +18,7 @@ from modelrollout import api
 from modelrollout.conditions import is_true, set_condition
 from modelrollout.engine.actions import NEW_PAIR, ON_STABLE, apply_action, record_result
 from modelrollout.engine.bucket_filter import with_filter
-from modelrollout.engine.checks import record_check
+from modelrollout.engine.checks import note_deferred, record_check
 from modelrollout.engine.draft import Draft, describe
 from modelrollout.engine.drift import correct_drift
 from modelrollout.engine.experiment import experiment_id, experiment_routes
@@ -197,6 +197,8 @@ def _decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Obs
     returned = draft.rollback_reason is not None
     if obs.check is not None and not restart and draft.status.phase not in TERMINAL and not returned:
         record_check(draft, spec, obs.check)
+    elif obs.check_deferred and not restart and draft.status.phase not in TERMINAL:
+        note_deferred(draft, spec)
     if (
         draft.status.phase not in TERMINAL
         and draft.rollback_reason is None

@@ -69,6 +69,8 @@ class Observation:
     # The recorded pair on the recorded VirtualService, when the spec names another pair or VirtualService.
     previous: RoutingView | None = None
     check: CheckResult | None = None
+    # A check was due and the operator's own queue put it off (no Prometheus worker within the interval).
+    check_deferred: bool = False
     action: str | None = None  # the action annotation's value, as found on the object
     status_recorded: bool = True  # False: the object has no status at all yet
     rollout: str = ""  # namespace/name, for the default experiment id

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from modelrollout import api
 from modelrollout.durations import format_duration
+from modelrollout.engine.checks import ANALYSIS_DELAYED
 from modelrollout.engine.draft import Draft, describe
 from modelrollout.engine.model import TERMINAL, Observation
 from modelrollout.engine.stages import (
@@ -72,5 +73,7 @@ def settle(draft: Draft, spec: api.ModelRolloutSpec, obs: Observation) -> None:
     )
     draft.condition_flip("InvalidSpec", False, "", "")
     if phase in TERMINAL:
-        draft.condition_flip("MetricsUnavailable", False, "", "")  # no analysis runs any more
+        # No analysis runs any more.
+        draft.condition_flip("MetricsUnavailable", False, "", "")
+        draft.condition_flip(ANALYSIS_DELAYED, False, "", "")
     draft.summarize(phase, reason, message)

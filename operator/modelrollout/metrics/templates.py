@@ -38,13 +38,19 @@ from modelrollout.metrics.promql import (
 
 __all__ = [
     "KNOWN_VARIABLES",
+    "GroupedQuery",
     "Role",
+    "Selection",
     "TargetVariables",
     "TemplateError",
     "TemplateVariables",
     "builtin_template",
     "check_template",
     "escape_promql_string",
+    "grouped_gate_query",
+    "grouped_judge_counter_queries",
+    "grouped_request_count_query",
+    "grouped_requests_series_query",
     "judge_counter_queries",
     "render",
     "render_gate_query",
@@ -55,20 +61,66 @@ __all__ = [
 
 Role = Literal["stable", "canary"]
 
-_SELECTOR = (
-    'reporter="destination", destination_service_name="{{ target.service }}", '
-    'destination_service_namespace="{{ target.namespace }}"'
-)
 _LABEL_NAME = re.compile(api.LABEL_NAME)
+_SERVER_ERRORS = 'response_code=~"5.."'
 
 
-def _istio_selector(subset_label: str | None) -> str:
-    selector = _SELECTOR
+@dataclass(frozen=True)
+class Selection:
+    """How a built-in template selects its target's series: `fixed` matchers, and `keys`, the labels whose
+    values name the target (each with the variable that holds the value).
+
+    A template is written once against a Selection and comes out in two forms. The plain form matches the
+    keys' values (one target's series, summed to one value). The grouped form (`grouped=True`) matches only
+    the fixed part and keeps the keys in every aggregation, so one query answers for every target at once,
+    one row per key: the row whose key labels hold a target's values is exactly what the plain form gives
+    for that target (an exact-match matcher selects the same series a group does)."""
+
+    fixed: str
+    keys: tuple[
+        tuple[str, str], ...
+    ]  # (label, variable), e.g. ("destination_service_name", "target.service")
+    grouped: bool = False
+
+    @property
+    def key_labels(self) -> tuple[str, ...]:
+        return tuple(label for label, _ in self.keys)
+
+    def matchers(self, extra: str = "") -> str:
+        keyed = (
+            () if self.grouped else tuple(f'{label}="{{{{ {variable} }}}}"' for label, variable in self.keys)
+        )
+        return ", ".join(part for part in (self.fixed, *keyed, extra) if part)
+
+    def series(self, name: str, extra: str = "") -> str:
+        matchers = self.matchers(extra)
+        return f"{name}{{{matchers}}}" if matchers else name
+
+    def sum(self, expression: str, by: tuple[str, ...] = ()) -> str:
+        labels = (*by, *self.key_labels) if self.grouped else by
+        return f"sum by ({', '.join(labels)}) ({expression})" if labels else f"sum({expression})"
+
+    def or_zero(self, events: str, requests: str) -> str:
+        """`events`, or 0 where the target has no series of them yet (a series appears with its first event).
+        Grouped, the zero must carry each target's key: 0 times its requests."""
+        return f"({events} or 0 * {requests})" if self.grouped else f"({events} or vector(0))"
+
+
+def istio_selection(subset_label: str | None = None, *, grouped: bool = False) -> Selection:
+    """The target's destination service (and, with `subset_label`, its subset) in Istio's metrics."""
+    keys: tuple[tuple[str, str], ...] = (
+        ("destination_service_name", "target.service"),
+        ("destination_service_namespace", "target.namespace"),
+    )
     if subset_label is not None:
         if not _LABEL_NAME.match(subset_label):  # the API refuses it too; a label name is code, not a value
             raise TemplateError(f"subset label {subset_label!r} is not a Prometheus label name")
-        selector += f', {subset_label}="{{{{ target.subset }}}}"'
-    return selector
+        keys += ((subset_label, "target.subset"),)
+    return Selection('reporter="destination"', keys, grouped)
+
+
+def _judge_selection(grouped: bool) -> Selection:
+    return Selection("", (("rollout_namespace", "rollout.namespace"), ("rollout", "rollout.name")), grouped)
 
 
 def builtin_template(
@@ -79,56 +131,68 @@ def builtin_template(
     pricing: api.Pricing | None = None,
     role: Role = "canary",
     criterion: str | None = None,
+    grouped: bool = False,
 ) -> str:
     """The PromQL template of a built-in gate. Istio metrics (the istio-* templates, and llm-* ones on source
     `istio`) select the target's destination service and, with `subset_label`, its subset
     (`<subset_label>="{{ target.subset }}"`); the other sources select the target's model by their model
     label. `pricing` (the target's) prices token counters for llm-cost-per-request. The judge-* templates
-    read the judge service's metrics on this rollout for `role` (and `criterion`, for judge-score)."""
+    read the judge service's metrics on this rollout for `role` (and `criterion`, for judge-score).
+    `grouped`: the form that answers for every target at once (`builtin_selection` says by which labels)."""
+    selection = builtin_selection(template, subset_label, source=source, grouped=grouped)
     name = template.value
     if name in JUDGE_TEMPLATES:
-        return _judge_template(template, role, criterion)
+        return _judge_template(template, selection, role, criterion)
     if name in SUPPORTED_SOURCES or source is not None:
         family = FAMILIES[(source or api.MetricsSource.ISTIO).value]
-        if family.model_label is None:
-            selector = _istio_selector(subset_label)
-        else:
-            selector = f'{family.model_label}="{{{{ target.model }}}}"'
-        return _llm_template(name, family, selector, pricing)
-    selector = _istio_selector(subset_label)
+        return _llm_template(name, family, selection, pricing)
     window = "[{{ window }}]"
+    requests = f"rate({selection.series('istio_requests_total')}{window})"
     if template == api.GateTemplate.ISTIO_ERROR_RATE:
         # A healthy service may never have exported a 5xx series (Istio creates a series on its first request
         # with that response code), so the numerator falls back to 0; no traffic at all still gives no data
         # (empty denominator) or NaN (0/0), which the analysis reads as Inconclusive.
+        errors = f"rate({selection.series('istio_requests_total', _SERVER_ERRORS)}{window})"
         return (
-            f'(sum(rate(istio_requests_total{{{selector}, response_code=~"5.."}}{window}))'
-            f" or vector(0)) / sum(rate(istio_requests_total{{{selector}}}{window}))"
+            f"{selection.or_zero(selection.sum(errors), selection.sum(requests))} / {selection.sum(requests)}"
         )
     if template == api.GateTemplate.ISTIO_LATENCY_P99:
-        return (
-            "histogram_quantile(0.99, sum by (le) "
-            f"(rate(istio_request_duration_milliseconds_bucket{{{selector}}}{window})))"
-        )
+        buckets = f"rate({selection.series('istio_request_duration_milliseconds_bucket')}{window})"
+        return f"histogram_quantile(0.99, {selection.sum(buckets, by=('le',))})"
     if template == api.GateTemplate.ISTIO_ERROR_EVENTS:
-        return per_process(f'istio_requests_total{{{selector}, response_code=~"5.."}}')
-    return f"sum(increase(istio_requests_total{{{selector}}}{window}))"
+        return per_process(selection.series("istio_requests_total", _SERVER_ERRORS), selection)
+    return selection.sum(f"increase({selection.series('istio_requests_total')}{window})")
 
 
-def _series(counter: Counter, selector: str) -> str:
-    matchers = f"{selector}, {counter.matchers}" if counter.matchers else selector
-    return f"{counter.name}{{{matchers}}}"
+def builtin_selection(
+    template: api.GateTemplate,
+    subset_label: str | None = None,
+    *,
+    source: api.MetricsSource | None = None,
+    grouped: bool = False,
+) -> Selection:
+    """How `template` selects its target: by destination service (Istio), model label, or rollout (judge)."""
+    name = template.value
+    if name in JUDGE_TEMPLATES:
+        return _judge_selection(grouped)
+    if name in SUPPORTED_SOURCES or source is not None:
+        family = FAMILIES[(source or api.MetricsSource.ISTIO).value]
+        if family.model_label is not None:
+            return Selection("", ((family.model_label, "target.model"),), grouped)
+    return istio_selection(subset_label, grouped=grouped)
 
 
-def _rate(counter: Counter, selector: str) -> str:
-    return f"sum(rate({_series(counter, selector)}[{{{{ window }}}}]))"
+def _series(counter: Counter, selection: Selection) -> str:
+    return selection.series(counter.name, counter.matchers)
 
 
-def _quantile(quantile: float, histogram: HistogramFamily, selector: str) -> str:
-    query = (
-        f"histogram_quantile({quantile}, sum by (le) "
-        f"(rate({histogram.name}_bucket{{{selector}}}[{{{{ window }}}}])))"
-    )
+def _rate(counter: Counter, selection: Selection) -> str:
+    return selection.sum(f"rate({_series(counter, selection)}[{{{{ window }}}}])")
+
+
+def _quantile(quantile: float, histogram: HistogramFamily, selection: Selection) -> str:
+    buckets = f"rate({selection.series(f'{histogram.name}_bucket')}[{{{{ window }}}}])"
+    query = f"histogram_quantile({quantile}, {selection.sum(buckets, by=('le',))})"
     return query if histogram.to_seconds == 1.0 else f"{query} * {histogram.to_seconds!r}"
 
 
@@ -141,30 +205,30 @@ def _need(value: T | None, name: str) -> T:
     return value
 
 
-def _llm_template(name: str, family: Family, selector: str, pricing: api.Pricing | None) -> str:
+def _llm_template(name: str, family: Family, selection: Selection, pricing: api.Pricing | None) -> str:
     """The PromQL of an llm-* template on one family."""
-    requests = _rate(family.requests, selector)
+    requests = _rate(family.requests, selection)
     if name in ("llm-ttft-p50", "llm-ttft-p99"):
         ttft = _need(family.time_to_first_token, name)
-        return _quantile(0.5 if name.endswith("p50") else 0.99, ttft, selector)
+        return _quantile(0.5 if name.endswith("p50") else 0.99, ttft, selection)
     if name == "llm-inter-token-latency-p99":
-        return _quantile(0.99, _need(family.inter_token_latency, name), selector)
+        return _quantile(0.99, _need(family.inter_token_latency, name), selection)
     if name == "llm-tokens-per-second":
         # Generation speed as a user sees it: 1 / the mean time between two output tokens.
         itl = _need(family.inter_token_latency, name)
         count, total = (Counter(f"{itl.name}_{part}") for part in ("count", "sum"))
-        return f"{_rate(count, selector)} / ({_rate(total, selector)} * {itl.to_seconds!r})"
+        return f"{_rate(count, selection)} / ({_rate(total, selection)} * {itl.to_seconds!r})"
     if name == "llm-latency-p99":
-        return _quantile(0.99, _need(family.latency, name), selector)
+        return _quantile(0.99, _need(family.latency, name), selection)
     if name == "llm-output-tokens":
-        return f"{_rate(_need(family.output_tokens, name), selector)} / {requests}"
+        return f"{_rate(_need(family.output_tokens, name), selection)} / {requests}"
     if name in ("llm-truncation-rate", "llm-error-rate"):
         events = _need(family.truncations if name == "llm-truncation-rate" else family.errors, name)
         # No series of the events yet is zero events (a series appears with its first event), as for Istio.
-        return f"({_rate(events, selector)} or vector(0)) / {requests}"
+        return f"{selection.or_zero(_rate(events, selection), requests)} / {requests}"
     if name == "llm-cost-per-request":
         if family.spend is not None:
-            return f"{_rate(family.spend, selector)} / {requests}"
+            return f"{_rate(family.spend, selection)} / {requests}"
         input_tokens, output_tokens = _need(family.input_tokens, name), _need(family.output_tokens, name)
         if pricing is None:  # the API refuses such a spec; a hand-built one still gets a clear error
             raise TemplateError("llm-cost-per-request needs the target's pricing on this source")
@@ -172,61 +236,68 @@ def _llm_template(name: str, family: Family, selector: str, pricing: api.Pricing
         per_input = pricing.input_per_million / 1e6
         per_output = pricing.output_per_million / 1e6
         return (
-            f"({_rate(input_tokens, selector)} * {per_input!r} + "
-            f"{_rate(output_tokens, selector)} * {per_output!r}) / {requests}"
+            f"({_rate(input_tokens, selection)} * {per_input!r} + "
+            f"{_rate(output_tokens, selection)} * {per_output!r}) / {requests}"
         )
     if name in ("llm-error-events", "llm-truncation-events"):
         events = _need(family.errors if name == "llm-error-events" else family.truncations, name)
-        return per_process(_series(events, selector))
+        return per_process(_series(events, selection), selection)
     raise TemplateError(f"no built-in template {name}")
 
 
-_JUDGE_SELECTOR = 'rollout_namespace="{{ rollout.namespace }}", rollout="{{ rollout.name }}"'
 # judge-win-rate's events: for the canary its losses, for the control (the stable) the canary's wins. Under
 # equal quality a decided pair is a loss or a win with even odds whatever the traffic split: the test runs at
 # share 0.5 (analysis.sequential), and ties carry no evidence either way.
 _JUDGE_EVENTS: dict[Role, str] = {"canary": "loss", "stable": "win"}
 
 
-def _judge_template(template: api.GateTemplate, role: Role, criterion: str | None) -> str:
+def _judge_template(
+    template: api.GateTemplate, selection: Selection, role: Role, criterion: str | None
+) -> str:
     if template == api.GateTemplate.JUDGE_WIN_RATE:
-        return per_process(
-            f'modelrollout_judge_verdicts_total{{{_JUDGE_SELECTOR}, outcome="{_JUDGE_EVENTS[role]}"}}'
-        )
-    selector = f'{_JUDGE_SELECTOR}, variant="{role}"'
+        verdicts = selection.series("modelrollout_judge_verdicts_total", f'outcome="{_JUDGE_EVENTS[role]}"')
+        return per_process(verdicts, selection)
+    extra = f'variant="{role}"'
     if criterion is not None:  # a DNS label (the API's), escaped all the same
-        selector += f', criterion="{escape_promql_string(criterion)}"'
+        extra += f', criterion="{escape_promql_string(criterion)}"'
     # The mean score over the window: every criterion's scores pooled unless one is named.
-    return (
-        f"sum(rate(modelrollout_judge_score_sum{{{selector}}}[{{{{ window }}}}])) / "
-        f"sum(rate(modelrollout_judge_score_count{{{selector}}}[{{{{ window }}}}]))"
+    scores, count = (
+        selection.sum(f"rate({selection.series(name, extra)}[{{{{ window }}}}])")
+        for name in ("modelrollout_judge_score_sum", "modelrollout_judge_score_count")
     )
+    return f"{scores} / {count}"
 
 
-def judge_failures_template() -> str:
+def judge_failures_template(*, grouped: bool = False) -> str:
     """The judge's failures on this rollout, per process: verdicts it could not give (malformed twice, or
     the judge model unreachable). Budget refusals and unreachable variants are not the judge's failures."""
-    return per_process(
-        f'modelrollout_judge_errors_total{{{_JUDGE_SELECTOR}, reason=~"malformed|judge-unreachable"}}'
-    )
+    selection = _judge_selection(grouped)
+    failures = selection.series("modelrollout_judge_errors_total", 'reason=~"malformed|judge-unreachable"')
+    return per_process(failures, selection)
 
 
-def judge_verdicts_template() -> str:
+def judge_verdicts_template(*, grouped: bool = False) -> str:
     """Every verdict the judge gave on this rollout (win, loss or tie), per process."""
-    return per_process(f"modelrollout_judge_verdicts_total{{{_JUDGE_SELECTOR}}}")
+    selection = _judge_selection(grouped)
+    return per_process(selection.series("modelrollout_judge_verdicts_total"), selection)
 
 
-def per_process(counters: str) -> str:
+def per_process(counters: str, selection: Selection | None = None) -> str:
     """Raw counters summed per scraped process (`instance`, and `pod` where relabelling adds it), not per
     series: the operator takes reset-aware deltas of each sum, and all of a process's counters reset
     together when it restarts, so a sum that falls is a restart; a series that appears within a process adds
-    to its sum. This keeps the series the operator follows (and keeps in status) to one per process."""
-    return f"sum by (instance, pod) ({counters})"
+    to its sum. This keeps the series the operator follows (and keeps in status) to one per process.
+    Grouped (`selection`'s grouped form), per process and target."""
+    by = ("instance", "pod")
+    if selection is None:
+        return f"sum by ({', '.join(by)}) ({counters})"
+    return selection.sum(counters, by=by)
 
 
-def requests_series_template(subset_label: str | None = None) -> str:
+def requests_series_template(subset_label: str | None = None, *, grouped: bool = False) -> str:
     """The target's raw Istio request counters per process, for the sample-ratio check of sequential gates."""
-    return per_process(f"istio_requests_total{{{_istio_selector(subset_label)}}}")
+    selection = istio_selection(subset_label, grouped=grouped)
+    return per_process(selection.series("istio_requests_total"), selection)
 
 
 @dataclass(frozen=True)
@@ -375,6 +446,68 @@ def _builtin_for(
         pricing=variables.target.pricing,
         role=variables.role,
         criterion=criterion,
+    )
+
+
+@dataclass(frozen=True)
+class GroupedQuery:
+    """A query in its grouped form, which answers for every target at once, one row per value of `labels`;
+    `key` holds this target's values of them (empty for a label it does not have, as Prometheus omits
+    empty labels). The promql holds no value of the target's, so every rollout with the same template,
+    window and constants asks the very same query."""
+
+    promql: str
+    labels: tuple[str, ...]
+    key: tuple[str, ...]
+
+
+def _grouped(template: str, selection: Selection, variables: TemplateVariables) -> GroupedQuery:
+    values = variables.values()
+    key = tuple(values[variable] for _, variable in selection.keys)
+    return GroupedQuery(render(template, variables), selection.key_labels, key)
+
+
+def grouped_gate_query(gate: api.Gate, variables: TemplateVariables) -> GroupedQuery | None:
+    """The grouped form of a built-in gate's query; None for a gate with its own query (not groupable: the
+    operator cannot know which labels tell its targets apart)."""
+    if gate.template is None:
+        return None
+    subset_label = variables.subset_label if variables.target.subset else None
+    if gate.window is not None:
+        variables = variables.with_window(gate.window)
+    template = builtin_template(
+        gate.template,
+        subset_label,
+        source=gate.source,
+        pricing=variables.target.pricing,
+        role=variables.role,
+        criterion=gate.criterion,
+        grouped=True,
+    )
+    selection = builtin_selection(gate.template, subset_label, source=gate.source, grouped=True)
+    return _grouped(template, selection, variables)
+
+
+def grouped_request_count_query(variables: TemplateVariables) -> GroupedQuery:
+    """`request_count_query` for every target at once."""
+    subset_label = variables.subset_label if variables.target.subset else None
+    template = builtin_template(api.GateTemplate.ISTIO_REQUEST_COUNT, subset_label, grouped=True)
+    return _grouped(template, istio_selection(subset_label, grouped=True), variables)
+
+
+def grouped_requests_series_query(variables: TemplateVariables) -> GroupedQuery:
+    """`requests_series_query` for every target at once."""
+    subset_label = variables.subset_label if variables.target.subset else None
+    template = requests_series_template(subset_label, grouped=True)
+    return _grouped(template, istio_selection(subset_label, grouped=True), variables)
+
+
+def grouped_judge_counter_queries(variables: TemplateVariables) -> tuple[GroupedQuery, GroupedQuery]:
+    """`judge_counter_queries` for every rollout at once."""
+    selection = _judge_selection(grouped=True)
+    return (
+        _grouped(judge_failures_template(grouped=True), selection, variables),
+        _grouped(judge_verdicts_template(grouped=True), selection, variables),
     )
 
 

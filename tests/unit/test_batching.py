@@ -1,0 +1,224 @@
+"""Grouped queries shared between rollouts: who asks Prometheus, who shares, and what each one gets back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Hashable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from modelrollout import api
+from modelrollout.measure import _fresh_after
+from modelrollout.metrics.batching import QueryBatcher, rows_by_key
+from modelrollout.metrics.prometheus import QueryDeferred
+from modelrollout.metrics.provider import MetricsError, Sample
+from modelrollout.metrics.templates import GroupedQuery
+
+LABELS = ("destination_service_name", "destination_service_namespace")
+ANSWER = [
+    Sample({"destination_service_name": "a", "destination_service_namespace": "ns"}, 0.1),
+    Sample({"destination_service_name": "b", "destination_service_namespace": "ns"}, 0.2),
+    Sample({"destination_service_name": "a", "destination_service_namespace": "other"}, 0.3),
+]
+
+
+def grouped(service: str, namespace: str = "ns", promql: str = "q") -> GroupedQuery:
+    return GroupedQuery(promql, LABELS, (service, namespace))
+
+
+class FakePrometheus:
+    """Answers every query with `answer` (or raises `error`) after `gate` is set."""
+
+    def __init__(self, answer: list[Sample] | None = None, error: Exception | None = None) -> None:
+        self.answer = ANSWER if answer is None else answer
+        self.error = error
+        self.asked: list[tuple[str, Hashable, float | None]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def query(
+        self, promql: str, *, owner: Hashable = None, not_after: float | None = None
+    ) -> list[Sample]:
+        self.asked.append((promql, owner, not_after))
+        await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        return self.answer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def synchronously(scenario: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    """A test that runs `scenario` on its own event loop."""
+
+    def test() -> None:
+        asyncio.run(scenario())
+
+    test.__name__ = scenario.__name__
+    return test
+
+
+def test_rows_are_split_by_the_group_labels_which_they_then_lose() -> None:
+    rows = rows_by_key(
+        [
+            *ANSWER,
+            Sample({"destination_service_name": "a", "destination_service_namespace": "ns", "pod": "p1"}, 4),
+            Sample({"destination_service_name": "c"}, 5),  # a label Prometheus left out is empty
+        ],
+        LABELS,
+    )
+    assert rows[("a", "ns")] == [Sample({}, 0.1), Sample({"pod": "p1"}, 4)]
+    assert rows[("b", "ns")] == [Sample({}, 0.2)]
+    assert rows[("a", "other")] == [Sample({}, 0.3)]
+    assert rows[("c", "")] == [Sample({}, 5)]
+
+
+@synchronously
+async def test_checks_at_once_share_one_query_and_each_gets_its_own_row() -> None:
+    prometheus = FakePrometheus()
+    prometheus.gate.clear()
+    batcher = QueryBatcher(max_age=5)
+    asking = [
+        asyncio.ensure_future(batcher.query(prometheus, grouped(service, namespace), not_after=50.0))
+        for service, namespace in (("a", "ns"), ("b", "ns"), ("a", "other"), ("gone", "ns"))
+    ]
+    await asyncio.sleep(0)
+    prometheus.gate.set()
+    answers = await asyncio.gather(*asking)
+    assert answers == [[Sample({}, 0.1)], [Sample({}, 0.2)], [Sample({}, 0.3)], []]
+    # One query, as an owner of its own, with the first asker's deadline.
+    assert prometheus.asked == [("q", ("grouped", "q"), 50.0)]
+    assert (batcher.stats().asked, batcher.stats().shared) == (1, 3)
+
+
+@synchronously
+async def test_an_answer_is_shared_for_max_age_seconds_after_it_was_asked() -> None:
+    prometheus, clock = FakePrometheus(), Clock()
+    batcher = QueryBatcher(max_age=5, clock=clock)
+    await batcher.query(prometheus, grouped("a"))
+    clock.now += 5
+    await batcher.query(prometheus, grouped("b"))
+    assert len(prometheus.asked) == 1
+    clock.now += 0.01
+    assert await batcher.query(prometheus, grouped("b")) == [Sample({}, 0.2)]
+    assert len(prometheus.asked) == 2
+
+
+@synchronously
+async def test_a_check_that_needs_newer_data_asks_again() -> None:
+    prometheus, clock = FakePrometheus(), Clock()
+    batcher = QueryBatcher(max_age=5, clock=clock)
+    await batcher.query(prometheus, grouped("a"))
+    clock.now += 1
+    # Its stage started (or an alert asked for it) after the shared answer was asked.
+    await batcher.query(prometheus, grouped("a"), fresh_after=clock.now - 0.5)
+    assert len(prometheus.asked) == 2
+    await batcher.query(prometheus, grouped("b"), fresh_after=clock.now - 0.5)
+    assert len(prometheus.asked) == 2
+
+
+@synchronously
+async def test_different_queries_and_providers_do_not_share() -> None:
+    one, other = FakePrometheus(), FakePrometheus()
+    batcher = QueryBatcher(max_age=5)
+    await batcher.query(one, grouped("a"))
+    await batcher.query(one, grouped("a", promql="q2"))
+    await batcher.query(other, grouped("a"))
+    await batcher.query(one, GroupedQuery("q", ("model_name",), ("m",)))
+    assert [len(one.asked), len(other.asked)] == [3, 1]
+
+
+@synchronously
+async def test_max_age_zero_shares_only_an_answer_still_coming() -> None:
+    prometheus, clock = FakePrometheus(), Clock()
+    prometheus.gate.clear()
+    batcher = QueryBatcher(max_age=0, clock=clock)
+    first = asyncio.ensure_future(batcher.query(prometheus, grouped("a")))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(batcher.query(prometheus, grouped("b")))
+    await asyncio.sleep(0)
+    prometheus.gate.set()
+    await asyncio.gather(first, second)
+    assert len(prometheus.asked) == 1
+    clock.now += 0.001
+    await batcher.query(prometheus, grouped("a"))
+    assert len(prometheus.asked) == 2
+
+
+@synchronously
+async def test_a_failed_query_fails_every_sharer_and_is_shared_like_an_answer() -> None:
+    prometheus = FakePrometheus(error=MetricsError("q", "Prometheus answered HTTP 503"))
+    batcher = QueryBatcher(max_age=5)
+    for service in ("a", "b"):
+        with pytest.raises(MetricsError, match="HTTP 503"):
+            await batcher.query(prometheus, grouped(service))
+    assert len(prometheus.asked) == 1
+
+
+@synchronously
+async def test_a_deferred_query_defers_its_sharers_and_is_never_kept() -> None:
+    prometheus = FakePrometheus(error=QueryDeferred())
+    prometheus.gate.clear()
+    batcher = QueryBatcher(max_age=5)
+    asking = [asyncio.ensure_future(batcher.query(prometheus, grouped(s))) for s in ("a", "b")]
+    await asyncio.sleep(0)
+    prometheus.gate.set()
+    for outcome in await asyncio.gather(*asking, return_exceptions=True):
+        assert isinstance(outcome, QueryDeferred)
+    prometheus.error = None
+    assert await batcher.query(prometheus, grouped("a")) == [Sample({}, 0.1)]
+    assert len(prometheus.asked) == 2
+
+
+@synchronously
+async def test_a_check_that_gives_up_leaves_the_query_to_the_others() -> None:
+    prometheus = FakePrometheus()
+    prometheus.gate.clear()
+    batcher = QueryBatcher(max_age=5)
+    leaving = asyncio.ensure_future(batcher.query(prometheus, grouped("a")))
+    staying = asyncio.ensure_future(batcher.query(prometheus, grouped("b")))
+    await asyncio.sleep(0)
+    leaving.cancel()
+    await asyncio.sleep(0)
+    prometheus.gate.set()
+    assert await staying == [Sample({}, 0.2)]
+    assert leaving.cancelled()
+    assert len(prometheus.asked) == 1
+
+
+@synchronously
+async def test_old_answers_are_dropped() -> None:
+    prometheus, clock = FakePrometheus(), Clock()
+    batcher = QueryBatcher(max_age=5, clock=clock)
+    for promql in ("q1", "q2", "q3"):
+        await batcher.query(prometheus, grouped("a", promql=promql))
+    assert len(batcher) == 3
+    clock.now += 6
+    await batcher.query(prometheus, grouped("a", promql="q4"))
+    assert len(batcher) == 1
+
+
+def test_max_age_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="max_age"):
+        QueryBatcher(max_age=-1)
+
+
+def test_a_check_takes_no_shared_answer_from_before_its_stage_its_last_check_or_its_alert() -> None:
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    stage_started, checked = now - timedelta(seconds=3), now - timedelta(seconds=1)
+    status = api.ModelRolloutStatus(stage_started_at=stage_started)
+    assert _fresh_after(now, None, requested=False) == 0.0
+    assert _fresh_after(now, status, requested=False) == stage_started.timestamp()
+    last = api.AnalysisResult(at=checked, stage=1, verdict=api.Verdict.PASS)
+    checked_status = status.model_copy(update={"last_analysis": last})
+    assert _fresh_after(now, checked_status, requested=False) == checked.timestamp()
+    assert _fresh_after(now, checked_status, requested=True) == now.timestamp()
+    assert _fresh_after(now, api.ModelRolloutStatus(), requested=True) == now.timestamp()
