@@ -48,17 +48,21 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# The gitops tier runs in a second pytest session beside the rest (its own control plane and Prometheus);
-# its output follows the other tiers'. Either failing fails the target.
-GITOPS_LOG = $(or $(TMPDIR),/tmp)/modelrollout-gitops-tier.log
+# The gitops tier and then the unit tier run in a second line of pytest sessions beside the rest (the gitops
+# tier with its own control plane and Prometheus; the unit tier needs none); their output follows the other
+# tiers'. Any of them failing fails the target.
+ALONGSIDE_LOG = $(or $(TMPDIR),/tmp)/modelrollout-alongside-tiers.log
 test: binaries flux helm lint
-	@$(BIN)/pytest tests/gitops $(PYTEST_ARGS) > $(GITOPS_LOG) 2>&1 & gitops=$$!; \
-	$(BIN)/pytest tests --ignore=tests/gitops $(PYTEST_ARGS); tiers=$$?; \
-	wait $$gitops; gitops_tier=$$?; \
-	echo "==================== gitops tier (tests/gitops, run alongside) ===================="; \
-	cat $(GITOPS_LOG); \
-	echo "tiers under tests/ except gitops: exit $$tiers; gitops tier: exit $$gitops_tier"; \
-	test $$tiers -eq 0 && test $$gitops_tier -eq 0
+	@( $(BIN)/pytest tests/gitops $(PYTEST_ARGS); gitops=$$?; \
+	   $(BIN)/pytest tests/unit $(PYTEST_ARGS); unit=$$?; \
+	   echo "gitops tier: exit $$gitops; unit tier: exit $$unit"; \
+	   test $$gitops -eq 0 && test $$unit -eq 0 ) > $(ALONGSIDE_LOG) 2>&1 & alongside=$$!; \
+	$(BIN)/pytest tests --ignore=tests/gitops --ignore=tests/unit $(PYTEST_ARGS); tiers=$$?; \
+	wait $$alongside; alongside_tiers=$$?; \
+	echo "==================== gitops and unit tiers (run alongside) ===================="; \
+	cat $(ALONGSIDE_LOG); \
+	echo "chaos and integration tiers: exit $$tiers; gitops and unit tiers: exit $$alongside_tiers"; \
+	test $$tiers -eq 0 && test $$alongside_tiers -eq 0
 
 test-unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from modelrollout import api
 from modelrollout.durations import format_duration
@@ -11,7 +11,6 @@ from modelrollout.engine.draft import Draft, describe
 from modelrollout.engine.model import TERMINAL, Observation
 from modelrollout.engine.stages import (
     check_window,
-    countdown,
     progress,
     soak_left,
     window_wait,
@@ -49,11 +48,12 @@ def settle(draft: Draft, spec: api.ModelRolloutSpec, obs: Observation) -> None:
         reason = reason if reason in ACTIVE_REASONS else "Analysing"
         left = soak_left(spec, status, obs.now)
         waiting = window_wait(spec, status, obs.now)
+        # Moments, not countdowns: the message stays true between writes and does not change every tick.
         if left > timedelta(0):
-            wait = f"soaking, {countdown(left)} left"
+            wait = f"soaking until {moment(obs.now + left)}"
         elif waiting > timedelta(0):
             wait = (
-                f"waiting {countdown(waiting)} for a check over this stage's traffic only "
+                f"waiting until {moment(obs.now + waiting)} for a check over this stage's traffic only "
                 f"(window {format_duration(check_window(spec))})"
             )
         else:
@@ -77,3 +77,8 @@ def settle(draft: Draft, spec: api.ModelRolloutSpec, obs: Observation) -> None:
         draft.condition_flip("MetricsUnavailable", False, "", "")
         draft.condition_flip(ANALYSIS_DELAYED, False, "", "")
     draft.summarize(phase, reason, message)
+
+
+def moment(at: datetime) -> str:
+    """A point in time as Kubernetes shows them (RFC 3339, UTC, whole seconds)."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

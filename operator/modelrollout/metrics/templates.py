@@ -77,9 +77,8 @@ class Selection:
     for that target (an exact-match matcher selects the same series a group does)."""
 
     fixed: str
-    keys: tuple[
-        tuple[str, str], ...
-    ]  # (label, variable), e.g. ("destination_service_name", "target.service")
+    # (label, variable), e.g. ("destination_service_name", "target.service")
+    keys: tuple[tuple[str, str], ...]
     grouped: bool = False
 
     @property
@@ -87,9 +86,7 @@ class Selection:
         return tuple(label for label, _ in self.keys)
 
     def matchers(self, extra: str = "") -> str:
-        keyed = (
-            () if self.grouped else tuple(f'{label}="{{{{ {variable} }}}}"' for label, variable in self.keys)
-        )
+        keyed = [] if self.grouped else [f'{label}="{{{{ {variable} }}}}"' for label, variable in self.keys]
         return ", ".join(part for part in (self.fixed, *keyed, extra) if part)
 
     def series(self, name: str, extra: str = "") -> str:
