@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 
 @dataclass
@@ -27,4 +27,7 @@ class OperatorConfig:
     # Built-in gates ask grouped queries whose answers rollouts share, each taken at most this many seconds
     # after it was asked (metrics.batching); None: every rollout asks its own queries.
     batch_max_age: float | None = 5.0
+    # A decision that changes only the numbers of checks stays unwritten while the last check written is
+    # younger than this (engine.quiet); None: every change is written at once.
+    status_refresh: timedelta | None = timedelta(minutes=5)
     cluster_wide: bool = True

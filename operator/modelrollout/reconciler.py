@@ -115,6 +115,9 @@ class Reconciler:
         # The object our last write returned, per rollout, and the resourceVersions it superseded: a body
         # from a watch that has not caught up with our own write is never decided on.
         self._latest: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
+        # Per rollout, a status decided but not written (a quiet plan: only the numbers of checks changed)
+        # and the stored status it follows: decided from while the stored one is still that one.
+        self._unwritten: dict[str, tuple[dict[str, Any], api.ModelRolloutStatus]] = {}
 
     @classmethod
     def for_cluster(cls, api_client: client.ApiClient, config: OperatorConfig) -> tuple[Reconciler, Kube]:
@@ -209,11 +212,13 @@ class Reconciler:
         meta = obj["metadata"]
         generation = meta.get("generation")
         raw_status = obj.get("status") or {}
-        status = api.ModelRolloutStatus.model_validate(raw_status)
+        stored = api.ModelRolloutStatus.model_validate(raw_status)
+        unwritten = self._unwritten.get(ref.uid)
+        status = unwritten[1] if unwritten is not None and unwritten[0] == raw_status else stored
         spec = spec_problems(obj.get("spec") or {})
         if isinstance(spec, list):
             plan = engine.invalid_spec(status, spec, now, generation)
-            obj = await self._record(ref, obj, status, plan.status, valid=False)
+            obj = await self._record(ref, obj, stored, plan.status, valid=False)
             await self._post(ref, plan.events)
             return plan, obj
 
@@ -249,6 +254,9 @@ class Reconciler:
             previous=previous,
             check=check[0][0],
             check_deferred=check[0][1],
+            check_requested=check_requested,
+            recorded_check_at=stored.last_analysis.at if stored.last_analysis is not None else None,
+            status_refresh=self.config.status_refresh,
             action=action,
             status_recorded=api.status_recorded(raw_status),
             rollout=f"{ref.namespace}/{ref.name}",
@@ -257,7 +265,9 @@ class Reconciler:
         )
         plan = engine.decide(spec, status, observation)
         # A check is used by one decision that got recorded; after a conflict the next decision reuses it.
-        executed, obj = await self._execute(ref, obj, status, plan, observed=observed, may_write=may_write)
+        executed, obj = await self._execute(
+            ref, obj, status, stored, plan, observed=observed, may_write=may_write
+        )
         check[:] = [(None, False)]
         self.telemetry.record(
             ref.namespace, ref.name, executed.status, observation.check, executed.rollback_reason
@@ -272,17 +282,19 @@ class Reconciler:
         ref: RolloutRef,
         obj: dict[str, Any],
         before: api.ModelRolloutStatus,
+        stored: api.ModelRolloutStatus,
         plan: engine.Plan,
         *,
         observed: Observed,
         may_write: Callable[[], bool],
     ) -> tuple[engine.Plan, dict[str, Any]]:
-        """The plan carried out, or the plan that records why it could not be; and the object as stored."""
+        """The plan carried out, or the plan that records why it could not be; and the object as stored.
+        `before` is the status decided on, `stored` the one written (older when quiet plans went before)."""
         await self._post(ref, plan.early_events)
         recorded = before
         if plan.intent is not None:
-            obj = await self._record(ref, obj, before, plan.intent)
-            recorded = plan.intent
+            obj = await self._record(ref, obj, stored, plan.intent)
+            recorded = stored = plan.intent
         if plan.consume_action is not None:
             consumed = await self.kube.consume_action(ref, plan.consume_action)
             if consumed is not None:
@@ -292,7 +304,7 @@ class Reconciler:
         if plan.write is not None or plan.release_recorded or step is not None:
             if not may_write():
                 # The driver is stopping: the finalizer owns the VirtualService now. Nothing more is recorded.
-                return engine.Plan(status=recorded), obj
+                return engine.Plan(status=stored), obj
             try:
                 if step is not None and step.apply is not None:
                     await self._apply_filter(step.apply)
@@ -303,7 +315,7 @@ class Reconciler:
                 reason = str(error) if isinstance(error, FilterWriteFailed) else describe_api_error(error)
                 log.warning("%s/%s: VirtualService write failed: %s", ref.namespace, ref.name, reason)
                 failed = engine.write_failed(plan, recorded, reason, self.clock())
-                obj = await self._record(ref, obj, recorded, failed.status)
+                obj = await self._record(ref, obj, stored, failed.status)
                 await self._post(ref, failed.events)
                 self.telemetry.write_failures.labels(ref.namespace, ref.name).inc()
                 return failed, obj
@@ -312,7 +324,12 @@ class Reconciler:
                     await self.kube.delete_envoy_filter(ref.namespace, step.remove)
                 except Exception as error:  # the traffic change stands; the engine says what to record
                     plan = engine.filter_removal_failed(plan, step.remove, describe_api_error(error))
-        obj = await self._record(ref, obj, recorded, plan.status)
+        if plan.quiet:
+            # Only the numbers of checks changed: kept here, decided from, written with the next change.
+            if plan.status != stored:
+                self._unwritten[ref.uid] = (obj.get("status") or {}, plan.status)
+            return plan, obj
+        obj = await self._record(ref, obj, stored, plan.status)
         await self._post(ref, plan.events)
         return plan, obj
 
@@ -353,13 +370,17 @@ class Reconciler:
         compact report is derived here, in one place before every write, from the status and the spec (an
         invalid spec, whatever its shape, is not read: the report then goes by the status alone)."""
         if status == current and current.report is not None and obj.get("status"):
+            self._unwritten.pop(ref.uid, None)  # what it held is what is stored
             return obj  # nothing changed, the report neither: a quiet tick derives nothing
         spec_view = (obj.get("spec") or {}) if valid else {}
         status = status.model_copy(update={"report": report.summary(spec_view, status)})
         if status == current and obj.get("status"):
+            self._unwritten.pop(ref.uid, None)
             return obj
         version = obj["metadata"].get("resourceVersion")
         stored = await self.kube.record_status(ref, status, version)
+        # Recorded: whatever was kept unwritten is in `status` (decided from it).
+        self._unwritten.pop(ref.uid, None)
         self._remember(ref, version, stored)
         return stored
 
@@ -404,6 +425,7 @@ class Reconciler:
         self.telemetry.forget(ref.namespace, ref.name)
         self.measurer.forget(ref)
         self._latest.pop(ref.uid, None)
+        self._unwritten.pop(ref.uid, None)
         status = api.ModelRolloutStatus.model_validate(body.get("status") or {})
         record = status.routing
         spec = api.checked_spec(dict(body.get("spec") or {}))

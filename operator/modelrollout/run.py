@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import uuid
+from datetime import timedelta
 
 import kopf
 
@@ -34,6 +35,13 @@ def _batch_max_age(text: str) -> float | None:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be 'off' or a number of seconds >= 0, got {text}")
     return value
+
+
+def _status_refresh(text: str) -> timedelta | None:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return timedelta(seconds=value) if value > 0 else None
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -102,6 +110,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "own queries)",
     )
     run.add_argument(
+        "--status-refresh",
+        type=_status_refresh,
+        default=timedelta(minutes=5),
+        metavar="SECONDS",
+        help="a check that changes nothing but numbers (its time and values, sequential counts) is written "
+        "to status only once the last check written is this old; phase, stage, verdicts, conditions, holds "
+        "and counters are written at once, and so is a check an alert asked for (default 300; 0: every "
+        "check is written)",
+    )
+    run.add_argument(
         "--tick",
         type=float,
         default=5.0,
@@ -165,6 +183,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         prometheus_credentials_allow=tuple(args.prometheus_credentials_allow),
         watch_virtual_services=args.virtual_services == "watch",
         batch_max_age=args.batch_max_age,
+        status_refresh=args.status_refresh,
         cluster_wide=not args.namespace,
     )
 

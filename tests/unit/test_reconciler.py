@@ -497,3 +497,58 @@ def test_a_rollout_deleted_between_its_first_write_and_its_record_returns_traffi
     w.delete()
     assert w.server.weights() == (100, 0)
     assert w.server.claims() == {}
+
+
+# ---- quiet checks: numbers kept in memory, essentials written at once ----
+
+
+def soaking_world() -> World:
+    """Stage 1 soaks for an hour, checked every 10 s."""
+    w = World()
+    w.server.put_vs(sample_vs())
+    spec = sample_spec()
+    spec["stages"] = [{"weight": 10, "duration": "1h"}, {"weight": 100}]
+    w.server.create_rollout(spec)
+    w.tick()
+    w.tick(timedelta(seconds=10))  # the first check: written (there was none)
+    assert w.server.status().last_analysis is not None
+    return w
+
+
+def test_passing_checks_are_kept_in_memory_until_the_refresh_period() -> None:
+    w = soaking_world()
+    writes, checks = w.server.status_writes, w.measurer.calls
+    first = w.server.status().last_analysis
+    assert first is not None
+    for _ in range(24):  # four minutes of ticks every 10 s
+        w.tick(timedelta(seconds=10))
+    assert w.measurer.calls == checks + 24  # a check every interval: decided from the check kept in memory
+    assert w.server.status_writes == writes
+    assert w.server.status().last_analysis == first
+    for _ in range(6):  # the last check written is five minutes old: the next one is written
+        w.tick(timedelta(seconds=10))
+    last = w.server.status().last_analysis
+    assert w.server.status_writes == writes + 1
+    assert last is not None
+    assert last.at == w.now
+
+
+def test_a_failing_check_is_written_at_once() -> None:
+    w = soaking_world()
+    w.tick(timedelta(seconds=10))
+    writes = w.server.status_writes
+    w.measurer.verdict = F
+    w.tick(timedelta(seconds=10))
+    assert w.server.status_writes > writes
+    assert w.server.status().phase == api.Phase.ROLLED_BACK
+
+
+def test_a_status_changed_by_someone_else_is_decided_from_as_stored() -> None:
+    w = soaking_world()
+    w.tick(timedelta(seconds=10))  # kept in memory
+    stored = w.server.rollouts[(NAMESPACE, "chat")]
+    stored["status"]["lastAnalysis"]["at"] = "2026-01-01T00:00:00Z"  # another writer (a restore, a person)
+    stored["metadata"]["resourceVersion"] = w.server.bump()
+    checks = w.measurer.calls
+    w.tick(timedelta(seconds=1))
+    assert w.measurer.calls == checks + 1  # the stored last check is old: a check is due at once

@@ -36,6 +36,7 @@ from modelrollout.engine.model import (
     RoutingView,
     pair_hash,
 )
+from modelrollout.engine.quiet import is_quiet
 from modelrollout.engine.returns import complete_return, pending_return
 from modelrollout.engine.settle import settle
 from modelrollout.engine.stages import maybe_advance, progress, realign, start
@@ -159,7 +160,24 @@ def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Obse
     plan = with_filter(with_history(_decide(spec, status, obs), status, obs.now), spec, status, obs)
     if plan.again or plan.write is not None or plan.intent is not None:
         return plan  # a transition under way: look again at the next tick
-    return replace(plan, look_after=look_after(spec, plan.status, obs.now, obs.operator_started_at))
+    quiet = (
+        not plan.events
+        and not plan.early_events
+        and plan.consume_action is None
+        and plan.bucket_filter is None
+        and not plan.release_recorded
+        and is_quiet(
+            status,
+            plan.status,
+            now=obs.now,
+            recorded_check_at=obs.recorded_check_at,
+            refresh=obs.status_refresh,
+            requested=obs.check_requested,
+        )
+    )
+    return replace(
+        plan, look_after=look_after(spec, plan.status, obs.now, obs.operator_started_at), quiet=quiet
+    )
 
 
 def _decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Observation) -> Plan:

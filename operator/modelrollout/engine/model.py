@@ -71,6 +71,11 @@ class Observation:
     check: CheckResult | None = None
     # A check was due and the operator's own queue put it off (no Prometheus worker within the interval).
     check_deferred: bool = False
+    check_requested: bool = False  # an alert asked for this tick's check
+    # The time of the last check in the status as written (the status decided on may be newer, from memory),
+    # and how long the numbers of checks may stay unwritten when nothing essential changes (None: never).
+    recorded_check_at: datetime | None = None
+    status_refresh: timedelta | None = None
     action: str | None = None  # the action annotation's value, as found on the object
     status_recorded: bool = True  # False: the object has no status at all yet
     rollout: str = ""  # namespace/name, for the default experiment id
@@ -105,7 +110,8 @@ class Plan:
     4. apply `bucket_filter.apply` (the EnvoyFilter); write `write` to the VirtualService (`write_on`: the
        spec's, or the one recorded in status) and check the stored object shows it; drop our claim from the
        recorded VirtualService if `release_recorded`; remove the EnvoyFilter `bucket_filter.remove`;
-    5. record `status`;
+    5. record `status`, unless the plan is `quiet` (it changes only numbers a check refreshes: the shell keeps
+       it in memory and decides from it until a plan that is not quiet records it);
     6. post `events`, send `notifications`, count `rollback_reason`;
     7. look again after `look_after` unless something happens first (None: at the next tick).
 
@@ -125,6 +131,7 @@ class Plan:
     again: bool = False
     bucket_filter: FilterStep | None = None
     look_after: timedelta | None = None
+    quiet: bool = False
 
     @property
     def canary_weight(self) -> int | None:
