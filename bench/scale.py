@@ -164,6 +164,9 @@ def operator_metrics(port: int) -> dict[str, float]:
         "modelrollout_checks_deferred_total": "deferred",
         "modelrollout_reconcile_duration_seconds_count": "reconciles",
         "modelrollout_virtualservice_reads_total": "vs_reads",
+        "modelrollout_reconcile_duration_seconds_sum": "reconcile_seconds",
+        "modelrollout_prometheus_queue_wait_seconds_sum": "queue_wait_seconds",
+        "modelrollout_prometheus_queue_wait_seconds_count": "queue_waits",
     }
     found = dict.fromkeys(wanted.values(), 0.0)
     checks = 0.0
@@ -173,6 +176,14 @@ def operator_metrics(port: int) -> dict[str, float]:
                 found[wanted[sample.name]] += sample.value
             elif sample.name == "modelrollout_checks_total":
                 checks += sample.value
+            elif sample.name == "modelrollout_grouped_queries_total":
+                key = f"grouped_{sample.labels['answer']}"
+                found[key] = found.get(key, 0.0) + sample.value
+            elif (
+                sample.name == "modelrollout_reconcile_duration_seconds_bucket"
+                and sample.labels["le"] == "5.0"
+            ):
+                found["reconciles_within_5s"] = sample.value
     found["checks"] = checks
     return found
 
@@ -368,6 +379,18 @@ def run_size(n: int, rps: float, quiet_seconds: float, log: Any) -> dict[str, An
         figures["checks_per_s"] = (after.operator["checks"] - before.operator["checks"]) / elapsed
         figures["reconciles_per_s"] = (after.operator["reconciles"] - before.operator["reconciles"]) / elapsed
         figures["deferred"] = after.operator["deferred"]
+        reconciles = after.operator["reconciles"] - before.operator["reconciles"]
+        figures["reconcile_mean_s"] = (
+            after.operator["reconcile_seconds"] - before.operator["reconcile_seconds"]
+        ) / max(reconciles, 1)
+        waits = after.operator["queue_waits"] - before.operator["queue_waits"]
+        figures["queue_wait_mean_s"] = (
+            after.operator["queue_wait_seconds"] - before.operator["queue_wait_seconds"]
+        ) / max(waits, 1)
+        figures["grouped"] = {
+            key: after.operator.get(key, 0.0) - before.operator.get(key, 0.0)
+            for key in ("grouped_asked", "grouped_shared")
+        }
         figures["quiet_s"] = elapsed
 
         watcher = WriteWatcher(api_client)
@@ -421,6 +444,8 @@ def run_size(n: int, rps: float, quiet_seconds: float, log: Any) -> dict[str, An
 
         breached = set(by_check) | set(by_alert)
         figures["unhealthy"] = unhealthy(list_rollouts(objects), breached)
+        final = operator_metrics(metrics_port)
+        figures["slow_reconciles"] = final["reconciles"] - final.get("reconciles_within_5s", 0.0)
 
         holder = lease_holder(api_client)
         leader.send_signal(signal.SIGKILL)
@@ -455,7 +480,12 @@ def report(figures: dict[str, Any]) -> None:
             f"    {verb:>6} {resource:<28} {rate:8.2f}/s"
             for (verb, resource), rate in sorted(figures["api_per_s"].items(), key=lambda kv: -kv[1])
         ),
-        f"  PromQL: {figures['queries_per_s']:.1f} queries/s, {per_interval:.0f} per {INTERVAL_SECONDS} s",
+        f"  PromQL: {figures['queries_per_s']:.1f} queries/s, {per_interval:.0f} per {INTERVAL_SECONDS} s "
+        f"(grouped queries asked {figures['grouped']['grouped_asked']:.0f}, answers shared "
+        f"{figures['grouped']['grouped_shared']:.0f}; mean wait for a query thread "
+        f"{figures['queue_wait_mean_s'] * 1000:.1f} ms)",
+        f"  mean reconciliation {figures['reconcile_mean_s'] * 1000:.1f} ms; "
+        f"reconciliations over 5 s since start: {figures['slow_reconciles']:.0f}",
         f"  operator start -> every rollout reconciled once: {figures['reconciled_s']:.1f} s; "
         f"checked once: {figures['checked_s']:.1f} s",
         f"  breach (first scraped sample) -> VirtualService write: {spread(figures['scrape_to_write'])}",

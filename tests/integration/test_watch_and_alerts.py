@@ -1,6 +1,7 @@
 """Watch, do not poll; react to alerts. Against the real API server and Prometheus, with an operator whose
 tick is a minute: a VirtualService edited by hand is put back from the watch (no tick needed), an idle rollout
-makes no VirtualService GETs (the API server's own request counters say so) and one in a long soak is not
+makes no VirtualService GETs (the API server's own request counters say so) nor status writes while its
+checks keep passing, and one in a long soak is not
 reconciled at all between its checks, and an Alertmanager webhook
 makes a rollout check its gates at once, which decides as usual (a healthy canary stays, a breaching one is
 rolled back in well under the analysis interval)."""
@@ -154,7 +155,10 @@ def test_each_check_reads_the_virtual_service_from_the_watch_not_the_api(
     slow_operator.run(tick=0.2)
     subject.create(stages=[{"weight": 10, "duration": "10m"}, {"weight": 100}])  # a check every second
     wait_for("stage 1 weights", lambda: subject.weights() == (90, 10))
+    subject.wait_status("the first check", lambda s: (s.get("lastAnalysis") or {}).get("verdict") == "Pass")
     time.sleep(1)  # the first writes and their echoes are done
+    version = subject.get()["metadata"]["resourceVersion"]
+    checks_before = slow_operator.metric("modelrollout_checks_total")
     gets_before = virtual_service_gets(kubectl)
     cache_before = slow_operator.metric("modelrollout_virtualservice_reads_total", source="cache")
     api_before = slow_operator.metric("modelrollout_virtualservice_reads_total", source="api")
@@ -164,11 +168,16 @@ def test_each_check_reads_the_virtual_service_from_the_watch_not_the_api(
     )
     api_reads = slow_operator.metric("modelrollout_virtualservice_reads_total", source="api") - api_before
     gets = virtual_service_gets(kubectl) - gets_before
-    print(f"\n4 s at one check a second: {cache_reads:.0f} reads from the watch, {api_reads:.0f} from the "
-          f"API, the API server answered {gets:.0f} VirtualService GETs")  # fmt: skip
+    checks = slow_operator.metric("modelrollout_checks_total") - checks_before
+    print(f"\n4 s at one check a second: {checks:.0f} checks, {cache_reads:.0f} reads from the watch, "
+          f"{api_reads:.0f} from the API, the API server answered {gets:.0f} VirtualService GETs; the "
+          "rollout was not written")  # fmt: skip
     assert cache_reads >= 3
     assert api_reads == 0
     assert gets == 0
+    # Passing checks that change only numbers stay in memory (--status-refresh): no status write.
+    assert 3 <= checks <= 5
+    assert subject.get()["metadata"]["resourceVersion"] == version
 
 
 def test_a_rollout_in_a_long_soak_costs_nothing_between_its_checks(
