@@ -7,8 +7,6 @@ Prometheus answered for how many checks."""
 from __future__ import annotations
 
 import contextlib
-import socket
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +16,18 @@ from kubernetes import client
 
 from modelrollout import api
 from modelrollout_dev.devenv.environment import EnvironmentState
+from modelrollout_dev.devenv.netutil import free_port
 from modelrollout_dev.devenv.prometheus import PrometheusServer
 from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
-from scenario_support import CANARY, RPS, STABLE, OperatorProcess, Rollout, remove_rollouts
+from scenario_support import (
+    CANARY,
+    RPS,
+    STABLE,
+    OperatorProcess,
+    Rollout,
+    operator_metric,
+    remove_rollouts,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("modelrollout_crd")]
 
@@ -28,22 +35,6 @@ ROLLOUTS = 20
 BREACHING = 7
 # Every healthy canary its own error rate, all under the gate's 2%; the breaching one far over it.
 ERROR_RATIOS = [0.3 if index == BREACHING else index * 0.0008 for index in range(ROLLOUTS)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def metric(port: int, metric_name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(metric_name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @pytest.fixture
@@ -120,11 +111,11 @@ def test_each_of_twenty_rollouts_gets_its_own_verdict_from_shared_queries(
         assert error_rate["value"] == pytest.approx(ERROR_RATIOS[index], abs=0.0005), rollout.namespace
 
     checks = sum(
-        metric(metrics_port, "modelrollout_checks_total", namespace=r.namespace, name=r.name)
+        operator_metric(metrics_port, "modelrollout_checks_total", namespace=r.namespace, name=r.name)
         for r in rollouts
     )
-    asked = metric(metrics_port, "modelrollout_grouped_queries_total", answer="asked")
-    shared = metric(metrics_port, "modelrollout_grouped_queries_total", answer="shared")
+    asked = operator_metric(metrics_port, "modelrollout_grouped_queries_total", answer="asked")
+    shared = operator_metric(metrics_port, "modelrollout_grouped_queries_total", answer="shared")
     print(
         f"\n{ROLLOUTS} rollouts, {checks:.0f} checks: Prometheus answered {asked:.0f} grouped queries, "
         f"{shared:.0f} answers were shared ({(asked + shared) / max(checks, 1):.1f} per check, "

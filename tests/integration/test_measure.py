@@ -78,6 +78,8 @@ def spec(
 
 # Two gates, the canary's request count, and both variants' request counters (the stage's counts).
 QUERIES_PER_CHECK = 5
+# Grouped, both variants' request counters are one query (it names neither).
+GROUPED_QUERIES_PER_CHECK = 4
 
 
 def ref(name: str, namespace: str = "llm") -> RolloutRef:
@@ -89,10 +91,11 @@ def test_a_crowd_on_a_slow_prometheus_gets_checks_or_deferrals_never_errors(fake
     the stage's counts), Prometheus answering in 0.5s (well within its 1s timeout), 4 worker threads,
     interval 2s: about 16 queries fit in an interval, 60 are asked. The checks that got their turns are
     complete and error-free; the others are deferred (None) and counted as such, and come first in the next
-    round. Before, a query's timeout included its wait for a slot, and most of these checks were Errors."""
+    round. Before, a query's timeout included its wait for a slot, and most of these checks were Errors.
+    Every rollout asks its own queries here (batching off, as for gates with a query of their own)."""
     fake.delay = 0.5
     telemetry = Telemetry()
-    config = OperatorConfig(prometheus_workers=4, prometheus_queries_per_rollout=4)
+    config = OperatorConfig(prometheus_workers=4, prometheus_queries_per_rollout=4, batch_max_age=None)
     measurer = Measurer(SecretsOnly(), config, telemetry=telemetry)  # type: ignore[arg-type]
     rollout_spec = spec(fake.url, interval="2s")
 
@@ -121,8 +124,41 @@ def test_a_crowd_on_a_slow_prometheus_gets_checks_or_deferrals_never_errors(fake
     assert len(fake.requests) <= 12 * QUERIES_PER_CHECK
 
 
+def test_the_same_crowd_with_batching_shares_four_queries_and_every_check_completes(
+    fake: FakePrometheus,
+) -> None:
+    fake.delay = 0.5
+    telemetry = Telemetry()
+    config = OperatorConfig(prometheus_workers=4, prometheus_queries_per_rollout=4)
+    measurer = Measurer(SecretsOnly(), config, telemetry=telemetry)  # type: ignore[arg-type]
+    rollout_spec = spec(fake.url, interval="2s")
+
+    async def crowd() -> list[Any]:
+        return await asyncio.gather(
+            *(
+                measurer.measure(rollout_spec, ref(f"r{i}"), NOW, virtual_service_namespace="mesh")
+                for i in range(12)
+            )
+        )
+
+    results = asyncio.run(crowd())
+    measurer.close()
+    assert all(r is not None and r.verdict != api.Verdict.ERROR for r in results), results
+    queries = [params["query"][0] for params, _ in fake.requests]
+    print(f"12 rollouts, batched: {len(queries)} queries")
+    assert len(queries) == GROUPED_QUERIES_PER_CHECK
+    assert all("sum by (" in q and "llm-claude" not in q for q in queries), queries
+    shared = sum(
+        s.value
+        for s in telemetry.grouped_queries.collect()[0].samples
+        if s.name.endswith("_total") and s.labels["answer"] == "shared"
+    )
+    assert shared == 12 * QUERIES_PER_CHECK - GROUPED_QUERIES_PER_CHECK
+
+
 def test_short_hosts_are_looked_up_in_the_virtual_services_namespace(fake: FakePrometheus) -> None:
-    measurer = Measurer(SecretsOnly(), OperatorConfig())  # type: ignore[arg-type]
+    # Each rollout's own queries show the namespace they select (grouped ones name none).
+    measurer = Measurer(SecretsOnly(), OperatorConfig(batch_max_age=None))  # type: ignore[arg-type]
     check = asyncio.run(
         measurer.measure(spec(fake.url), ref("chat", "rollouts"), NOW, virtual_service_namespace="mesh")
     )
@@ -180,7 +216,7 @@ def test_an_allow_listed_address_takes_credentials_from_a_secret_without_one(fak
     measurer.close()
     assert check is not None
     assert check.verdict != api.Verdict.ERROR, check.summary
-    assert len(fake.requests) == QUERIES_PER_CHECK
+    assert len(fake.requests) == GROUPED_QUERIES_PER_CHECK
 
 
 def test_a_rotated_token_closes_the_old_session(fake: FakePrometheus) -> None:
@@ -195,7 +231,8 @@ def test_a_rotated_token_closes_the_old_session(fake: FakePrometheus) -> None:
         assert check.verdict != api.Verdict.ERROR, check.summary
     assert (len(measurer.providers), measurer.providers.closed) == (1, 2)
     assert telemetry.prometheus_connections._value.get() == 1
+    # No answer asked with one token is shared with a check that holds another.
     sent = [h["Authorization"] for _, h in fake.requests]
-    per_check = QUERIES_PER_CHECK
+    per_check = GROUPED_QUERIES_PER_CHECK
     assert sent == ["Bearer first"] * per_check + ["Bearer second"] * per_check + ["Bearer third"] * per_check
     measurer.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from modelrollout_dev.devenv.environment import EnvironmentState
+from modelrollout_dev.devenv.netutil import free_port
 from modelrollout_dev.devenv.prometheus import PrometheusServer
 from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
 from scenario_support import (
@@ -29,17 +29,11 @@ from scenario_support import (
     Kubectl,
     OperatorProcess,
     Rollout,
+    operator_metric,
     wait_for,
 )
 
 TOKEN = "alert-token-for-tests"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class SlowOperator(OperatorProcess):
@@ -82,14 +76,7 @@ class SlowOperator(OperatorProcess):
             return refused.code, json.loads(refused.read())
 
     def metric(self, name: str, **labels: str) -> float:
-        text = (
-            urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
-        )
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return operator_metric(self.metrics_port, name, **labels)
 
 
 @pytest.fixture
