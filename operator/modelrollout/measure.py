@@ -16,6 +16,7 @@ on their own.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Hashable
@@ -280,6 +281,12 @@ class _CheckQueries:
             return await self.ask_grouped(grouped)
         return await self.ask(promql)
 
+    def grouped(
+        self, form: Callable[[TemplateVariables], GroupedQuery | None], variables: TemplateVariables
+    ) -> GroupedQuery | None:
+        """A query's grouped form, built only when the operator batches."""
+        return form(variables) if self.ask_grouped is not None else None
+
     async def values(
         self, promql: str, grouped: GroupedQuery | None = None
     ) -> tuple[tuple[float, ...], str | None]:
@@ -302,8 +309,12 @@ class _CheckQueries:
         try:
             canary_query = render_gate_query(g, self.variables)
             control_query = render_gate_query(g, stable_variables) if g.compare or g.test else None
-            canary_grouped = grouped_gate_query(g, self.variables)
-            control_grouped = grouped_gate_query(g, stable_variables) if control_query else None
+            canary_grouped = self.grouped(functools.partial(grouped_gate_query, g), self.variables)
+            control_grouped = (
+                self.grouped(functools.partial(grouped_gate_query, g), stable_variables)
+                if control_query
+                else None
+            )
         except TemplateError as unrenderable:
             return GateMeasurement(g, window, error=str(unrenderable))
         if g.test is not None and control_query is not None:
@@ -328,7 +339,7 @@ class _CheckQueries:
         variables = self.variables.targeting(role)
         try:
             samples = await self.samples(
-                request_count_query(variables), grouped_request_count_query(variables)
+                request_count_query(variables), self.grouped(grouped_request_count_query, variables)
             )
         except (MetricsError, TemplateError) as error:
             return None, str(error)
@@ -339,7 +350,9 @@ class _CheckQueries:
         """Both variants' request counters; None for a variant whose query failed (no sample-ratio check)."""
         (canary, _), (stable, _) = await asyncio.gather(
             *(
-                self.counters(requests_series_query(variables), grouped_requests_series_query(variables))
+                self.counters(
+                    requests_series_query(variables), self.grouped(grouped_requests_series_query, variables)
+                )
                 for variables in (self.variables.targeting(role) for role in ("canary", "stable"))
             )
         )
@@ -348,7 +361,9 @@ class _CheckQueries:
     async def judge_counters(self) -> tuple[dict[str, float] | None, dict[str, float] | None]:
         """The judge's failed judgements and its verdicts on this rollout (None for a query that failed)."""
         failures_query, verdicts_query = judge_counter_queries(self.variables)
-        failures_grouped, verdicts_grouped = grouped_judge_counter_queries(self.variables)
+        failures_grouped, verdicts_grouped = (
+            grouped_judge_counter_queries(self.variables) if self.ask_grouped is not None else (None, None)
+        )
         (failures, _), (verdicts, _) = await asyncio.gather(
             self.counters(failures_query, failures_grouped), self.counters(verdicts_query, verdicts_grouped)
         )

@@ -231,7 +231,8 @@ class Reconciler:
             due = engine.analysis_due(spec, status, now, self.config.started_at, requested=check_requested)
             same = status.pair_hash == engine.pair_hash(spec) and status.routing in (None, target)
             measured = None
-            if due and same and routing.usable:
+            measurable = due and same and routing.usable
+            if measurable:
                 namespace = target.virtual_service.partition("/")[0]
                 measured = await self.measurer.measure(
                     spec,
@@ -244,7 +245,7 @@ class Reconciler:
                     requested=check_requested,
                 )
             # Due and measurable, yet no result: the operator's own queue put it off.
-            check.append((measured, measured is None and due and same and routing.usable))
+            check.append((measured, measurable and measured is None))
         observation = engine.Observation(
             now=now,
             generation=generation,

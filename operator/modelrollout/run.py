@@ -28,19 +28,19 @@ def _positive(text: str) -> int:
     return value
 
 
-def _batch_max_age(text: str) -> float | None:
-    if text == "off":
-        return None
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 'off' or a number of seconds >= 0, got {text}")
-    return value
-
-
-def _status_refresh(text: str) -> timedelta | None:
+def _seconds(text: str) -> float:
     value = float(text)
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return value
+
+
+def _batch_max_age(text: str) -> float | None:
+    return None if text == "off" else _seconds(text)
+
+
+def _status_refresh(text: str) -> timedelta | None:
+    value = _seconds(text)
     return timedelta(seconds=value) if value > 0 else None
 
 

@@ -86,6 +86,21 @@ def ref(name: str, namespace: str = "llm") -> RolloutRef:
     return RolloutRef(namespace=namespace, name=name, uid="")
 
 
+def measure_crowd(measurer: Measurer, address: str, rollouts: int = 12) -> list[Any]:
+    """One check each of `rollouts` rollouts at once (interval 2s), as a crowd of drivers would ask."""
+    rollout_spec = spec(address, interval="2s")
+
+    async def crowd() -> list[Any]:
+        return await asyncio.gather(
+            *(
+                measurer.measure(rollout_spec, ref(f"r{i}"), NOW, virtual_service_namespace="mesh")
+                for i in range(rollouts)
+            )
+        )
+
+    return asyncio.run(crowd())
+
+
 def test_a_crowd_on_a_slow_prometheus_gets_checks_or_deferrals_never_errors(fake: FakePrometheus) -> None:
     """12 rollouts of 5 queries each (two gates, the request count, and each variant's request counters for
     the stage's counts), Prometheus answering in 0.5s (well within its 1s timeout), 4 worker threads,
@@ -97,17 +112,7 @@ def test_a_crowd_on_a_slow_prometheus_gets_checks_or_deferrals_never_errors(fake
     telemetry = Telemetry()
     config = OperatorConfig(prometheus_workers=4, prometheus_queries_per_rollout=4, batch_max_age=None)
     measurer = Measurer(SecretsOnly(), config, telemetry=telemetry)  # type: ignore[arg-type]
-    rollout_spec = spec(fake.url, interval="2s")
-
-    async def crowd() -> list[Any]:
-        return await asyncio.gather(
-            *(
-                measurer.measure(rollout_spec, ref(f"r{i}"), NOW, virtual_service_namespace="mesh")
-                for i in range(12)
-            )
-        )
-
-    results = asyncio.run(crowd())
+    results = measure_crowd(measurer, fake.url)
     measurer.close()
     checks = [r for r in results if r is not None]
     deferred = len(results) - len(checks)
@@ -131,17 +136,7 @@ def test_the_same_crowd_with_batching_shares_four_queries_and_every_check_comple
     telemetry = Telemetry()
     config = OperatorConfig(prometheus_workers=4, prometheus_queries_per_rollout=4)
     measurer = Measurer(SecretsOnly(), config, telemetry=telemetry)  # type: ignore[arg-type]
-    rollout_spec = spec(fake.url, interval="2s")
-
-    async def crowd() -> list[Any]:
-        return await asyncio.gather(
-            *(
-                measurer.measure(rollout_spec, ref(f"r{i}"), NOW, virtual_service_namespace="mesh")
-                for i in range(12)
-            )
-        )
-
-    results = asyncio.run(crowd())
+    results = measure_crowd(measurer, fake.url)
     measurer.close()
     assert all(r is not None and r.verdict != api.Verdict.ERROR for r in results), results
     queries = [params["query"][0] for params, _ in fake.requests]

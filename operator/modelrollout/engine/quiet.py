@@ -59,4 +59,4 @@ def is_quiet(
         return False
     if recorded_check_at is not None and now - recorded_check_at >= refresh:
         return False
-    return essential(before) == essential(after)
+    return before == after or essential(before) == essential(after)

@@ -191,8 +191,7 @@ def window_wait(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, now:
 
 
 def countdown(left: timedelta) -> str:
-    """Whole minutes while more than two remain: the message (and so the status) then changes once a minute,
-    not at every tick, sparing every watcher of the object (Argo CD included) a stream of updates."""
+    """Whole minutes while more than two remain, whole seconds below: a duration as a person reads it."""
     seconds = left.total_seconds()
     if seconds > 120:
         return format_duration(timedelta(minutes=math.ceil(seconds / 60)))

@@ -60,12 +60,6 @@ class _Answer:
         return not isinstance(self.rows.exception(), Deferred)
 
 
-@dataclass(frozen=True)
-class BatchStats:
-    asked: int  # grouped queries sent to Prometheus
-    shared: int  # answers taken from a query another check had asked
-
-
 class QueryBatcher:
     def __init__(
         self,
@@ -82,11 +76,6 @@ class QueryBatcher:
         self._on_answer = on_answer
         self._answers: dict[tuple[Querying, str, tuple[str, ...]], _Answer] = {}
         self._next_sweep = 0.0
-        self.asked = 0
-        self.shared = 0
-
-    def stats(self) -> BatchStats:
-        return BatchStats(self.asked, self.shared)
 
     async def query(
         self,
@@ -104,13 +93,11 @@ class QueryBatcher:
         key = (provider, grouped.promql, grouped.labels)
         answer = self._answers.get(key)
         if answer is not None and answer.usable(max(now - self.max_age, fresh_after)):
-            self.shared += 1
             how = "shared"
         else:
             answer = _Answer(now, asyncio.ensure_future(self._ask(provider, grouped, not_after)))
             answer.rows.add_done_callback(_retrieve)
             self._answers[key] = answer
-            self.asked += 1
             how = "asked"
         if self._on_answer is not None:
             self._on_answer(how)

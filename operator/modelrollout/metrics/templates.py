@@ -279,16 +279,13 @@ def judge_verdicts_template(*, grouped: bool = False) -> str:
     return per_process(selection.series("modelrollout_judge_verdicts_total"), selection)
 
 
-def per_process(counters: str, selection: Selection | None = None) -> str:
+def per_process(counters: str, selection: Selection) -> str:
     """Raw counters summed per scraped process (`instance`, and `pod` where relabelling adds it), not per
     series: the operator takes reset-aware deltas of each sum, and all of a process's counters reset
     together when it restarts, so a sum that falls is a restart; a series that appears within a process adds
     to its sum. This keeps the series the operator follows (and keeps in status) to one per process.
     Grouped (`selection`'s grouped form), per process and target."""
-    by = ("instance", "pod")
-    if selection is None:
-        return f"sum by ({', '.join(by)}) ({counters})"
-    return selection.sum(counters, by=by)
+    return selection.sum(counters, by=("instance", "pod"))
 
 
 def requests_series_template(subset_label: str | None = None, *, grouped: bool = False) -> str:
@@ -400,6 +397,11 @@ class TemplateVariables:
             subset_label=spec.analysis.subset_label,
         )
 
+    @property
+    def target_subset_label(self) -> str | None:
+        """The subset label built-in templates select the target by: only when the target names a subset."""
+        return self.subset_label if self.target.subset else None
+
     def targeting(self, role: Role) -> TemplateVariables:
         return replace(self, target=self.canary if role == "canary" else self.stable, role=role)
 
@@ -435,14 +437,17 @@ def _builtin_for(
     variables: TemplateVariables,
     source: api.MetricsSource | None = None,
     criterion: str | None = None,
+    *,
+    grouped: bool = False,
 ) -> str:
     return builtin_template(
         template,
-        variables.subset_label if variables.target.subset else None,
+        variables.target_subset_label,
         source=source,
         pricing=variables.target.pricing,
         role=variables.role,
         criterion=criterion,
+        grouped=grouped,
     )
 
 
@@ -469,32 +474,25 @@ def grouped_gate_query(gate: api.Gate, variables: TemplateVariables) -> GroupedQ
     operator cannot know which labels tell its targets apart)."""
     if gate.template is None:
         return None
-    subset_label = variables.subset_label if variables.target.subset else None
     if gate.window is not None:
         variables = variables.with_window(gate.window)
-    template = builtin_template(
-        gate.template,
-        subset_label,
-        source=gate.source,
-        pricing=variables.target.pricing,
-        role=variables.role,
-        criterion=gate.criterion,
-        grouped=True,
+    template = _builtin_for(gate.template, variables, gate.source, gate.criterion, grouped=True)
+    selection = builtin_selection(
+        gate.template, variables.target_subset_label, source=gate.source, grouped=True
     )
-    selection = builtin_selection(gate.template, subset_label, source=gate.source, grouped=True)
     return _grouped(template, selection, variables)
 
 
 def grouped_request_count_query(variables: TemplateVariables) -> GroupedQuery:
     """`request_count_query` for every target at once."""
-    subset_label = variables.subset_label if variables.target.subset else None
+    subset_label = variables.target_subset_label
     template = builtin_template(api.GateTemplate.ISTIO_REQUEST_COUNT, subset_label, grouped=True)
     return _grouped(template, istio_selection(subset_label, grouped=True), variables)
 
 
 def grouped_requests_series_query(variables: TemplateVariables) -> GroupedQuery:
     """`requests_series_query` for every target at once."""
-    subset_label = variables.subset_label if variables.target.subset else None
+    subset_label = variables.target_subset_label
     template = requests_series_template(subset_label, grouped=True)
     return _grouped(template, istio_selection(subset_label, grouped=True), variables)
 
@@ -515,7 +513,7 @@ def request_count_query(variables: TemplateVariables) -> str:
 
 def requests_series_query(variables: TemplateVariables) -> str:
     """The target's raw request counters by series, for the sample-ratio check."""
-    subset_label = variables.subset_label if variables.target.subset else None
+    subset_label = variables.target_subset_label
     return render(requests_series_template(subset_label), variables)
 
 
