@@ -15,6 +15,7 @@ from modelrollout.routing.istio import (
     conflicting_owner,
     destination_matches,
     hosts_match,
+    keeping_what_is_read,
     last_spec_writer,
     managed_route_indexes,
     owner_of,
@@ -517,6 +518,16 @@ def test_last_spec_writer(entries: list[dict[str, Any]], writer: str | None) -> 
     live = sample()
     live["metadata"]["managedFields"] = entries
     assert last_spec_writer(live, "modelrollout-operator") == writer
+    # What the operator keeps of managedFields names the same writer, for any own manager.
+    kept = keeping_what_is_read(live)
+    for own in ("modelrollout-operator", "", "kubectl-patch"):
+        assert last_spec_writer(kept, own) == last_spec_writer(live, own)
+    assert {k: v for k, v in kept.items() if k != "metadata"} == {
+        k: v for k, v in live.items() if k != "metadata"
+    }
+    assert {k: v for k, v in kept["metadata"].items() if k != "managedFields"} == {
+        k: v for k, v in live["metadata"].items() if k != "managedFields"
+    }
 
 
 # ---- property: random VirtualService shapes, random rollouts ----

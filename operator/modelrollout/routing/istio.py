@@ -539,3 +539,27 @@ def last_spec_writer(vs: VirtualService, own_field_manager: str) -> str | None:
         if best is None or key > best:
             best, writer = key, str(manager)
     return writer
+
+
+def keeping_what_is_read(vs: VirtualService) -> VirtualService:
+    """The VirtualService as the operator keeps it: of managedFields only what `last_spec_writer` reads (the
+    manager, the time, and whether the entry owns spec and spec.http).
+
+    The server's field sets describe every route, destination and weight again, several times over: most of
+    what a cached VirtualService weighs. Nothing is lost for writes: they are full replaces that leave
+    managedFields out (the server keeps its own)."""
+    meta = vs.get("metadata")
+    if not isinstance(meta, dict) or not meta.get("managedFields"):
+        return vs
+    kept: list[dict[str, Any]] = []
+    for entry in meta["managedFields"]:
+        spec_fields = (entry.get("fieldsV1") or {}).get("f:spec") if isinstance(entry, dict) else None
+        if spec_fields is None or not entry.get("manager"):
+            continue  # last_spec_writer passes over it
+        compact: dict[str, Any] = {"manager": entry["manager"], "fieldsV1": {"f:spec": {}}}
+        if "time" in entry:
+            compact["time"] = entry["time"]
+        if "f:http" in spec_fields:
+            compact["fieldsV1"]["f:spec"]["f:http"] = {}
+        kept.append(compact)
+    return {**vs, "metadata": {**meta, "managedFields": kept}}

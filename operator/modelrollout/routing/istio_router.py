@@ -24,6 +24,7 @@ from modelrollout.routing.istio import (
     VirtualService,
     claims_of,
     conflicting_owner,
+    keeping_what_is_read,
     last_spec_writer,
     managed_route_indexes,
     route_key,
@@ -231,4 +232,4 @@ class IstioRouter(Router):
 def _as_object(ref: str, found: Any) -> VirtualService:
     if not isinstance(found, dict):
         raise TypeError(f"VirtualService {ref}: the API server answered {type(found).__name__}")
-    return found
+    return keeping_what_is_read(found)

@@ -26,7 +26,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from modelrollout.kube import describe_api_error
-from modelrollout.routing.istio import VirtualService
+from modelrollout.routing.istio import VirtualService, keeping_what_is_read
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,9 @@ class VirtualServiceCache:
             try:
                 listing = call(*args, _request_timeout=self._request_timeout)
                 since = str(listing["metadata"]["resourceVersion"])
-                self._post(self._relisted, scope_key, list(listing.get("items") or ()))
+                items = [keeping_what_is_read(item) for item in listing.get("items") or ()]
+                del listing  # the whole answer is garbage now: it must not outlive the watch below
+                self._post(self._relisted, scope_key, items)
                 backoff = 1.0
                 stream = scope.stream = watch.Watch()  # type: ignore[no-untyped-call]
                 while not self._stopping.is_set():
@@ -173,7 +175,8 @@ class VirtualServiceCache:
                         _request_timeout=self._watch_seconds + 30,
                     ):
                         if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                            self._post(self._changed, scope_key[0], event["type"], event["raw_object"])
+                            changed = keeping_what_is_read(event["raw_object"])
+                            self._post(self._changed, scope_key[0], event["type"], changed)
                     since = stream.resource_version or since
             except ApiException as error:
                 if self._stopping.is_set():
