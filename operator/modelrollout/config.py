@@ -31,3 +31,5 @@ class OperatorConfig:
     # younger than this (engine.quiet); None: every change is written at once.
     status_refresh: timedelta | None = timedelta(minutes=5)
     cluster_wide: bool = True
+    # Memory freed after a burst is given back to the system this often (modelrollout.memory); None: never.
+    return_memory_seconds: float | None = 60.0

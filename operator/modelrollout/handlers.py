@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from modelrollout import api, engine
+from modelrollout import api, engine, memory
 from modelrollout.alert_receiver import AlertReceiver
 from modelrollout.alerts import canary_service
 from modelrollout.config import OperatorConfig
@@ -80,6 +80,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         reconciler.virtual_services.on_change = wakeups.on_virtual_service
     if Runtime.config.metrics_port:
         reconciler.telemetry.serve(Runtime.config.metrics_port)
+    if Runtime.config.return_memory_seconds:
+        returned = reconciler.telemetry.memory_returned
+        memo.memory_task = asyncio.create_task(
+            memory.keep_returning_memory(
+                Runtime.config.return_memory_seconds, lambda trim: returned.inc(trim.returned)
+            )
+        )
     if Runtime.elected:
         memo.leadership_task = asyncio.create_task(_step_down_when_lost())
     if Runtime.alerts_port:
@@ -120,7 +127,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         if reconciler.notifier is not None:
             await reconciler.notifier.drain(5)
         reconciler.close()
-    for name in ("notifier_task", "leadership_task"):
+    for name in ("notifier_task", "leadership_task", "memory_task"):
         task: asyncio.Task[None] | None = getattr(memo, name, None)
         if task is not None:
             task.cancel()

@@ -170,6 +170,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     run.add_argument(
         "--retry-period", type=float, default=2.0, metavar="SECONDS", help="between renewals and attempts (2)"
     )
+    run.add_argument(
+        "--return-memory-every",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="give memory freed after a burst (the start, a re-list) back to the system this often, on "
+        "glibc; 0 turns it off (default 60)",
+    )
     run.set_defaults(handler=run_operator)
 
 
@@ -185,6 +193,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         batch_max_age=args.batch_max_age,
         status_refresh=args.status_refresh,
         cluster_wide=not args.namespace,
+        return_memory_seconds=args.return_memory_every or None,
     )
 
 

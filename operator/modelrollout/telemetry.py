@@ -113,6 +113,11 @@ class Telemetry:
             ("outcome",),
             registry=self.registry,
         )
+        self.memory_returned = Counter(
+            "modelrollout_memory_returned_bytes",
+            "Memory the operator freed and gave back to the system (glibc malloc_trim after bursts)",
+            registry=self.registry,
+        )
         self.reconcile_seconds = Histogram(
             "modelrollout_reconcile_duration_seconds",
             "Time of one reconciliation (gate queries included)",
