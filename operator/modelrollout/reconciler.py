@@ -9,6 +9,8 @@ fails for any other reason is handed back to the engine (`write_failed`), which 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
@@ -45,6 +47,21 @@ class Stale(Exception):
 
 class FilterWriteFailed(Exception):
     """The bucket EnvoyFilter could not be written; the VirtualService write that needs it is not made."""
+
+
+def _digest(status: Mapping[str, Any]) -> bytes:
+    """A fingerprint of a stored status: what an unwritten status is compared with, so that the stored one is
+    not kept alive beside the body that replaced it."""
+    return hashlib.blake2b(json.dumps(status, sort_keys=True).encode(), digest_size=16).digest()
+
+
+def without_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object without metadata.managedFields: nothing the operator decides reads a rollout's, and they
+    describe every status field again."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict) or "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
 
 
 def _ref(obj: Mapping[str, Any]) -> RolloutRef:
@@ -113,11 +130,12 @@ class Reconciler:
         self.notifier: Notifier | None = None
         self.virtual_services: VirtualServiceCache | None = None  # the watch the routers read from
         # The object our last write returned, per rollout, and the resourceVersions it superseded: a body
-        # from a watch that has not caught up with our own write is never decided on.
+        # from a watch that has not caught up with our own write is never decided on. Kept until the watch
+        # shows the version our write stored.
         self._latest: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
         # Per rollout, a status decided but not written (a quiet plan: only the numbers of checks changed)
-        # and the stored status it follows: decided from while the stored one is still that one.
-        self._unwritten: dict[str, tuple[dict[str, Any], api.ModelRolloutStatus]] = {}
+        # and a digest of the stored status it follows: decided from while the stored one is still that one.
+        self._unwritten: dict[str, tuple[bytes, api.ModelRolloutStatus]] = {}
 
     @classmethod
     def for_cluster(cls, api_client: client.ApiClient, config: OperatorConfig) -> tuple[Reconciler, Kube]:
@@ -174,8 +192,15 @@ class Reconciler:
         obj = {k: body[k] for k in body}
         uid = obj.get("metadata", {}).get("uid", "")
         latest = self._latest.get(uid)
-        if latest is not None and obj.get("metadata", {}).get("resourceVersion") in latest[0]:
+        if latest is None:
+            return obj
+        version = obj.get("metadata", {}).get("resourceVersion")
+        if version in latest[0]:
             return latest[1]
+        if version == latest[1].get("metadata", {}).get("resourceVersion"):
+            # The watch shows our write: its bodies are the freshest from now on (resourceVersions cannot be
+            # ordered, so only this exact one tells that it caught up).
+            del self._latest[uid]
         return obj
 
     def _remember(self, ref: RolloutRef, superseded: str | None, stored: dict[str, Any]) -> None:
@@ -183,7 +208,7 @@ class Reconciler:
         the last few are enough, a watch is never further behind than that for long."""
         previous = self._latest.get(ref.uid, ((), {}))[0]
         versions = (*previous, superseded) if superseded is not None else previous
-        self._latest[ref.uid] = (versions[-8:], stored)
+        self._latest[ref.uid] = (versions[-8:], without_managed_fields(stored))
 
     async def _tick(
         self,
@@ -214,7 +239,8 @@ class Reconciler:
         raw_status = obj.get("status") or {}
         stored = api.ModelRolloutStatus.model_validate(raw_status)
         unwritten = self._unwritten.get(ref.uid)
-        status = unwritten[1] if unwritten is not None and unwritten[0] == raw_status else stored
+        follows_stored = unwritten is not None and unwritten[0] == _digest(raw_status)
+        status = unwritten[1] if unwritten is not None and follows_stored else stored
         spec = spec_problems(obj.get("spec") or {})
         if isinstance(spec, list):
             plan = engine.invalid_spec(status, spec, now, generation)
@@ -328,7 +354,7 @@ class Reconciler:
         if plan.quiet:
             # Only the numbers of checks changed: kept here, decided from, written with the next change.
             if plan.status != stored:
-                self._unwritten[ref.uid] = (obj.get("status") or {}, plan.status)
+                self._unwritten[ref.uid] = (_digest(obj.get("status") or {}), plan.status)
             return plan, obj
         obj = await self._record(ref, obj, stored, plan.status)
         await self._post(ref, plan.events)

@@ -15,6 +15,7 @@ import pytest
 from fakes import NAMESPACE, STABLE, World, sample_spec, sample_vs
 from modelrollout import api
 from modelrollout.kube import ACTION_ANNOTATION
+from modelrollout.reconciler import without_managed_fields
 
 P, F = api.Verdict.PASS, api.Verdict.FAIL
 
@@ -145,6 +146,32 @@ def test_a_body_older_than_our_own_write_is_not_decided_on() -> None:
     w.tick(timedelta(minutes=1))  # stage 2 recorded
     asyncio.run(w.reconciler.reconcile(old))
     assert (w.server.status().stage, w.server.weights()) == (1, (50, 50))
+
+
+def test_our_own_write_is_kept_only_until_the_watch_shows_it() -> None:
+    """The object a status write returned stands in for older bodies, and is let go (with its memory) once a
+    body shows the version it stored."""
+    w = world()
+    fields = [{"manager": "modelrollout-operator", "fieldsV1": {"f:status": {"f:phase": {}}}}]
+    w.server.edit_rollout(lambda obj: obj["metadata"].__setitem__("managedFields", fields))
+    w.tick()
+    old = w.server.rollout()
+    w.tick(timedelta(minutes=1))  # stage 2 recorded: the reconciler keeps what the write returned
+    assert "managedFields" in w.server.rollout()["metadata"]
+    asyncio.run(w.reconciler.reconcile(old))
+    assert len(w.reconciler._latest) == 1
+    assert "managedFields" not in next(iter(w.reconciler._latest.values()))[1]["metadata"]
+    asyncio.run(w.reconciler.reconcile(w.server.rollout()))
+    assert w.reconciler._latest == {}
+    assert (w.server.status().stage, w.server.weights()) == (1, (50, 50))
+
+
+def test_managed_fields_are_left_out_of_what_the_reconciler_keeps() -> None:
+    obj = {"metadata": {"name": "a", "managedFields": [{"manager": "m"}]}, "spec": {}, "status": {"x": 1}}
+    kept = without_managed_fields(obj)
+    assert kept == {"metadata": {"name": "a"}, "spec": {}, "status": {"x": 1}}
+    assert obj["metadata"]["managedFields"] == [{"manager": "m"}]  # the given object is left as it was
+    assert without_managed_fields(kept) is kept
 
 
 # ---- actions: at least once, and once ----
