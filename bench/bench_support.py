@@ -48,9 +48,10 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def process_rss_mb(pid: int) -> float:
+def process_rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory in MB: now (VmRSS), or the most it ever held (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 

@@ -370,6 +370,7 @@ def run_size(n: int, rps: float, quiet_seconds: float, log: Any) -> dict[str, An
         elapsed = after.at - before.at
         figures["cpu_cores"] = (after.cpu_seconds - before.cpu_seconds) / elapsed
         figures["rss_mb"] = after.rss_mb
+        figures["peak_rss_mb"] = process_rss_mb(leader.pid, "VmHWM")
         figures["api_per_s"] = {
             key: (after.api[key] - before.api.get(key, 0.0)) / elapsed
             for key in after.api
@@ -472,7 +473,8 @@ def report(figures: dict[str, Any]) -> None:
         f"  healthy rollouts rolled back or held: {len(figures['unhealthy'])} (must be 0)",
         *(f"    {line}" for line in figures["unhealthy"][:5]),
         f"  checks put off by the operator's own queue (never errors): {figures['deferred']:.0f}",
-        f"  operator RSS: {figures['rss_mb']:.0f} MB ({figures['rss_mb'] / n * 1024:.0f} KB per rollout)",
+        f"  operator RSS: {figures['rss_mb']:.0f} MB ({figures['rss_mb'] / n * 1024:.0f} KB per rollout), "
+        f"peak {figures['peak_rss_mb']:.0f} MB (the most it held since its start)",
         f"  operator CPU: {figures['cpu_cores']:.1%} of one core over {figures['quiet_s']:.0f} s "
         f"({figures['reconciles_per_s']:.1f} reconciliations/s, {figures['checks_per_s']:.1f} checks/s)",
         f"  API server requests/s while idle: {sum(figures['api_per_s'].values()):.1f} in all",
