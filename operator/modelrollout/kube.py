@@ -49,6 +49,15 @@ def _as_dict(found: object) -> dict[str, Any]:
     return found
 
 
+def without_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object without metadata.managedFields (the server's bookkeeping): for keeping an object, or for
+    a full replace that must leave the live ones as they are. The given object is left as it was."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict) or "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
 def describe_api_error(error: BaseException) -> str:
     """`HTTP 403: <the API server's message>` rather than the client's dump of headers and body."""
     if isinstance(error, ApiException):

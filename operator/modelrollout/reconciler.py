@@ -22,7 +22,14 @@ from kubernetes import client
 from modelrollout import api, engine, report
 from modelrollout.analysis import CheckResult
 from modelrollout.config import OperatorConfig
-from modelrollout.kube import ACTION_ANNOTATION, Kube, RolloutRef, StaleObject, describe_api_error
+from modelrollout.kube import (
+    ACTION_ANNOTATION,
+    Kube,
+    RolloutRef,
+    StaleObject,
+    describe_api_error,
+    without_managed_fields,
+)
 from modelrollout.measure import Measurer
 from modelrollout.metrics.templates import spec_template_errors
 from modelrollout.notify import Notification, Notifier, now_text
@@ -53,15 +60,6 @@ def _digest(status: Mapping[str, Any]) -> bytes:
     """A fingerprint of a stored status: what an unwritten status is compared with, so that the stored one is
     not kept alive beside the body that replaced it."""
     return hashlib.blake2b(json.dumps(status, sort_keys=True).encode(), digest_size=16).digest()
-
-
-def without_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
-    """The object without metadata.managedFields: nothing the operator decides reads a rollout's, and they
-    describe every status field again."""
-    meta = obj.get("metadata")
-    if not isinstance(meta, dict) or "managedFields" not in meta:
-        return obj
-    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
 
 
 def _ref(obj: Mapping[str, Any]) -> RolloutRef:
@@ -208,6 +206,8 @@ class Reconciler:
         the last few are enough, a watch is never further behind than that for long."""
         previous = self._latest.get(ref.uid, ((), {}))[0]
         versions = (*previous, superseded) if superseded is not None else previous
+        # Nothing the operator decides reads a rollout's managedFields, and they describe every status field
+        # again.
         self._latest[ref.uid] = (versions[-8:], without_managed_fields(stored))
 
     async def _tick(
@@ -239,8 +239,7 @@ class Reconciler:
         raw_status = obj.get("status") or {}
         stored = api.ModelRolloutStatus.model_validate(raw_status)
         unwritten = self._unwritten.get(ref.uid)
-        follows_stored = unwritten is not None and unwritten[0] == _digest(raw_status)
-        status = unwritten[1] if unwritten is not None and follows_stored else stored
+        status = unwritten[1] if unwritten is not None and unwritten[0] == _digest(raw_status) else stored
         spec = spec_problems(obj.get("spec") or {})
         if isinstance(spec, list):
             plan = engine.invalid_spec(status, spec, now, generation)

@@ -14,8 +14,7 @@ import pytest
 
 from fakes import NAMESPACE, STABLE, World, sample_spec, sample_vs
 from modelrollout import api
-from modelrollout.kube import ACTION_ANNOTATION
-from modelrollout.reconciler import without_managed_fields
+from modelrollout.kube import ACTION_ANNOTATION, without_managed_fields
 
 P, F = api.Verdict.PASS, api.Verdict.FAIL
 

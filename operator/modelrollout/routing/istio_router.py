@@ -20,6 +20,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from modelrollout.kube import without_managed_fields
 from modelrollout.routing.istio import (
     VirtualService,
     claims_of,
@@ -199,8 +200,7 @@ class IstioRouter(Router):
 
     async def _replace(self, body: VirtualService) -> VirtualService:
         """Write `body`, which carries the resourceVersion it was read at; the stored object."""
-        # managedFields are the server's bookkeeping; leaving them out keeps the live ones.
-        body = {**body, "metadata": {k: v for k, v in body["metadata"].items() if k != "managedFields"}}
+        body = without_managed_fields(body)
         try:
             stored = await asyncio.to_thread(
                 self._api.replace_namespaced_custom_object,
