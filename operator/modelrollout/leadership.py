@@ -6,7 +6,10 @@ read. Another holder's Lease counts as expired only when this candidate has seen
 lease duration on its own monotonic clock: clocks of different machines are never compared. The leader
 renews every retry period and considers itself leader only while its last successful renewal is younger than
 the renew deadline, which is shorter than the lease duration: a leader that cannot renew stops writing before
-any standby can take over. Losing the Lease ends the process (the kubelet restarts it as a standby), as
+any standby can take over. A standby watches the Lease, so it sees each renewal the moment it is written and
+tries to take over the moment the record it saw expires, not up to two retry periods later (one to notice
+the last renewal, one to notice its expiry): a dead leader is replaced within the lease duration of its last
+renewal. Losing the Lease ends the process (the kubelet restarts it as a standby), as
 controller-runtime does: nothing half-led survives.
 
 The Kubernetes client is synchronous, so the elector runs in a thread of its own: a busy event loop never
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from modelrollout.kube import describe_api_error
@@ -106,7 +109,11 @@ class LeaderElector:
         self.timing = timing
         self._timeout = min(request_timeout, timing.retry_period * 2)
         self._clock = clock
-        self._observed: tuple[str, float] | None = None  # (the record seen, when it was first seen)
+        # The record seen, when this replica first saw it (its own clock) and how long it is valid; written
+        # by the Lease watch and by reads, so under a lock.
+        self._observed: tuple[str, float, float] | None = None
+        self._observed_lock = threading.Lock()
+        self._wake = threading.Event()  # a standby's wait cut short: the Lease released, or `stop()`
         self._renewed_at: float | None = None
         self._lost = threading.Event()
         self._stop = threading.Event()
@@ -128,15 +135,75 @@ class LeaderElector:
     def acquire(self) -> bool:
         """Block until this replica holds the Lease (True), or until `stop()` (False)."""
         waiting_logged = False
-        while not self._stop.is_set():
-            if self.try_acquire_or_renew():
-                log.info("leading: Lease %s held by %s", self.lease, self.identity)
-                return True
-            if not waiting_logged:
-                log.info("standing by: Lease %s is held by another replica", self.lease)
-                waiting_logged = True
-            self._stop.wait(self.timing.retry_period)
-        return False
+        standing_by = threading.Event()
+        standing_by.set()
+        watcher: threading.Thread | None = None
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                if self.try_acquire_or_renew():
+                    log.info("leading: Lease %s held by %s", self.lease, self.identity)
+                    return True
+                if not waiting_logged:
+                    log.info("standing by: Lease %s is held by another replica", self.lease)
+                    waiting_logged = True
+                if watcher is None:
+                    watcher = threading.Thread(
+                        target=self._watch_lease, args=(standing_by,), name="lease-watch", daemon=True
+                    )
+                    watcher.start()
+                self._wake.wait(self.next_attempt_in())
+            return False
+        finally:
+            standing_by.clear()  # the watch ends with its current request (at most one lease duration)
+
+    def next_attempt_in(self) -> float:
+        """Seconds until a standby's next attempt: the next retry period, or sooner the moment the record it
+        saw expires (a few milliseconds after, so that `_expired` holds when the attempt reads it). Once that
+        moment has passed (an attempt made after it failed), the retry period again."""
+        with self._observed_lock:
+            observed = self._observed
+        if observed is None:
+            return self.timing.retry_period
+        _, seen_at, duration = observed
+        until_expiry = seen_at + duration - self._clock()
+        if until_expiry < 0:
+            return self.timing.retry_period
+        return min(self.timing.retry_period, until_expiry + 0.005)
+
+    def _watch_lease(self, standing_by: threading.Event) -> None:
+        """Record each version of the Lease when it arrives, while standing by. A failed watch is restarted
+        after a retry period; until then the periodic reads observe the Lease, as without a watch."""
+        selector = f"metadata.name={self.name}"
+        window = max(1, round(self.timing.duration))
+        warned = False
+        while standing_by.is_set() and not self._stop.is_set():
+            lease_watch = watch.Watch()  # type: ignore[no-untyped-call]
+            try:
+                for event in lease_watch.stream(  # type: ignore[no-untyped-call]
+                    self._api.list_namespaced_lease,
+                    self.namespace,
+                    field_selector=selector,
+                    timeout_seconds=window,
+                    _request_timeout=window + self._timeout,
+                ):
+                    if not standing_by.is_set():
+                        lease_watch.stop()  # type: ignore[no-untyped-call]
+                        break
+                    raw = event.get("raw_object") or {}
+                    if event.get("type") in ("ADDED", "MODIFIED") and isinstance(raw, dict):
+                        spec = raw.get("spec") or {}
+                        self._note(spec)
+                        if not spec.get("holderIdentity"):  # released: anyone may take it now
+                            self._wake.set()
+            except ApiException as error:  # refused (RBAC): the periodic reads go on, said once
+                say = log.debug if warned else log.warning
+                say("Lease %s not watched: %s", self.lease, describe_api_error(error))
+                warned = True
+                self._stop.wait(self.timing.retry_period)
+            except Exception as error:  # the API server unreachable: the periodic reads go on meanwhile
+                log.debug("Lease %s watch ended: %s: %s", self.lease, type(error).__name__, error)
+                self._stop.wait(self.timing.retry_period)
 
     def keep_renewing(self) -> None:
         """Renew in a thread of its own until the renew deadline passes without a renewal (then `leading()`
@@ -229,18 +296,25 @@ class LeaderElector:
         self._renewed_at = attempted_at
         return True
 
+    def _note(self, spec: dict[str, Any]) -> tuple[float, float]:
+        """Record `spec` as seen now unless it is the record already seen; (when it was first seen, how long
+        it is valid)."""
+        record = f"{spec.get('holderIdentity')}|{spec.get('renewTime')}|{spec.get('leaseTransitions')}"
+        duration = float(spec.get("leaseDurationSeconds") or self.timing.duration)
+        with self._observed_lock:
+            if self._observed is None or self._observed[0] != record:
+                self._observed = (record, self._clock(), duration)
+            return self._observed[1], self._observed[2]
+
     def _expired(self, spec: dict[str, Any]) -> bool:
         """Whether the record has stayed as it is for its whole duration, by this replica's own clock."""
-        record = f"{spec.get('holderIdentity')}|{spec.get('renewTime')}|{spec.get('leaseTransitions')}"
-        now = self._clock()
-        if self._observed is None or self._observed[0] != record:
-            self._observed = (record, now)
-        duration = float(spec.get("leaseDurationSeconds") or self.timing.duration)
-        return now - self._observed[1] >= duration
+        seen_at, duration = self._note(spec)
+        return self._clock() - seen_at >= duration
 
     def stop(self, release: bool) -> None:
         """Stop renewing; with `release`, give the Lease up (if still held): a standby takes over at once."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=self.timing.retry_period + self._timeout)
         if not release or not self.leading():

@@ -473,9 +473,15 @@ def test_leader_election_needs_exactly_the_lease_role_the_chart_renders(
         operator.stop()  # a clean stop releases the Lease
         assert not leases.read_namespaced_lease(lease, installed.namespace).spec.holder_identity
         assert denials(operator, installed) == []
-        for verb in ("get", "update", "create"):
+        for verb in ("get", "update", "create", "watch"):
             if verb == "create":
                 leases.delete_namespaced_lease(lease, installed.namespace)
+            if verb == "watch":  # only a standby watches the Lease: another replica holds it
+                other = {"holderIdentity": "another-replica", "leaseDurationSeconds": 3600}
+                leases.create_namespaced_lease(
+                    installed.namespace,
+                    {"metadata": {"name": lease}, "spec": other},  # type: ignore[arg-type]
+                )
             with applied_role(kubectl, without(role, "coordination.k8s.io", "leases", verb), role):
                 operator.start(wait=False)
                 refused = f'User "{installed.user}" cannot {verb} resource "leases"'

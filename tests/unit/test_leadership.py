@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from kubernetes import client
 
+from modelrollout import leadership
 from modelrollout.leadership import LeaderElector, LeaseTiming, claimed_spec, released_spec
 
 NOW = datetime(2026, 12, 2, 14, 0, 0, 123456, tzinfo=UTC)
@@ -115,3 +118,65 @@ def test_a_leader_stops_leading_once_its_last_renewal_is_older_than_the_renew_de
     assert leader.leading()
     clock.now += 0.1
     assert not leader.leading()  # well before any standby may take over (15 s)
+
+
+@pytest.mark.parametrize(
+    ("seen", "after", "wait"),
+    [
+        (False, 0.0, 2.0),  # nothing seen yet: the retry period
+        (True, 5.0, 2.0),  # ten seconds to go: the retry period
+        (True, 14.0, 1.005),  # one second to go: at the expiry, a few milliseconds after
+        (True, 15.0, 0.005),
+        (True, 15.5, 2.0),  # the expiry passed and the attempt after it failed: the retry period again
+    ],
+)
+def test_a_standby_tries_again_at_the_expiry_of_the_record_it_saw(
+    seen: bool, after: float, wait: float
+) -> None:
+    clock = Clock()
+    standby = elector(clock)
+    if seen:
+        standby._note(held("b"))
+    clock.now += after
+    assert standby.next_attempt_in() == pytest.approx(wait)
+
+
+def test_the_lease_watch_records_each_renewal_when_it_arrives_and_wakes_a_standby_on_a_release(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    standby = elector(clock)
+    standing_by = threading.Event()
+    standing_by.set()
+    renewed = held("b") | {"renewTime": "2026-12-02T14:00:02.000000Z"}
+    arrivals = [(0.0, "ADDED", held("b")), (2.0, "MODIFIED", renewed), (2.0, "MODIFIED", held(None))]
+    requests: list[dict[str, Any]] = []
+
+    class OneWatch:
+        def stream(self, list_leases: Any, namespace: str, **options: Any) -> Iterator[dict[str, Any]]:
+            requests.append({"namespace": namespace, **options})
+            for gap, kind, spec in arrivals:
+                clock.now += gap
+                yield {"type": kind, "raw_object": {"spec": spec}}
+                if kind == "MODIFIED" and spec is renewed:
+                    assert standby._observed == (
+                        "b|2026-12-02T14:00:02.000000Z|3",
+                        clock.now,
+                        15.0,
+                    )
+                    assert standby.next_attempt_in() == 2.0
+                    clock.now += 14
+                    assert standby.next_attempt_in() == pytest.approx(1.005)  # 15 s after it arrived
+                    assert not standby._wake.is_set()
+            standing_by.clear()
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(leadership.watch, "Watch", OneWatch)
+    standby._watch_lease(standing_by)
+    assert requests == [
+        {"namespace": "ops", "field_selector": "metadata.name=lease", "timeout_seconds": 15,
+         "_request_timeout": 19}
+    ]  # fmt: skip
+    assert standby._wake.is_set()  # released: the standby tries at once
