@@ -138,7 +138,9 @@ class Measurer:
         does not count it as an Error. Short hosts are Services in `virtual_service_namespace`, where Istio
         resolves them. `canary_weight`: the live weight (at 100 there is no control to compare with);
         `mirror`: the live percent mirrored to the canary (a shadow stage); `requested`: an alert asked for
-        this check (it takes no shared answer asked before now)."""
+        this check: it asks its own queries, now, rather than wait for a grouped query over every rollout
+        (an alert is rare and wants an answer in well under a second; the workers' bound and fair shares
+        still hold when many come at once)."""
         analysis = spec.analysis
         loop = asyncio.get_running_loop()
         not_after = loop.time() + analysis.interval.total_seconds()
@@ -177,9 +179,9 @@ class Measurer:
             return await provider.query(promql, owner=owner, not_after=not_after)
 
         ask_grouped = None
-        if self.batcher is not None:
+        if self.batcher is not None and not requested:
             batcher = self.batcher
-            fresh_after = _fresh_after(now, status, requested)
+            fresh_after = _fresh_after(status)
 
             async def ask_grouped(grouped: GroupedQuery) -> list[Sample]:
                 return await batcher.query(provider, grouped, not_after=not_after, fresh_after=fresh_after)
@@ -244,12 +246,11 @@ class Measurer:
         self.pool.shutdown()
 
 
-def _fresh_after(now: datetime, status: api.ModelRolloutStatus | None, requested: bool) -> float:
+def _fresh_after(status: api.ModelRolloutStatus | None) -> float:
     """The earliest moment (wall clock) a shared answer may have been asked at for this check: not before
     the rollout's previous check (each check reads data newer than the last one did: no answer counts twice
-    towards a limit), not before the stage started (its data would be the previous stage's), and for a
-    check an alert asked for, not before now."""
-    moments = [now] if requested else []
+    towards a limit) and not before the stage started (its data would be the previous stage's)."""
+    moments: list[datetime] = []
     if status is not None:
         if status.stage_started_at is not None:
             moments.append(status.stage_started_at)

@@ -151,6 +151,39 @@ def test_the_same_crowd_with_batching_shares_four_queries_and_every_check_comple
     assert shared == 12 * QUERIES_PER_CHECK - GROUPED_QUERIES_PER_CHECK
 
 
+def test_with_batching_a_check_an_alert_asked_for_asks_its_own_queries_and_the_others_share(
+    fake: FakePrometheus,
+) -> None:
+    fake.delay = 0.2
+    measurer = Measurer(SecretsOnly(), OperatorConfig())  # type: ignore[arg-type]
+    rollout_spec = spec(fake.url)
+
+    async def periodic_and_alerted() -> list[Any]:
+        return await asyncio.gather(
+            *(
+                measurer.measure(rollout_spec, ref(name), NOW, virtual_service_namespace="mesh")
+                for name in ("a", "b")
+            ),
+            measurer.measure(
+                rollout_spec, ref("alerted"), NOW, virtual_service_namespace="mesh", requested=True
+            ),
+        )
+
+    results = asyncio.run(periodic_and_alerted())
+    measurer.close()
+    assert all(r is not None and r.verdict != api.Verdict.ERROR for r in results), results
+    queries = [params["query"][0] for params, _ in fake.requests]
+    # A rollout's own queries name the namespace they select; grouped ones name none.
+    own = [q for q in queries if 'destination_service_namespace="mesh"' in q]
+    grouped = [q for q in queries if "destination_service_namespace=" not in q]
+    # The alerted check did not wait for the grouped ones; the two periodic checks shared them.
+    assert (len(own), len(grouped), len(queries)) == (
+        QUERIES_PER_CHECK,
+        GROUPED_QUERIES_PER_CHECK,
+        QUERIES_PER_CHECK + GROUPED_QUERIES_PER_CHECK,
+    ), queries
+
+
 def test_short_hosts_are_looked_up_in_the_virtual_services_namespace(fake: FakePrometheus) -> None:
     # Each rollout's own queries show the namespace they select (grouped ones name none).
     measurer = Measurer(SecretsOnly(), OperatorConfig(batch_max_age=None))  # type: ignore[arg-type]

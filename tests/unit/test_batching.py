@@ -207,19 +207,73 @@ async def test_old_answers_are_dropped() -> None:
     assert len(batcher) == 1
 
 
+async def answered_in(
+    seconds: float, batcher: QueryBatcher, prometheus: FakePrometheus, clock: Clock
+) -> None:
+    """One check's query that takes `seconds` by `clock`."""
+    prometheus.gate.clear()
+    asking = asyncio.ensure_future(batcher.query(prometheus, grouped("a")))
+    await asyncio.sleep(0)
+    clock.now += seconds
+    prometheus.gate.set()
+    await asking
+
+
+@synchronously
+async def test_an_answer_near_its_age_is_renewed_in_the_background_and_checks_do_not_wait() -> None:
+    prometheus, clock = FakePrometheus(), Clock()
+    batcher = QueryBatcher(max_age=5, clock=clock)
+    await answered_in(0.5, batcher, prometheus, clock)  # asked at 1000.0, came at 1000.5
+    prometheus.gate.clear()  # from here, a check that waited for Prometheus would not finish
+    clock.now = 1003.9  # more than twice the 0.5 s it took before its age: no renewal yet
+    assert await batcher.query(prometheus, grouped("b")) == [Sample({}, 0.2)]
+    assert len(prometheus.asked) == 1
+    clock.now = 1004.0  # within twice 0.5 s of 5 s: this check starts the next query and does not wait
+    assert await asyncio.wait_for(batcher.query(prometheus, grouped("b")), 1) == [Sample({}, 0.2)]
+    assert len(prometheus.asked) == 2
+    assert await batcher.query(prometheus, grouped("a")) == [Sample({}, 0.1)]
+    assert len(prometheus.asked) == 2  # one renewal at a time
+    clock.now = 1005.2  # the old answer too old, the renewal still coming: checks wait for it
+    waiting = asyncio.ensure_future(batcher.query(prometheus, grouped("a")))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    prometheus.answer = [Sample(dict(zip(LABELS, ("a", "ns"), strict=True)), 0.9)]
+    prometheus.gate.set()
+    assert await waiting == [Sample({}, 0.9)]
+    clock.now = 1008.0  # the renewal (asked at 1004.0) is the answer now
+    assert await batcher.query(prometheus, grouped("a")) == [Sample({}, 0.9)]
+    assert len(prometheus.asked) == 2
+
+
+@synchronously
+async def test_a_failed_renewal_is_dropped_and_the_old_answer_serves_out_its_age() -> None:
+    prometheus, clock = FakePrometheus(), Clock()
+    batcher = QueryBatcher(max_age=5, clock=clock)
+    await answered_in(1.0, batcher, prometheus, clock)
+    prometheus.error = MetricsError("q", "Prometheus answered HTTP 503")
+    clock.now = 1003.0  # renewal due (twice 1 s before 5 s)
+    assert await batcher.query(prometheus, grouped("b")) == [Sample({}, 0.2)]
+    for _ in range(5):
+        await asyncio.sleep(0)  # the renewal fails
+    assert len(prometheus.asked) == 2
+    assert await batcher.query(prometheus, grouped("b")) == [Sample({}, 0.2)]
+    assert len(prometheus.asked) == 2  # not asked again
+    clock.now = 1005.5  # the old answer's age is over: the next check asks and meets the failure itself
+    with pytest.raises(MetricsError, match="HTTP 503"):
+        await batcher.query(prometheus, grouped("a"))
+
+
 def test_max_age_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="max_age"):
         QueryBatcher(max_age=-1)
 
 
-def test_a_check_takes_no_shared_answer_from_before_its_stage_its_last_check_or_its_alert() -> None:
-    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
-    stage_started, checked = now - timedelta(seconds=3), now - timedelta(seconds=1)
+def test_a_check_takes_no_shared_answer_from_before_its_stage_or_its_last_check() -> None:
+    stage_started = datetime(2026, 12, 2, 11, 59, 57, tzinfo=UTC)
+    checked = stage_started + timedelta(seconds=2)
     status = api.ModelRolloutStatus(stage_started_at=stage_started)
-    assert _fresh_after(now, None, requested=False) == 0.0
-    assert _fresh_after(now, status, requested=False) == stage_started.timestamp()
+    assert _fresh_after(None) == 0.0
+    assert _fresh_after(status) == stage_started.timestamp()
     last = api.AnalysisResult(at=checked, stage=1, verdict=api.Verdict.PASS)
     checked_status = status.model_copy(update={"last_analysis": last})
-    assert _fresh_after(now, checked_status, requested=False) == checked.timestamp()
-    assert _fresh_after(now, checked_status, requested=True) == now.timestamp()
-    assert _fresh_after(now, api.ModelRolloutStatus(), requested=True) == now.timestamp()
+    assert _fresh_after(checked_status) == checked.timestamp()
