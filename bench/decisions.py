@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from modelrollout.stats import rate_ratio_log_bf
+from modelrollout.stats.sequential import rate_ratio_log_bf
 
 STAGES = (1, 5, 25, 50, 100)
 WINDOW_MINUTES = 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 
 from modelrollout import memory
@@ -88,3 +90,20 @@ def test_the_loop_trims_every_period_and_reports_only_real_trims() -> None:
 def test_what_a_trim_returned() -> None:
     for before, after, returned in ((500, 300, 200), (300, 500, 0), (None, 300, 0), (500, None, 0)):
         assert memory.Trim(held_before=0, rss_before=before, rss_after=after).returned == returned
+
+
+def test_the_operator_loads_numpy_and_scipy_only_for_a_sequential_test() -> None:
+    # In a process of its own: this test process has imported them long since.
+    probe = (
+        "import sys, modelrollout.cli, modelrollout.handlers\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'scipy'}))\n"
+        "from modelrollout.analysis import sequential\n"
+        "from modelrollout.stats.counters import accumulate\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'scipy'}))\n"
+        "from modelrollout.stats.sequential import rate_ratio_test\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'scipy'}))\n"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    assert shown == ["[]", "[]", "['numpy', 'scipy']"]

@@ -10,19 +10,21 @@ import numpy as np
 import pytest
 from scipy import integrate, special, stats
 
-from modelrollout.stats import (
+from modelrollout.stats.sequential import (
     RateRatioResult,
     Running,
     SampleRatioResult,
     Untestable,
     event_share,
+    one_sided_log_bf,
+    prior_strength,
     rate_ratio_interval,
     rate_ratio_log_bf,
     rate_ratio_test,
     sample_ratio_log_bf,
     sample_ratio_test,
+    two_sided_log_bf,
 )
-from modelrollout.stats.sequential import one_sided_log_bf, prior_strength, two_sided_log_bf
 
 ALPHA = 0.01
 RUNS = 10_000

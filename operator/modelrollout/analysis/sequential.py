@@ -42,7 +42,6 @@ from modelrollout.analysis.gates import bound_text
 from modelrollout.analysis.model import GateMeasurement, SampleRatio
 from modelrollout.analysis.model import number as _number
 from modelrollout.stats.counters import accumulate, fingerprint
-from modelrollout.stats.sequential import Running, Untestable, rate_ratio_test, sample_ratio_test
 
 # The accumulation of request counts: parentheses keep it apart from every gate name (a DNS label).
 SAMPLE_RATIO = "(sample-ratio)"
@@ -190,6 +189,10 @@ def evaluate_sequential(
             api.Verdict.INCONCLUSIVE, "counting starts: this check is the stage's baseline"
         ), accumulation
     share = JUDGE_SHARE if gate.judged else run.canary_share
+    # Imported here, not at the top: numpy and scipy (about 40 MB of every operator's memory) load with the
+    # first sequential test, so an operator whose gates are all thresholds never carries them.
+    from modelrollout.stats.sequential import Running, Untestable, rate_ratio_test  # noqa: PLC0415
+
     tested = rate_ratio_test(
         accumulation.canary_events,
         accumulation.stable_events,
@@ -266,6 +269,9 @@ def sample_ratio(
     accumulation, fresh = _counted(SAMPLE_RATIO, run, previous, canary, stable)
     if fresh or not test:
         return None, accumulation
+    # numpy and scipy load with the first sequential test (see `evaluate_sequential`).
+    from modelrollout.stats.sequential import Untestable, sample_ratio_test  # noqa: PLC0415
+
     tested = sample_ratio_test(
         accumulation.canary_events,
         accumulation.stable_events,
