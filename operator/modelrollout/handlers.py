@@ -210,6 +210,8 @@ async def drive(
                 logger.error("reconcile failed: %s", describe_api_error(error))
             except Exception:  # a failed tick is retried at the next one; state lives in status, not here
                 logger.exception("reconcile failed")
+        if plan is not None and plan.keep_check_request:
+            wakeups.keep_check_request(rollout)
         waiting = _wait_seconds(plan)
         log.debug(
             "%s: next look in %.2f s (engine: %s)", rollout, waiting, plan.look_after if plan else "none"

@@ -59,6 +59,12 @@ class Wakeups:
         self.wake(rollout)
         return True
 
+    def keep_check_request(self, rollout: str) -> None:
+        """A check request the driver could not serve yet: it stays for the driver's next look, which the
+        driver times itself (no wake)."""
+        if rollout in self._alarms:
+            self._checks.add(rollout)
+
     def take_check_request(self, rollout: str) -> bool:
         if rollout in self._checks:
             self._checks.discard(rollout)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -805,3 +805,31 @@ def test_an_invalid_spec_never_erases_a_finished_phase() -> None:
     assert (d.status.phase, d.canary_weight) == (api.Phase.PROMOTED, None)
     assert r.reasons() == ["Recovered"]
     assert {c.type: c.status for c in d.status.conditions}["InvalidSpec"] == "False"
+
+
+def test_a_check_asked_for_within_the_spacing_is_kept_and_made_when_the_spacing_allows() -> None:
+    r = Rollout()
+    r.tick()
+    r.tick(timedelta(seconds=1), verdict=P)
+    checked_at = r.now
+    soon = r.now + timedelta(milliseconds=300)
+    obs = Observation(
+        now=soon,
+        generation=1,
+        operator_started_at=r.started,
+        routing=RoutingView(canary_weight=r.live, last_writer=engine.FIELD_MANAGER),
+        check_requested=True,  # an alert 0.3 s after a check: not made now
+    )
+    plan = engine.decide(r.spec, r.status, obs)
+    assert plan.keep_check_request
+    assert plan.look_after == checked_at + timedelta(seconds=1) - soon  # 0.7 s, not the 10 s interval
+    assert engine.analysis_due(
+        r.spec, plan.status, checked_at + timedelta(seconds=1), r.started, requested=True
+    )
+    unasked = engine.decide(r.spec, r.status, replace(obs, check_requested=False))
+    assert not unasked.keep_check_request
+    assert unasked.look_after == checked_at + timedelta(seconds=10) - soon
+    made = engine.decide(
+        r.spec, r.status, replace(obs, now=checked_at + timedelta(seconds=1), check=check(P, soon))
+    )
+    assert not made.keep_check_request  # served

@@ -25,6 +25,12 @@ def test_a_check_is_asked_only_of_a_driver_that_runs_here_and_taken_once() -> No
     assert alarm.is_set()
     assert wakeups.take_check_request("llm/chat")
     assert not wakeups.take_check_request("llm/chat")
+    alarm.clear()
+    wakeups.keep_check_request("llm/chat")  # not served yet: kept for the driver's next look, no wake
+    assert not alarm.is_set()
+    assert wakeups.take_check_request("llm/chat")
+    wakeups.keep_check_request("llm/other")  # no driver: nothing kept
+    assert not wakeups.take_check_request("llm/other")
 
 
 def test_a_stopped_driver_forgets_only_its_own_alarm() -> None:

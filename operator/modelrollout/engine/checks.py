@@ -38,6 +38,23 @@ def analysis_due(
     return now - last.at >= spec.analysis.interval
 
 
+def requested_check_waits(
+    spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, now: datetime, operator_started_at: datetime
+) -> timedelta | None:
+    """For a check asked for out of turn that is not due: how long until the spacing lets it run (the
+    request is kept until then, never dropped: an alert just after a check is still answered by a check of
+    its own, a second later); None when the spacing is not what holds it (nothing to check, or due now)."""
+    if analysis_due(spec, status, now, operator_started_at, requested=True):
+        return None
+    if status.pair_hash != pair_hash(spec) or status.phase in TERMINAL or status.phase == api.Phase.PENDING:
+        return None
+    last = status.last_analysis
+    if last is None:
+        return None
+    left = last.at + min(REQUESTED_CHECK_SPACING, spec.analysis.interval) - now
+    return left if left > timedelta(0) else None
+
+
 ANALYSIS_DELAYED = "AnalysisDelayed"
 
 

@@ -18,7 +18,7 @@ from modelrollout import api
 from modelrollout.conditions import is_true, set_condition
 from modelrollout.engine.actions import NEW_PAIR, ON_STABLE, apply_action, record_result
 from modelrollout.engine.bucket_filter import with_filter
-from modelrollout.engine.checks import note_deferred, record_check
+from modelrollout.engine.checks import note_deferred, record_check, requested_check_waits
 from modelrollout.engine.draft import Draft, describe
 from modelrollout.engine.drift import correct_drift
 from modelrollout.engine.experiment import experiment_id, experiment_routes
@@ -175,9 +175,13 @@ def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Obse
             requested=obs.check_requested,
         )
     )
-    return replace(
-        plan, look_after=look_after(spec, plan.status, obs.now, obs.operator_started_at), quiet=quiet
-    )
+    look = look_after(spec, plan.status, obs.now, obs.operator_started_at)
+    held = None
+    if obs.check_requested and obs.check is None:
+        held = requested_check_waits(spec, plan.status, obs.now, obs.operator_started_at)
+    if held is not None:
+        look = held if look is None else min(look, held)
+    return replace(plan, look_after=look, keep_check_request=held is not None, quiet=quiet)
 
 
 def _decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Observation) -> Plan:

@@ -113,7 +113,9 @@ class Plan:
     5. record `status`, unless the plan is `quiet` (it changes only numbers a check refreshes: the shell keeps
        it in memory and decides from it until a plan that is not quiet records it);
     6. post `events`, send `notifications`, count `rollback_reason`;
-    7. look again after `look_after` unless something happens first (None: at the next tick).
+    7. look again after `look_after` unless something happens first (None: at the next tick); with
+       `keep_check_request`, keep the out-of-turn check request this tick could not serve yet (the spacing
+       between checks), for the tick after `look_after`.
 
     A write that fails stops the plan after step 4: the shell records `write_failed(...)` instead. A conflict
     (409) on any write stops it too: the shell observes again and asks for a new plan. `again` asks for a new
@@ -131,6 +133,7 @@ class Plan:
     again: bool = False
     bucket_filter: FilterStep | None = None
     look_after: timedelta | None = None
+    keep_check_request: bool = False
     quiet: bool = False
 
     @property
