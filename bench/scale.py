@@ -167,6 +167,8 @@ def operator_metrics(port: int) -> dict[str, float]:
         "modelrollout_reconcile_duration_seconds_sum": "reconcile_seconds",
         "modelrollout_prometheus_queue_wait_seconds_sum": "queue_wait_seconds",
         "modelrollout_prometheus_queue_wait_seconds_count": "queue_waits",
+        "modelrollout_prometheus_query_duration_seconds_sum": "query_seconds",
+        "modelrollout_prometheus_query_duration_seconds_count": "queries_timed",
     }
     found = dict.fromkeys(wanted.values(), 0.0)
     checks = 0.0
@@ -388,6 +390,10 @@ def run_size(n: int, rps: float, quiet_seconds: float, log: Any) -> dict[str, An
         figures["queue_wait_mean_s"] = (
             after.operator["queue_wait_seconds"] - before.operator["queue_wait_seconds"]
         ) / max(waits, 1)
+        timed = after.operator["queries_timed"] - before.operator["queries_timed"]
+        figures["query_mean_s"] = (after.operator["query_seconds"] - before.operator["query_seconds"]) / max(
+            timed, 1
+        )
         figures["grouped"] = {
             key: after.operator.get(key, 0.0) - before.operator.get(key, 0.0)
             for key in ("grouped_asked", "grouped_shared")
@@ -485,7 +491,7 @@ def report(figures: dict[str, Any]) -> None:
         f"  PromQL: {figures['queries_per_s']:.1f} queries/s, {per_interval:.0f} per {INTERVAL_SECONDS} s "
         f"(grouped queries asked {figures['grouped']['grouped_asked']:.0f}, answers shared "
         f"{figures['grouped']['grouped_shared']:.0f}; mean wait for a query thread "
-        f"{figures['queue_wait_mean_s'] * 1000:.1f} ms)",
+        f"{figures['queue_wait_mean_s'] * 1000:.1f} ms; mean query {figures['query_mean_s'] * 1000:.0f} ms)",
         f"  mean reconciliation {figures['reconcile_mean_s'] * 1000:.1f} ms; "
         f"reconciliations over 5 s since start: {figures['slow_reconciles']:.0f}",
         f"  operator start -> every rollout reconciled once: {figures['reconciled_s']:.1f} s; "
