@@ -343,7 +343,7 @@ class Reconciler:
                 failed = engine.write_failed(plan, recorded, reason, self.clock())
                 obj = await self._record(ref, obj, stored, failed.status)
                 await self._post(ref, failed.events)
-                self.telemetry.write_failures.labels(ref.namespace, ref.name).inc()
+                self.telemetry.count_write_failure(ref.namespace, ref.name)
                 return failed, obj
             if step is not None and step.remove is not None:
                 try:

@@ -3,79 +3,19 @@ thresholds, how checks come out, and how long reconciliations take. Served on /m
 
 from __future__ import annotations
 
-import math
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from modelrollout import api
 from modelrollout.analysis import CheckResult
+from modelrollout.rollout_metrics import RolloutMetrics
 
 
 class Telemetry:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        labels = ("namespace", "name")
-        self.phase = Gauge(
-            "modelrollout_phase",
-            "1 for the phase the rollout is in, 0 for the others",
-            (*labels, "phase"),
-            registry=self.registry,
-        )
-        self.canary_weight = Gauge(
-            "modelrollout_canary_weight_percent", "Canary share of traffic", labels, registry=self.registry
-        )
-        self.shadow = Gauge(
-            "modelrollout_shadow_percent",
-            "Percent of live traffic mirrored to the canary (shadow stages)",
-            labels,
-            registry=self.registry,
-        )
-        self.stage = Gauge(
-            "modelrollout_stage", "Index of the current stage (0-based)", labels, registry=self.registry
-        )
-        self.gate_value = Gauge(
-            "modelrollout_gate_value", "Last value a gate read", (*labels, "gate"), registry=self.registry
-        )
-        self.gate_control = Gauge(
-            "modelrollout_gate_control_value",
-            "Last value a comparing gate read for the stable (the control)",
-            (*labels, "gate"),
-            registry=self.registry,
-        )
-        self.gate_p_value = Gauge(
-            "modelrollout_gate_p_value",
-            "Anytime-valid p-value that a sequential gate's canary is worse than its stable by the margin",
-            (*labels, "gate"),
-            registry=self.registry,
-        )
-        self.gate_threshold = Gauge(
-            "modelrollout_gate_threshold",
-            "A gate's bound",
-            (*labels, "gate", "bound"),
-            registry=self.registry,
-        )
-        self.checks = Counter(
-            "modelrollout_checks_total", "Checks by verdict", (*labels, "verdict"), registry=self.registry
-        )
-        self.rollbacks = Counter(
-            "modelrollout_rollbacks_total",
-            "Returns to stable by reason",
-            (*labels, "reason"),
-            registry=self.registry,
-        )
-        self.write_failures = Counter(
-            "modelrollout_write_failures_total",
-            "VirtualService writes that failed (refused, forbidden, or not shown when read back)",
-            labels,
-            registry=self.registry,
-        )
-        self.checks_deferred = Counter(
-            "modelrollout_checks_deferred_total",
-            "Checks put off because their queries got no Prometheus worker within the analysis interval (the "
-            "operator's own queueing; never counted as errors)",
-            labels,
-            registry=self.registry,
-        )
+        # Every per-rollout series: one small record per rollout, not a metric object per label set.
+        self.rollouts = RolloutMetrics()
+        self.registry.register(self.rollouts)
         self.prometheus_queue_wait = Histogram(
             "modelrollout_prometheus_queue_wait_seconds",
             "Time a gate query waited for a Prometheus worker thread of the operator",
@@ -136,43 +76,14 @@ class Telemetry:
         check: CheckResult | None,
         rollback_reason: str | None,
     ) -> None:
-        for phase in api.Phase:
-            self.phase.labels(namespace, name, phase.value).set(1 if status.phase == phase else 0)
-        self.canary_weight.labels(namespace, name).set(status.canary_weight)
-        self.shadow.labels(namespace, name).set(status.shadow)
-        self.stage.labels(namespace, name).set(status.stage)
-        if check is not None:
-            self.checks.labels(namespace, name, check.verdict.value).inc()
-            for gate in check.gates:
-                # No reading is NaN, not the last number: a dashboard must not show a stale value as current.
-                value = gate.value if gate.value is not None else math.nan
-                self.gate_value.labels(namespace, name, gate.name).set(value)
-                if gate.control is not None:
-                    self.gate_control.labels(namespace, name, gate.name).set(gate.control)
-                if gate.evidence is not None:
-                    self.gate_p_value.labels(namespace, name, gate.name).set(gate.evidence.p_value)
-                for bound, threshold in (("min", gate.min), ("max", gate.max)):
-                    if threshold is not None:
-                        self.gate_threshold.labels(namespace, name, gate.name, bound).set(threshold)
-        if rollback_reason is not None:
-            self.rollbacks.labels(namespace, name, rollback_reason).inc()
+        self.rollouts.record(namespace, name, status, check, rollback_reason)
+
+    def count_write_failure(self, namespace: str, name: str) -> None:
+        self.rollouts.count_write_failure(namespace, name)
+
+    def count_deferred(self, namespace: str, name: str) -> None:
+        self.rollouts.count_deferred(namespace, name)
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted rollout's series, so they do not linger as if it still existed."""
-        for metric in (
-            self.phase,
-            self.canary_weight,
-            self.shadow,
-            self.stage,
-            self.gate_value,
-            self.gate_control,
-            self.gate_p_value,
-            self.gate_threshold,
-            self.checks,
-            self.checks_deferred,
-            self.rollbacks,
-            self.write_failures,
-        ):
-            for labels in list(metric._metrics):
-                if labels[:2] == (namespace, name):
-                    metric.remove(*labels)
+        self.rollouts.forget(namespace, name)

@@ -34,8 +34,9 @@ def at_stage_two(w: World) -> None:
 
 def rollbacks_counted(w: World) -> float:
     total = 0.0
-    for metric in w.reconciler.telemetry.rollbacks.collect():
-        total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
+    for metric in w.reconciler.telemetry.registry.collect():
+        if metric.name == "modelrollout_rollbacks":
+            total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
     return total
 
 

@@ -7,6 +7,8 @@ import math
 from datetime import UTC, datetime
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelrollout import api
 from modelrollout.analysis import CheckResult
@@ -168,3 +170,66 @@ def test_targets_come_from_the_secret() -> None:
     assert (targets.webhook_url, targets.slack_url) == ("http://127.0.0.1:1/hook", None)
     with pytest.raises(ValueError, match="neither 'webhook-url' nor 'slack-webhook-url'"):
         NotifyTargets.from_secret_data({"url": _b64("x")})
+
+
+def test_per_rollout_series_are_exposed_as_labelled_metrics_were() -> None:
+    """The text Prometheus scrapes: every family with its type and help, counters with `_total` and
+    `_created`, a rollout counted before it was recorded shows only its counters, a forgotten one nothing."""
+    telemetry = Telemetry()
+    status = api.ModelRolloutStatus(phase=api.Phase.PROGRESSING, stage=1, canary_weight=10)
+    telemetry.record("llm", "chat", status, _check(0.03, api.Verdict.FAIL), rollback_reason="AnalysisFailed")
+    telemetry.count_write_failure("llm", "chat")
+    telemetry.count_deferred("llm", "other")
+    text = generate_latest(telemetry.registry).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name, kind in (
+        ("modelrollout_phase", "gauge"),
+        ("modelrollout_canary_weight_percent", "gauge"),
+        ("modelrollout_shadow_percent", "gauge"),
+        ("modelrollout_stage", "gauge"),
+        ("modelrollout_gate_value", "gauge"),
+        ("modelrollout_gate_control_value", "gauge"),
+        ("modelrollout_gate_p_value", "gauge"),
+        ("modelrollout_gate_threshold", "gauge"),
+        ("modelrollout_checks", "counter"),
+        ("modelrollout_rollbacks", "counter"),
+        ("modelrollout_write_failures", "counter"),
+        ("modelrollout_checks_deferred", "counter"),
+    ):
+        assert families[name].type == kind, name
+        assert families[name].documentation, name
+    assert 'modelrollout_checks_total{name="chat",namespace="llm",verdict="Fail"} 1.0' in text
+    assert 'modelrollout_checks_created{name="chat",namespace="llm",verdict="Fail"}' in text
+    assert 'modelrollout_rollbacks_total{name="chat",namespace="llm",reason="AnalysisFailed"} 1.0' in text
+    assert 'modelrollout_write_failures_total{name="chat",namespace="llm"} 1.0' in text
+    assert 'modelrollout_checks_deferred_total{name="other",namespace="llm"} 1.0' in text
+    assert 'modelrollout_phase{name="chat",namespace="llm",phase="Progressing"} 1.0' in text
+    assert sum(1 for line in text.splitlines() if line.startswith("modelrollout_phase{")) == len(api.Phase)
+    assert 'name="other"' not in text.replace('modelrollout_checks_deferred_total{name="other"', "").replace(
+        'modelrollout_checks_deferred_created{name="other"', ""
+    )  # counted only: no phase, weight or stage for it
+    telemetry.forget("llm", "chat")
+    telemetry.forget("llm", "other")
+    assert 'namespace="llm"' not in generate_latest(telemetry.registry).decode()
+
+
+def test_an_unchanged_gate_bound_or_control_keeps_its_last_value_and_a_new_gate_is_added() -> None:
+    telemetry = Telemetry()
+    where = {"namespace": "llm", "name": "chat"}
+    compared = api.GateResult(name="tokens", verdict=api.Verdict.PASS, value=210.0, control=200.0, max=1.1)
+    first = CheckResult(at=NOW, verdict=api.Verdict.PASS, gates=(compared,), canary_requests=5, summary="")
+    telemetry.record("llm", "chat", api.ModelRolloutStatus(), first, rollback_reason=None)
+    bare = api.GateResult(name="tokens", verdict=api.Verdict.ERROR, value=None)
+    other = api.GateResult(name="errors", verdict=api.Verdict.PASS, value=0.01, min=0.0)
+    second = CheckResult(
+        at=NOW, verdict=api.Verdict.ERROR, gates=(bare, other), canary_requests=5, summary=""
+    )
+    telemetry.record("llm", "chat", api.ModelRolloutStatus(), second, rollback_reason=None)
+    sample = telemetry.registry.get_sample_value
+    assert math.isnan(sample("modelrollout_gate_value", {**where, "gate": "tokens"}) or 0.0)
+    assert sample("modelrollout_gate_control_value", {**where, "gate": "tokens"}) == 200.0
+    assert sample("modelrollout_gate_threshold", {**where, "gate": "tokens", "bound": "max"}) == 1.1
+    assert sample("modelrollout_gate_threshold", {**where, "gate": "errors", "bound": "min"}) == 0.0
+    assert sample("modelrollout_gate_value", {**where, "gate": "errors"}) == 0.01
+    assert sample("modelrollout_checks_total", {**where, "verdict": "Pass"}) == 1
+    assert sample("modelrollout_checks_total", {**where, "verdict": "Error"}) == 1
