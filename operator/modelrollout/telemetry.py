@@ -31,7 +31,8 @@ class Telemetry:
         self.grouped_queries = Counter(
             "modelrollout_grouped_queries_total",
             "Answers of built-in gates' grouped queries by how they came: asked (a query Prometheus "
-            "answered) or shared (taken from a query another check had asked)",
+            "answered) or shared (taken from a query another check had asked); renewed: a query asked in "
+            "the background before a shared answer's age ran out",
             ("answer",),
             registry=self.registry,
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from modelrollout.leadership import LeaderElector, LeaseTiming
 from modelrollout_dev.devenv.controlplane import audit_log_path
 from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.prometheus import PrometheusServer
@@ -163,3 +165,53 @@ def test_one_replica_leads_a_killed_leader_is_replaced_and_both_never_write(
     assert [who for _, who in writes] == sorted(
         (who for _, who in writes), key=["replica-a", "replica-b", "replica-c"].index
     )
+
+
+def test_a_standby_sees_each_renewal_as_it_is_written_and_takes_over_at_its_expiry(
+    api_client: client.ApiClient, namespace: str
+) -> None:
+    """The elector on its own against the API server: another holder (this test) renews every second; the
+    standby polls only every 3 s, so only its watch can see each renewal within a fraction of a second. Once
+    the renewals stop, it takes the Lease one lease duration after the last one, not a poll later."""
+    leases = client.CoordinationV1Api(api_client)
+
+    def renew() -> float:
+        """Renew as the other holder would; when the write was sent."""
+        lease = leases.read_namespaced_lease(LEASE, namespace)
+        lease.spec.renew_time = datetime.now(UTC)
+        sent = time.monotonic()
+        leases.replace_namespaced_lease(LEASE, namespace, lease)
+        return sent
+
+    def seen_since(sent: float) -> bool:
+        observed = standby._observed
+        return observed is not None and observed[1] >= sent
+
+    spec = {"holderIdentity": "another-replica", "leaseDurationSeconds": 4}
+    leases.create_namespaced_lease(namespace, {"metadata": {"name": LEASE}, "spec": spec})  # type: ignore[arg-type]
+    timing = LeaseTiming(duration=4, renew_deadline=3.5, retry_period=3)
+    standby = LeaderElector(api_client, namespace=namespace, name=LEASE, identity="standby", timing=timing)
+    acquired: list[float] = []
+    thread = threading.Thread(target=lambda: standby.acquire() and acquired.append(time.monotonic()))
+    thread.start()
+    try:
+        time.sleep(0.5)
+        lags = []
+        for _ in range(3):
+            sent = renew()
+            wait_for("the standby to see the renewal", lambda sent=sent: seen_since(sent), timeout=3)  # type: ignore[misc]
+            assert standby._observed is not None
+            lags.append(standby._observed[1] - sent)
+            time.sleep(1)
+        last = renew()
+        thread.join(timeout=10)
+        assert acquired, "the standby never took the Lease"
+        seen = ", ".join(f"{lag * 1000:.0f} ms" for lag in lags)
+        print(f"\nrenewal -> seen by the standby: {seen}; last renewal -> taken over: "
+              f"{acquired[0] - last:.2f} s (lease 4 s, polls every 3 s)")  # fmt: skip
+        assert max(lags) < 0.5  # a poll would see it up to 3 s late
+        assert 4 <= acquired[0] - last < 4.5  # at the expiry: never sooner, not a poll later
+        assert holder(api_client, namespace) == "standby"
+    finally:
+        standby.stop(release=False)
+        thread.join(timeout=10)

@@ -222,7 +222,8 @@ async def answered_in(
 @synchronously
 async def test_an_answer_near_its_age_is_renewed_in_the_background_and_checks_do_not_wait() -> None:
     prometheus, clock = FakePrometheus(), Clock()
-    batcher = QueryBatcher(max_age=5, clock=clock)
+    answers_came: list[str] = []
+    batcher = QueryBatcher(max_age=5, clock=clock, on_answer=answers_came.append)
     await answered_in(0.5, batcher, prometheus, clock)  # asked at 1000.0, came at 1000.5
     prometheus.gate.clear()  # from here, a check that waited for Prometheus would not finish
     clock.now = 1003.9  # more than twice the 0.5 s it took before its age: no renewal yet
@@ -240,9 +241,10 @@ async def test_an_answer_near_its_age_is_renewed_in_the_background_and_checks_do
     prometheus.answer = [Sample(dict(zip(LABELS, ("a", "ns"), strict=True)), 0.9)]
     prometheus.gate.set()
     assert await waiting == [Sample({}, 0.9)]
-    clock.now = 1008.0  # the renewal (asked at 1004.0) is the answer now
+    clock.now = 1006.0  # the renewal (asked at 1004.0, came at 1005.2) is the answer now
     assert await batcher.query(prometheus, grouped("a")) == [Sample({}, 0.9)]
     assert len(prometheus.asked) == 2
+    assert answers_came == ["asked", "shared", "renewed", "shared", "shared", "shared", "shared"]
 
 
 @synchronously

@@ -83,7 +83,8 @@ class QueryBatcher:
         clock: Callable[[], float] = time.time,
         on_answer: Callable[[str], None] | None = None,
     ) -> None:
-        """`on_answer` is told how each answer came: "asked" or "shared"."""
+        """`on_answer` is told how each answer came ("asked" or "shared") and of each renewal asked in the
+        background ("renewed")."""
         if max_age < 0:
             raise ValueError(f"max_age must not be negative, got {max_age}")
         self.max_age = max_age
@@ -114,6 +115,8 @@ class QueryBatcher:
             if renewal is None and self._due_for_renewal(current, now):
                 current.renewed = True
                 self._renewals[key] = self._asked(key, provider, grouped, not_after, now, renewing=True)
+                if self._on_answer is not None:
+                    self._on_answer("renewed")  # a query Prometheus answers, beside the answer shared
         elif current is not None and current.usable(since):
             answer, how = current, "shared"  # still coming
         elif renewal is not None and renewal.usable(since):
