@@ -216,6 +216,8 @@ async def drive(
         log.debug(
             "%s: next look in %.2f s (engine: %s)", rollout, waiting, plan.look_after if plan else "none"
         )
+        # Not held while waiting: the plan carries a whole status (about 20 KB), for every rollout at once.
+        plan = None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(alarm.wait(), timeout=waiting)
     wakeups.forget(rollout, alarm)
