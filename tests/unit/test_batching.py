@@ -207,62 +207,54 @@ async def test_old_answers_are_dropped() -> None:
     assert len(batcher) == 1
 
 
-async def answered_in(
-    seconds: float, batcher: QueryBatcher, prometheus: FakePrometheus, clock: Clock
-) -> None:
-    """One check's query that takes `seconds` by `clock`."""
+async def answered_in(seconds: float, batcher: QueryBatcher, prometheus: FakePrometheus) -> None:
+    """One check's query that takes `seconds` (real time: renewals run on the event loop's timers)."""
     prometheus.gate.clear()
     asking = asyncio.ensure_future(batcher.query(prometheus, grouped("a")))
-    await asyncio.sleep(0)
-    clock.now += seconds
+    await asyncio.sleep(seconds)
     prometheus.gate.set()
     await asking
 
 
+async def until(predicate: Callable[[], bool], within: float) -> None:
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110 - a count the fake bumps, no event to wait on
+            await asyncio.sleep(0.01)
+
+
 @synchronously
-async def test_an_answer_near_its_age_is_renewed_in_the_background_and_checks_do_not_wait() -> None:
-    prometheus, clock = FakePrometheus(), Clock()
+async def test_an_answer_in_use_is_renewed_before_its_age_runs_out_and_one_nobody_took_is_let_go() -> None:
+    prometheus = FakePrometheus()
     answers_came: list[str] = []
-    batcher = QueryBatcher(max_age=5, clock=clock, on_answer=answers_came.append)
-    await answered_in(0.5, batcher, prometheus, clock)  # asked at 1000.0, came at 1000.5
-    prometheus.gate.clear()  # from here, a check that waited for Prometheus would not finish
-    clock.now = 1003.9  # more than twice the 0.5 s it took before its age: no renewal yet
-    assert await batcher.query(prometheus, grouped("b")) == [Sample({}, 0.2)]
+    batcher = QueryBatcher(max_age=2.0, on_answer=answers_came.append)
+    await answered_in(0.3, batcher, prometheus)  # renewed 2 x 0.3 s before its 2 s run out: at 1.4 s
+    await asyncio.sleep(0.5)
     assert len(prometheus.asked) == 1
-    clock.now = 1004.0  # within twice 0.5 s of 5 s: this check starts the next query and does not wait
-    assert await asyncio.wait_for(batcher.query(prometheus, grouped("b")), 1) == [Sample({}, 0.2)]
-    assert len(prometheus.asked) == 2
-    assert await batcher.query(prometheus, grouped("a")) == [Sample({}, 0.1)]
-    assert len(prometheus.asked) == 2  # one renewal at a time
-    clock.now = 1005.2  # the old answer too old, the renewal still coming: checks wait for it
-    waiting = asyncio.ensure_future(batcher.query(prometheus, grouped("a")))
-    await asyncio.sleep(0)
-    assert not waiting.done()
-    prometheus.answer = [Sample(dict(zip(LABELS, ("a", "ns"), strict=True)), 0.9)]
+    await until(lambda: len(prometheus.asked) == 2, within=2.0)  # the renewal, answered at once
+    prometheus.gate.clear()  # from here, a check that waited for Prometheus would not finish
+    await asyncio.sleep(0.7)  # past the first answer's age: the renewal serves, nobody waits
+    assert await asyncio.wait_for(batcher.query(prometheus, grouped("b")), 0.1) == [Sample({}, 0.2)]
     prometheus.gate.set()
-    assert await waiting == [Sample({}, 0.9)]
-    clock.now = 1006.0  # the renewal (asked at 1004.0, came at 1005.2) is the answer now
-    assert await batcher.query(prometheus, grouped("a")) == [Sample({}, 0.9)]
-    assert len(prometheus.asked) == 2
-    assert answers_came == ["asked", "shared", "renewed", "shared", "shared", "shared", "shared"]
+    await until(lambda: len(prometheus.asked) == 3, within=3.0)  # the renewal was taken: renewed in its turn
+    await asyncio.sleep(2.5)  # the third answer nobody took is let go
+    assert len(prometheus.asked) == 3
+    assert answers_came == ["asked", "renewed", "shared", "renewed"]
 
 
 @synchronously
 async def test_a_failed_renewal_is_dropped_and_the_old_answer_serves_out_its_age() -> None:
-    prometheus, clock = FakePrometheus(), Clock()
-    batcher = QueryBatcher(max_age=5, clock=clock)
-    await answered_in(1.0, batcher, prometheus, clock)
+    prometheus = FakePrometheus()
+    batcher = QueryBatcher(max_age=2.0)
+    await answered_in(0.3, batcher, prometheus)
     prometheus.error = MetricsError("q", "Prometheus answered HTTP 503")
-    clock.now = 1003.0  # renewal due (twice 1 s before 5 s)
-    assert await batcher.query(prometheus, grouped("b")) == [Sample({}, 0.2)]
-    for _ in range(5):
-        await asyncio.sleep(0)  # the renewal fails
+    await until(lambda: len(prometheus.asked) == 2, within=2.0)  # the renewal was asked (at 1.4 s) and failed
+    await asyncio.sleep(0.05)
+    assert await batcher.query(prometheus, grouped("b")) == [Sample({}, 0.2)]  # the old answer, in its age
     assert len(prometheus.asked) == 2
-    assert await batcher.query(prometheus, grouped("b")) == [Sample({}, 0.2)]
-    assert len(prometheus.asked) == 2  # not asked again
-    clock.now = 1005.5  # the old answer's age is over: the next check asks and meets the failure itself
+    await asyncio.sleep(0.7)  # its age is over: the next check asks and meets the failure itself
     with pytest.raises(MetricsError, match="HTTP 503"):
         await batcher.query(prometheus, grouped("a"))
+    assert len(prometheus.asked) == 3
 
 
 def test_max_age_must_not_be_negative() -> None:

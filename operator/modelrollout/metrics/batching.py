@@ -10,15 +10,11 @@ come here: it asks its own queries at once. Prometheus then answers each grouped
 `max_age` whatever the number of rollouts: queries per interval depend on the templates in use, not on the
 rollouts.
 
-An answer is renewed ahead of its end: a check that takes an answer close to `max_age` old (within twice the
-time that query took, at most half of `max_age`) starts the next query in the background and goes on with the
-answer it has, so checks do not queue behind a grouped query that every `max_age` seconds would otherwise make
-them wait. The renewed answer replaces the old one once it has come; one that failed is dropped and not asked
-again (the old one serves out its age, and the next check after that asks and meets the failure itself).
-
-An answer that failed is every sharer's failure (it is the same Prometheus saying the same thing); one that
-did not get a worker before the first asker's deadline (the operator's own queueing) is shared as such and
-never kept, so the next check asks again.
+An answer in use is renewed ahead of its end: once it has come, a timer asks the same query again twice the
+time it took (at most half of `max_age`) before its age runs out, if a check took it meanwhile, and the new
+answer replaces it once it has come. So checks that keep coming never queue behind a grouped query, and one
+that nobody took is let go (a burst of checks costs one renewal). A renewal that failed is dropped: the old
+answer serves out its age, and the next check after that asks and meets the failure itself.
 """
 
 from __future__ import annotations
@@ -59,7 +55,7 @@ class _Answer:
     asked_at: float  # wall clock, seconds
     rows: asyncio.Future[Rows]
     took: float | None = None  # seconds from asking to the answer, once it came
-    renewed: bool = False  # its renewal was asked (once: a failed one is not asked again)
+    used: bool = False  # a check took it: worth renewing
 
     def usable(self, since: float) -> bool:
         if self.asked_at < since or self.rows.cancelled():
@@ -110,31 +106,19 @@ class QueryBatcher:
         key: _Key = (provider, grouped.promql, grouped.labels)
         since = max(now - self.max_age, fresh_after)
         current, renewal = self._answers.get(key), self._renewals.get(key)
-        if current is not None and current.rows.done() and current.usable(since):
-            answer, how = current, "shared"  # come already: nobody waits
-            if renewal is None and self._due_for_renewal(current, now):
-                current.renewed = True
-                self._renewals[key] = self._asked(key, provider, grouped, not_after, now, renewing=True)
-                if self._on_answer is not None:
-                    self._on_answer("renewed")  # a query Prometheus answers, beside the answer shared
-        elif current is not None and current.usable(since):
-            answer, how = current, "shared"  # still coming
+        if current is not None and current.usable(since):
+            answer, how = current, "shared"
         elif renewal is not None and renewal.usable(since):
             answer, how = renewal, "shared"
         else:
             answer, how = self._asked(key, provider, grouped, not_after, now, renewing=False), "asked"
             self._answers[key] = answer
+        answer.used = True
         if self._on_answer is not None:
             self._on_answer(how)
         # Shielded: a check that gives up (deferred, or its rollout deleted) leaves the query to the others.
         rows = await asyncio.shield(answer.rows)
         return rows.get(grouped.key, [])
-
-    def _due_for_renewal(self, answer: _Answer, now: float) -> bool:
-        if answer.renewed or answer.took is None or not answer.succeeded():
-            return False
-        lead = min(2 * answer.took, self.max_age / 2)
-        return lead > 0 and now >= answer.asked_at + self.max_age - lead
 
     def _asked(
         self,
@@ -147,16 +131,32 @@ class QueryBatcher:
         renewing: bool,
     ) -> _Answer:
         answer = _Answer(now, asyncio.ensure_future(self._ask(provider, grouped, not_after)))
+        loop = asyncio.get_running_loop()
+
+        def renew() -> None:
+            if self._answers.get(key) is not answer or not answer.used or key in self._renewals:
+                return  # replaced, taken by no check, or a renewal already under way
+            # Nobody waits for a renewal: it must get a worker within an age, or it is dropped.
+            deadline = loop.time() + self.max_age
+            self._renewals[key] = self._asked(key, provider, grouped, deadline, self._clock(), renewing=True)
+            if self._on_answer is not None:
+                self._on_answer("renewed")
 
         def came(rows: asyncio.Future[Rows]) -> None:
             _retrieve(rows)
             answer.took = self._clock() - answer.asked_at
-            if not renewing or self._renewals.get(key) is not answer:
-                return
-            del self._renewals[key]
-            current = self._answers.get(key)
-            if answer.succeeded() and (current is None or current.asked_at <= answer.asked_at):
+            if renewing:
+                if self._renewals.get(key) is not answer:
+                    return
+                del self._renewals[key]
+                current = self._answers.get(key)
+                if not answer.succeeded() or (current is not None and current.asked_at > answer.asked_at):
+                    return
                 self._answers[key] = answer
+            if not answer.succeeded() or self.max_age <= 0:
+                return
+            lead = min(2 * answer.took, self.max_age / 2)
+            loop.call_later(max(0.0, answer.asked_at + self.max_age - lead - self._clock()), renew)
 
         answer.rows.add_done_callback(came)
         return answer
