@@ -234,7 +234,7 @@ class Measurer:
             format_duration(interval),
         )
         if self.telemetry is not None:
-            self.telemetry.count_deferred(ref.namespace, ref.name)
+            self.telemetry.rollouts.count_deferred(ref.namespace, ref.name)
 
     def forget(self, ref: RolloutRef) -> None:
         """A deleted rollout: its Prometheus connection may close once no other rollout uses it."""

@@ -301,7 +301,7 @@ class Reconciler:
             ref, obj, status, stored, plan, observed=observed, may_write=may_write
         )
         check[:] = [(None, False)]
-        self.telemetry.record(
+        self.telemetry.rollouts.record(
             ref.namespace, ref.name, executed.status, observation.check, executed.rollback_reason
         )
         self._notify(ref, spec, executed)
@@ -349,7 +349,7 @@ class Reconciler:
                 failed = engine.write_failed(plan, recorded, reason, self.clock())
                 obj = await self._record(ref, obj, stored, failed.status)
                 await self._post(ref, failed.events)
-                self.telemetry.count_write_failure(ref.namespace, ref.name)
+                self.telemetry.rollouts.count_write_failure(ref.namespace, ref.name)
                 return failed, obj
             if step is not None and step.remove is not None:
                 try:
@@ -457,7 +457,7 @@ class Reconciler:
         rollout recorded when it started (status.routing), and on the spec only when nothing was recorded (the
         pair too: engine.deletion_pair)."""
         ref = _ref(body)
-        self.telemetry.forget(ref.namespace, ref.name)
+        self.telemetry.rollouts.forget(ref.namespace, ref.name)
         self.measurer.forget(ref)
         self._latest.pop(ref.uid, None)
         self._unwritten.pop(ref.uid, None)

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from modelrollout import api
-from modelrollout.analysis import CheckResult
 from modelrollout.rollout_metrics import RolloutMetrics
 
 
 class Telemetry:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        # Every per-rollout series: one small record per rollout, not a metric object per label set.
+        # Every per-rollout series (record, count, forget a rollout there): one small record per rollout,
+        # not a metric object per label set.
         self.rollouts = RolloutMetrics()
         self.registry.register(self.rollouts)
         self.prometheus_queue_wait = Histogram(
@@ -68,23 +67,3 @@ class Telemetry:
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from inside the pod network
         start_http_server(port, addr=address, registry=self.registry)
-
-    def record(
-        self,
-        namespace: str,
-        name: str,
-        status: api.ModelRolloutStatus,
-        check: CheckResult | None,
-        rollback_reason: str | None,
-    ) -> None:
-        self.rollouts.record(namespace, name, status, check, rollback_reason)
-
-    def count_write_failure(self, namespace: str, name: str) -> None:
-        self.rollouts.count_write_failure(namespace, name)
-
-    def count_deferred(self, namespace: str, name: str) -> None:
-        self.rollouts.count_deferred(namespace, name)
-
-    def forget(self, namespace: str, name: str) -> None:
-        """Drop a deleted rollout's series, so they do not linger as if it still existed."""
-        self.rollouts.forget(namespace, name)

@@ -26,18 +26,18 @@ def _check(value: float | None, verdict: api.Verdict) -> CheckResult:
 def test_a_shadow_stage_is_exported_as_its_mirrored_percent() -> None:
     telemetry = Telemetry()
     status = api.ModelRolloutStatus(phase=api.Phase.PROGRESSING, stage=0, canary_weight=0, shadow=50)
-    telemetry.record("llm", "chat", status, None, rollback_reason=None)
+    telemetry.rollouts.record("llm", "chat", status, None, rollback_reason=None)
     sample = telemetry.registry.get_sample_value
     assert sample("modelrollout_shadow_percent", {"namespace": "llm", "name": "chat"}) == 50
     assert sample("modelrollout_canary_weight_percent", {"namespace": "llm", "name": "chat"}) == 0
-    telemetry.forget("llm", "chat")
+    telemetry.rollouts.forget("llm", "chat")
     assert sample("modelrollout_shadow_percent", {"namespace": "llm", "name": "chat"}) is None
 
 
 def test_record_sets_phase_weight_gates_and_counts() -> None:
     telemetry = Telemetry()
     status = api.ModelRolloutStatus(phase=api.Phase.PROGRESSING, stage=2, canary_weight=25)
-    telemetry.record("llm", "chat", status, _check(0.004, api.Verdict.PASS), rollback_reason=None)
+    telemetry.rollouts.record("llm", "chat", status, _check(0.004, api.Verdict.PASS), rollback_reason=None)
     sample = telemetry.registry.get_sample_value
     assert sample("modelrollout_canary_weight_percent", {"namespace": "llm", "name": "chat"}) == 25
     assert sample("modelrollout_stage", {"namespace": "llm", "name": "chat"}) == 2
@@ -64,7 +64,7 @@ def test_comparing_and_sequential_gates_export_the_control_and_the_p_value() -> 
     check = CheckResult(
         at=NOW, verdict=api.Verdict.PASS, gates=(compared, tested), canary_requests=500, summary=""
     )
-    telemetry.record("llm", "chat", api.ModelRolloutStatus(), check, rollback_reason=None)
+    telemetry.rollouts.record("llm", "chat", api.ModelRolloutStatus(), check, rollback_reason=None)
     sample = telemetry.registry.get_sample_value
     where = {"namespace": "llm", "name": "chat"}
     assert sample("modelrollout_gate_control_value", {**where, "gate": "tokens"}) == 200.0
@@ -75,8 +75,8 @@ def test_comparing_and_sequential_gates_export_the_control_and_the_p_value() -> 
 def test_a_gate_without_a_reading_is_nan_not_stale() -> None:
     telemetry = Telemetry()
     status = api.ModelRolloutStatus(phase=api.Phase.PROGRESSING)
-    telemetry.record("llm", "chat", status, _check(0.004, api.Verdict.PASS), rollback_reason=None)
-    telemetry.record("llm", "chat", status, _check(None, api.Verdict.ERROR), rollback_reason=None)
+    telemetry.rollouts.record("llm", "chat", status, _check(0.004, api.Verdict.PASS), rollback_reason=None)
+    telemetry.rollouts.record("llm", "chat", status, _check(None, api.Verdict.ERROR), rollback_reason=None)
     value = telemetry.registry.get_sample_value(
         "modelrollout_gate_value", {"namespace": "llm", "name": "chat", "gate": "error-rate"}
     )
@@ -89,10 +89,10 @@ def test_rollbacks_are_counted_by_reason_and_forgotten_on_delete() -> None:
     status = api.ModelRolloutStatus(
         phase=api.Phase.ROLLED_BACK, rollback=api.Rollback(at=NOW, reason="AnalysisFailed")
     )
-    telemetry.record("llm", "chat", status, None, rollback_reason="AnalysisFailed")
+    telemetry.rollouts.record("llm", "chat", status, None, rollback_reason="AnalysisFailed")
     labels = {"namespace": "llm", "name": "chat", "reason": "AnalysisFailed"}
     assert telemetry.registry.get_sample_value("modelrollout_rollbacks_total", labels) == 1
-    telemetry.forget("llm", "chat")
+    telemetry.rollouts.forget("llm", "chat")
     assert telemetry.registry.get_sample_value("modelrollout_rollbacks_total", labels) is None
     assert (
         telemetry.registry.get_sample_value(
@@ -177,9 +177,11 @@ def test_per_rollout_series_are_exposed_as_labelled_metrics_were() -> None:
     `_created`, a rollout counted before it was recorded shows only its counters, a forgotten one nothing."""
     telemetry = Telemetry()
     status = api.ModelRolloutStatus(phase=api.Phase.PROGRESSING, stage=1, canary_weight=10)
-    telemetry.record("llm", "chat", status, _check(0.03, api.Verdict.FAIL), rollback_reason="AnalysisFailed")
-    telemetry.count_write_failure("llm", "chat")
-    telemetry.count_deferred("llm", "other")
+    telemetry.rollouts.record(
+        "llm", "chat", status, _check(0.03, api.Verdict.FAIL), rollback_reason="AnalysisFailed"
+    )
+    telemetry.rollouts.count_write_failure("llm", "chat")
+    telemetry.rollouts.count_deferred("llm", "other")
     text = generate_latest(telemetry.registry).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     for name, kind in (
@@ -208,8 +210,8 @@ def test_per_rollout_series_are_exposed_as_labelled_metrics_were() -> None:
     assert 'name="other"' not in text.replace('modelrollout_checks_deferred_total{name="other"', "").replace(
         'modelrollout_checks_deferred_created{name="other"', ""
     )  # counted only: no phase, weight or stage for it
-    telemetry.forget("llm", "chat")
-    telemetry.forget("llm", "other")
+    telemetry.rollouts.forget("llm", "chat")
+    telemetry.rollouts.forget("llm", "other")
     assert 'namespace="llm"' not in generate_latest(telemetry.registry).decode()
 
 
@@ -218,13 +220,13 @@ def test_an_unchanged_gate_bound_or_control_keeps_its_last_value_and_a_new_gate_
     where = {"namespace": "llm", "name": "chat"}
     compared = api.GateResult(name="tokens", verdict=api.Verdict.PASS, value=210.0, control=200.0, max=1.1)
     first = CheckResult(at=NOW, verdict=api.Verdict.PASS, gates=(compared,), canary_requests=5, summary="")
-    telemetry.record("llm", "chat", api.ModelRolloutStatus(), first, rollback_reason=None)
+    telemetry.rollouts.record("llm", "chat", api.ModelRolloutStatus(), first, rollback_reason=None)
     bare = api.GateResult(name="tokens", verdict=api.Verdict.ERROR, value=None)
     other = api.GateResult(name="errors", verdict=api.Verdict.PASS, value=0.01, min=0.0)
     second = CheckResult(
         at=NOW, verdict=api.Verdict.ERROR, gates=(bare, other), canary_requests=5, summary=""
     )
-    telemetry.record("llm", "chat", api.ModelRolloutStatus(), second, rollback_reason=None)
+    telemetry.rollouts.record("llm", "chat", api.ModelRolloutStatus(), second, rollback_reason=None)
     sample = telemetry.registry.get_sample_value
     assert math.isnan(sample("modelrollout_gate_value", {**where, "gate": "tokens"}) or 0.0)
     assert sample("modelrollout_gate_control_value", {**where, "gate": "tokens"}) == 200.0
