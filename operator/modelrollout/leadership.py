@@ -9,8 +9,8 @@ the renew deadline, which is shorter than the lease duration: a leader that cann
 any standby can take over. A standby watches the Lease, so it sees each renewal the moment it is written and
 tries to take over the moment the record it saw expires, not up to two retry periods later (one to notice
 the last renewal, one to notice its expiry): a dead leader is replaced within the lease duration of its last
-renewal. Losing the Lease ends the process (the kubelet restarts it as a standby), as
-controller-runtime does: nothing half-led survives.
+renewal. Losing the Lease ends the process (the kubelet restarts it as a standby), as controller-runtime
+does: nothing half-led survives.
 
 The Kubernetes client is synchronous, so the elector runs in a thread of its own: a busy event loop never
 delays a renewal.

@@ -62,21 +62,34 @@ def _with_gates(previous: Mapping[str, GateReading], check: CheckResult) -> Mapp
     value, as a gauge that is not set again does."""
     gates = dict(previous)
     for gate in check.gates:
-        before = gates.get(gate.name)
-        gates[gate.name] = GateReading(
+        before = gates.get(gate.name) or GateReading(value=math.nan)
+        given = GateReading(
             value=gate.value if gate.value is not None else math.nan,
-            control=gate.control if gate.control is not None else (before.control if before else None),
-            p_value=(
-                gate.evidence.p_value if gate.evidence is not None else (before.p_value if before else None)
-            ),
-            min=gate.min if gate.min is not None else (before.min if before else None),
-            max=gate.max if gate.max is not None else (before.max if before else None),
+            control=gate.control,
+            p_value=gate.evidence.p_value if gate.evidence is not None else None,
+            min=gate.min,
+            max=gate.max,
+        )
+        gates[gate.name] = GateReading(
+            value=given.value,
+            control=_kept(given.control, before.control),
+            p_value=_kept(given.p_value, before.p_value),
+            min=_kept(given.min, before.min),
+            max=_kept(given.max, before.max),
         )
     return MappingProxyType(gates)
 
 
+def _kept(given: float | None, before: float | None) -> float | None:
+    return given if given is not None else before
+
+
 def _plus(counts: Mapping[str, float], key: str) -> Mapping[str, float]:
-    return MappingProxyType({**counts, key: counts.get(key, 0.0) + 1})
+    return MappingProxyType({**counts, key: _one_more(counts.get(key))})
+
+
+def _one_more(count: float | None) -> float:
+    return (count or 0.0) + 1
 
 
 class RolloutMetrics(Collector):
@@ -115,18 +128,15 @@ class RolloutMetrics(Collector):
 
     def count_write_failure(self, namespace: str, name: str) -> None:
         series = self._get(namespace, name)
-        self._series[(namespace, name)] = replace(series, write_failures=(series.write_failures or 0.0) + 1)
+        self._series[(namespace, name)] = replace(series, write_failures=_one_more(series.write_failures))
 
     def count_deferred(self, namespace: str, name: str) -> None:
         series = self._get(namespace, name)
-        self._series[(namespace, name)] = replace(series, checks_deferred=(series.checks_deferred or 0.0) + 1)
+        self._series[(namespace, name)] = replace(series, checks_deferred=_one_more(series.checks_deferred))
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted rollout's series, so they do not linger as if it still existed."""
         self._series.pop((namespace, name), None)
-
-    def __len__(self) -> int:
-        return len(self._series)
 
     def describe(self) -> Iterator[Metric]:
         return self._families({})

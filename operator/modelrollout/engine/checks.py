@@ -15,6 +15,16 @@ from modelrollout.engine.returns import roll_back
 REQUESTED_CHECK_SPACING = timedelta(seconds=1)
 
 
+def _checkable(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus) -> bool:
+    """Whether the rollout's gates are checked at all: its pair started, and it is neither pending nor
+    finished."""
+    return (
+        status.pair_hash == pair_hash(spec)
+        and status.phase not in TERMINAL
+        and status.phase != api.Phase.PENDING
+    )
+
+
 def analysis_due(
     spec: api.ModelRolloutSpec,
     status: api.ModelRolloutStatus,
@@ -26,7 +36,7 @@ def analysis_due(
     """Whether the caller should query the gates on this tick. `requested`: a check was asked for out of
     turn (an alert named the rollout); it runs now unless the last one is under REQUESTED_CHECK_SPACING old,
     so a storm of alerts cannot turn into a storm of queries."""
-    if status.pair_hash != pair_hash(spec) or status.phase in TERMINAL or status.phase == api.Phase.PENDING:
+    if not _checkable(spec, status):
         return False
     last = status.last_analysis
     if last is None or last.stage != status.stage or last.at < operator_started_at:
@@ -44,12 +54,10 @@ def requested_check_waits(
     """For a check asked for out of turn that is not due: how long until the spacing lets it run (the
     request is kept until then, never dropped: an alert just after a check is still answered by a check of
     its own, a second later); None when the spacing is not what holds it (nothing to check, or due now)."""
-    if analysis_due(spec, status, now, operator_started_at, requested=True):
-        return None
-    if status.pair_hash != pair_hash(spec) or status.phase in TERMINAL or status.phase == api.Phase.PENDING:
-        return None
     last = status.last_analysis
-    if last is None:
+    if last is None or not _checkable(spec, status):
+        return None
+    if analysis_due(spec, status, now, operator_started_at, requested=True):
         return None
     left = last.at + min(REQUESTED_CHECK_SPACING, spec.analysis.interval) - now
     return left if left > timedelta(0) else None
