@@ -19,6 +19,7 @@ from modelrollout import api, engine, memory
 from modelrollout.alert_receiver import AlertReceiver
 from modelrollout.alerts import canary_service
 from modelrollout.config import OperatorConfig
+from modelrollout.gc_pauses import GcPauseTimer, space_full_collections
 from modelrollout.kube import ACTION_ANNOTATION, default_api_client, describe_api_error
 from modelrollout.notify import Notifier, NotifyTargets
 from modelrollout.reconciler import Reconciler
@@ -70,6 +71,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         # Exact namespaces need no cluster-wide discovery: a namespaced install (Roles only) starts at once
         # instead of retrying cluster-scoped lists it may not make.
         settings.scanning.disabled = True
+    space_full_collections()
     api_client = await asyncio.to_thread(default_api_client)
     api_client.user_agent = user_agent(Runtime.identity)
     reconciler, kube = Reconciler.for_cluster(api_client, Runtime.config)
@@ -80,6 +82,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         reconciler.virtual_services.on_change = wakeups.on_virtual_service
     if Runtime.config.metrics_port:
         reconciler.telemetry.serve(Runtime.config.metrics_port)
+        memo.gc_pause_timer = GcPauseTimer(reconciler.telemetry.observe_gc_pause)
+        memo.gc_pause_timer.install()
     if Runtime.config.return_memory_seconds:
         returned = reconciler.telemetry.memory_returned
         memo.memory_task = asyncio.create_task(
@@ -127,6 +131,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         if reconciler.notifier is not None:
             await reconciler.notifier.drain(5)
         reconciler.close()
+    timer: GcPauseTimer | None = getattr(memo, "gc_pause_timer", None)
+    if timer is not None:
+        timer.uninstall()
     for name in ("notifier_task", "leadership_task", "memory_task"):
         task: asyncio.Task[None] | None = getattr(memo, name, None)
         if task is not None:

@@ -65,5 +65,18 @@ class Telemetry:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
 
+        self.gc_pause_seconds = Histogram(
+            "modelrollout_gc_pause_seconds",
+            "Time Python's cyclic garbage collector held the interpreter (and so the event loop) per "
+            "collection, by generation (2 is a full collection over every tracked object)",
+            ("generation",),
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self._gc_pauses = [self.gc_pause_seconds.labels(str(generation)) for generation in range(3)]
+
+    def observe_gc_pause(self, generation: int, seconds: float) -> None:
+        self._gc_pauses[generation].observe(seconds)
+
     def serve(self, port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from inside the pod network
         start_http_server(port, addr=address, registry=self.registry)

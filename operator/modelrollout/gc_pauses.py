@@ -1,0 +1,59 @@
+"""How long Python's cyclic garbage collector stops the operator.
+
+A collection holds the interpreter lock from start to end: while it runs, the event loop answers no watch
+event, no alert and no check. With a thousand rollouts the process tracks about a million container objects,
+and a full (generation 2) collection walks them all. prometheus_client counts collections but not their
+time, so the operator times them itself from `gc.callbacks` (called by the collector at its start and stop,
+on the thread that triggered it).
+
+Full collections are also spaced further apart than CPython's default. Measured at 1,000 rollouts (2 cores,
+`modelrollout_gc_pause_seconds`): each full collection stopped the loop for 230-300 ms, and with the default
+thresholds one ran every ~14 s (13 in 3 minutes, 1.7% of a core), because every check replaces the
+rollout's status and kopf's body, and those survive long enough to be promoted. Waiting for 100
+generation-1 collections instead of 10 gave 2 in the same 3 minutes, the same pause each, the same RSS
+(249 vs 256 MB). Freezing the objects alive after the start (`gc.freeze`) and a larger generation-0
+threshold did not shorten the pause (316 ms): the objects a full collection walks are the ones that churn.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from typing import Any
+
+Observe = Callable[[int, float], None]
+
+# Generation-1 collections between two full collections (CPython's default is 10). CPython still waits, as
+# well, until the objects promoted since the last full collection reach a quarter of those it kept then.
+FULL_COLLECTION_AFTER = 100
+
+
+def space_full_collections(after: int = FULL_COLLECTION_AFTER) -> None:
+    young, middle, _old = gc.get_threshold()
+    gc.set_threshold(young, middle, after)
+
+
+class GcPauseTimer:
+    """Calls `observe(generation, seconds)` after each collection; `install` once, `uninstall` to stop."""
+
+    def __init__(self, observe: Observe, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._observe = observe
+        self._clock = clock
+        self._started: float | None = None
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = self._clock()
+        elif phase == "stop" and self._started is not None:
+            seconds = self._clock() - self._started
+            self._started = None
+            self._observe(int(info["generation"]), seconds)
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def uninstall(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)

@@ -1,0 +1,56 @@
+import gc
+
+from prometheus_client import CollectorRegistry
+
+from modelrollout.gc_pauses import GcPauseTimer, space_full_collections
+from modelrollout.telemetry import Telemetry
+
+
+def test_a_collection_is_timed_by_its_generation_from_the_collectors_own_callbacks() -> None:
+    seen: list[tuple[int, float]] = []
+    timer = GcPauseTimer(lambda generation, seconds: seen.append((generation, seconds)))
+    timer.install()
+    timer.install()  # once only, however often asked
+    try:
+        gc.collect(2)
+        gc.collect(0)
+    finally:
+        timer.uninstall()
+    gc.collect(1)  # not seen after uninstall
+    assert [generation for generation, _seconds in seen] == [2, 0]
+    assert all(seconds >= 0 for _generation, seconds in seen)
+
+
+def test_the_time_is_from_start_to_stop_and_a_stop_without_a_start_is_ignored() -> None:
+    ticks = iter([10.0, 10.25])
+    seen: list[tuple[int, float]] = []
+    timer = GcPauseTimer(lambda g, s: seen.append((g, s)), clock=lambda: next(ticks))
+    timer("stop", {"generation": 1})
+    timer("start", {"generation": 2})
+    timer("stop", {"generation": 2})
+    assert seen == [(2, 0.25)]
+
+
+def test_pauses_are_exported_per_generation() -> None:
+    registry = CollectorRegistry()
+    telemetry = Telemetry(registry)
+    telemetry.observe_gc_pause(2, 0.3)
+    telemetry.observe_gc_pause(0, 0.002)
+    count = registry.get_sample_value
+    assert count("modelrollout_gc_pause_seconds_count", {"generation": "2"}) == 1
+    assert count("modelrollout_gc_pause_seconds_bucket", {"generation": "2", "le": "0.25"}) == 0
+    assert count("modelrollout_gc_pause_seconds_bucket", {"generation": "2", "le": "0.5"}) == 1
+    assert count("modelrollout_gc_pause_seconds_count", {"generation": "0"}) == 1
+    assert count("modelrollout_gc_pause_seconds_count", {"generation": "1"}) == 0
+
+
+def test_full_collections_are_spaced_and_the_younger_thresholds_kept() -> None:
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        space_full_collections()
+        assert gc.get_threshold() == (700, 10, 100)
+        space_full_collections(after=50)
+        assert gc.get_threshold() == (700, 10, 50)
+    finally:
+        gc.set_threshold(*saved)
