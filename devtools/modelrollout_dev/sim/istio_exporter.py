@@ -81,6 +81,18 @@ class _Service:
             result[code] = base.plus(requests * share, self.latency_ms)
         return {code: counts for code, counts in result.items() if counts.requests > 0}
 
+    def requests_at(self, now: float) -> dict[str, float]:
+        """Only the request counters of `counts_at` (no latency buckets built): a fleet's scrape without
+        histograms."""
+        requests = self.rps * max(0.0, now - self.since)
+        result = {}
+        for code, share in ((OK_CODE, 1.0 - self.error_ratio), (ERROR_CODE, self.error_ratio)):
+            base = self.counts.get(code)
+            total = (base.requests if base is not None else 0.0) + requests * share
+            if total > 0:
+                result[code] = total
+        return result
+
     def fold(self, now: float) -> None:
         self.counts = self.counts_at(now)
         self.since = now
@@ -152,6 +164,8 @@ class IstioTrafficExporter:
 
     def render(self) -> str:
         now = time.monotonic()
+        if not self.histograms:
+            return self._render_requests(now)
         with self._lock:
             self.scrapes += 1
             snapshot = {key: state.counts_at(now) for key, state in sorted(self._services.items())}
@@ -183,6 +197,23 @@ class IstioTrafficExporter:
                 )
                 durations.append(f"istio_request_duration_milliseconds_count{{{labels}}} {counts.requests!r}")
         return "\n".join([*requests, *durations]) + "\n"
+
+    def _render_requests(self, now: float) -> str:
+        # At thousands of services a scrape must stay well inside Prometheus' scrape timeout.
+        with self._lock:
+            self.scrapes += 1
+            snapshot = [(key, state.requests_at(now)) for key, state in sorted(self._services.items())]
+        lines = [
+            "# HELP istio_requests_total Total requests.",
+            "# TYPE istio_requests_total counter",
+        ]
+        for (service, namespace, version), by_code in snapshot:
+            for code, requests in sorted(by_code.items()):
+                labels = _labels(service, namespace, code, version)
+                lines.append(f"istio_requests_total{{{labels}}} {requests!r}")
+                if code == ERROR_CODE:
+                    self.first_errors_scraped.setdefault((service, namespace), now)
+        return "\n".join(lines) + "\n"
 
     def close(self) -> None:
         self._server.shutdown()
