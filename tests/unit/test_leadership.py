@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from modelrollout import leadership
 from modelrollout.leadership import LeaderElector, LeaseTiming, claimed_spec, released_spec
@@ -180,3 +182,92 @@ def test_the_lease_watch_records_each_renewal_when_it_arrives_and_wakes_a_standb
          "_request_timeout": 19}
     ]  # fmt: skip
     assert standby._wake.is_set()  # released: the standby tries at once
+
+
+class _Answer:
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.data = json.dumps(body).encode()
+
+
+class FakeLeases:
+    """The Lease endpoints of an API server: conditional replace on resourceVersion, as the real one."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.stored: dict[str, Any] = {"metadata": {"name": "lease", "resourceVersion": "1"}, "spec": spec}
+        self.calls: list[str] = []
+
+    def read_namespaced_lease(self, name: str, namespace: str, **_: Any) -> _Answer:
+        self.calls.append("read")
+        return _Answer(self.stored)
+
+    def replace_namespaced_lease(self, name: str, namespace: str, body: Any, **_: Any) -> _Answer:
+        self.calls.append("replace")
+        if body["metadata"]["resourceVersion"] != self.stored["metadata"]["resourceVersion"]:
+            raise ApiException(status=409, reason="Conflict")
+        version = str(int(self.stored["metadata"]["resourceVersion"]) + 1)
+        self.stored = {**body, "metadata": {**body["metadata"], "resourceVersion": version}}
+        return _Answer(self.stored)
+
+    def taken_by(self, holder: str) -> None:
+        version = str(int(self.stored["metadata"]["resourceVersion"]) + 1)
+        spec = {**self.stored["spec"], "holderIdentity": holder}
+        self.stored = {"metadata": {**self.stored["metadata"], "resourceVersion": version}, "spec": spec}
+
+
+def test_a_leader_renews_the_record_it_wrote_without_reading_it_and_reads_again_after_a_conflict() -> None:
+    clock = Clock()
+    leader = elector(clock)
+    leases = FakeLeases(held("a"))
+    leader._api = leases  # type: ignore[assignment]
+    assert leader.try_acquire_or_renew()  # first: read, then write
+    clock.now += 2
+    assert leader.try_acquire_or_renew()  # then: the record it wrote, conditionally, in one request
+    assert leases.calls == ["read", "replace", "replace"]
+    assert leases.stored["spec"]["holderIdentity"] == "a"
+    assert leader._renewed_at == clock.now
+
+    leases.taken_by("b")  # another replica wrote since (its valid Lease)
+    leases.calls.clear()
+    renewed_at = leader._renewed_at
+    clock.now += 2
+    assert not leader.try_acquire_or_renew()  # 409 on the fast path, then read: b holds it, not expired
+    assert leases.calls == ["replace", "read"]
+    assert leader._renewed_at == renewed_at
+    assert leases.stored["spec"]["holderIdentity"] == "b"
+
+
+class _CountedStop:
+    """The renewal loop's stop flag: records each wait, moves the clock by it, stops after `rounds`."""
+
+    def __init__(self, clock: Clock, rounds: int) -> None:
+        self.clock, self.rounds, self.waits = clock, rounds, list[float]()
+
+    def wait(self, timeout: float) -> bool:
+        self.waits.append(round(timeout, 6))
+        self.clock.now += timeout
+        return len(self.waits) > self.rounds
+
+    def set(self) -> None:
+        pass
+
+
+def test_renewal_attempts_start_every_retry_period_however_long_each_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    leader = elector(clock)
+    durations = iter([0.5, 1.5, 3.0, 0.0])
+
+    def attempt() -> bool:
+        clock.now += next(durations)
+        leader._renewed_at = clock.now
+        return True
+
+    monkeypatch.setattr(leader, "try_acquire_or_renew", attempt)
+    stop = _CountedStop(clock, rounds=4)
+    leader._stop = stop  # type: ignore[assignment]
+    leader.keep_renewing()
+    assert leader._thread is not None
+    leader._thread.join(timeout=5)
+    # 2 s apart from start to start: 0.5 s taken leaves 1.5 s, 1.5 s leaves 0.5 s, 3 s (late) none.
+    assert stop.waits == [2.0, 1.5, 0.5, 0.0, 2.0]
