@@ -371,6 +371,8 @@ def run_size(n: int, rps: float, quiet_seconds: float, log: Any) -> dict[str, An
         started = time.monotonic()
 
         def count_with(predicate: Any) -> int:
+            if leader.poll() is not None:
+                raise RuntimeError(f"the operator exited ({leader.returncode}): see {processes.logs_dir}")
             return sum(1 for item in list_rollouts(objects) if predicate(item.get("status") or {}))
 
         # Listing the whole fleet is itself load on the API server (5,000 rollouts: ~50 MB a list): at the
