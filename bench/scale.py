@@ -371,8 +371,11 @@ def run_size(n: int, rps: float, quiet_seconds: float, log: Any) -> dict[str, An
         started = time.monotonic()
 
         def count_with(predicate: Any) -> int:
-            if leader.poll() is not None:
-                raise RuntimeError(f"the operator exited ({leader.returncode}): see {processes.logs_dir}")
+            if leader.poll() is not None:  # its log goes with the run directory: keep the end of it here
+                logged = (processes.logs_dir / "operator.log").read_text(errors="replace")
+                told = "\n".join(line for line in logged.splitlines() if not line.startswith(" "))
+                ended = f"the operator exited ({leader.returncode}); its log ends:\n{told[-3000:]}"
+                raise RuntimeError(ended)
             return sum(1 for item in list_rollouts(objects) if predicate(item.get("status") or {}))
 
         # Listing the whole fleet is itself load on the API server (5,000 rollouts: ~50 MB a list): at the
