@@ -2,15 +2,16 @@
 controller-runtime use, so that of several replicas at most one reconciles and writes.
 
 A candidate holds the Lease by writing its identity and a renew time into it, conditionally on the version it
-read. Another holder's Lease counts as expired only when this candidate has seen it unchanged for the whole
-lease duration on its own monotonic clock: clocks of different machines are never compared. The leader
-renews every retry period and considers itself leader only while its last successful renewal is younger than
+read; the leader then renews the record it wrote, conditionally on that version, without reading first.
+Another holder's Lease counts as expired only when this candidate has seen it unchanged for the whole lease
+duration on its own monotonic clock: clocks of different machines are never compared. The leader starts a
+renewal every retry period and considers itself leader only while its last successful renewal is younger than
 the renew deadline, which is shorter than the lease duration: a leader that cannot renew stops writing before
 any standby can take over. A standby watches the Lease, so it sees each renewal the moment it is written and
-tries to take over the moment the record it saw expires, not up to two retry periods later (one to notice
-the last renewal, one to notice its expiry): a dead leader is replaced within the lease duration of its last
-renewal. Losing the Lease ends the process (the kubelet restarts it as a standby), as controller-runtime
-does: nothing half-led survives.
+tries to take over the moment the record it saw expires, not up to two retry periods later (one to notice the
+last renewal, one to notice its expiry): a dead leader is replaced within the lease duration of its last
+renewal. Losing the Lease ends the process (the kubelet restarts it as a standby), as controller-runtime does:
+nothing half-led survives.
 
 The Kubernetes client is synchronous, so the elector runs in a thread of its own: a busy event loop never
 delays a renewal.
