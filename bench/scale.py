@@ -517,7 +517,10 @@ def run_size(n: int, rps: float, quiet_seconds: float, log: Any) -> dict[str, An
                 already += 1  # its own check came first
                 continue
             alerted[host] = time.monotonic()
-            post_alert(alerts_port, host)
+            try:
+                post_alert(alerts_port, host)
+            except OSError as error:  # no answer in time: the rollout's own check may still roll it back
+                figures.setdefault("alerts_unanswered", []).append(f"{host}: {type(error).__name__}: {error}")
         settle(lambda: all(h in watcher.to_stable for h in alerted), 60, 0.1)
         figures["missed_alert"] = missed(list(alerted), watcher.to_stable, objects)
         figures["alert_to_write"] = [
@@ -609,6 +612,7 @@ def report(figures: dict[str, Any]) -> None:
             if figures["alert_breach_shown"]
             else "; (the breaches did not all show in 90 s: alerted anyway)"
         ),
+        *(f"  alert not answered by the operator: {line}" for line in figures.get("alerts_unanswered", [])),
         *(
             [f"  alerted rollouts not rolled back within 60 s: {len(figures['missed_alert'])}"]
             + [f"    {line}" for line in figures["missed_alert"]]
