@@ -190,6 +190,9 @@ def test_kube_apiserver_restarted_mid_rollout(
         stages=[{"weight": 10, "duration": "4s"}, {"weight": 50, "duration": "8s"}, {"weight": 100}]
     )
     rollout.wait_status("stage 2", lambda s: s.get("stage") == 1, timeout=45)
+    # The Event of that advance follows its status write by milliseconds; stopping the API server in
+    # between would lose it (Events are posted once, not retried) and say nothing about the outage.
+    rollout.wait_reasons("StageAdvanced")
     control_plane = dev_env.control_plane
     assert control_plane is not None
 
