@@ -333,13 +333,10 @@ def missed(hosts: list[str], rolled_back: dict[str, Any], objects: client.Custom
     return lines
 
 
-def wait(what: str, predicate: Any, timeout: float, every: float = 1.0) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if predicate():
-            return time.monotonic() - started
-        time.sleep(every)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+def wait(what: str, predicate: Any, timeout: float, every: float = 1.0) -> None:
+    """`settle`, where not coming true ends the run."""
+    if not settle(predicate, timeout, every):
+        raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def run_size(n: int, rps: float, quiet_seconds: float, log: Any) -> dict[str, Any]:

@@ -63,19 +63,12 @@ def _with_gates(previous: Mapping[str, GateReading], check: CheckResult) -> Mapp
     gates = dict(previous)
     for gate in check.gates:
         before = gates.get(gate.name) or GateReading(value=math.nan)
-        given = GateReading(
-            value=gate.value if gate.value is not None else math.nan,
-            control=gate.control,
-            p_value=gate.evidence.p_value if gate.evidence is not None else None,
-            min=gate.min,
-            max=gate.max,
-        )
         gates[gate.name] = GateReading(
-            value=given.value,
-            control=_kept(given.control, before.control),
-            p_value=_kept(given.p_value, before.p_value),
-            min=_kept(given.min, before.min),
-            max=_kept(given.max, before.max),
+            value=gate.value if gate.value is not None else math.nan,
+            control=_kept(gate.control, before.control),
+            p_value=_kept(gate.evidence.p_value if gate.evidence is not None else None, before.p_value),
+            min=_kept(gate.min, before.min),
+            max=_kept(gate.max, before.max),
         )
     return MappingProxyType(gates)
 
