@@ -35,6 +35,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
 def _batch_max_age(text: str) -> float | None:
     return None if text == "off" else _seconds(text)
 
@@ -171,6 +181,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--retry-period", type=float, default=2.0, metavar="SECONDS", help="between renewals and attempts (2)"
     )
     run.add_argument(
+        "--max-concurrent-reconciles",
+        type=_at_least_one,
+        default=32,
+        metavar="N",
+        help="rollouts reconciling at once; the others wait for a slot, those woken by an alert, an action, "
+        "a spec edit or a VirtualService change first. Bounds memory when every rollout wakes together "
+        "(the start, a re-list) (default 32)",
+    )
+    run.add_argument(
         "--return-memory-every",
         type=_seconds,
         default=60.0,
@@ -194,6 +213,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         status_refresh=args.status_refresh,
         cluster_wide=not args.namespace,
         return_memory_seconds=args.return_memory_every or None,
+        max_concurrent_reconciles=args.max_concurrent_reconciles,
     )
 
 

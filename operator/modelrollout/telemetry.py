@@ -6,6 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from modelrollout.rollout_metrics import RolloutMetrics
+from modelrollout.slots import ReconcileSlots
 
 
 class Telemetry:
@@ -74,6 +75,22 @@ class Telemetry:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self._gc_pauses = [self.gc_pause_seconds.labels(str(generation)) for generation in range(3)]
+
+    def watch_slots(self, slots: ReconcileSlots) -> None:
+        """Export how many rollouts reconcile and how many wait for a slot (read at each scrape)."""
+        busy = Gauge(
+            "modelrollout_reconcile_slots_busy",
+            "Rollouts reconciling now (at most --max-concurrent-reconciles)",
+            registry=self.registry,
+        )
+        busy.set_function(lambda: slots.busy)
+        waiting = Gauge(
+            "modelrollout_reconcile_slots_waiting",
+            "Rollouts due for a reconciliation and waiting for a slot: above 0 for long, the operator "
+            "cannot keep up with its rollouts",
+            registry=self.registry,
+        )
+        waiting.set_function(lambda: slots.waiting)
 
     def observe_gc_pause(self, generation: int, seconds: float) -> None:
         self._gc_pauses[generation].observe(seconds)

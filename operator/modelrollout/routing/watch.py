@@ -25,6 +25,7 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from modelrollout.compact import share_strings
 from modelrollout.kube import describe_api_error
 from modelrollout.routing.istio import VirtualService, keeping_what_is_read
 
@@ -64,6 +65,14 @@ def _key(version: str, obj: VirtualService) -> Key:
 
 def _version_of(obj: VirtualService) -> str:
     return str((obj.get("metadata") or {}).get("resourceVersion", ""))
+
+
+def _as_kept(vs: VirtualService) -> VirtualService:
+    """What the cache holds of a VirtualService as decoded: no more managedFields than is read, strings
+    shared with the other VirtualServices (done here, in the watch's thread, not on the event loop)."""
+    kept = keeping_what_is_read(vs)
+    share_strings(kept)
+    return kept
 
 
 class VirtualServiceCache:
@@ -160,7 +169,7 @@ class VirtualServiceCache:
             try:
                 listing = call(*args, _request_timeout=self._request_timeout)
                 since = str(listing["metadata"]["resourceVersion"])
-                items = [keeping_what_is_read(item) for item in listing.get("items") or ()]
+                items = [_as_kept(item) for item in listing.get("items") or ()]
                 del listing  # the whole answer is garbage now: it must not outlive the watch below
                 self._post(self._relisted, scope_key, items)
                 backoff = 1.0
@@ -175,7 +184,7 @@ class VirtualServiceCache:
                         _request_timeout=self._watch_seconds + 30,
                     ):
                         if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                            changed = keeping_what_is_read(event["raw_object"])
+                            changed = _as_kept(event["raw_object"])
                             self._post(self._changed, scope_key[0], event["type"], changed)
                     since = stream.resource_version or since
             except ApiException as error:

@@ -1,0 +1,49 @@
+"""Objects decoded from the API server, made to share their strings, in place.
+
+The operator keeps one decoded object per rollout for as long as the rollout exists (the body kopf hands its
+driver, the VirtualService in the watch's cache), and JSON decoding gives every object its own copy of every
+key and value: "lastTransitionTime", "observedGeneration", "Resolved", "False" and the condition messages
+repeated in each condition. Measured on a rollout's body as the benchmark leaves it (4.5 KB of JSON): 19 KB
+as Python objects, 10 KB once keys and short values are shared with every other rollout's and repeated long
+values within the object. At 5,000 rollouts that is 45 MB.
+
+Keys and values up to `SHARED_UP_TO` characters go through `sys.intern` (one copy in the process); longer
+values are shared within the object only (a message repeated in four conditions). Containers keep their
+identity, so whatever already holds them (kopf's view of the body) sees the shared strings. Pure.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+SHARED_UP_TO = 40  # condition types, reasons, verdicts, hosts and timestamps; not messages
+
+
+def share_strings(obj: Any) -> None:
+    """Replace the keys and string values inside `obj` (a decoded JSON object: dicts, lists, scalars) by
+    shared copies. Order and identity of every dict and list are kept."""
+    repeated: dict[str, str] = {}
+
+    def shared(value: str) -> str:
+        if len(value) <= SHARED_UP_TO:
+            return sys.intern(value)
+        return repeated.setdefault(value, value)
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            entries = list(node.items())
+            node.clear()
+            for key, value in entries:
+                if not isinstance(value, str):
+                    visit(value)
+                kept = shared(value) if isinstance(value, str) else value
+                node[shared(key) if isinstance(key, str) else key] = kept
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                if isinstance(value, str):
+                    node[index] = shared(value)
+                else:
+                    visit(value)
+
+    visit(obj)
