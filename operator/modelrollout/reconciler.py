@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -133,9 +134,9 @@ class Reconciler:
         self._latest: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
         # Per rollout, a status decided but not written (a quiet plan: only the numbers of checks changed)
         # and a digest of the stored status it follows: decided from while the stored one is still that one.
-        # Kept as its JSON (about 3 KB, against 17 KB as a model; parsing it back takes ~60 us): at steady
-        # state every rollout has one.
-        self._unwritten: dict[str, tuple[bytes, str]] = {}
+        # Kept as its JSON, compressed (about 0.9 KB, against 3 KB as JSON and 17 KB as a model; compressing
+        # takes ~90 us, reading it back ~70 us): at steady state every rollout has one.
+        self._unwritten: dict[str, tuple[bytes, bytes]] = {}
 
     @classmethod
     def for_cluster(cls, api_client: client.ApiClient, config: OperatorConfig) -> tuple[Reconciler, Kube]:
@@ -242,7 +243,7 @@ class Reconciler:
         stored = api.ModelRolloutStatus.model_validate(raw_status)
         unwritten = self._unwritten.get(ref.uid)
         status = (
-            api.ModelRolloutStatus.model_validate_json(unwritten[1])
+            api.ModelRolloutStatus.model_validate_json(zlib.decompress(unwritten[1]))
             if unwritten is not None and unwritten[0] == _digest(raw_status)
             else stored
         )
@@ -361,7 +362,7 @@ class Reconciler:
             if plan.status != stored:
                 self._unwritten[ref.uid] = (
                     _digest(obj.get("status") or {}),
-                    plan.status.model_dump_json(by_alias=True),
+                    zlib.compress(plan.status.model_dump_json(by_alias=True).encode(), 1),
                 )
             return plan, obj
         obj = await self._record(ref, obj, stored, plan.status)

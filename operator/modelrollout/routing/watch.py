@@ -170,8 +170,11 @@ class VirtualServiceCache:
                 listing = call(*args, _request_timeout=self._request_timeout)
                 since = str(listing["metadata"]["resourceVersion"])
                 items = [_as_kept(item) for item in listing.get("items") or ()]
-                del listing  # the whole answer is garbage now: it must not outlive the watch below
+                # Neither the answer nor the listed objects may outlive the watch below, as locals of this
+                # thread: the cache replaces the listed objects with the ones the watch shows next.
+                del listing
                 self._post(self._relisted, scope_key, items)
+                del items
                 backoff = 1.0
                 stream = scope.stream = watch.Watch()  # type: ignore[no-untyped-call]
                 while not self._stopping.is_set():
