@@ -32,6 +32,6 @@ class OperatorConfig:
     status_refresh: timedelta | None = timedelta(minutes=5)
     cluster_wide: bool = True
     # Rollouts reconciling at once (modelrollout.slots): the others wait, holding nothing, urgent ones first.
-    max_concurrent_reconciles: int = 32
+    max_concurrent_reconciles: int = 128
     # Memory freed after a burst is given back to the system this often (modelrollout.memory); None: never.
     return_memory_seconds: float | None = 60.0

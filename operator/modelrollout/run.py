@@ -35,16 +35,6 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
-    return value
-
-
 def _batch_max_age(text: str) -> float | None:
     return None if text == "off" else _seconds(text)
 
@@ -182,12 +172,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     run.add_argument(
         "--max-concurrent-reconciles",
-        type=_at_least_one,
-        default=32,
+        type=_positive,
+        default=128,
         metavar="N",
         help="rollouts reconciling at once; the others wait for a slot, those woken by an alert, an action, "
         "a spec edit or a VirtualService change first. Bounds memory when every rollout wakes together "
-        "(the start, a re-list) (default 32)",
+        "(the start, a re-list) (default 128)",
     )
     run.add_argument(
         "--return-memory-every",

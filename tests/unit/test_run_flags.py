@@ -43,3 +43,10 @@ def test_allowed_addresses_from_the_environment(monkeypatch: pytest.MonkeyPatch)
 def test_thread_counts_are_positive(flag: str) -> None:
     with pytest.raises(SystemExit):
         parse(flag)
+
+
+def test_reconciliation_slots() -> None:
+    assert run.config_from_args(parse()).max_concurrent_reconciles == 128
+    assert run.config_from_args(parse("--max-concurrent-reconciles=16")).max_concurrent_reconciles == 16
+    with pytest.raises(SystemExit):
+        parse("--max-concurrent-reconciles=0")
