@@ -30,20 +30,16 @@ def share_strings(obj: Any) -> None:
             return sys.intern(value)
         return repeated.setdefault(value, value)
 
-    def visit(node: Any) -> None:
+    def visit(node: Any) -> Any:
         if isinstance(node, dict):
             entries = list(node.items())
             node.clear()
             for key, value in entries:
-                if not isinstance(value, str):
-                    visit(value)
-                kept = shared(value) if isinstance(value, str) else value
+                kept = shared(value) if isinstance(value, str) else visit(value)
                 node[shared(key) if isinstance(key, str) else key] = kept
         elif isinstance(node, list):
             for index, value in enumerate(node):
-                if isinstance(value, str):
-                    node[index] = shared(value)
-                else:
-                    visit(value)
+                node[index] = shared(value) if isinstance(value, str) else visit(value)
+        return node
 
     visit(obj)

@@ -53,7 +53,7 @@ class ReconcileSlots:
             self._release()
 
     async def _acquire(self, urgent: bool) -> None:
-        if self._free > 0 and not self.waiting:
+        if self._free > 0:  # a free slot means no one waits: a release hands its slot to a waiter first
             self._free -= 1
             return
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
