@@ -30,6 +30,16 @@ Deciders:
   too, and Ville's inequality bounds the rollout's false rollbacks by alpha. At 100% there is no control: the
   rollout finishes.
 - seq (restart per stage), an ablation: the same test starting from 1 at each stage (no carry).
+
+The bound: how much a valid comparative test could detect on the same data. The exact conditional test of
+the canary against its control: conditioned on each stage's error total, the canary's errors of the stage
+are Binomial(total, p(1 + margin)) at the null's edge, their sum over the stages is a sum of binomials, and
+the test rejects at level alpha when the observed sum is in its upper alpha tail. It is the uniformly most
+powerful unbiased test of a common rate ratio when each stage's baseline rate is unknown (a bad hour may move
+it), and it is run once, on all of a run's errors up to the end of the 50% stage, paying no price for
+repeated looks. So no unbiased rule valid under a moving baseline that rolls back before 100% at level alpha,
+sequential or fixed-horizon, detects more often on average. Tests that know the baseline rate, or assume it
+constant, could (the former need no control), but a bad hour hitting both variants fools them.
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from modelrollout.stats.sequential import rate_ratio_log_bf
+from modelrollout.stats.sequential import event_share, rate_ratio_log_bf
 
 STAGES = (1, 5, 25, 50, 100)
 WINDOW_MINUTES = 2
@@ -258,6 +268,23 @@ def sequential(case: Case, *, carry: bool = True) -> Outcome:
     return fixed_outcome(case, decided)
 
 
+def best_single_test(case: Case, *, margin: float = MARGIN) -> float:
+    """The share of runs the exact conditional test (see the module's docstring) rejects at level ALPHA,
+    once, on each run's errors over all the stages with a control."""
+    rejected = 0
+    for run in range(case.runs):
+        null = np.ones(1)  # the distribution of the canary's error sum so far, at the null's edge
+        observed = 0
+        for span, weight in zip(case.schedule.spans(), STAGES, strict=False):
+            canary = int(case.canary_errors[run, span].sum())
+            total = canary + int(case.stable_errors[run, span].sum())
+            observed += canary
+            share_at_edge = float(event_share(1 + margin, weight / 100))
+            null = np.convolve(null, stats.binom.pmf(np.arange(total + 1), total, share_at_edge))
+        rejected += bool(null[observed:].sum() <= ALPHA)
+    return rejected / case.runs
+
+
 DECIDERS: dict[str, Callable[[Case], Outcome]] = {
     "threshold": threshold,
     "mann-whitney": mann_whitney,
@@ -281,9 +308,11 @@ def median(values: np.ndarray) -> str:
 
 
 Results = dict[tuple[str, str], Outcome]
+BOUND = "best single test (bound)"
+Bounds = dict[str, float]  # per regression scenario: the share of runs the best single test detects
 
 
-def table(schedule: Schedule, rng: np.random.Generator, runs: int, rps: float) -> Results:
+def table(schedule: Schedule, rng: np.random.Generator, runs: int, rps: float) -> tuple[Results, Bounds]:
     stages = " ".join(f"{w}%x{m}m" if m else f"{w}%" for w, m in zip(STAGES, schedule.minutes, strict=True))
     print(f"== {schedule.name}: {stages} ==\n")
     header = (
@@ -293,6 +322,7 @@ def table(schedule: Schedule, rng: np.random.Generator, runs: int, rps: float) -
     print(header)
     print("-" * len(header))
     results: Results = {}
+    bounds: Bounds = {}
     for scenario in SCENARIOS:
         case = simulate(rng, scenario, schedule, runs, rps)
         for name, decide in DECIDERS.items():
@@ -304,11 +334,14 @@ def table(schedule: Schedule, rng: np.random.Generator, runs: int, rps: float) -
                 f"{share(result.held):>8}{share(result.promoted):>9}{missed:>8}"
                 f"  {quantiles(result.requests):>17}  {quantiles(result.minutes):>9}"
             )
+        if scenario.regression:
+            bounds[scenario.name] = best_single_test(case)
+            print(f"{scenario.name:<27}{BOUND:<24}{share(bounds[scenario.name]):>9}")
         print()
-    return results
+    return results, bounds
 
 
-def targets(schedule: Schedule, results: Results) -> None:
+def targets(schedule: Schedule, results: Results, bounds: Bounds) -> None:
     print(f"targets, {schedule.name}:")
     calm = [s.name for s in SCENARIOS if not s.regression]
     for name in DECIDERS:
@@ -333,7 +366,53 @@ def targets(schedule: Schedule, results: Results) -> None:
         f"(median {median(fixed_2x.requests)})\n"
         f"    -> {'met' if detected and fewer else 'NOT met'}: detection {'met' if detected else 'NOT met'}, "
         f"fewer requests {'yes' if fewer else 'no'} (medians over the runs each detected)\n"
+        f"    bound: the exact conditional test, once on all of each run's errors, detects "
+        f"{bounds['2x regression']:.1%}"
+        f"{'' if bounds['2x regression'] >= 0.95 else ': 95% is out of reach here (bench/decisions.py)'}\n"
     )
+
+
+SWEEP_MINUTES = (10, 15, 20, 30, 40, 60)
+# Minutes per stage x requests/s x baseline error rate: the 40-minute stages at 5 req/s and 1%.
+SIZING_EVENTS = 2.0
+SIZING_RPS = (2.0, 5.0, 20.0, 50.0)
+
+
+def stage_lengths(rng: np.random.Generator, runs: int, rps: float) -> None:
+    """How long the stages 1/5/25/50 must be for each rule to catch a 2x regression: detection, false
+    rollbacks of healthy canaries, and the bound, per stage length (no soak at 100%)."""
+    print("== stage length needed to detect a 2x regression (stages 1/5/25/50 of the same length) ==\n")
+    header = (
+        f"{'minutes per stage':<19}{'sequential: 2x':>16}{'healthy':>9}{'mann-whitney: 2x':>18}{'healthy':>9}"
+        f"{BOUND + ': 2x':>30}"
+    )
+    print(header)
+    print("-" * len(header))
+    enough: int | None = None
+    for minutes in SWEEP_MINUTES:
+        schedule = Schedule(f"{minutes}-minute stages", (minutes,) * (len(STAGES) - 1) + (0,))
+        regressed = simulate(rng, SCENARIOS[2], schedule, runs, rps)
+        healthy = simulate(rng, SCENARIOS[0], schedule, runs, rps)
+        detected, false_rollbacks = sequential(regressed).rollback, sequential(healthy).rollback
+        print(
+            f"{minutes:<19}{detected:>16.1%}{false_rollbacks:>9.1%}{mann_whitney(regressed).rollback:>18.1%}"
+            f"{mann_whitney(healthy).rollback:>9.1%}{best_single_test(regressed):>30.1%}"
+        )
+        if enough is None and detected >= 0.95 and false_rollbacks < 0.01:
+            enough = minutes
+    shortest = f"{enough} minutes" if enough else f"more than {SWEEP_MINUTES[-1]} minutes"
+    print(
+        f"\nshortest stage length here at which the sequential gate detects >= 95% of 2x regressions with "
+        f"< 1% false rollbacks: {shortest}\n"
+    )
+    # What decides is the number of bad events per stage, so the length should scale as 1 / (rate x baseline).
+    print(f"the same rule at other rates, {SIZING_EVENTS:g} / (requests/s x baseline) minutes per stage:")
+    for other_rps in SIZING_RPS:
+        minutes = max(1, round(SIZING_EVENTS / (other_rps * BASELINE)))
+        schedule = Schedule(f"{minutes}-minute stages", (minutes,) * (len(STAGES) - 1) + (0,))
+        detected = sequential(simulate(rng, SCENARIOS[2], schedule, runs, other_rps)).rollback
+        print(f"  {other_rps:g} req/s, {minutes}-minute stages: the sequential gate detects {detected:.1%}")
+    print()
 
 
 # ---- sticky assignment: the weight splits users, their requests split unevenly ----
@@ -417,8 +496,9 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     results = {schedule.name: table(schedule, rng, args.runs, args.rps) for schedule in SCHEDULES}
     for schedule in SCHEDULES:
-        targets(schedule, results[schedule.name])
+        targets(schedule, *results[schedule.name])
     sticky(rng, args.runs, args.rps)
+    stage_lengths(rng, args.runs, args.rps)
     print(f"({time.perf_counter() - started:.1f} s)")
 
 
