@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
+from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -153,6 +155,28 @@ def test_idle_providers_are_closed(pool: QueryPool) -> None:
     assert (len(cache), cache.closed) == (1, 1)  # a's, unused for 601s; b's was used 301s ago
     cache.forget(("llm", "b"))
     assert (len(cache), cache.closed) == (0, 2)
+
+
+def test_user_counts_follow_every_move_and_idle_closing(pool: QueryPool) -> None:
+    """The per-key user counts that spare the sweep a walk over all rollouts stay equal to the users' keys
+    through moves between settings, forgetting and providers closed as idle."""
+    clock = Clock()
+    cache = ProviderCache(pool, idle_seconds=600, clock=clock)
+    chooser = random.Random(7)
+    addresses = ["http://prom:9090", "http://other:9090", "http://third:9090"]
+    for _ in range(500):
+        user = ("llm", chooser.choice("abcdefgh"))
+        move = chooser.random()
+        if move < 0.7:
+            cache.provider(user, chooser.choice(addresses), timedelta(seconds=10), None)
+        elif move < 0.85:
+            cache.forget(user)
+        else:
+            clock.now += 400
+            cache.sweep()
+        assert cache._user_counts == Counter(cache._users.values())
+        assert set(cache._user_counts) <= set(cache._providers)
+    assert cache.closed > 0
 
 
 def test_a_pool_shut_down_refuses_work_and_keeps_no_turn() -> None:
