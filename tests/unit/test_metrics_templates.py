@@ -444,6 +444,35 @@ def test_malformed_templates_are_refused(template: str) -> None:
         check_template(template)
 
 
+@pytest.mark.parametrize(
+    ("template", "says"),
+    [
+        # The first problem in the text is the one reported, whichever kind it is.
+        ('x{m="{{ nope }}"} {{ target.model', "unknown variable {{ nope }}"),
+        ('x{m="{{ target.model"} y{m="{{ nope }}"}', "malformed placeholder at offset 5"),
+        ('x{m={{ target.model }}} y{m="{{ nope }}"}', "at offset 4 is outside any string"),
+        ('x{m="{{ nope }}"} y{m="\\{{ target.model }}"}', "unknown variable {{ nope }}"),
+        ('x{m="\\{{ target.model }}"} y{m="{{ nope }}"}', "at offset 6 follows a backslash"),
+        ('x{m="{{ nope }}"} y{m="open', "unknown variable {{ nope }}"),
+        ('x{m="{{ target.model }}"} y{m="open', "unterminated string"),
+    ],
+)
+def test_the_first_problem_in_a_template_is_the_one_reported(template: str, says: str) -> None:
+    for _ in range(2):  # the second time from the scan kept for the template: the same answer
+        with pytest.raises(TemplateError) as refused:
+            render(template, variables())
+        assert says in str(refused.value)
+
+
+def test_a_template_renders_each_time_with_the_values_given() -> None:
+    template = 'sum(rate(x{m="{{ target.model }}", h="{{ target.host }}"}[{{ window }}]))'
+    first = render(template, variables(model="m1"))
+    changed = render(template, variables(window=timedelta(minutes=5), model='m"2', host="other"))
+    assert first == 'sum(rate(x{m="m1", h="llm-claude"}[2m]))'
+    assert changed == 'sum(rate(x{m="m\\"2", h="other"}[5m]))'
+    assert render(template, variables(model="m1")) == first
+
+
 def test_unknown_variables_in_a_spec_are_named_with_the_gate_before_anything_runs() -> None:
     raw = sample_spec()
     raw["analysis"]["gates"][2]["query"] = 'sum(rate(x{m="{{ canary.modle }}"}[{{ window }}]))'

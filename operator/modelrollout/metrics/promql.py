@@ -15,8 +15,10 @@ refuses exactly what rendering would refuse whatever the values are.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
+from dataclasses import dataclass
 from enum import Enum
 
 TARGET_FIELDS = ("host", "service", "namespace", "subset", "port", "model", "promptVersion")
@@ -88,28 +90,68 @@ _OPENERS = {'"': _Context.DOUBLE, "'": _Context.SINGLE, "`": _Context.RAW}
 _CLOSERS = {_Context.DOUBLE: '"', _Context.SINGLE: "'", _Context.RAW: "`"}
 
 
+@dataclass(frozen=True)
+class _Placeholder:
+    name: str
+    offset: int
+    context: _Context
+
+
+@dataclass(frozen=True)
+class _Scanned:
+    """A template cut into literal text and placeholders, in order, and the error that stopped the scan (if
+    any): what rendering needs, whatever the values."""
+
+    parts: tuple[str | _Placeholder, ...]
+    stopped_by: str | None  # a message, raised afresh each time (a cached exception would grow its traceback)
+
+
 def render_values(template: str, values: dict[str, str]) -> str:
     """`template` with every placeholder replaced by its (escaped) value; TemplateError if it cannot be."""
+    scanned = _scan(template)
     out: list[str] = []
+    for part in scanned.parts:
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        if part.name not in values:
+            raise TemplateError(unknown_variable_message(part.name))
+        if part.context is _Context.DOUBLE:
+            out.append(escape_promql_string(values[part.name]))
+        elif part.context is _Context.CODE and part.name in BARE_VARIABLES:
+            out.append(values[part.name])
+        else:
+            raise TemplateError(_misplaced(part.name, part.offset, part.context))
+    if scanned.stopped_by is not None:
+        raise TemplateError(scanned.stopped_by)
+    return "".join(out)
+
+
+# Every rollout's check renders its gates' templates, most of them the same few built-in texts: scanned once
+# (character by character, the costly part: 10% of the operator's CPU at 1,000 rollouts when done per check).
+@functools.lru_cache(maxsize=1024)
+def _scan(template: str) -> _Scanned:
+    """Scan `template` by PromQL's lexical rules. Errors that depend on the values (an unknown variable, one
+    misplaced) are left to rendering, at their place among the parts, so the first error in the text is the
+    one reported, as a scan with the values would."""
+    parts: list[str | _Placeholder] = []
+    literal: list[str] = []
     context = _Context.CODE
+
+    def stop(error: str) -> _Scanned:
+        parts.append("".join(literal))
+        return _Scanned(tuple(parts), error)
+
     i = 0
     while i < len(template):
         if template.startswith("{{", i):
             match = _PLACEHOLDER.match(template, i)
             if match is None:
                 snippet = template[i : i + 40]
-                raise TemplateError(
-                    f"malformed placeholder at offset {i}: {snippet!r}; expected {{{{ name }}}}"
-                )
-            name = match.group(1)
-            if name not in values:
-                raise TemplateError(unknown_variable_message(name))
-            if context is _Context.DOUBLE:
-                out.append(escape_promql_string(values[name]))
-            elif context is _Context.CODE and name in BARE_VARIABLES:
-                out.append(values[name])
-            else:
-                raise TemplateError(_misplaced(name, i, context))
+                return stop(f"malformed placeholder at offset {i}: {snippet!r}; expected {{{{ name }}}}")
+            parts.append("".join(literal))
+            literal = []
+            parts.append(_Placeholder(match.group(1), i, context))
             i = match.end()
             continue
         char = template[i]
@@ -128,17 +170,18 @@ def render_values(template: str, values: dict[str, str]) -> str:
             if char == "\\":
                 if template.startswith("{{", i + 1):
                     # A value glued to a backslash would lose its first escape: `\` + `\"` closes the string.
-                    raise TemplateError(f"placeholder at offset {i + 1} follows a backslash")
-                out.append(template[i : i + 2])
+                    return stop(f"placeholder at offset {i + 1} follows a backslash")
+                literal.append(template[i : i + 2])
                 i += 2
                 continue
             if char == _CLOSERS[context]:
                 context = _Context.CODE
-        out.append(char)
+        literal.append(char)
         i += 1
     if context in (_Context.DOUBLE, _Context.SINGLE, _Context.RAW):
-        raise TemplateError(f"unterminated string in query: {template!r}")
-    return "".join(out)
+        return stop(f"unterminated string in query: {template!r}")
+    parts.append("".join(literal))
+    return _Scanned(tuple(part for part in parts if part != ""), None)
 
 
 def check_template(template: str) -> None:
