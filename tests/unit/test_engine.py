@@ -11,6 +11,7 @@ import pytest
 from modelrollout import api, engine
 from modelrollout.analysis import CheckResult
 from modelrollout.engine import Observation, Plan, RoutingView
+from spec_cases import sample_spec
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 STARTED = T0 - timedelta(hours=1)  # the operator's start, before everything below
@@ -105,6 +106,17 @@ class Rollout:
 
 
 P, F, INC, E = api.Verdict.PASS, api.Verdict.FAIL, api.Verdict.INCONCLUSIVE, api.Verdict.ERROR
+
+
+def test_the_pair_hash_stays_what_stored_statuses_carry() -> None:
+    """Rollouts in a cluster carry their pair's hash in status: a different hash for the same pair would
+    start every one of them anew after an upgrade. Values recorded from the first implementation."""
+    raw = sample_spec()
+    for _ in range(2):  # the second time from the cache
+        assert engine.pair_hash(api.ModelRolloutSpec.model_validate(raw)) == "0c164194dba0520e"
+    raw["canary"] = {**raw["canary"], "host": raw["stable"]["host"], "subset": "v2"}
+    raw["stable"] = {**raw["stable"], "subset": "v1"}
+    assert engine.pair_hash(api.ModelRolloutSpec.model_validate(raw)) == "ed25457f796c2c2a"
 
 
 def test_first_tick_starts_stage_one() -> None:
