@@ -1,15 +1,14 @@
 """Objects decoded from the API server, made to share their strings, in place.
 
-The operator keeps one decoded object per rollout for as long as the rollout exists (the body kopf hands its
-driver, the VirtualService in the watch's cache), and JSON decoding gives every object its own copy of every
-key and value: "lastTransitionTime", "observedGeneration", "Resolved", "False" and the condition messages
-repeated in each condition. Measured on a rollout's body as the benchmark leaves it (4.5 KB of JSON): 19 KB
-as Python objects, 10 KB once keys and short values are shared with every other rollout's and repeated long
-values within the object. At 5,000 rollouts that is 45 MB.
+The operator keeps one decoded VirtualService per rollout in the watch's cache for as long as the rollout
+exists, and JSON decoding gives every object its own copy of every key and value. Measured on a rollout's
+body as the benchmark leaves it (4.5 KB of JSON): 19 KB as Python objects, 10 KB once keys and short values
+are shared with every other object's and repeated long values within the object. (Rollout bodies are now
+kept compressed by their drivers instead, see `drivers`.)
 
 Keys and values up to `SHARED_UP_TO` characters go through `sys.intern` (one copy in the process); longer
 values are shared within the object only (a message repeated in four conditions). Containers keep their
-identity, so whatever already holds them (kopf's view of the body) sees the shared strings. Pure.
+identity, so whatever already holds them sees the shared strings. Pure.
 """
 
 from __future__ import annotations

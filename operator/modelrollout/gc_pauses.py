@@ -2,7 +2,7 @@
 
 A collection holds the interpreter lock from start to end: while it runs, the event loop answers no watch
 event, no alert and no check. With a thousand rollouts the process tracks hundreds of thousands of container
-objects (kopf's bodies, statuses, the VirtualService cache), and a full (generation 2) collection walks them
+objects (statuses, the VirtualService cache), and a full (generation 2) collection walks them
 all. prometheus_client counts collections but not their
 time, so the operator times them itself from `gc.callbacks` (called by the collector at its start and stop,
 on the thread that triggered it).

@@ -1,14 +1,13 @@
-"""kopf glue only: settings, one driver (daemon) per ModelRollout, the deletion finalizer. Every decision is
-made in `engine`, every effect in `reconciler`."""
+"""kopf glue only: settings, the watch events that feed each ModelRollout's driver (`drivers`), the deletion
+finalizer. Every decision is made in `engine`, every effect in `reconciler`."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -18,10 +17,10 @@ from kubernetes.client.exceptions import ApiException
 from modelrollout import api, engine, memory
 from modelrollout.alert_receiver import AlertReceiver
 from modelrollout.alerts import canary_service
-from modelrollout.compact import share_strings
 from modelrollout.config import OperatorConfig
+from modelrollout.drivers import Drivers, rollout_key
 from modelrollout.gc_pauses import GcPauseTimer, space_full_collections
-from modelrollout.kube import ACTION_ANNOTATION, default_api_client, describe_api_error
+from modelrollout.kube import ACTION_ANNOTATION, RolloutRef, default_api_client, describe_api_error
 from modelrollout.notify import Notifier, NotifyTargets
 from modelrollout.reconciler import Reconciler
 from modelrollout.slots import ReconcileSlots
@@ -29,6 +28,8 @@ from modelrollout.wakeups import Wakeups
 
 FINALIZER = f"{api.GROUP}/finalizer"
 KOPF_WORKERS = 128
+# How long a driver may take to finish its tick when the operator stops, before it is cancelled.
+DRIVER_STOP_SECONDS = 30.0
 log = logging.getLogger(__name__)
 
 
@@ -91,6 +92,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.reconciler = reconciler
     reconciler.telemetry.watch_slots(_slots(memo))
     wakeups = _wakeups(memo)
+    memo.drivers = drivers_for(reconciler, _slots(memo), wakeups)
     if reconciler.virtual_services is not None:
         # A change to a VirtualService wakes the rollouts that claim it: drift is corrected when it happens.
         reconciler.virtual_services.on_change = wakeups.on_virtual_service
@@ -135,11 +137,58 @@ async def _step_down_when_lost() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def drivers_for(reconciler: Reconciler, slots: ReconcileSlots, wakeups: Wakeups) -> Drivers:
+    """The rollouts' drivers, each tick one `reconciler.reconcile`."""
+    # The last failure reported per rollout: a tick that fails the same way every time posts one Event, not
+    # one per tick; the next success (or another failure) resets it.
+    reported: dict[str, str] = {}
+
+    async def tick(
+        body: dict[str, Any], may_write: Callable[[], bool], check_requested: bool
+    ) -> engine.Plan | None:
+        key = rollout_key(body)
+        try:
+            plan = await reconciler.reconcile(body, may_write=may_write, check_requested=check_requested)
+        except ApiException as error:  # the API server's own words, e.g. a missing RBAC permission
+            message = f"reconcile failed: {describe_api_error(error)}"
+            log.error("%s: %s", key, message)
+        except Exception as error:  # a failed tick is retried at the next one; state lives in status
+            log.exception("%s: reconcile failed", key)
+            message = f"reconcile failed: {type(error).__name__}: {error}"
+        else:
+            reported.pop(key, None)
+            return plan
+        if reported.get(key) != message:
+            reported[key] = message
+            meta = body.get("metadata") or {}
+            ref = RolloutRef(
+                namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", "")
+            )
+            await reconciler.kube.emit_event(ref, "Warning", "ReconcileFailed", message)
+        return None
+
+    def leading() -> bool:  # Runtime.leading is set by `run`, read at each ask
+        return Runtime.leading()
+
+    return Drivers(
+        tick,
+        slots=slots,
+        wakeups=wakeups,
+        leading=leading,
+        wait_seconds=_wait_seconds,
+        canary_service=_canary_service,
+        retry_seconds=Runtime.tick_seconds,
+    )
+
+
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     receiver: AlertReceiver | None = getattr(memo, "alert_receiver", None)
     if receiver is not None:
         await receiver.stop()
+    drivers: Drivers | None = getattr(memo, "drivers", None)
+    if drivers is not None:
+        await drivers.shutdown(DRIVER_STOP_SECONDS)
     reconciler: Reconciler | None = getattr(memo, "reconciler", None)
     if reconciler is not None:
         if reconciler.notifier is not None:
@@ -152,14 +201,6 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         task: asyncio.Task[None] | None = getattr(memo, name, None)
         if task is not None:
             task.cancel()
-
-
-def _lock(memo: kopf.Memo, uid: str) -> asyncio.Lock:
-    """One lock per rollout, shared by its driver and its finalizer: their effects never interleave."""
-    if not hasattr(memo, "locks"):
-        memo.locks = {}
-    locks: dict[str, asyncio.Lock] = memo.locks
-    return locks.setdefault(uid, asyncio.Lock())
 
 
 def _wakeups(memo: kopf.Memo) -> Wakeups:
@@ -178,11 +219,7 @@ def _slots(memo: kopf.Memo) -> ReconcileSlots:
     return slots
 
 
-def _name(body: kopf.Body) -> str:
-    return f"{body.metadata.namespace}/{body.metadata.name}"
-
-
-def _canary_service(body: kopf.Body) -> tuple[str, str] | None:
+def _canary_service(body: Mapping[str, Any]) -> tuple[str, str] | None:
     """The canary Service the rollout routes to, for alerts that name the Service (read leniently: a spec
     the engine refuses names none)."""
     spec = body.get("spec") or {}
@@ -193,81 +230,25 @@ def _canary_service(body: kopf.Body) -> tuple[str, str] | None:
     where = virtual_service.get("namespace") if isinstance(virtual_service, dict) else None
     if not isinstance(host, str):
         return None
-    return canary_service(host, where if isinstance(where, str) and where else body.metadata.namespace or "")
+    namespace = (body.get("metadata") or {}).get("namespace") or ""
+    return canary_service(host, where if isinstance(where, str) and where else namespace)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-async def wake(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """An action or a spec edit is acted on now, not at the next tick. Our own status writes also arrive
-    here; they must not wake the driver, or every write would trigger the next one."""
-    slim_kept_body(event)
-    pending_action = ACTION_ANNOTATION in body.metadata.annotations
-    new_spec = body.metadata.get("generation") != body.status.get("observedGeneration")
-    if pending_action or new_spec:
-        _wakeups(memo).wake(_name(body))
-
-
-def slim_kept_body(event: kopf.RawEvent) -> None:
-    """Make a watch event's object small, in place: that object is the body kopf keeps for the rollout's
-    driver until the next event, one per rollout. Its metadata.managedFields (the API server's per-field
-    bookkeeping of every writer, our status writes included) are dropped: about 20 KB per rollout as Python
-    objects, which nothing in the operator or in kopf reads. Its strings are shared with the other rollouts'
-    bodies (`compact`): 19 KB -> 10 KB for what remains. If kopf ever kept a copy instead, this would only do
-    nothing."""
+async def wake(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Every watch event goes to the rollout's driver (started by the first). An action or a spec edit is
+    acted on now, not at the next tick. Our own status writes also arrive here; they must not wake the
+    driver, or every write would trigger the next one."""
     obj: Any = event.get("object")
-    meta = obj.get("metadata") if isinstance(obj, dict) else None
-    if isinstance(meta, dict):
-        meta.pop("managedFields", None)
-        share_strings(obj)
-
-
-@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=30)
-async def drive(
-    body: kopf.Body,
-    memo: kopf.Memo,
-    stopped: kopf.DaemonStopped,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    **_: Any,
-) -> None:
-    """The one driver of this rollout: reconcile, then wait for the next tick or a change (a spec edit, an
-    action, a change to its VirtualService, an alert)."""
-    reconciler: Reconciler = memo.reconciler
-    slots = _slots(memo)
-    wakeups = _wakeups(memo)
-    rollout = _name(body)
-    alarm = wakeups.alarm(rollout)
-    lock = _lock(memo, body.metadata.uid or "")
-    woken = False  # by the alarm (an alert, an action, a spec edit, its VirtualService), not by its timer
-    while not stopped:
-        alarm.clear()
-        wakeups.route_canary(rollout, _canary_service(body))
-        requested = wakeups.take_check_request(rollout)
-        plan: engine.Plan | None = None
-        async with slots.slot(urgent=woken or requested), lock:
-            if stopped or not Runtime.leading():
-                break
-            try:
-                # Asked before every write: once kopf stops the driver (a deletion, or this replica lost its
-                # Lease), nothing more is written.
-                plan = await reconciler.reconcile(
-                    body, may_write=lambda: not stopped and Runtime.leading(), check_requested=requested
-                )
-            except ApiException as error:  # the API server's own words, e.g. a missing RBAC permission
-                logger.error("reconcile failed: %s", describe_api_error(error))
-            except Exception:  # a failed tick is retried at the next one; state lives in status, not here
-                logger.exception("reconcile failed")
-        if plan is not None and plan.keep_check_request:
-            wakeups.keep_check_request(rollout)
-        waiting = _wait_seconds(plan)
-        log.debug(
-            "%s: next look in %.2f s (engine: %s)", rollout, waiting, plan.look_after if plan else "none"
-        )
-        # Not held while waiting: the plan carries a whole status (about 20 KB), for every rollout at once.
-        plan = None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(alarm.wait(), timeout=waiting)
-        woken = alarm.is_set()
-    wakeups.forget(rollout, alarm)
+    if not isinstance(obj, dict):
+        return
+    drivers: Drivers = memo.drivers
+    drivers.seen(event.get("type"), obj)
+    meta = obj.get("metadata") or {}
+    pending_action = ACTION_ANNOTATION in (meta.get("annotations") or {})
+    new_spec = meta.get("generation") != (obj.get("status") or {}).get("observedGeneration")
+    if event.get("type") != "DELETED" and (pending_action or new_spec):
+        _wakeups(memo).wake(rollout_key(obj))
 
 
 # Added to the engine's moment: the loop's timers may fire a little before the wall clock the engine reads
@@ -288,12 +269,15 @@ def _wait_seconds(plan: engine.Plan | None) -> float:
 @kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL)
 async def release(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     reconciler: Reconciler = memo.reconciler
+    drivers: Drivers = memo.drivers
     if not Runtime.leading():
         raise kopf.TemporaryError("this replica no longer holds the Lease; the leader finalizes", delay=2)
-    # Waits for a tick in progress to finish; the driver, told to stop, starts no other.
-    async with _lock(memo, body.metadata.uid or ""):
+    uid = body.metadata.uid or ""
+    # Its driver is told to stop; a tick in progress finishes first (the lock), no other starts.
+    driven = drivers.stopping(uid, rollout_key(body))
+    async with driven.lock:
         try:
             await reconciler.on_delete(body)
         except Exception as error:
             raise kopf.TemporaryError(f"could not return traffic to stable: {error}", delay=2) from error
-    memo.locks.pop(body.metadata.uid or "", None)
+    drivers.finalized(uid)
