@@ -124,7 +124,8 @@ class Drivers:
             return
         # Kept current from every event, so an alert naming the canary Service finds the rollout at once.
         self._wakeups.route_canary(key, self._canary_service(obj))
-        if driven.task is None and not driven.stopped:
+        # A driver that ended without being stopped (a bug past its guard) starts again with the next event.
+        if (driven.task is None or driven.task.done()) and not driven.stopped:
             driven.task = asyncio.create_task(
                 self._drive(driven), name=f"drive {key}", context=self._context.copy()
             )

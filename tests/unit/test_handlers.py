@@ -236,3 +236,25 @@ def test_a_failing_tick_posts_one_event_per_distinct_failure() -> None:
         ("Warning", "reconcile failed: RuntimeError: boom"),
         ("Warning", "reconcile failed: RuntimeError: bang"),
     ]
+
+
+def test_a_driver_that_ended_without_being_stopped_starts_again_with_the_next_event() -> None:
+    w = World()
+    w.server.put_vs(sample_vs())
+    w.server.create_rollout(sample_spec())
+    handlers.Runtime.tick_seconds = 60.0
+
+    async def scenario() -> None:
+        memo = operator(w)
+        await handlers.wake(event=event(w.server.rollout(), None), memo=memo)
+        driven = memo.drivers.get("uid-chat")
+        first = driven.task
+        assert first is not None
+        first.cancel()  # as if it had died of a bug past its own guard
+        await asyncio.gather(first, return_exceptions=True)
+        await handlers.wake(event=event(w.server.rollout()), memo=memo)
+        assert driven.task is not first
+        assert not driven.task.done()
+        await memo.drivers.shutdown(1)
+
+    asyncio.run(scenario())
