@@ -160,11 +160,7 @@ def drivers_for(reconciler: Reconciler, slots: ReconcileSlots, wakeups: Wakeups)
             return plan
         if reported.get(key) != message:
             reported[key] = message
-            meta = body.get("metadata") or {}
-            ref = RolloutRef(
-                namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", "")
-            )
-            await reconciler.kube.emit_event(ref, "Warning", "ReconcileFailed", message)
+            await reconciler.kube.emit_event(RolloutRef.of(body), "Warning", "ReconcileFailed", message)
         return None
 
     def leading() -> bool:  # Runtime.leading is set by `run`, read at each ask

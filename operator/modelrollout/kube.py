@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +38,12 @@ class RolloutRef:
     namespace: str
     name: str
     uid: str
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> RolloutRef:
+        """The reference of a rollout object as the API server or a watch gave it."""
+        meta = obj["metadata"]
+        return cls(namespace=meta["namespace"], name=meta["name"], uid=meta.get("uid", ""))
 
 
 class StaleObject(Exception):

@@ -63,11 +63,6 @@ def _digest(status: Mapping[str, Any]) -> bytes:
     return hashlib.blake2b(json.dumps(status, sort_keys=True).encode(), digest_size=16).digest()
 
 
-def _ref(obj: Mapping[str, Any]) -> RolloutRef:
-    meta = obj["metadata"]
-    return RolloutRef(namespace=meta["namespace"], name=meta["name"], uid=meta.get("uid", ""))
-
-
 def spec_problems(raw: Mapping[str, Any]) -> api.ModelRolloutSpec | list[str]:
     """The spec, or every reason the operator cannot act on it: what the models refuse (a gate query that
     could never be rendered among it), and a built-in template that does not render with the spec's subset
@@ -170,7 +165,7 @@ class Reconciler:
         of turn (an alert); the engine says whether it runs now."""
         with self.telemetry.reconcile_seconds.time():
             obj = self._freshest(body)
-            ref = _ref(obj)
+            ref = RolloutRef.of(obj)
             # Measured at most once per tick, whatever the retries: (the check, whether it was deferred).
             check: list[tuple[CheckResult | None, bool]] = []
             for _ in range(MAX_CONFLICTS):
@@ -457,7 +452,7 @@ class Reconciler:
         its claims on the VirtualService go, whatever the spec says now: the finalizer acts on what the
         rollout recorded when it started (status.routing), and on the spec only when nothing was recorded (the
         pair too: engine.deletion_pair)."""
-        ref = _ref(body)
+        ref = RolloutRef.of(body)
         self.telemetry.rollouts.forget(ref.namespace, ref.name)
         self.measurer.forget(ref)
         self._latest.pop(ref.uid, None)

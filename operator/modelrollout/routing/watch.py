@@ -131,12 +131,12 @@ class VirtualServiceCache:
     def fetched(self, version: str, obj: VirtualService) -> None:
         """A live read's answer, kept unless the watch has spoken for that VirtualService while the read was
         under way (its view is then the one to follow: it shows every later change in order)."""
-        kept = _Kept.of(obj)
-        key = kept.key(version)
+        meta = obj.get("metadata") or {}
+        key = (version, str(meta.get("namespace", "")), str(meta.get("name", "")))
         scope = self._scopes.get((version, "" if self._cluster_wide else key[1]))
         if scope is not None and scope.synced and key not in self._unsure:
-            return
-        self._objects[key] = kept
+            return  # not packed at all: the watch's view stands
+        self._objects[key] = _Kept.of(obj)
         self._unsure.discard(key)
 
     def wrote(self, version: str, superseded: str, stored: VirtualService) -> None:
