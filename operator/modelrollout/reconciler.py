@@ -14,7 +14,7 @@ import json
 import logging
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +55,17 @@ class Stale(Exception):
 
 class FilterWriteFailed(Exception):
     """The bucket EnvoyFilter could not be written; the VirtualService write that needs it is not made."""
+
+
+@dataclass
+class _Attempts:
+    """What one tick keeps across its attempts after conflicts: the check (measured at most once per tick:
+    the result, and whether the operator's own queue put it off), the Events it posted (a decision made
+    again after a 409 posts none twice), and whether this is the last attempt."""
+
+    check: list[tuple[CheckResult | None, bool]] = field(default_factory=list)
+    posted: set[engine.Event] = field(default_factory=set)
+    last: bool = False
 
 
 def _digest(status: Mapping[str, Any]) -> bytes:
@@ -166,13 +177,13 @@ class Reconciler:
         with self.telemetry.reconcile_seconds.time():
             obj = self._freshest(body)
             ref = RolloutRef.of(obj)
-            # Measured at most once per tick, whatever the retries: (the check, whether it was deferred).
-            check: list[tuple[CheckResult | None, bool]] = []
-            for _ in range(MAX_CONFLICTS):
+            attempts = _Attempts()
+            for attempt in range(1, MAX_CONFLICTS + 1):
                 if obj.get("metadata", {}).get("deletionTimestamp"):
                     return None  # the finalizer's turn
                 try:
-                    return await self._tick(ref, obj, check, may_write, check_requested)
+                    attempts.last = attempt == MAX_CONFLICTS
+                    return await self._tick(ref, obj, attempts, may_write, check_requested)
                 except (Stale, StaleObject, StaleWrite) as stale:
                     log.debug("%s/%s: %s; observing again", ref.namespace, ref.name, stale)
                     fresh = await self.kube.get_rollout(ref)
@@ -212,13 +223,13 @@ class Reconciler:
         self,
         ref: RolloutRef,
         obj: dict[str, Any],
-        check: list[tuple[CheckResult | None, bool]],
+        attempts: _Attempts,
         may_write: Callable[[], bool],
         check_requested: bool,
     ) -> engine.Plan | None:
         plan: engine.Plan | None = None
         for _ in range(MAX_STEPS):
-            plan, obj = await self._step(ref, obj, check, may_write, check_requested)
+            plan, obj = await self._step(ref, obj, attempts, may_write, check_requested)
             if plan is None or not plan.again:
                 break
         return plan
@@ -227,7 +238,7 @@ class Reconciler:
         self,
         ref: RolloutRef,
         obj: dict[str, Any],
-        check: list[tuple[CheckResult | None, bool]],
+        attempts: _Attempts,
         may_write: Callable[[], bool],
         check_requested: bool,
     ) -> tuple[engine.Plan | None, dict[str, Any]]:
@@ -246,7 +257,7 @@ class Reconciler:
         if isinstance(spec, list):
             plan = engine.invalid_spec(status, spec, now, generation)
             obj = await self._record(ref, obj, stored, plan.status, valid=False)
-            await self._post(ref, plan.events)
+            await self._post(ref, plan.events, attempts)
             return plan, obj
 
         target = target_of(spec, ref.namespace)
@@ -254,6 +265,7 @@ class Reconciler:
         filter_name = engine.observed_filter_name(spec, status, f"{ref.namespace}/{ref.name}")
         bucket_filter = await self.kube.get_envoy_filter(ref.namespace, filter_name) if filter_name else None
         action = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
+        check = attempts.check
         if not check:
             due = engine.analysis_due(spec, status, now, self.config.started_at, requested=check_requested)
             same = status.pair_hash == engine.pair_hash(spec) and status.routing in (None, target)
@@ -294,7 +306,7 @@ class Reconciler:
         plan = engine.decide(spec, status, observation)
         # A check is used by one decision that got recorded; after a conflict the next decision reuses it.
         executed, obj = await self._execute(
-            ref, obj, status, stored, plan, observed=observed, may_write=may_write
+            ref, obj, status, stored, plan, observed=observed, may_write=may_write, attempts=attempts
         )
         check[:] = [(None, False)]
         self.telemetry.rollouts.record(
@@ -315,10 +327,13 @@ class Reconciler:
         *,
         observed: Observed,
         may_write: Callable[[], bool],
+        attempts: _Attempts,
     ) -> tuple[engine.Plan, dict[str, Any]]:
         """The plan carried out, or the plan that records why it could not be; and the object as stored.
-        `before` is the status decided on, `stored` the one written (older when quiet plans went before)."""
-        await self._post(ref, plan.early_events)
+        `before` is the status decided on, `stored` the one written (older when quiet plans went before).
+        On the tick's last attempt, a VirtualService that changed under this write too is recorded as a failed
+        write (another writer keeps changing it), not left unsaid."""
+        await self._post(ref, plan.early_events, attempts)
         recorded = before
         if plan.intent is not None:
             obj = await self._record(ref, obj, stored, plan.intent)
@@ -333,18 +348,27 @@ class Reconciler:
             if not may_write():
                 # The driver is stopping: the finalizer owns the VirtualService now. Nothing more is recorded.
                 return engine.Plan(status=stored), obj
+            failure: str | None = None
             try:
                 if step is not None and step.apply is not None:
                     await self._apply_filter(step.apply)
                 await self._write_routing(plan, observed)
-            except (StaleWrite, Stale):
+            except Stale:
                 raise
+            except StaleWrite as conflict:
+                if not attempts.last:
+                    raise
+                failure = (
+                    f"{conflict}, under each of {MAX_CONFLICTS} writes in a row "
+                    "(409: another writer keeps changing it)"
+                )
             except Exception as error:  # refused, forbidden, or not shown on read-back: the engine decides
-                reason = str(error) if isinstance(error, FilterWriteFailed) else describe_api_error(error)
-                log.warning("%s/%s: VirtualService write failed: %s", ref.namespace, ref.name, reason)
-                failed = engine.write_failed(plan, recorded, reason, self.clock())
+                failure = str(error) if isinstance(error, FilterWriteFailed) else describe_api_error(error)
+            if failure is not None:
+                log.warning("%s/%s: VirtualService write failed: %s", ref.namespace, ref.name, failure)
+                failed = engine.write_failed(plan, recorded, failure, self.clock())
                 obj = await self._record(ref, obj, stored, failed.status)
-                await self._post(ref, failed.events)
+                await self._post(ref, failed.events, attempts)
                 self.telemetry.rollouts.count_write_failure(ref.namespace, ref.name)
                 return failed, obj
             if step is not None and step.remove is not None:
@@ -361,7 +385,7 @@ class Reconciler:
                 )
             return plan, obj
         obj = await self._record(ref, obj, stored, plan.status)
-        await self._post(ref, plan.events)
+        await self._post(ref, plan.events, attempts)
         return plan, obj
 
     async def _apply_filter(self, desired: BucketFilter) -> None:
@@ -415,8 +439,11 @@ class Reconciler:
         self._remember(ref, version, stored)
         return stored
 
-    async def _post(self, ref: RolloutRef, events: tuple[engine.Event, ...]) -> None:
+    async def _post(self, ref: RolloutRef, events: tuple[engine.Event, ...], attempts: _Attempts) -> None:
         for event in events:
+            if event in attempts.posted:
+                continue
+            attempts.posted.add(event)
             await self.kube.emit_event(ref, event.type, event.reason, event.message)
 
     def _notify(self, ref: RolloutRef, spec: api.ModelRolloutSpec, plan: engine.Plan) -> None:

@@ -126,6 +126,33 @@ def test_a_conflict_on_the_virtual_service_is_observed_again_and_lands_in_the_sa
     assert "WriteFailed" not in w.reasons()
 
 
+def test_a_virtual_service_that_keeps_changing_under_every_write_is_a_failed_write_said_once() -> None:
+    """A 409 storm (another writer changing the VirtualService under each of a tick's attempts): the
+    rollback stays decided and unclaimed, the status says why, a person hears of it once, not every tick."""
+    w = world()
+    at_stage_two(w)
+    w.measurer.verdict, w.measurer.value = F, 0.3
+    for tick in range(1, 4):
+        w.server.conflict_vs_writes = 1_000
+        w.tick(timedelta(seconds=10))
+        status = w.server.status()
+        assert w.server.weights() == (50, 50)
+        assert status.phase == api.Phase.PROGRESSING
+        assert status.rollback is not None  # decided, to be finished
+        degraded = next(c for c in status.conditions if c.type == "Degraded")
+        assert (degraded.status, degraded.reason) == ("True", "WriteFailed")
+        assert "writes in a row (409" in degraded.message
+        assert status.write_failures == tick
+    assert w.notifier.submitted == []
+    assert rollbacks_counted(w) == 0
+    assert w.reasons().count("WriteFailed") == 1
+
+    w.server.conflict_vs_writes = 0  # the other writer stops
+    w.tick(timedelta(seconds=10))
+    assert (w.server.status().phase, w.server.weights()) == (api.Phase.ROLLED_BACK, (100, 0))
+    assert [n.event for n in w.notifier.submitted] == ["RolledBack"]
+
+
 def test_a_stale_status_is_never_written_over_a_newer_one() -> None:
     """Someone else wrote the rollout between our read and our status write: the write is refused (409),
     the rollout read again and the decision made again on what it now says."""
@@ -287,6 +314,27 @@ def test_a_new_canary_host_first_returns_traffic_and_drops_the_old_destination()
     assert status.canary.host == "llm-next"
     assert w.reasons()[-2:] == ["Superseded", "RolloutStarted"]
     assert w.server.claims() == {"primary": f"{NAMESPACE}/chat"}
+
+
+def test_a_warning_before_a_new_pair_is_posted_once_when_the_record_after_its_write_conflicts() -> None:
+    """StableChanged goes out before the new pair's first write; a 409 on the status record after that write
+    leads to a new decision within the tick, which must not warn a second time."""
+    w = world()
+    at_stage_two(w)
+    w.tick(timedelta(minutes=1))
+    w.tick(timedelta(seconds=30))
+    assert w.server.status().phase == api.Phase.PROMOTED
+
+    def other_stable(obj: dict[str, Any]) -> None:
+        obj["spec"]["stable"] = {"host": STABLE, "model": "gpt-4o"}  # not what serves 100% now
+        obj["spec"]["canary"] = {"host": "llm-next", "model": "next"}
+
+    w.server.edit_rollout(other_stable)
+    w.server.conflict_status_writes = 1
+    w.tick(timedelta(seconds=5))
+    assert w.reasons().count("StableChanged") == 1
+    assert w.reasons().count("RolloutStarted") == 2
+    assert w.server.status().canary is not None
 
 
 def test_a_finished_rollout_keeps_its_phase_through_an_invalid_spec() -> None:
