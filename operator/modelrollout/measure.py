@@ -35,6 +35,7 @@ from modelrollout.analysis import (
 from modelrollout.analysis.sequential import series_key
 from modelrollout.config import OperatorConfig
 from modelrollout.durations import format_duration
+from modelrollout.engine.stages import check_window
 from modelrollout.kube import Kube, RolloutRef, describe_api_error
 from modelrollout.metrics.batching import QueryBatcher
 from modelrollout.metrics.credentials import PrometheusAuth, auth_from_secret_data, credentials_refusal
@@ -181,7 +182,7 @@ class Measurer:
         ask_grouped = None
         if self.batcher is not None and not requested:
             batcher = self.batcher
-            fresh_after = _fresh_after(status)
+            fresh_after = _fresh_after(status, check_window(spec), now)
 
             async def ask_grouped(grouped: GroupedQuery) -> list[Sample]:
                 return await batcher.query(provider, grouped, not_after=not_after, fresh_after=fresh_after)
@@ -246,14 +247,20 @@ class Measurer:
         self.pool.shutdown()
 
 
-def _fresh_after(status: api.ModelRolloutStatus | None) -> float:
-    """The earliest moment (wall clock) a shared answer may have been asked at for this check: not before
-    the rollout's previous check (each check reads data newer than the last one did: no answer counts twice
-    towards a limit) and not before the stage started (its data would be the previous stage's)."""
+def _fresh_after(status: api.ModelRolloutStatus | None, window: timedelta, now: datetime) -> float:
+    """The earliest moment (wall clock) a shared answer may have been asked at for this check made `now`:
+    not before the rollout's previous check (each check reads data newer than the last one did: no answer
+    counts twice towards a limit) and not before the stage started (its data would be the previous stage's).
+    A check made a whole `window` (the longest a check reads) after its stage began may end the stage
+    (`engine.stages.passed_here`): the answers it takes must have been asked that late too, so that what
+    they read is this stage's traffic only."""
     moments: list[datetime] = []
     if status is not None:
-        if status.stage_started_at is not None:
-            moments.append(status.stage_started_at)
+        started = status.stage_started_at
+        if started is not None:
+            moments.append(started)
+            if now - window >= started:
+                moments.append(started + window)
         if status.last_analysis is not None:
             moments.append(status.last_analysis.at)
     return max((moment.timestamp() for moment in moments), default=0.0)

@@ -265,9 +265,23 @@ def test_max_age_must_not_be_negative() -> None:
 def test_a_check_takes_no_shared_answer_from_before_its_stage_or_its_last_check() -> None:
     stage_started = datetime(2026, 12, 2, 11, 59, 57, tzinfo=UTC)
     checked = stage_started + timedelta(seconds=2)
+    window, early = timedelta(seconds=30), stage_started + timedelta(seconds=10)
     status = api.ModelRolloutStatus(stage_started_at=stage_started)
-    assert _fresh_after(None) == 0.0
-    assert _fresh_after(status) == stage_started.timestamp()
+    assert _fresh_after(None, window, early) == 0.0
+    assert _fresh_after(status, window, early) == stage_started.timestamp()
     last = api.AnalysisResult(at=checked, stage=1, verdict=api.Verdict.PASS)
     checked_status = status.model_copy(update={"last_analysis": last})
-    assert _fresh_after(checked_status) == checked.timestamp()
+    assert _fresh_after(checked_status, window, early) == checked.timestamp()
+
+
+def test_a_check_that_may_end_its_stage_takes_no_shared_answer_whose_window_reaches_before_the_stage() -> (
+    None
+):
+    """A check made a whole window after its stage began may advance it: an answer asked a few seconds
+    earlier would read a few seconds of the previous stage."""
+    stage_started = datetime(2026, 12, 2, 11, 59, 57, tzinfo=UTC)
+    window = timedelta(seconds=30)
+    status = api.ModelRolloutStatus(stage_started_at=stage_started)
+    for after in (30, 32, 90):
+        now = stage_started + timedelta(seconds=after)
+        assert _fresh_after(status, window, now) == (stage_started + window).timestamp()
