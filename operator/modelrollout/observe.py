@@ -73,8 +73,9 @@ class RoutingObserver:
             old = (backend_of(status.stable), backend_of(status.canary))
             retiring = tuple(b for b in old if b not in pair)
         experiment = engine.live_experiment(spec, status, f"{ref.namespace}/{ref.name}")
+        owner = f"{ref.namespace}/{ref.name}"
         routing = await self.view(
-            spec_router, spec_snapshot, spec_problem, pair, retiring, experiment=experiment
+            spec_router, spec_snapshot, spec_problem, pair, retiring, experiment=experiment, owner=owner
         )
         previous = None
         if (pair_changed or target_changed) and status.stable is not None and status.canary is not None:
@@ -89,6 +90,7 @@ class RoutingObserver:
                 observed.recorded_snapshot,
                 problem,
                 (backend_of(status.stable), backend_of(status.canary)),
+                owner=owner,
             )
         return observed, routing, previous
 
@@ -107,11 +109,15 @@ class RoutingObserver:
         retiring: tuple[Backend, ...] = (),
         *,
         experiment: ExperimentRoutes | None = None,
+        owner: str = "",
     ) -> engine.RoutingView:
+        """The view of `pair` on what `router` read. One that cannot be used still says whether `owner` (the
+        rollout) holds a claim on the object (on any route): a claim it must give up when it leaves."""
         stable, canary = pair
         if snapshot is None:
             assert problem is not None  # noqa: S101 - _read returns one or the other
-            return engine.RoutingView(problem_reason=problem.reason, problem=str(problem))
+            return engine.RoutingView(problem_reason=problem.reason, problem=str(problem), claimed=False)
+        ours = owner in snapshot.claims.values()
         stale_owner = None
         for _ in range(2):
             try:
@@ -128,9 +134,9 @@ class RoutingObserver:
                 if stale_owner is None and owner_name and not await self._exists(owner_ns, owner_name):
                     stale_owner = conflict.owner  # left by a rollout that is gone: ours to take over
                     continue
-                return engine.RoutingView(conflict_owner=conflict.owner)
+                return engine.RoutingView(conflict_owner=conflict.owner, claimed=ours)
             except RoutingProblem as missing:
-                return engine.RoutingView(problem_reason=missing.reason, problem=str(missing))
+                return engine.RoutingView(problem_reason=missing.reason, problem=str(missing), claimed=ours)
             return engine.RoutingView(
                 canary_weight=view.canary_weight,
                 consistent=view.consistent,
@@ -142,4 +148,4 @@ class RoutingObserver:
                 stale_owner=stale_owner,
                 hosts=snapshot.hosts,
             )
-        return engine.RoutingView(conflict_owner=stale_owner)
+        return engine.RoutingView(conflict_owner=stale_owner, claimed=ours)

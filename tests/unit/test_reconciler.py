@@ -477,6 +477,30 @@ def test_deletion_releases_the_claim_when_the_route_is_gone() -> None:
     assert w.server.claims() == {}
 
 
+def test_a_rollout_moved_to_another_virtual_service_gives_up_its_claim_on_one_whose_route_is_gone() -> None:
+    """The spec names another VirtualService after the recorded route was renamed: nothing of the rollout's
+    is left to put back there, but its claim goes, or it would outlive the rollout."""
+    w = world()
+    at_stage_two(w)
+    w.server.put_vs(sample_vs(name="llm-next"))
+    w.server.edit_vs(lambda vs: vs["spec"]["http"][0].__setitem__("name", "renamed"))
+    assert w.server.claims() == {"primary": f"{NAMESPACE}/chat"}
+
+    def move(obj: dict[str, Any]) -> None:
+        obj["spec"]["trafficRouting"]["istio"]["virtualService"]["name"] = "llm-next"
+
+    w.server.edit_rollout(move)
+    w.tick(timedelta(seconds=5))
+
+    assert w.server.claims() == {}
+    assert w.server.claims("llm-next") == {"primary": f"{NAMESPACE}/chat"}
+    status = w.server.status()
+    assert status.routing is not None
+    assert status.routing.virtual_service == f"{NAMESPACE}/llm-next"
+    w.delete()
+    assert (w.server.claims(), w.server.claims("llm-next")) == ({}, {})
+
+
 def test_a_deletion_during_a_tick_ends_at_stable_and_unclaimed() -> None:
     """The finalizer runs while a tick is about to write: the tick's write meets a 409, it reads the rollout
     again, sees it being deleted and writes nothing more; nothing re-claims the released route."""

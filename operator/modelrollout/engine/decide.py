@@ -63,9 +63,12 @@ def _retirement(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs:
     previous = obs.previous
     if status.pair_hash is None or status.stable is None or status.canary is None or previous is None:
         return None
-    if not previous.usable:
-        return None  # gone, changed beyond recognition, or not ours: nothing of ours to put back there
     target_changed = _target_changed(status, obs)
+    if not previous.usable and not (target_changed and previous.claimed):
+        # Gone, changed beyond recognition, or not ours: nothing of ours to put back there. A claim of ours
+        # on a VirtualService the rollout leaves still goes (below), whatever became of its routes: kept, it
+        # would outlive the rollout.
+        return None
     new_pair = {backend_of(spec.stable), backend_of(spec.canary)}
     drop = target_changed or backend_of(status.canary) not in new_pair
     mid_way = status.phase not in TERMINAL
@@ -77,7 +80,7 @@ def _retirement(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs:
         or not previous.consistent
         or not previous.experiment_in_place
     )
-    if mid_way and (carries_traffic or (drop and previous.canary_present)):
+    if previous.usable and mid_way and (carries_traffic or (drop and previous.canary_present)):
         write = RouteWrite(
             stable=backend_of(status.stable),
             canary=backend_of(status.canary),

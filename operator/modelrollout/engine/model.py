@@ -49,7 +49,7 @@ class RoutingView:
     problem: str | None = None
     conflict_owner: str | None = None
     stale_owner: str | None = None  # a claim left by a ModelRollout that no longer exists
-    claimed: bool = True  # our claim is on the managed routes
+    claimed: bool = True  # our claim is on the managed routes (unusable: on any route of the object)
     mirror: int = 0  # percent of the managed routes' traffic mirrored to the canary
     experiment_in_place: bool = True  # the experiment's routes and headers are as the status says
     hosts: tuple[str, ...] = ()  # the VirtualService's hosts (what the bucket filter acts on)
