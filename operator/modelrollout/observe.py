@@ -72,8 +72,8 @@ class RoutingObserver:
         if pair_changed and not target_changed and status.stable and status.canary:
             old = (backend_of(status.stable), backend_of(status.canary))
             retiring = tuple(b for b in old if b not in pair)
-        experiment = engine.live_experiment(spec, status, f"{ref.namespace}/{ref.name}")
         owner = f"{ref.namespace}/{ref.name}"
+        experiment = engine.live_experiment(spec, status, owner)
         routing = await self.view(
             spec_router, spec_snapshot, spec_problem, pair, retiring, experiment=experiment, owner=owner
         )
