@@ -1,6 +1,8 @@
 """Edges of the reconciler that the main reconciler tests pass over, each pinned so that losing the behaviour
 fails a test: a stale rollout body never overwrites a newer status or moves traffic (and status writes carry
-the resourceVersion they were decided on). Over the in-memory fakes of `fakes`, as `test_reconciler`."""
+the resourceVersion they were decided on); a VirtualService in another namespace is the one measured and
+written; the spec's subset label reaches the rendered queries. Over the in-memory fakes of `fakes`, as
+`test_reconciler`."""
 
 from __future__ import annotations
 
@@ -15,6 +17,12 @@ from kubernetes.client.exceptions import ApiException
 from fakes import NAMESPACE, World, sample_spec, sample_vs
 from modelrollout import api
 from modelrollout.kube import Kube, RolloutRef, StaleObject
+from modelrollout.metrics.templates import (
+    TemplateVariables,
+    grouped_gate_query,
+    render_gate_query,
+    request_count_query,
+)
 
 P, F = api.Verdict.PASS, api.Verdict.FAIL
 
@@ -111,3 +119,63 @@ def test_a_restarted_operator_handed_a_stale_body_keeps_the_newer_status() -> No
     assert (status.phase, status.canary_weight, w.server.weights()) == (api.Phase.ROLLED_BACK, 0, (100, 0))
     assert status.rollback is not None
     assert w.reasons().count("RolledBack") == 1
+
+
+# ---- a VirtualService in another namespace ----
+
+
+def mesh_world() -> World:
+    """The rollout in `llm` routes through the VirtualService `mesh/llm`; `llm/llm` is someone else's."""
+    w = World()
+    w.server.put_vs(sample_vs(namespace="mesh"))
+    w.server.put_vs(sample_vs())
+    spec = sample_spec()
+    spec["trafficRouting"]["istio"]["virtualService"]["namespace"] = "mesh"
+    w.server.create_rollout(spec)
+    return w
+
+
+def test_a_virtual_service_in_another_namespace_is_the_one_written() -> None:
+    w = mesh_world()
+    untouched = w.server.vs()
+    w.tick()
+    w.tick(timedelta(minutes=1))
+
+    assert w.server.weights(namespace="mesh") == (50, 50)
+    assert w.server.vs() == untouched
+    routing = w.server.status().routing
+    assert routing is not None
+    assert routing.virtual_service == "mesh/llm"
+
+
+def test_checks_resolve_short_hosts_in_the_virtual_services_namespace() -> None:
+    """Istio resolves a short host in the namespace of the VirtualService that routes to it."""
+    w = mesh_world()
+    w.tick()
+    w.tick(timedelta(minutes=1))
+    assert w.measurer.calls > 0
+    assert set(w.measurer.namespaces) == {"mesh"}
+
+
+# ---- the subset label ----
+
+
+def test_the_specs_subset_label_selects_each_subset_in_the_built_in_queries() -> None:
+    raw = sample_spec(subsetLabel="destination_canonical_revision")
+    raw["stable"] = {"host": "llm", "subset": "v1", "model": "gpt-4o"}
+    raw["canary"] = {"host": "llm", "subset": "v2", "model": "claude-opus-4-8"}
+    spec = api.parse_spec(raw)
+    gate = spec.analysis.gates[0]
+    variables = TemplateVariables.for_spec(
+        spec, rollout_name="chat", rollout_namespace=NAMESPACE, hosts_namespace=NAMESPACE
+    )
+
+    canary = render_gate_query(gate, variables)
+    stable = render_gate_query(gate, variables.targeting("stable"))
+    assert 'destination_canonical_revision="v2"' in canary
+    assert 'destination_canonical_revision="v1"' in stable
+    assert "destination_version" not in canary + stable
+    assert 'destination_canonical_revision="v2"' in request_count_query(variables)
+    grouped = grouped_gate_query(gate, variables)
+    assert grouped is not None
+    assert dict(zip(grouped.labels, grouped.key, strict=True))["destination_canonical_revision"] == "v2"
