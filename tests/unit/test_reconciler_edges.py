@@ -1,12 +1,15 @@
 """Edges of the reconciler that the main reconciler tests pass over, each pinned so that losing the behaviour
 fails a test: a stale rollout body never overwrites a newer status or moves traffic (and status writes carry
 the resourceVersion they were decided on); a VirtualService in another namespace is the one measured and
-written; the spec's subset label reaches the rendered queries. Over the in-memory fakes of `fakes`, as
-`test_reconciler`."""
+written; the spec's subset label reaches the rendered queries; an invalid spec measures nothing and holds the
+traffic; a new pair after a rollback drops the old canary from the route; a built-in template that does not
+render is an InvalidSpec; a VirtualService write the API server does not store as sent is a failed write.
+Over the in-memory fakes of `fakes`, as `test_reconciler`."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -14,9 +17,11 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from fakes import NAMESPACE, World, sample_spec, sample_vs
+from fakes import CANARY, NAMESPACE, STABLE, World, sample_spec, sample_vs
 from modelrollout import api
 from modelrollout.kube import Kube, RolloutRef, StaleObject
+from modelrollout.metrics import templates
+from modelrollout.metrics.families import FAMILIES
 from modelrollout.metrics.templates import (
     TemplateVariables,
     grouped_gate_query,
@@ -49,6 +54,10 @@ def rolled_back_after(w: World) -> dict[str, Any]:
     assert (w.server.status().phase, w.server.weights()) == (api.Phase.ROLLED_BACK, (100, 0))
     w.measurer.verdict = P
     return stale
+
+
+def conditions(w: World) -> dict[str, api.Condition]:
+    return {c.type: c for c in w.server.status().conditions}
 
 
 # ---- status written with optimistic concurrency ----
@@ -179,3 +188,125 @@ def test_the_specs_subset_label_selects_each_subset_in_the_built_in_queries() ->
     grouped = grouped_gate_query(gate, variables)
     assert grouped is not None
     assert dict(zip(grouped.labels, grouped.key, strict=True))["destination_canonical_revision"] == "v2"
+
+
+# ---- an invalid spec ----
+
+
+def test_a_promoted_rollout_is_not_measured_again_through_an_invalid_spec_and_its_fix() -> None:
+    w = world()
+    at_stage_two(w)
+    w.tick(timedelta(minutes=1))
+    w.tick(timedelta(seconds=30))
+    assert w.server.status().phase == api.Phase.PROMOTED
+    checks, writes = w.measurer.calls, w.server.vs_writes
+    good = w.server.rollout()["spec"]
+
+    w.server.edit_rollout(lambda obj: obj["spec"].__setitem__("stages", [{"weight": 50}]))
+    w.tick(timedelta(seconds=30))
+    w.server.edit_rollout(lambda obj: obj.__setitem__("spec", good))
+    for _ in range(3):
+        w.tick(timedelta(seconds=30))
+
+    assert w.server.status().phase == api.Phase.PROMOTED
+    assert w.measurer.calls == checks
+    assert (w.server.vs_writes, w.server.weights()) == (writes, (0, 100))
+    assert w.reasons().count("Promoted") == 1
+
+
+def test_a_rollout_invalid_mid_way_holds_its_traffic_and_resumes_at_the_same_stage() -> None:
+    w = world()
+    at_stage_two(w)
+    checks, writes = w.measurer.calls, w.server.vs_writes
+    good = w.server.rollout()["spec"]
+
+    w.server.edit_rollout(lambda obj: obj["spec"].__setitem__("stages", [{"weight": 50}]))
+    for _ in range(3):
+        w.tick(timedelta(seconds=10))
+        status = w.server.status()
+        assert (status.phase, status.reason) == (api.Phase.DEGRADED, "InvalidSpec")
+        assert (status.stage, status.canary_weight, w.server.weights()) == (1, 50, (50, 50))
+    assert (w.measurer.calls, w.server.vs_writes) == (checks, writes)
+
+    w.server.edit_rollout(lambda obj: obj.__setitem__("spec", good))
+    w.tick(timedelta(seconds=1))
+
+    status = w.server.status()
+    assert (status.phase, status.stage, status.canary_weight) == (api.Phase.PROGRESSING, 1, 50)
+    assert (w.server.vs_writes, w.server.weights()) == (writes, (50, 50))
+    assert conditions(w)["InvalidSpec"].status == "False"
+    assert w.reasons().count("RolloutStarted") == 1
+
+
+def test_a_built_in_template_that_does_not_render_is_an_invalid_spec_that_moves_no_traffic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The models take the gate (its source is listed as serving the template), but the metric families the
+    templates are built from lack what it needs: the reconciler's own check refuses it before any traffic
+    moves, naming the gate."""
+    families = dict(FAMILIES)
+    families["vllm"] = replace(families["vllm"], time_to_first_token=None)
+    monkeypatch.setattr(templates, "FAMILIES", families)
+    spec = sample_spec()
+    spec["analysis"]["gates"].append({"name": "ttft", "template": "llm-ttft-p99", "source": "vllm", "max": 2})
+    assert not isinstance(api.checked_spec(spec), list)
+    w = world(spec)
+
+    w.tick()
+
+    status = w.server.status()
+    assert (status.phase, status.reason) == (api.Phase.DEGRADED, "InvalidSpec")
+    assert "spec.analysis.gates[1].template" in status.message
+    assert "llm-ttft-p99" in status.message
+    assert (w.server.vs_writes, w.measurer.calls) == (0, 0)
+    assert w.reasons() == ["InvalidSpec"]
+
+
+# ---- a new pair after a finished rollout ----
+
+
+def test_a_new_canary_after_a_rollback_drops_the_old_canary_from_the_route() -> None:
+    """A rolled-back rollout has nothing to return (its canary sits at 0%): the new pair starts at once, and
+    the old canary's destination leaves the route with that first write."""
+    w = world()
+    rolled_back_after(w)
+    assert CANARY in {e["destination"]["host"] for e in w.server.vs()["spec"]["http"][0]["route"]}
+
+    w.server.edit_rollout(
+        lambda obj: obj["spec"].__setitem__("canary", {"host": "llm-next", "model": "next"})
+    )
+    w.tick(timedelta(seconds=5))
+
+    assert w.server.vs()["spec"]["http"][0]["route"] == [
+        {"destination": {"host": STABLE}, "weight": 90},
+        {"destination": {"host": "llm-next"}, "weight": 10},
+    ]
+    status = w.server.status()
+    assert (status.phase, status.stage, status.canary_weight) == (api.Phase.PROGRESSING, 0, 10)
+    assert "Superseded" not in w.reasons()  # the start itself dropped it, no retirement step ran
+
+
+# ---- the read-back of a VirtualService write ----
+
+
+def test_a_write_stored_with_other_weights_is_a_failed_write_and_claims_no_new_weight() -> None:
+    """A mutating webhook (or anything between the write and the store) puts the old weights back: the
+    answer does not show what was written, so the advance is not recorded."""
+    w = world()
+    w.tick()
+    assert w.server.weights() == (90, 10)
+
+    def keep_ten_percent(vs: dict[str, Any]) -> None:
+        for entry in vs["spec"]["http"][0]["route"]:
+            entry["weight"] = 10 if entry["destination"]["host"] == CANARY else 90
+
+    w.server.admit_vs = keep_ten_percent
+    w.tick(timedelta(minutes=1))
+
+    status = w.server.status()
+    assert (status.stage, status.canary_weight, w.server.weights()) == (0, 10, (90, 10))
+    degraded = conditions(w)["Degraded"]
+    assert (degraded.status, degraded.reason) == ("True", "WriteFailed")
+    assert "reads back canary weight 10" in degraded.message
+    assert "StageAdvanced" not in w.reasons()
+    assert w.reasons().count("WriteFailed") == 1
