@@ -2,7 +2,8 @@
 
 `FakeApiServer` keeps ModelRollouts and VirtualServices the way the API server does where it matters to the
 operator: every write bumps a resourceVersion, a write carrying an older one is refused with 409, and faults
-can be injected (a refused VirtualService write, a conflict on the next write, a rollout deleted mid-tick).
+can be injected (a refused VirtualService write, a conflict on the next write, a rollout deleted mid-tick,
+a mutating webhook that rewrites what a VirtualService write stores).
 `FakeRouter` is the real IstioRouter with its two I/O methods pointed at that store, so every VirtualService
 the operator computes goes through the real transforms and the real claim rules.
 """
@@ -55,6 +56,10 @@ class FakeApiServer:
     status_writes: int = 0
     # Called before a VirtualService write lands (after the faults): a race, e.g. a deletion mid-tick.
     before_vs_write: Callable[[], Awaitable[None] | None] | None = None
+    # A mutating admission webhook: changes the body of every VirtualService write before it is stored.
+    admit_vs: Callable[[dict[str, Any]], None] | None = None
+    # The resourceVersion each status write was made conditional on (None: an unconditional write).
+    status_versions: list[str | None] = field(default_factory=list)
     # EnvoyFilters by (namespace, name); the next filter writes (apply or delete) are refused (count).
     envoy_filters: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     refuse_filter_writes: int = 0
@@ -78,11 +83,11 @@ class FakeApiServer:
     def vs(self, name: str = "llm", namespace: str = NAMESPACE) -> dict[str, Any]:
         return copy.deepcopy(self.virtual_services[(namespace, name)])
 
-    def weights(self, name: str = "llm", route: int = 0) -> tuple[int, int]:
+    def weights(self, name: str = "llm", route: int = 0, namespace: str = NAMESPACE) -> tuple[int, int]:
         """(stable, canary) weights of a route; 0 for a destination that is absent."""
         found = {
             e["destination"]["host"]: e.get("weight", 100)
-            for e in self.vs(name)["spec"]["http"][route]["route"]
+            for e in self.vs(name, namespace)["spec"]["http"][route]["route"]
         }
         return found.get(STABLE, 0), found.get(CANARY, 0)
 
@@ -123,6 +128,8 @@ class FakeApiServer:
                 409, "the object has been modified; please apply your changes to the latest version"
             )
         stored = copy.deepcopy(body)
+        if self.admit_vs is not None:
+            self.admit_vs(stored)
         stored["metadata"]["managedFields"] = (
             [
                 *current["metadata"].get("managedFields", []),
@@ -179,6 +186,7 @@ class FakeKube:
         self, ref: RolloutRef, status: api.ModelRolloutStatus, resource_version: str | None
     ) -> dict[str, Any]:
         obj = self.server.rollouts[(ref.namespace, ref.name)]
+        self.server.status_versions.append(resource_version)
         if self.server.conflict_status_writes:
             self.server.conflict_status_writes -= 1
             obj["metadata"]["resourceVersion"] = self.server.bump()  # someone else wrote first
@@ -276,6 +284,7 @@ class FakeMeasurer:
     seen: list[tuple[int | None, int | None]] = field(default_factory=list)  # (live weight, status stage)
     mirrors: list[int] = field(default_factory=list)  # the live mirror percent of each check
     requested: list[bool] = field(default_factory=list)  # whether an alert asked for each check
+    namespaces: list[str] = field(default_factory=list)  # the VirtualService namespace each check was given
 
     async def measure(
         self,
@@ -293,6 +302,7 @@ class FakeMeasurer:
         self.requested.append(requested)
         self.seen.append((canary_weight, status.stage if status else None))
         self.mirrors.append(mirror)
+        self.namespaces.append(virtual_service_namespace)
         if self.verdict is None:
             return None
         gate = api.GateResult(

@@ -258,3 +258,37 @@ def test_a_driver_that_ended_without_being_stopped_starts_again_with_the_next_ev
         await memo.drivers.shutdown(1)
 
     asyncio.run(scenario())
+
+
+def test_a_driver_stopped_while_it_waits_for_a_slot_starts_no_tick() -> None:
+    """Every slot is taken when the driver's turn comes; it is told to stop meanwhile (its rollout is being
+    deleted, or the operator stops): once a slot frees it ends without ticking."""
+    ticks: list[dict[str, Any]] = []
+
+    async def tick(body: dict[str, Any], may_write: Callable[[], bool], check_requested: bool) -> None:
+        ticks.append(body)
+
+    async def scenario() -> None:
+        slots = ReconcileSlots(1)
+        drivers = Drivers(
+            tick,
+            slots=slots,
+            wakeups=Wakeups(),
+            leading=lambda: True,
+            wait_seconds=lambda plan: 60.0,
+            canary_service=lambda obj: None,
+        )
+        w = World()
+        w.server.create_rollout(sample_spec())
+        async with slots.slot(urgent=True):  # another rollout's reconciliation holds the only slot
+            drivers.seen("ADDED", w.server.rollout())
+            await asyncio.sleep(0.05)
+            assert slots.waiting == 1
+            drivers.stop("uid-chat")
+        driven = drivers.get("uid-chat")
+        assert driven is not None
+        assert driven.task is not None
+        await asyncio.wait_for(driven.task, 1)
+
+    asyncio.run(scenario())
+    assert ticks == []
