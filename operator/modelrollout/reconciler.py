@@ -335,8 +335,13 @@ class Reconciler:
         write (another writer keeps changing it), not left unsaid."""
         await self._post(ref, plan.early_events, attempts)
         recorded = before
+        # Whether a write conditional on the version decided from went through: the decision was made on the
+        # rollout as it is now.
+        current = False
         if plan.intent is not None:
-            obj = await self._record(ref, obj, stored, plan.intent)
+            written = await self._record(ref, obj, stored, plan.intent)
+            current = written is not obj
+            obj = written
             recorded = stored = plan.intent
         if plan.consume_action is not None:
             consumed = await self.kube.consume_action(ref, plan.consume_action)
@@ -348,6 +353,8 @@ class Reconciler:
             if not may_write():
                 # The driver is stopping: the finalizer owns the VirtualService now. Nothing more is recorded.
                 return engine.Plan(status=stored), obj
+            if not current:
+                await self._confirm_current(ref, obj)
             failure: str | None = None
             try:
                 if step is not None and step.apply is not None:
@@ -387,6 +394,16 @@ class Reconciler:
         obj = await self._record(ref, obj, stored, plan.status)
         await self._post(ref, plan.events, attempts)
         return plan, obj
+
+    async def _confirm_current(self, ref: RolloutRef, obj: dict[str, Any]) -> None:
+        """Traffic moves only on a decision made from the rollout as stored now. A body can be older than the
+        stored one (a watch behind another replica's writes, after a take-over of the Lease): its status would
+        decide again what was already decided since, and the VirtualService write, conditional on the
+        VirtualService alone, would go through before the status write meets its 409."""
+        stored = await self.kube.get_rollout(ref)
+        version = obj["metadata"].get("resourceVersion")
+        if stored is None or stored.get("metadata", {}).get("resourceVersion") != version:
+            raise Stale(f"the rollout changed since version {version} was read")
 
     async def _apply_filter(self, desired: BucketFilter) -> None:
         try:

@@ -310,3 +310,45 @@ def test_a_write_stored_with_other_weights_is_a_failed_write_and_claims_no_new_w
     assert "reads back canary weight 10" in degraded.message
     assert "StageAdvanced" not in w.reasons()
     assert w.reasons().count("WriteFailed") == 1
+
+
+def test_a_restarted_operator_handed_a_stale_body_never_moves_traffic_to_the_canary() -> None:
+    """Not even for a moment: the VirtualService write is conditional on the VirtualService only, so the
+    rollout is confirmed current before traffic moves on a decision no conditional status write confirmed."""
+    w = World()
+    w.server.put_vs(sample_vs())
+    w.server.create_rollout(sample_spec())
+    w.tick()
+    w.tick(timedelta(minutes=1))
+    stale = w.server.rollout()  # Progressing, stage 2 at 50%
+    w.measurer.verdict = api.Verdict.FAIL
+    w.tick(timedelta(seconds=30))
+    assert (w.server.status().phase, w.server.weights()) == (api.Phase.ROLLED_BACK, (100, 0))
+    w.measurer.verdict = api.Verdict.PASS
+    w.reconciler = w.new_operator()  # a new leader whose watch is behind the old leader's writes
+    seen: list[tuple[int, int]] = []
+    replace = w.server.replace_vs
+
+    def recorded(namespace: str, name: str, body: dict[str, Any], manager: str) -> dict[str, Any]:
+        stored = replace(namespace, name, body, manager)
+        seen.append(w.server.weights())
+        return stored
+
+    w.server.replace_vs = recorded  # type: ignore[method-assign]
+    w.now += timedelta(seconds=5)
+    asyncio.run(w.reconciler.reconcile(stale))
+    assert seen == []  # the decision on the stale body would have written (50, 50), then put it back
+    assert (w.server.status().phase, w.server.weights()) == (api.Phase.ROLLED_BACK, (100, 0))
+
+
+def test_an_istio_template_with_source_istio_is_a_valid_spec_the_operator_acts_on() -> None:
+    """The API (the model and the CRD's rule) lets istio-* templates name source istio."""
+    spec = sample_spec()
+    spec["analysis"]["gates"][0]["source"] = "istio"
+    assert not isinstance(api.checked_spec(spec), list)
+    w = World()
+    w.server.put_vs(sample_vs())
+    w.server.create_rollout(spec)
+    w.tick()
+    status = w.server.status()
+    assert (status.phase, w.server.weights()) == (api.Phase.PROGRESSING, (90, 10)), status.message

@@ -140,7 +140,7 @@ def builtin_template(
     name = template.value
     if name in JUDGE_TEMPLATES:
         return _judge_template(template, selection, role, criterion)
-    if name in SUPPORTED_SOURCES or source is not None:
+    if name in SUPPORTED_SOURCES:  # llm-*; istio-* read Istio whatever the source says (none, or istio)
         family = FAMILIES[(source or api.MetricsSource.ISTIO).value]
         return _llm_template(name, family, selection, pricing)
     window = "[{{ window }}]"
@@ -172,7 +172,7 @@ def builtin_selection(
     name = template.value
     if name in JUDGE_TEMPLATES:
         return _judge_selection(grouped)
-    if name in SUPPORTED_SOURCES or source is not None:
+    if name in SUPPORTED_SOURCES:  # llm-*; istio-* read Istio whatever the source says (none, or istio)
         family = FAMILIES[(source or api.MetricsSource.ISTIO).value]
         if family.model_label is not None:
             return Selection("", ((family.model_label, "target.model"),), grouped)
