@@ -27,9 +27,6 @@ ACTIONS = {
     "resume": engine.Action.RESUME.value,
 }
 TERMINAL_PHASES = frozenset(phase.value for phase in engine.TERMINAL)
-# Degraded for one of these reasons: the operator returns before it looks at actions (or, for an invalid
-# spec, never reads the annotation), so an action sent now would be lost or wait unseen.
-BLOCKING_REASONS = engine.UNUSABLE_ROUTING_REASONS | {"InvalidSpec"}
 MISSING = "-"
 LIST_MESSAGE_WIDTH = 90
 EVENTS_SHOWN = 10
@@ -189,27 +186,20 @@ def generation_lag(obj: Mapping[str, Any]) -> str | None:
 def action_refusal(action: str, obj: Mapping[str, Any]) -> str | None:
     """Why `action` (an annotation value) does not fit the rollout now, or None when the operator would act.
 
-    The rules are the operator's own (engine.action_refusal). Two refusals come first, where the operator
-    would wait or do nothing visible: no status yet, and Degraded for a missing piece or a conflict (the
-    operator records such an action as ignored)."""
+    The rules are the operator's own, as the recorded status shows them (engine.recorded_action_refusal:
+    Degraded for a missing piece, a conflict or an invalid spec ignores actions). One refusal comes first,
+    where the operator would wait: no status yet."""
     status = _map(obj.get("status"))
-    phase = str(status.get("phase") or "")
-    reason = str(status.get("reason") or "")
     if action not in ACTIONS.values():
         return f"unknown action {action!r} (one of {', '.join(ACTIONS.values())})"
-    if not api.status_recorded(status) or not phase:
+    if not api.status_recorded(status) or not status.get("phase"):
         return "the operator has not started this rollout yet (no status); wait for its first status"
-    if phase == api.Phase.DEGRADED and reason in BLOCKING_REASONS:
-        return (
-            f"the rollout is Degraded ({reason}) and the operator acts on nothing until that is fixed: "
-            f"{_text(status.get('message'))}"
-        )
     checked = api.checked_spec(dict(_map(obj.get("spec"))))
     try:
         parsed = api.ModelRolloutStatus.model_validate(dict(status))
     except ValueError:
         return "the status cannot be read; wait for the operator to write it again"
-    refusal = engine.action_refusal(action, None if isinstance(checked, list) else checked, parsed)
+    refusal = engine.recorded_action_refusal(action, None if isinstance(checked, list) else checked, parsed)
     if refusal == NEW_PAIR:
         return (
             "the spec names a stable/canary pair the operator has not started yet; it would take no action "

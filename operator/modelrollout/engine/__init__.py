@@ -14,7 +14,7 @@ settle    phase, reason, message and conditions
 history   the record of each finished stage, for the decision report
 """
 
-from modelrollout.engine.actions import action_refusal
+from modelrollout.engine.actions import action_refusal, recorded_action_refusal
 from modelrollout.engine.bucket_filter import filter_removal_failed, observed_filter_name, wants_filter
 from modelrollout.engine.checks import analysis_due
 from modelrollout.engine.decide import decide, deletion_pair, deletion_write, invalid_spec, write_failed
@@ -65,6 +65,7 @@ __all__ = [
     "look_after",
     "observed_filter_name",
     "pair_hash",
+    "recorded_action_refusal",
     "wants_filter",
     "write_failed",
 ]

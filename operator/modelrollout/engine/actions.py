@@ -8,12 +8,38 @@ from __future__ import annotations
 
 from modelrollout import api
 from modelrollout.engine.draft import Draft
-from modelrollout.engine.model import Action, Observation, pair_hash
+from modelrollout.engine.model import (
+    INVALID_SPEC,
+    UNUSABLE_ROUTING_REASONS,
+    Action,
+    Observation,
+    pair_hash,
+)
 from modelrollout.engine.returns import abort
 from modelrollout.engine.stages import advance, next_position, progress, promote_done, start
 
 ON_STABLE = (api.Phase.ROLLED_BACK, api.Phase.ABORTED)
 NEW_PAIR = "a new rollout (a new stable/canary pair) started instead"
+
+
+# Recorded Degraded for one of these, a rollout acts on no action until it is fixed: it records the action
+# as ignored, or, with an invalid spec, does not read the annotation (an action sent now is lost or waits
+# unseen).
+BLOCKING_REASONS = UNUSABLE_ROUTING_REASONS | {INVALID_SPEC}
+
+
+def recorded_action_refusal(
+    action: str, spec: api.ModelRolloutSpec | None, status: api.ModelRolloutStatus
+) -> str | None:
+    """Why `action` would not take effect, judged from the recorded status alone (what a person's tools see,
+    not the live VirtualService): a rollout recorded Degraded because its VirtualService cannot be used or its
+    spec is invalid ignores actions until that is fixed; otherwise `action_refusal`."""
+    if status.phase == api.Phase.DEGRADED and status.reason in BLOCKING_REASONS:
+        return (
+            f"the rollout is Degraded ({status.reason}) and the operator acts on nothing until that is "
+            f"fixed: {status.message or ''}"
+        )
+    return action_refusal(action, spec, status)
 
 
 def action_refusal(
