@@ -5,7 +5,8 @@ once, one row per target. Rollouts that ask the same grouped query of the same P
 timeout and credentials) share one answer: a rollout whose check starts while that query is running waits for
 it, and one that starts shortly after takes the answer already there, as long as that answer was asked for no
 earlier than `max_age` seconds ago and no earlier than the check's own `fresh_after` (the start of its stage,
-so no stage is judged on data from before it, and its previous check). A check an alert asked for does not
+or a whole window after it for a check that may end the stage, so no stage is judged on data from before
+it; and its previous check). A check an alert asked for does not
 come here: it asks its own queries at once. Prometheus then answers each grouped query about once per
 `max_age` whatever the number of rollouts: queries per interval depend on the templates in use, not on the
 rollouts.
