@@ -285,3 +285,34 @@ def test_a_check_that_may_end_its_stage_takes_no_shared_answer_whose_window_reac
     for after in (30, 32, 90):
         now = stage_started + timedelta(seconds=after)
         assert _fresh_after(status, window, now) == (stage_started + window).timestamp()
+
+
+def test_a_fleets_answer_is_split_outside_the_event_loop_and_a_small_one_on_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Splitting thousands of rows takes tens of milliseconds: on the loop it would hold up every check."""
+    import threading  # noqa: PLC0415
+
+    from modelrollout.metrics import batching  # noqa: PLC0415
+
+    threads: list[bool] = []
+    split = batching.rows_by_key
+
+    def recorded(samples: list[Sample], labels: tuple[str, ...]) -> Any:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return split(samples, labels)
+
+    monkeypatch.setattr(batching, "rows_by_key", recorded)
+    fleet = [
+        Sample({"destination_service_name": f"s{i}", "destination_service_namespace": "ns"}, float(i))
+        for i in range(batching.SPLIT_IN_A_THREAD_FROM)
+    ]
+
+    async def scenario() -> None:
+        big = QueryBatcher(max_age=0)
+        assert await big.query(FakePrometheus(fleet), grouped("s7")) == [Sample({}, 7.0)]
+        small = QueryBatcher(max_age=0)
+        assert await small.query(FakePrometheus(), grouped("b")) == [Sample({}, 0.2)]
+
+    asyncio.run(scenario())
+    assert threads == [False, True]

@@ -32,6 +32,9 @@ from modelrollout.metrics.templates import GroupedQuery
 
 Rows = Mapping[tuple[str, ...], list[Sample]]
 
+# Rows of an answer from which it is split outside the event loop (a few microseconds a row).
+SPLIT_IN_A_THREAD_FROM = 1000
+
 
 class Querying(Protocol):
     async def query(
@@ -165,7 +168,10 @@ class QueryBatcher:
     async def _ask(self, provider: Querying, grouped: GroupedQuery, not_after: float | None) -> Rows:
         # The query is nobody's in particular: it takes its turn at the workers as an owner of its own.
         samples = await provider.query(grouped.promql, owner=("grouped", grouped.promql), not_after=not_after)
-        return rows_by_key(samples, grouped.labels)
+        if len(samples) < SPLIT_IN_A_THREAD_FROM:
+            return rows_by_key(samples, grouped.labels)
+        # Thousands of rows (a fleet's answer): split in a thread, so that the event loop keeps its turns.
+        return await asyncio.to_thread(rows_by_key, samples, grouped.labels)
 
     def _sweep(self, now: float) -> None:
         """Drop answers too old for anyone to take (kept at most one max_age, checked once per max_age)."""

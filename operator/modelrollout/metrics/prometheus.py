@@ -196,9 +196,11 @@ class PrometheusProvider:
         self.busy += 1
         self.last_used = time.monotonic()
         try:
-            raw = await self.pool.run(
+            # Parsed in the worker too: a grouped answer for thousands of rollouts takes tens of ms to read,
+            # which on the event loop would hold up every check and write meanwhile.
+            return await self.pool.run(
                 owner,
-                functools.partial(self._fetch, promql),
+                functools.partial(self._samples, promql),
                 deadline=self._seconds + _DEADLINE_SLACK_SECONDS,
                 not_after=not_after,
                 finished=self._finished,
@@ -207,11 +209,13 @@ class PrometheusProvider:
             raise MetricsError(
                 promql, f"no answer from Prometheus at {self.shown_address} within {self._seconds:g}s"
             ) from None
-        return samples_from_result(promql, raw)
 
     def _finished(self) -> None:
         self.busy -= 1
         self.last_used = time.monotonic()
+
+    def _samples(self, promql: str) -> list[Sample]:
+        return samples_from_result(promql, self._fetch(promql))
 
     def _fetch(self, promql: str) -> Any:
         try:
