@@ -35,3 +35,6 @@ class OperatorConfig:
     max_concurrent_reconciles: int = 128
     # Memory freed after a burst is given back to the system this often (modelrollout.memory); None: never.
     return_memory_seconds: float | None = 60.0
+    # Objects alive this long are frozen out of the garbage collector's walks (modelrollout.gc_pauses); None:
+    # never.
+    gc_freeze_seconds: float | None = 600.0

@@ -19,7 +19,7 @@ from modelrollout.alert_receiver import AlertReceiver
 from modelrollout.alerts import canary_service
 from modelrollout.config import OperatorConfig
 from modelrollout.drivers import Drivers, rollout_key
-from modelrollout.gc_pauses import GcPauseTimer, space_full_collections
+from modelrollout.gc_pauses import GcPauseTimer, keep_long_lived_objects_frozen, space_full_collections
 from modelrollout.kube import ACTION_ANNOTATION, RolloutRef, default_api_client, describe_api_error
 from modelrollout.notify import Notifier, NotifyTargets
 from modelrollout.reconciler import Reconciler
@@ -107,6 +107,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
                 Runtime.config.return_memory_seconds, lambda trim: returned.inc(trim.returned)
             )
         )
+    if Runtime.config.gc_freeze_seconds:
+        memo.gc_freeze_task = asyncio.create_task(
+            keep_long_lived_objects_frozen(Runtime.config.gc_freeze_seconds)
+        )
     if Runtime.elected:
         memo.leadership_task = asyncio.create_task(_step_down_when_lost())
     if Runtime.alerts_port:
@@ -193,7 +197,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     timer: GcPauseTimer | None = getattr(memo, "gc_pause_timer", None)
     if timer is not None:
         timer.uninstall()
-    for name in ("notifier_task", "leadership_task", "memory_task"):
+    for name in ("notifier_task", "leadership_task", "memory_task", "gc_freeze_task"):
         task: asyncio.Task[None] | None = getattr(memo, name, None)
         if task is not None:
             task.cancel()

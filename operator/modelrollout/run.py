@@ -187,6 +187,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="give memory freed after a burst (the start, a re-list) back to the system this often, on "
         "glibc; 0 turns it off (default 60)",
     )
+    run.add_argument(
+        "--gc-freeze-every",
+        type=_seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="collect every cyclic garbage this often, then leave the objects still alive out of the "
+        "collector's walks until the next time (shorter pauses of the event loop); 0 turns it off "
+        "(default 600)",
+    )
     run.set_defaults(handler=run_operator)
 
 
@@ -203,6 +212,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         status_refresh=args.status_refresh,
         cluster_wide=not args.namespace,
         return_memory_seconds=args.return_memory_every or None,
+        gc_freeze_seconds=args.gc_freeze_every or None,
         max_concurrent_reconciles=args.max_concurrent_reconciles,
     )
 

@@ -1,8 +1,11 @@
+import asyncio
+import contextlib
 import gc
+import weakref
 
 from prometheus_client import CollectorRegistry
 
-from modelrollout.gc_pauses import GcPauseTimer, space_full_collections
+from modelrollout.gc_pauses import GcPauseTimer, keep_long_lived_objects_frozen, space_full_collections
 from modelrollout.telemetry import Telemetry
 
 
@@ -54,3 +57,45 @@ def test_full_collections_are_spaced_and_the_younger_thresholds_kept() -> None:
         assert gc.get_threshold() == (700, 10, 50)
     finally:
         gc.set_threshold(*saved)
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_objects_alive_at_a_freeze_are_left_out_until_the_next_period_collects_everything() -> None:
+    """Frozen objects are walked by no collection; every period one full collection takes the garbage among
+    them, and what is still alive is frozen again."""
+    cycle = _Cycle()
+    gone = weakref.ref(cycle)
+    periods: list[float] = []
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def sleep(seconds: float) -> None:
+            periods.append(seconds)
+            if len(periods) == 1:
+                await release.wait()  # the first period lasts until the test has looked
+            else:
+                raise asyncio.CancelledError
+
+        task = asyncio.create_task(keep_long_lived_objects_frozen(600, sleep=sleep))
+        await asyncio.sleep(0)
+        assert gc.get_freeze_count() > 0
+        nonlocal cycle
+        del cycle
+        gc.collect()
+        assert gone() is not None  # frozen: no collection walks it
+        release.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(scenario())
+        assert gone() is None  # the period's full collection took it
+        assert gc.get_freeze_count() > 0  # what survived is frozen again
+        assert periods == [600, 600]
+    finally:
+        gc.unfreeze()
