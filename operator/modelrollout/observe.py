@@ -109,7 +109,7 @@ class RoutingObserver:
         retiring: tuple[Backend, ...] = (),
         *,
         experiment: ExperimentRoutes | None = None,
-        owner: str = "",
+        owner: str,
     ) -> engine.RoutingView:
         """The view of `pair` on what `router` read. One that cannot be used still says whether `owner` (the
         rollout) holds a claim on the object (on any route): a claim it must give up when it leaves."""
@@ -117,7 +117,7 @@ class RoutingObserver:
         if snapshot is None:
             assert problem is not None  # noqa: S101 - _read returns one or the other
             return engine.RoutingView(problem_reason=problem.reason, problem=str(problem), claimed=False)
-        ours = owner in snapshot.claims.values()
+        claims = snapshot.claims.values()  # asked only of a view that cannot be used (a usable one knows)
         stale_owner = None
         for _ in range(2):
             try:
@@ -134,9 +134,11 @@ class RoutingObserver:
                 if stale_owner is None and owner_name and not await self._exists(owner_ns, owner_name):
                     stale_owner = conflict.owner  # left by a rollout that is gone: ours to take over
                     continue
-                return engine.RoutingView(conflict_owner=conflict.owner, claimed=ours)
+                return engine.RoutingView(conflict_owner=conflict.owner, claimed=owner in claims)
             except RoutingProblem as missing:
-                return engine.RoutingView(problem_reason=missing.reason, problem=str(missing), claimed=ours)
+                return engine.RoutingView(
+                    problem_reason=missing.reason, problem=str(missing), claimed=owner in claims
+                )
             return engine.RoutingView(
                 canary_weight=view.canary_weight,
                 consistent=view.consistent,
@@ -148,4 +150,4 @@ class RoutingObserver:
                 stale_owner=stale_owner,
                 hosts=snapshot.hosts,
             )
-        return engine.RoutingView(conflict_owner=stale_owner, claimed=ours)
+        return engine.RoutingView(conflict_owner=stale_owner, claimed=owner in claims)

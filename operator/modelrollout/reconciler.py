@@ -53,6 +53,14 @@ class Stale(Exception):
     """Something this tick read changed before it wrote: observe again."""
 
 
+class StaleRollout(Stale):
+    """The rollout as stored now (None: gone) is newer than the one decided from: decide again from it."""
+
+    def __init__(self, message: str, stored: dict[str, Any] | None) -> None:
+        super().__init__(message)
+        self.stored = stored
+
+
 class FilterWriteFailed(Exception):
     """The bucket EnvoyFilter could not be written; the VirtualService write that needs it is not made."""
 
@@ -63,7 +71,7 @@ class _Attempts:
     the result, and whether the operator's own queue put it off), the Events it posted (a decision made
     again after a 409 posts none twice), and whether this is the last attempt."""
 
-    check: list[tuple[CheckResult | None, bool]] = field(default_factory=list)
+    check: tuple[CheckResult | None, bool] | None = None
     posted: set[engine.Event] = field(default_factory=set)
     last: bool = False
 
@@ -186,7 +194,10 @@ class Reconciler:
                     return await self._tick(ref, obj, attempts, may_write, check_requested)
                 except (Stale, StaleObject, StaleWrite) as stale:
                     log.debug("%s/%s: %s; observing again", ref.namespace, ref.name, stale)
-                    fresh = await self.kube.get_rollout(ref)
+                    # A rollout read to find it stale is not read again.
+                    fresh = (
+                        stale.stored if isinstance(stale, StaleRollout) else await self.kube.get_rollout(ref)
+                    )
                     if fresh is None:
                         return None
                     obj = fresh
@@ -265,8 +276,7 @@ class Reconciler:
         filter_name = engine.observed_filter_name(spec, status, f"{ref.namespace}/{ref.name}")
         bucket_filter = await self.kube.get_envoy_filter(ref.namespace, filter_name) if filter_name else None
         action = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
-        check = attempts.check
-        if not check:
+        if attempts.check is None:
             due = engine.analysis_due(spec, status, now, self.config.started_at, requested=check_requested)
             same = status.pair_hash == engine.pair_hash(spec) and status.routing in (None, target)
             measured = None
@@ -284,7 +294,8 @@ class Reconciler:
                     requested=check_requested,
                 )
             # Due and measurable, yet no result: the operator's own queue put it off.
-            check.append((measured, measurable and measured is None))
+            attempts.check = (measured, measurable and measured is None)
+        check, check_deferred = attempts.check
         observation = engine.Observation(
             now=now,
             generation=generation,
@@ -292,8 +303,8 @@ class Reconciler:
             routing=routing,
             target=target,
             previous=previous,
-            check=check[0][0],
-            check_deferred=check[0][1],
+            check=check,
+            check_deferred=check_deferred,
             check_requested=check_requested,
             recorded_check_at=stored.last_analysis.at if stored.last_analysis is not None else None,
             status_refresh=self.config.status_refresh,
@@ -308,7 +319,7 @@ class Reconciler:
         executed, obj = await self._execute(
             ref, obj, status, stored, plan, observed=observed, may_write=may_write, attempts=attempts
         )
-        check[:] = [(None, False)]
+        attempts.check = (None, False)
         self.telemetry.rollouts.record(
             ref.namespace, ref.name, executed.status, observation.check, executed.rollback_reason
         )
@@ -403,7 +414,7 @@ class Reconciler:
         stored = await self.kube.get_rollout(ref)
         version = obj["metadata"].get("resourceVersion")
         if stored is None or stored.get("metadata", {}).get("resourceVersion") != version:
-            raise Stale(f"the rollout changed since version {version} was read")
+            raise StaleRollout(f"the rollout changed since version {version} was read", stored)
 
     async def _apply_filter(self, desired: BucketFilter) -> None:
         try:
@@ -518,7 +529,11 @@ class Reconciler:
             try:
                 if pair is not None:
                     view = await self.observer.view(
-                        router, snapshot, None, (backend_of(pair[0]), backend_of(pair[1]))
+                        router,
+                        snapshot,
+                        None,
+                        (backend_of(pair[0]), backend_of(pair[1])),
+                        owner=f"{ref.namespace}/{ref.name}",
                     )
                     write = engine.deletion_write(status, view, pair)
                     if write is not None:
