@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from modelrollout import api
+from modelrollout_dev.devenv.established import wait_established
 
 CRDS = Path(__file__).resolve().parents[1] / "crds"
 
@@ -59,9 +60,5 @@ def process_rss_mb(pid: int, field: str = "VmRSS") -> float:
 def install_crd_and_namespace(kubectl: list[str], namespace: str) -> None:
     """The ModelRollout CRD applied and served, and the benchmark's namespace created."""
     subprocess.run([*kubectl, "apply", "--server-side", "-f", str(CRDS)], check=True, capture_output=True)
-    subprocess.run(
-        [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS)],
-        check=True,
-        capture_output=True,
-    )
+    wait_established(kubectl, CRDS).check_returncode()
     subprocess.run([*kubectl, "create", "namespace", namespace], check=True, capture_output=True)

@@ -19,6 +19,7 @@ import pytest
 from kubernetes import client, config
 
 from modelrollout_dev.devenv.environment import DevEnvironment, EnvironmentState, runs_root
+from modelrollout_dev.devenv.established import wait_established
 from modelrollout_dev.devenv.gitops import GitopsTool, gitops_tool
 from modelrollout_dev.devenv.prometheus import PrometheusServer
 from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
@@ -74,12 +75,12 @@ def kubectl(env_state: EnvironmentState) -> Kubectl:
 
 
 @pytest.fixture(scope="session")
-def modelrollout_crd(kubectl: Kubectl) -> str:
+def modelrollout_crd(kubectl: Kubectl, env_state: EnvironmentState) -> str:
     """The generated ModelRollout CRD from crds/, installed once per session and served."""
     crd = Path(__file__).resolve().parents[1] / "crds" / "modelrollout.io_modelrollouts.yaml"
     applied = kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
     assert applied.returncode == 0, applied.stderr
-    established = kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crd))
+    established = wait_established([env_state.kubectl, f"--kubeconfig={env_state.kubeconfig}"], crd)
     assert established.returncode == 0, established.stderr
     return str(crd)
 

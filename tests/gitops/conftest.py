@@ -14,6 +14,7 @@ from flux_fleet import Fleet
 from kubernetes import client
 
 from modelrollout_dev.devenv.environment import DevEnvironment, EnvironmentState
+from modelrollout_dev.devenv.established import wait_established
 from modelrollout_dev.devenv.flux import FluxControllers, ensure_flux
 from modelrollout_dev.devenv.git_server import GitRepository
 from scenario_support import Kubectl, OperatorProcess, mark_tier
@@ -36,7 +37,7 @@ def flux(dev_env: DevEnvironment, env_state: EnvironmentState, kubectl: Kubectl)
         applied = kubectl("apply", "--server-side", "-f", str(crd))
         assert applied.returncode == 0, applied.stderr
     for crd in binaries.crds:
-        established = kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crd))
+        established = wait_established([env_state.kubectl, f"--kubeconfig={env_state.kubeconfig}"], crd)
         assert established.returncode == 0, established.stderr
     controllers = FluxControllers(binaries, env_state.kubeconfig, dev_env.run_dir, dev_env.processes)
     controllers.start()

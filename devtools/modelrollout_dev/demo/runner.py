@@ -23,6 +23,7 @@ from kubernetes import client, config
 from modelrollout import api, report
 from modelrollout_dev.demo import scenario, timeline, view
 from modelrollout_dev.devenv.environment import DevEnvironment, runs_root
+from modelrollout_dev.devenv.established import wait_established
 from modelrollout_dev.devenv.netutil import free_port
 from modelrollout_dev.devenv.processes import ProcessSet
 from modelrollout_dev.local_operator import local_command
@@ -108,11 +109,7 @@ class Demo:
         kubectl = [state.kubectl, f"--kubeconfig={state.kubeconfig}"]
         crds = REPO_ROOT / "crds"
         subprocess.run([*kubectl, "apply", "--server-side", "-f", str(crds)], check=True, capture_output=True)
-        subprocess.run(
-            [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds)],
-            check=True,
-            capture_output=True,
-        )
+        wait_established(kubectl, crds).check_returncode()
         subprocess.run([*kubectl, "create", "namespace", scenario.NAMESPACE], check=True, capture_output=True)
 
         config.load_kube_config(config_file=state.kubeconfig)  # type: ignore[no-untyped-call]

@@ -22,6 +22,7 @@ from modelrollout_dev.devenv.environment import (
     running_state,
     runs_root,
 )
+from modelrollout_dev.devenv.established import wait_established
 from modelrollout_dev.devenv.flux import ensure_flux
 from modelrollout_dev.devenv.gitops import gitops_tool
 from modelrollout_dev.devenv.istio import istio_crds_path
@@ -121,8 +122,9 @@ def _apply(state: EnvironmentState, paths: list[Path]) -> None:
         print(result.stdout, end="")
         if "customresourcedefinition" in result.stdout:
             # The next file may hold objects of these kinds: wait until they are served.
-            wait = [*argv[:2], "wait", "--for=condition=Established", "--timeout=60s", "-f", str(path)]
-            subprocess.run(wait, capture_output=True, text=True, check=True)
+            waited = wait_established(argv[:2], path)
+            if waited.returncode != 0:
+                raise StartError(f"CRDs of {path} not served:\n{waited.stderr}")
 
 
 def _up(run_dir: Path, *, foreground: bool, apply: list[Path]) -> int:

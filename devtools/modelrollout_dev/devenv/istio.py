@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 from modelrollout_dev.devenv.binaries import GOMOD_DIR, cache_root, downloaded_module, pinned_version
+from modelrollout_dev.devenv.established import wait_established
 
 CRD_FILE = "kubernetes/customresourcedefinitions.gen.yaml"
 NETWORKING_CRDS = ("virtualservices.networking.istio.io", "destinationrules.networking.istio.io")
@@ -41,11 +42,10 @@ def install_istio_crds(kubectl: Path, kubeconfig: Path, timeout_seconds: int = 6
     the API server serves them."""
     crds = istio_crds_path()
     base = [str(kubectl), f"--kubeconfig={kubeconfig}"]
-    for argv in (
-        [*base, "apply", "--server-side", "--field-manager=modelrollout-dev", "-f", str(crds)],
-        [*base, "wait", "--for=condition=Established", f"--timeout={timeout_seconds}s", "-f", str(crds)],
-    ):
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"`{' '.join(argv[2:])}` failed:\n{result.stdout}{result.stderr}")
+    argv = [*base, "apply", "--server-side", "--field-manager=modelrollout-dev", "-f", str(crds)]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode == 0:
+        result = wait_established(base, crds, timeout_seconds)
+    if result.returncode != 0:
+        raise RuntimeError(f"`{' '.join(result.args[2:])}` failed:\n{result.stdout}{result.stderr}")
     return crds
