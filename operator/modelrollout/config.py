@@ -30,6 +30,9 @@ class OperatorConfig:
     # A decision that changes only the numbers of checks stays unwritten while the last check written is
     # younger than this (engine.quiet); None: every change is written at once.
     status_refresh: timedelta | None = timedelta(minutes=5)
+    # Those refresh writes, for all rollouts together, at most this many per second (a token bucket,
+    # modelrollout.refresh_budget); None: no limit.
+    status_refreshes_per_second: float | None = 2.0
     cluster_wide: bool = True
     # Rollouts reconciling at once (modelrollout.slots): the others wait, holding nothing, urgent ones first.
     max_concurrent_reconciles: int = 128

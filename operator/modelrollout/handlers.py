@@ -19,11 +19,12 @@ from modelrollout.alert_receiver import AlertReceiver
 from modelrollout.alerts import canary_service
 from modelrollout.config import OperatorConfig
 from modelrollout.drivers import Drivers, rollout_key
-from modelrollout.gc_pauses import GcPauseTimer, keep_long_lived_objects_frozen, space_full_collections
+from modelrollout.gc_pauses import GcPauseTimer, LongLivedObjectsFreezer, Observe, space_full_collections
 from modelrollout.kube import ACTION_ANNOTATION, RolloutRef, default_api_client, describe_api_error
 from modelrollout.notify import Notifier, NotifyTargets
 from modelrollout.reconciler import Reconciler
 from modelrollout.slots import ReconcileSlots
+from modelrollout.telemetry import Telemetry
 from modelrollout.wakeups import Wakeups
 
 FINALIZER = f"{api.GROUP}/finalizer"
@@ -54,6 +55,25 @@ class Runtime:
 def user_agent(identity: str) -> str:
     """The user agent of this replica's API requests: its identity shows in the API server's audit log."""
     return f"modelrollout-operator/{identity}" if identity else "modelrollout-operator"
+
+
+def _time_and_shorten_collections(memo: kopf.Memo, telemetry: Telemetry) -> None:
+    """Collections timed into /metrics (when served), and long-lived objects frozen out of their walks."""
+    observers: list[Observe] = []  # of each collection's pause
+    if Runtime.config.metrics_port:
+        observers.append(telemetry.observe_gc_pause)
+    if Runtime.config.gc_freeze_seconds:
+        freezer = LongLivedObjectsFreezer(Runtime.config.gc_freeze_seconds)
+        observers.append(freezer.observe)
+        memo.gc_freeze_task = asyncio.create_task(freezer.run())
+    if observers:
+
+        def observe_collection(generation: int, seconds: float) -> None:
+            for observe in observers:
+                observe(generation, seconds)
+
+        memo.gc_pause_timer = GcPauseTimer(observe_collection)
+        memo.gc_pause_timer.install()
 
 
 @kopf.on.startup()
@@ -96,20 +116,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if reconciler.virtual_services is not None:
         # A change to a VirtualService wakes the rollouts that claim it: drift is corrected when it happens.
         reconciler.virtual_services.on_change = wakeups.on_virtual_service
-    if Runtime.config.metrics_port:
-        reconciler.telemetry.serve(Runtime.config.metrics_port)
-        memo.gc_pause_timer = GcPauseTimer(reconciler.telemetry.observe_gc_pause)
-        memo.gc_pause_timer.install()
+    _time_and_shorten_collections(memo, reconciler.telemetry)
     if Runtime.config.return_memory_seconds:
         returned = reconciler.telemetry.memory_returned
         memo.memory_task = asyncio.create_task(
             memory.keep_returning_memory(
                 Runtime.config.return_memory_seconds, lambda trim: returned.inc(trim.returned)
             )
-        )
-    if Runtime.config.gc_freeze_seconds:
-        memo.gc_freeze_task = asyncio.create_task(
-            keep_long_lived_objects_frozen(Runtime.config.gc_freeze_seconds)
         )
     if Runtime.elected:
         memo.leadership_task = asyncio.create_task(_step_down_when_lost())

@@ -36,6 +36,7 @@ from modelrollout.metrics.templates import spec_template_errors
 from modelrollout.notify import Notification, Notifier, now_text
 from modelrollout.observe import Observed, RoutingObserver, target_of
 from modelrollout.ports import KubeApi, Measuring, RouterFactory
+from modelrollout.refresh_budget import RefreshBudget
 from modelrollout.routing.envoy_filter import BucketFilter
 from modelrollout.routing.istio_router import IstioRouter
 from modelrollout.routing.router import Router, RoutingProblem, StaleWrite, backend_of
@@ -151,6 +152,7 @@ class Reconciler:
         # Kept as its JSON, compressed (about 0.9 KB, against 3 KB as JSON and 17 KB as a model; compressing
         # takes ~90 us, reading it back ~70 us): at steady state every rollout has one.
         self._unwritten: dict[str, tuple[bytes, bytes]] = {}
+        self.refresh_budget = RefreshBudget(config.status_refreshes_per_second)
 
     @classmethod
     def for_cluster(cls, api_client: client.ApiClient, config: OperatorConfig) -> tuple[Reconciler, Kube]:
@@ -308,6 +310,7 @@ class Reconciler:
             check_requested=check_requested,
             recorded_check_at=stored.last_analysis.at if stored.last_analysis is not None else None,
             status_refresh=self.config.status_refresh,
+            refresh_affordable=self.refresh_budget.affordable(),
             action=action,
             status_recorded=api.status_recorded(raw_status),
             rollout=f"{ref.namespace}/{ref.name}",
@@ -394,6 +397,18 @@ class Reconciler:
                     await self.kube.delete_envoy_filter(ref.namespace, step.remove)
                 except Exception as error:  # the traffic change stands; the engine says what to record
                     plan = engine.filter_removal_failed(plan, step.remove, describe_api_error(error))
+        return plan, await self._record_plan(ref, obj, stored, plan, attempts)
+
+    async def _record_plan(
+        self,
+        ref: RolloutRef,
+        obj: dict[str, Any],
+        stored: api.ModelRolloutStatus,
+        plan: engine.Plan,
+        attempts: _Attempts,
+    ) -> dict[str, Any]:
+        """Steps 5 and 6 of a plan whose writes went through: its status recorded (or kept, when quiet), its
+        Events posted. Returns the object as stored."""
         if plan.quiet:
             # Only the numbers of checks changed: kept here, decided from, written with the next change.
             if plan.status != stored:
@@ -401,10 +416,13 @@ class Reconciler:
                     _digest(obj.get("status") or {}),
                     zlib.compress(plan.status.model_dump_json(by_alias=True).encode(), 1),
                 )
-            return plan, obj
+            return obj
+        if plan.refresh:
+            self.refresh_budget.spend()
+            self.telemetry.status_refreshes.inc()
         obj = await self._record(ref, obj, stored, plan.status)
         await self._post(ref, plan.events, attempts)
-        return plan, obj
+        return obj
 
     async def _confirm_current(self, ref: RolloutRef, obj: dict[str, Any]) -> None:
         """Traffic moves only on a decision made from the rollout as stored now. A body can be older than the

@@ -44,6 +44,15 @@ def _status_refresh(text: str) -> timedelta | None:
     return timedelta(seconds=value) if value > 0 else None
 
 
+def _per_second(text: str) -> float | None:
+    if text == "off":
+        return None
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of writes per second > 0, or 'off', got {text}")
+    return value
+
+
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = subparsers.add_parser("run", help="run the operator")
     run.add_argument(
@@ -120,6 +129,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "check is written)",
     )
     run.add_argument(
+        "--status-refreshes-per-second",
+        type=_per_second,
+        default=2.0,
+        metavar="RATE",
+        help="those refresh writes, for all rollouts together, at most RATE per second (a burst of ten "
+        "seconds' worth after a quiet spell): a large fleet's numbers are refreshed less often, its idle "
+        "write rate stays RATE; a refresh put off waits for a later check, nothing essential waits for it "
+        "(default 2; 'off': no limit)",
+    )
+    run.add_argument(
         "--tick",
         type=float,
         default=5.0,
@@ -193,8 +212,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=600.0,
         metavar="SECONDS",
         help="collect every cyclic garbage this often, then leave the objects still alive out of the "
-        "collector's walks until the next time (shorter pauses of the event loop); 0 turns it off "
-        "(default 600)",
+        "collector's walks until the next time (shorter pauses of the event loop), sooner after a long "
+        "full collection; 0 turns it off (default 600)",
     )
     run.set_defaults(handler=run_operator)
 
@@ -210,6 +229,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         watch_virtual_services=args.virtual_services == "watch",
         batch_max_age=args.batch_max_age,
         status_refresh=args.status_refresh,
+        status_refreshes_per_second=args.status_refreshes_per_second,
         cluster_wide=not args.namespace,
         return_memory_seconds=args.return_memory_every or None,
         gc_freeze_seconds=args.gc_freeze_every or None,

@@ -59,6 +59,12 @@ class Telemetry:
             "Memory the operator freed and gave back to the system (glibc malloc_trim after bursts)",
             registry=self.registry,
         )
+        self.status_refreshes = Counter(
+            "modelrollout_status_refreshes_total",
+            "Status writes made only to bring a rollout's check numbers up to date (--status-refresh), "
+            "within the fleet's budget (--status-refreshes-per-second)",
+            registry=self.registry,
+        )
         self.reconcile_seconds = Histogram(
             "modelrollout_reconcile_duration_seconds",
             "Time of one reconciliation (gate queries included)",

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from modelrollout import api
-from modelrollout.engine.quiet import is_quiet
+from modelrollout.engine.quiet import StatusWrite, status_write
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 REFRESH = timedelta(minutes=5)
+
+
+def is_quiet(before: api.ModelRolloutStatus, after: api.ModelRolloutStatus, **given: Any) -> bool:
+    return status_write(before, after, **given) is StatusWrite.QUIET
 
 
 def gate(verdict: api.Verdict = api.Verdict.PASS, value: float = 0.004, **fields: object) -> api.GateResult:
@@ -126,3 +131,36 @@ def test_a_check_an_alert_asked_for_is_written() -> None:
 def test_without_a_refresh_period_everything_is_written() -> None:
     after = QUIET["a new check's time and values"]()
     assert not is_quiet(BEFORE, after, now=NOW, recorded_check_at=NOW, refresh=None)
+
+
+def test_a_refresh_is_written_as_one_and_only_when_the_budget_affords_it() -> None:
+    after = QUIET["a new check's time and values"]()
+    due = {"now": NOW, "recorded_check_at": NOW - REFRESH, "refresh": REFRESH}
+    assert status_write(BEFORE, after, **due) is StatusWrite.REFRESH
+    assert status_write(BEFORE, after, **due, refresh_affordable=False) is StatusWrite.QUIET
+    young = {**due, "recorded_check_at": NOW - timedelta(minutes=1)}
+    assert status_write(BEFORE, after, **young) is StatusWrite.QUIET
+
+
+@pytest.mark.parametrize("what", WRITTEN)
+def test_what_is_essential_never_waits_for_the_refresh_budget(what: str) -> None:
+    after = WRITTEN[what]()
+    for recorded in (NOW, NOW - REFRESH):
+        written = status_write(
+            BEFORE, after, now=NOW, recorded_check_at=recorded, refresh=REFRESH, refresh_affordable=False
+        )
+        assert written is StatusWrite.WRITE
+
+
+def test_a_check_an_alert_asked_for_never_waits_for_the_refresh_budget() -> None:
+    after = QUIET["a new check's time and values"]()
+    written = status_write(
+        BEFORE,
+        after,
+        now=NOW,
+        recorded_check_at=NOW,
+        refresh=REFRESH,
+        requested=True,
+        refresh_affordable=False,
+    )
+    assert written is StatusWrite.WRITE

@@ -15,6 +15,7 @@ import pytest
 from fakes import NAMESPACE, STABLE, World, sample_spec, sample_vs
 from modelrollout import api
 from modelrollout.kube import ACTION_ANNOTATION, without_managed_fields
+from modelrollout.refresh_budget import RefreshBudget
 
 P, F = api.Verdict.PASS, api.Verdict.FAIL
 
@@ -630,6 +631,34 @@ def test_passing_checks_are_kept_in_memory_until_the_refresh_period() -> None:
     assert w.server.status_writes == writes + 1
     assert last is not None
     assert last.at == w.now
+
+
+def test_refreshes_wait_for_the_fleets_budget_and_essentials_do_not() -> None:
+    w = soaking_world()
+
+    def clock() -> float:  # the test's clock, as it moves
+        return w.now.timestamp()
+
+    # One refresh per ten minutes for the whole operator.
+    w.reconciler.refresh_budget = RefreshBudget(1 / 600, burst=1.0, clock=clock)
+    writes = w.server.status_writes
+    for _ in range(30):  # five minutes: the refresh is due and the budget affords it
+        w.tick(timedelta(seconds=10))
+    assert w.server.status_writes == writes + 1
+    refreshed_at = w.now
+    assert w.reconciler.telemetry.status_refreshes._value.get() == 1
+    for _ in range(59):  # due again after five minutes, afforded only ten minutes after the last one
+        w.tick(timedelta(seconds=10))
+        assert w.server.status_writes == writes + 1
+    w.tick(timedelta(seconds=10))
+    last = w.server.status().last_analysis
+    assert w.server.status_writes == writes + 2
+    assert last is not None
+    assert last.at == w.now == refreshed_at + timedelta(minutes=10)
+    w.measurer.verdict = F  # the budget is spent: a failing check is written at once all the same
+    w.tick(timedelta(seconds=10))
+    assert w.server.status().phase == api.Phase.ROLLED_BACK
+    assert w.reconciler.telemetry.status_refreshes._value.get() == 2
 
 
 def test_a_failing_check_is_written_at_once() -> None:

@@ -50,3 +50,14 @@ def test_reconciliation_slots() -> None:
     assert run.config_from_args(parse("--max-concurrent-reconciles=16")).max_concurrent_reconciles == 16
     with pytest.raises(SystemExit):
         parse("--max-concurrent-reconciles=0")
+
+
+def test_status_refresh_budget() -> None:
+    assert run.config_from_args(parse()).status_refreshes_per_second == 2.0
+    assert run.config_from_args(parse("--status-refreshes-per-second=0.5")).status_refreshes_per_second == 0.5
+    assert (
+        run.config_from_args(parse("--status-refreshes-per-second=off")).status_refreshes_per_second is None
+    )
+    for refused in ("0", "-1", "inf", "nan"):
+        with pytest.raises(SystemExit):
+            parse(f"--status-refreshes-per-second={refused}")

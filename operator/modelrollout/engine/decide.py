@@ -36,7 +36,7 @@ from modelrollout.engine.model import (
     RoutingView,
     pair_hash,
 )
-from modelrollout.engine.quiet import is_quiet
+from modelrollout.engine.quiet import StatusWrite, status_write
 from modelrollout.engine.returns import complete_return, pending_return
 from modelrollout.engine.settle import settle
 from modelrollout.engine.stages import maybe_advance, progress, realign, start
@@ -163,20 +163,25 @@ def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Obse
     plan = with_filter(with_history(_decide(spec, status, obs), status, obs.now), spec, status, obs)
     if plan.again or plan.write is not None or plan.intent is not None:
         return plan  # a transition under way: look again at the next tick
-    quiet = (
+    numbers_only = (
         not plan.events
         and not plan.early_events
         and plan.consume_action is None
         and plan.bucket_filter is None
         and not plan.release_recorded
-        and is_quiet(
+    )
+    written = (
+        status_write(
             status,
             plan.status,
             now=obs.now,
             recorded_check_at=obs.recorded_check_at,
             refresh=obs.status_refresh,
             requested=obs.check_requested,
+            refresh_affordable=obs.refresh_affordable,
         )
+        if numbers_only
+        else StatusWrite.WRITE
     )
     look = look_after(spec, plan.status, obs.now, obs.operator_started_at)
     held = None
@@ -184,7 +189,13 @@ def decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Obse
         held = requested_check_waits(spec, plan.status, obs.now, obs.operator_started_at)
     if held is not None:
         look = held if look is None else min(look, held)
-    return replace(plan, look_after=look, keep_check_request=held is not None, quiet=quiet)
+    return replace(
+        plan,
+        look_after=look,
+        keep_check_request=held is not None,
+        quiet=written is StatusWrite.QUIET,
+        refresh=written is StatusWrite.REFRESH,
+    )
 
 
 def _decide(spec: api.ModelRolloutSpec, status: api.ModelRolloutStatus, obs: Observation) -> Plan:

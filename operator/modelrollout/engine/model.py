@@ -77,6 +77,9 @@ class Observation:
     # and how long the numbers of checks may stay unwritten when nothing essential changes (None: never).
     recorded_check_at: datetime | None = None
     status_refresh: timedelta | None = None
+    # Whether the fleet's budget of refresh writes affords one now (the shell's token bucket); when it does
+    # not, numbers due for a refresh stay unwritten until a later check.
+    refresh_affordable: bool = True
     action: str | None = None  # the action annotation's value, as found on the object
     status_recorded: bool = True  # False: the object has no status at all yet
     rollout: str = ""  # namespace/name, for the default experiment id
@@ -112,7 +115,9 @@ class Plan:
        spec's, or the one recorded in status) and check the stored object shows it; drop our claim from the
        recorded VirtualService if `release_recorded`; remove the EnvoyFilter `bucket_filter.remove`;
     5. record `status`, unless the plan is `quiet` (it changes only numbers a check refreshes: the shell keeps
-       it in memory and decides from it until a plan that is not quiet records it);
+       it in memory and decides from it until a plan that is not quiet records it); a `refresh` plan is
+       written only because those numbers are due for a refresh: the shell counts it against the fleet's
+       refresh budget;
     6. post `events`, send `notifications`, count `rollback_reason`;
     7. look again after `look_after` unless something happens first (None: at the next tick); with
        `keep_check_request`, keep the out-of-turn check request this tick could not serve yet (the spacing
@@ -136,6 +141,7 @@ class Plan:
     look_after: timedelta | None = None
     keep_check_request: bool = False
     quiet: bool = False
+    refresh: bool = False
 
     @property
     def canary_weight(self) -> int | None:

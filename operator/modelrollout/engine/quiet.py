@@ -5,19 +5,22 @@ message that quotes them). Written at every check, they cost one API write per r
 every watcher of the object (the operator's own watch, Argo CD, Flux, dashboards) a wake-up, while nothing a
 person or a GitOps tool acts on has changed. So a decision is *quiet*, kept in the operator's memory
 instead of written, when it changes nothing but those numbers, and the numbers in status are younger than
-the refresh period. What is essential is always written at once: phase, stage, weights, holds, counters
-toward a limit, every condition's status and reason, the last check's verdict and each gate's verdict (and
-whether a sequential gate has evidence yet), actions, rollbacks, history. A check an alert asked for is
-written too: someone is waiting for it.
+the refresh period. Each refresh is a write that nothing asked for, so a fleet's refreshes share a budget
+(writes per second, the shell's): a refresh the budget cannot afford now waits for a later check, and the
+idle write rate of a large fleet stays that budget, not rollouts / refresh period. What is essential is
+always written at once: phase, stage, weights, holds, counters toward a limit, every condition's status and
+reason, the last check's verdict and each gate's verdict (and whether a sequential gate has evidence yet),
+actions, rollbacks, history. A check an alert asked for is written too: someone is waiting for it.
 
 The operator decides from what it holds in memory, so nothing is lost between writes; a restart or a new
-leader starts from the status as written, whose last check then is at most one refresh period old (the
-next check comes sooner, never later).
+leader starts from the status as written, whose last check is then older (one refresh period, longer when
+the budget is short), so its next check comes sooner, never later.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any
 
 from modelrollout import api
@@ -43,7 +46,13 @@ def essential(status: api.ModelRolloutStatus) -> dict[str, Any]:
     return kept
 
 
-def is_quiet(
+class StatusWrite(Enum):
+    QUIET = "quiet"  # kept in memory, not written
+    REFRESH = "refresh"  # written only because the numbers written are due for a refresh: spends the budget
+    WRITE = "write"  # written: something essential changed, or every change is written
+
+
+def status_write(
     before: api.ModelRolloutStatus,
     after: api.ModelRolloutStatus,
     *,
@@ -51,12 +60,16 @@ def is_quiet(
     recorded_check_at: datetime | None,
     refresh: timedelta | None,
     requested: bool = False,
-) -> bool:
-    """Whether `after` may stay unwritten: it changes nothing essential from `before` (the status decided on,
-    itself written or quiet), the last check written (`recorded_check_at`) is younger than `refresh`, and no
-    alert asked for this check. `refresh` None: every change is written."""
+    refresh_affordable: bool = True,
+) -> StatusWrite:
+    """Whether `after` is written. It stays unwritten (QUIET) when it changes nothing essential from
+    `before` (the status decided on, itself written or quiet), no alert asked for this check, and either the
+    last check written (`recorded_check_at`) is younger than `refresh` or the fleet's refresh budget cannot
+    afford a write now. `refresh` None: every change is written."""
     if refresh is None or requested:
-        return False
+        return StatusWrite.WRITE
+    if before != after and essential(before) != essential(after):
+        return StatusWrite.WRITE
     if recorded_check_at is not None and now - recorded_check_at >= refresh:
-        return False
-    return before == after or essential(before) == essential(after)
+        return StatusWrite.REFRESH if refresh_affordable else StatusWrite.QUIET
+    return StatusWrite.QUIET
