@@ -417,12 +417,12 @@ class Reconciler:
                     zlib.compress(plan.status.model_dump_json(by_alias=True).encode(), 1),
                 )
             return obj
-        if plan.refresh:
+        written = await self._record(ref, obj, stored, plan.status)
+        if plan.refresh and written is not obj:  # a refresh of what is already stored writes nothing
             self.refresh_budget.spend()
             self.telemetry.status_refreshes.inc()
-        obj = await self._record(ref, obj, stored, plan.status)
         await self._post(ref, plan.events, attempts)
-        return obj
+        return written
 
     async def _confirm_current(self, ref: RolloutRef, obj: dict[str, Any]) -> None:
         """Traffic moves only on a decision made from the rollout as stored now. A body can be older than the

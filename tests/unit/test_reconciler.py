@@ -661,6 +661,20 @@ def test_refreshes_wait_for_the_fleets_budget_and_essentials_do_not() -> None:
     assert w.reconciler.telemetry.status_refreshes._value.get() == 2
 
 
+def test_a_rollout_with_nothing_unwritten_spends_no_refresh() -> None:
+    w = soaking_world()
+    w.measurer.verdict = F
+    w.tick(timedelta(seconds=10))
+    assert w.server.status().phase == api.Phase.ROLLED_BACK
+    w.reconciler.refresh_budget = RefreshBudget(1 / 3600, burst=1.0)
+    writes = w.server.status_writes
+    for _ in range(3):  # its last check is older than the refresh period, and all of it is stored
+        w.tick(timedelta(minutes=10))
+    assert w.server.status_writes == writes
+    assert w.reconciler.refresh_budget.affordable()
+    assert w.reconciler.telemetry.status_refreshes._value.get() == 0
+
+
 def test_a_failing_check_is_written_at_once() -> None:
     w = soaking_world()
     w.tick(timedelta(seconds=10))
