@@ -57,10 +57,12 @@ def user_agent(identity: str) -> str:
     return f"modelrollout-operator/{identity}" if identity else "modelrollout-operator"
 
 
-def _time_and_shorten_collections(memo: kopf.Memo, telemetry: Telemetry) -> None:
-    """Collections timed into /metrics (when served), and long-lived objects frozen out of their walks."""
+def _start_telemetry(memo: kopf.Memo, telemetry: Telemetry) -> None:
+    """/metrics served (with a port), garbage collections timed into them, and long-lived objects frozen out
+    of the collections' walks."""
     observers: list[Observe] = []  # of each collection's pause
     if Runtime.config.metrics_port:
+        telemetry.serve(Runtime.config.metrics_port)
         observers.append(telemetry.observe_gc_pause)
     if Runtime.config.gc_freeze_seconds:
         freezer = LongLivedObjectsFreezer(Runtime.config.gc_freeze_seconds)
@@ -116,7 +118,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if reconciler.virtual_services is not None:
         # A change to a VirtualService wakes the rollouts that claim it: drift is corrected when it happens.
         reconciler.virtual_services.on_change = wakeups.on_virtual_service
-    _time_and_shorten_collections(memo, reconciler.telemetry)
+    _start_telemetry(memo, reconciler.telemetry)
     if Runtime.config.return_memory_seconds:
         returned = reconciler.telemetry.memory_returned
         memo.memory_task = asyncio.create_task(

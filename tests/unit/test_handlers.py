@@ -13,12 +13,15 @@ from datetime import timedelta
 from typing import Any
 
 import kopf
+import pytest
 
 from fakes import World, sample_spec, sample_vs
 from modelrollout import engine, handlers
+from modelrollout.config import OperatorConfig
 from modelrollout.drivers import Driven, Drivers, pack
 from modelrollout.kube import ACTION_ANNOTATION
 from modelrollout.slots import ReconcileSlots
+from modelrollout.telemetry import Telemetry
 from modelrollout.wakeups import Wakeups
 
 
@@ -292,3 +295,29 @@ def test_a_driver_stopped_while_it_waits_for_a_slot_starts_no_tick() -> None:
 
     asyncio.run(scenario())
     assert ticks == []
+
+
+def test_telemetry_is_served_collections_timed_and_long_lived_objects_frozen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(handlers.Runtime, "config", OperatorConfig(metrics_port=9464, gc_freeze_seconds=600))
+    telemetry = Telemetry()
+    served: list[int] = []
+    monkeypatch.setattr(telemetry, "serve", served.append)
+    memo = kopf.Memo()
+
+    async def scenario() -> None:
+        handlers._start_telemetry(memo, telemetry)
+        try:
+            await asyncio.sleep(0)
+            assert gc.get_freeze_count() > 0  # the freezer's first freeze
+            gc.unfreeze()
+            gc.collect()
+            assert telemetry.gc_pause_seconds.labels("2")._sum.get() > 0  # timed into /metrics
+        finally:
+            memo.gc_freeze_task.cancel()
+            memo.gc_pause_timer.uninstall()
+            gc.unfreeze()
+
+    asyncio.run(scenario())
+    assert served == [9464]
