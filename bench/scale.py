@@ -556,6 +556,7 @@ def run_size(n: int, rps: float, quiet_seconds: float, log: Any) -> dict[str, An
         taken = client.CoordinationV1Api(api_client).read_namespaced_lease(LEASE, NAMESPACE).spec
         figures["renewal_to_takeover_s"] = (taken.acquire_time - last_renewal).total_seconds()
         figures["leader_was"] = holder
+        figures["exporter_scrapes"] = (exporter.scrapes, exporter.abandoned_scrapes)
         return figures
     finally:
         if watcher is not None:
@@ -597,6 +598,8 @@ def report(figures: dict[str, Any]) -> None:
             f"{over:.0f} over 100 ms"
             for generation, (count, total, over) in figures["gc"].items()
         ),
+        f"  exporter scrapes Prometheus gave up on (its 1 s scrape timeout; the bench's load, not the "
+        f"operator's): {figures['exporter_scrapes'][1]} of {figures['exporter_scrapes'][0]}",
         f"  operator start -> every rollout reconciled once: {figures['reconciled_s']:.1f} s; "
         f"checked once: {figures['checked_s']:.1f} s",
         f"  breach (first scraped sample) -> VirtualService write: {spread(figures['scrape_to_write'])}",

@@ -20,10 +20,9 @@ Since rollout bodies and VirtualServices are kept compressed (bytes, which the c
 what a full collection walks is mostly what lives as long as the process: modules, classes, functions, the
 drivers. Measured at 1,000 rollouts (2 cores, a scratch probe): about 210,000 tracked objects, each full
 collection 110-140 ms, most finding nothing to collect; with those objects frozen (`gc.freeze`: left out of
-every collection) a full collection walked about 30,000 and took 10-11 ms. `LongLivedObjectsFreezer`
+every collection) a full collection walked about 30,000 and took 10-11 ms. `keep_long_lived_objects_frozen`
 freezes at the start and, every period, unfreezes, collects everything once and freezes what is still alive:
-one full pause per period, and cyclic garbage among frozen objects lives at most that long. A full
-collection that takes long (much was built since: a start, a re-list) brings the next refreeze forward.
+one full pause per period, and cyclic garbage among frozen objects lives at most that long.
 """
 
 from __future__ import annotations
@@ -74,63 +73,20 @@ class GcPauseTimer:
             gc.callbacks.remove(self)
 
 
-# A full collection this long means much that lives long was built since the last freeze (a start, a
-# re-list): it is frozen at the next look, not a whole period later. Measured at 5,000 rollouts (2 cores):
-# with a fixed 600 s period, the 7-minute start left everything it built unfrozen until then, and every full
-# collection meanwhile stopped the loop for ~350 ms (71 in a run).
-LONG_FULL_COLLECTION_SECONDS = 0.05
-# How often the freezer looks whether a refreeze is due; also the least time between two refreezes, so a
-# process whose long collections are all garbage (nothing to freeze) pays at most one more per look.
-LOOK_EVERY_SECONDS = 60.0
-
-
-class LongLivedObjectsFreezer:
-    """Keeps long-lived objects out of the collector's walks: freezes at the start, and refreezes (collect
-    everything once, freeze what survives) every `period_seconds`, or at the next look after a full
-    collection that took `long_seconds` or more. `observe` is a `GcPauseTimer` observer."""
-
-    def __init__(
-        self,
-        period_seconds: float,
-        *,
-        long_seconds: float = LONG_FULL_COLLECTION_SECONDS,
-        look_every: float = LOOK_EVERY_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.period_seconds = period_seconds
-        self.long_seconds = long_seconds
-        self.look_every = min(look_every, period_seconds)
-        self._clock = clock
-        # Written by the collector's callback on whichever thread collected; read on the event loop. A plain
-        # flag: a look that misses a write by a moment sees it at the next look.
-        self.long_collection_seen = False
-        self.refreezes = 0
-
-    def observe(self, generation: int, seconds: float) -> None:
-        if generation == 2 and seconds >= self.long_seconds:
-            self.long_collection_seen = True
-
-    def refreeze(self) -> None:
+async def keep_long_lived_objects_frozen(
+    period_seconds: float, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+) -> None:
+    """Freeze now, then every `period_seconds` collect everything once and freeze what survives. Runs until
+    cancelled; on the event loop, as any collection does (the collector holds the interpreter lock)."""
+    gc.freeze()
+    while True:
+        await sleep(period_seconds)
         gc.unfreeze()
         started = time.perf_counter()
         gc.collect()
         gc.freeze()
-        # That collection walked everything, so it was long itself: it does not call for another.
-        self.long_collection_seen = False
-        self.refreezes += 1
         log.debug(
             "collected everything in %.0f ms; %d objects left out of collections until the next time",
             (time.perf_counter() - started) * 1000,
             gc.get_freeze_count(),
         )
-
-    async def run(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        """Freeze now, then refreeze when due. Runs until cancelled; on the event loop, as any collection
-        does (the collector holds the interpreter lock)."""
-        gc.freeze()
-        frozen_at = self._clock()
-        while True:
-            await sleep(self.look_every)
-            if self.long_collection_seen or self._clock() - frozen_at >= self.period_seconds:
-                self.refreeze()
-                frozen_at = self._clock()

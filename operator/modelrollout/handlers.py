@@ -19,7 +19,7 @@ from modelrollout.alert_receiver import AlertReceiver
 from modelrollout.alerts import canary_service
 from modelrollout.config import OperatorConfig
 from modelrollout.drivers import Drivers, rollout_key
-from modelrollout.gc_pauses import GcPauseTimer, LongLivedObjectsFreezer, Observe, space_full_collections
+from modelrollout.gc_pauses import GcPauseTimer, keep_long_lived_objects_frozen, space_full_collections
 from modelrollout.kube import ACTION_ANNOTATION, RolloutRef, default_api_client, describe_api_error
 from modelrollout.notify import Notifier, NotifyTargets
 from modelrollout.reconciler import Reconciler
@@ -58,24 +58,16 @@ def user_agent(identity: str) -> str:
 
 
 def _start_telemetry(memo: kopf.Memo, telemetry: Telemetry) -> None:
-    """/metrics served (with a port), garbage collections timed into them, and long-lived objects frozen out
+    """/metrics served (with a port) and garbage collections timed into them; long-lived objects frozen out
     of the collections' walks."""
-    observers: list[Observe] = []  # of each collection's pause
     if Runtime.config.metrics_port:
         telemetry.serve(Runtime.config.metrics_port)
-        observers.append(telemetry.observe_gc_pause)
-    if Runtime.config.gc_freeze_seconds:
-        freezer = LongLivedObjectsFreezer(Runtime.config.gc_freeze_seconds)
-        observers.append(freezer.observe)
-        memo.gc_freeze_task = asyncio.create_task(freezer.run())
-    if observers:
-
-        def observe_collection(generation: int, seconds: float) -> None:
-            for observe in observers:
-                observe(generation, seconds)
-
-        memo.gc_pause_timer = GcPauseTimer(observe_collection)
+        memo.gc_pause_timer = GcPauseTimer(telemetry.observe_gc_pause)
         memo.gc_pause_timer.install()
+    if Runtime.config.gc_freeze_seconds:
+        memo.gc_freeze_task = asyncio.create_task(
+            keep_long_lived_objects_frozen(Runtime.config.gc_freeze_seconds)
+        )
 
 
 @kopf.on.startup()

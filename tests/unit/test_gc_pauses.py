@@ -5,7 +5,7 @@ import weakref
 
 from prometheus_client import CollectorRegistry
 
-from modelrollout.gc_pauses import GcPauseTimer, LongLivedObjectsFreezer, space_full_collections
+from modelrollout.gc_pauses import GcPauseTimer, keep_long_lived_objects_frozen, space_full_collections
 from modelrollout.telemetry import Telemetry
 
 
@@ -70,21 +70,18 @@ def test_objects_alive_at_a_freeze_are_left_out_until_the_next_period_collects_e
     cycle = _Cycle()
     gone = weakref.ref(cycle)
     periods: list[float] = []
-    now = [0.0]
 
     async def scenario() -> None:
         release = asyncio.Event()
 
         async def sleep(seconds: float) -> None:
             periods.append(seconds)
-            now[0] += seconds
             if len(periods) == 1:
                 await release.wait()  # the first period lasts until the test has looked
             else:
                 raise asyncio.CancelledError
 
-        freezer = LongLivedObjectsFreezer(600, look_every=600, clock=lambda: now[0])
-        task = asyncio.create_task(freezer.run(sleep=sleep))
+        task = asyncio.create_task(keep_long_lived_objects_frozen(600, sleep=sleep))
         await asyncio.sleep(0)
         assert gc.get_freeze_count() > 0
         nonlocal cycle
@@ -102,40 +99,3 @@ def test_objects_alive_at_a_freeze_are_left_out_until_the_next_period_collects_e
         assert periods == [600, 600]
     finally:
         gc.unfreeze()
-
-
-def test_a_long_full_collection_brings_the_refreeze_forward_and_the_refreeze_does_not_call_for_another() -> (
-    None
-):
-    now = [0.0]
-    freezer = LongLivedObjectsFreezer(600, long_seconds=0.05, look_every=60, clock=lambda: now[0])
-    refrozen_at: list[float] = []
-    ticks = iter(range(1_000_000))
-    # Every collection timed as a second long: the refreeze's own full collection looks long too.
-    timer = GcPauseTimer(freezer.observe, clock=lambda: float(next(ticks)))
-
-    async def scenario() -> None:
-        async def sleep(seconds: float) -> None:
-            refrozen_at.extend([now[0]] * (freezer.refreezes - len(refrozen_at)))
-            now[0] += seconds
-            if now[0] == 120:
-                freezer.observe(1, 0.5)  # a younger generation's pause is no sign of long-lived objects
-                freezer.observe(2, 0.01)  # a short full collection neither
-            if now[0] == 180:
-                freezer.observe(2, 0.3)  # a long one: refreeze at this look
-            if now[0] > 1200:
-                raise asyncio.CancelledError
-
-        with contextlib.suppress(asyncio.CancelledError):
-            await freezer.run(sleep=sleep)
-
-    gc.disable()  # no collection but the refreezes' own
-    timer.install()
-    try:
-        asyncio.run(scenario())
-    finally:
-        timer.uninstall()
-        gc.enable()
-        gc.unfreeze()
-    assert refrozen_at == [180, 780]  # brought forward by the long collection, then a period after it
-    assert not freezer.long_collection_seen

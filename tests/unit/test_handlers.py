@@ -310,7 +310,7 @@ def test_telemetry_is_served_collections_timed_and_long_lived_objects_frozen(
         handlers._start_telemetry(memo, telemetry)
         try:
             await asyncio.sleep(0)
-            assert gc.get_freeze_count() > 0  # the freezer's first freeze
+            assert gc.get_freeze_count() > 0  # the first freeze
             gc.unfreeze()
             gc.collect()
             assert telemetry.gc_pause_seconds.labels("2")._sum.get() > 0  # timed into /metrics

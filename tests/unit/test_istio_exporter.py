@@ -25,3 +25,18 @@ def test_a_scrape_without_histograms_exports_only_request_counters_and_notes_the
     assert sum('destination_service_name="api-v2"' in line for line in samples) == 2
     assert sum('destination_service_name="api-v1"' in line for line in samples) == 1
     assert set(exporter.first_errors_scraped) == {("api-v2", "shop")}
+
+
+def test_a_first_error_counts_as_scraped_only_once_the_scrape_was_delivered() -> None:
+    for histograms in (False, True):
+        exporter = IstioTrafficExporter(histograms=histograms)
+        try:
+            exporter.set_traffic("api-v2", "shop", rps=10, error_ratio=0.5)
+            _text, errors_shown = exporter.scrape()
+            assert exporter.first_errors_scraped == {}  # Prometheus could still hang up on it
+            exporter.shown(errors_shown)
+            first = exporter.first_errors_scraped[("api-v2", "shop")]
+            exporter.shown(exporter.scrape()[1])
+            assert exporter.first_errors_scraped == {("api-v2", "shop"): first}  # the first one stays
+        finally:
+            exporter.close()

@@ -109,6 +109,7 @@ class IstioTrafficExporter:
         # (service, namespace, version): a version is a subset's pods, labelled destination_version.
         self._services: dict[tuple[str, str, str], _Service] = {}
         self.scrapes = 0
+        self.abandoned_scrapes = 0  # scrapes Prometheus hung up on before it had the whole answer
         exporter = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -116,12 +117,19 @@ class IstioTrafficExporter:
                 if self.path.split("?", 1)[0] != "/metrics":
                     self.send_error(404)
                     return
-                body = exporter.render().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                text, errors_shown = exporter.scrape()
+                body = text.encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    # Prometheus gave up on this scrape (its scrape timeout): it stored none of it.
+                    exporter.abandoned_scrapes += 1
+                    return
+                exporter.shown(errors_shown)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -163,9 +171,28 @@ class IstioTrafficExporter:
                 state.rps = 0.0
 
     def render(self) -> str:
+        """The exposition, counted as scraped in full."""
+        text, errors_shown = self.scrape()
+        self.shown(errors_shown)
+        return text
+
+    def scrape(self) -> tuple[str, tuple[tuple[tuple[str, str], float], ...]]:
+        """The exposition, and the services whose 5xx it shows with the time: `shown` records them once
+        the scrape was delivered (a sample Prometheus hung up on is a sample it never held)."""
+        errors_shown: list[tuple[tuple[str, str], float]] = []
         now = time.monotonic()
-        if not self.histograms:
-            return self._render_requests(now)
+        text = (
+            self._render_requests(now, errors_shown)
+            if not self.histograms
+            else self._render_all(now, errors_shown)
+        )
+        return text, tuple(errors_shown)
+
+    def shown(self, errors_shown: tuple[tuple[tuple[str, str], float], ...]) -> None:
+        for key, at in errors_shown:
+            self.first_errors_scraped.setdefault(key, at)
+
+    def _render_all(self, now: float, errors_shown: list[tuple[tuple[str, str], float]]) -> str:
         with self._lock:
             self.scrapes += 1
             snapshot = {key: state.counts_at(now) for key, state in sorted(self._services.items())}
@@ -182,7 +209,7 @@ class IstioTrafficExporter:
                 labels = _labels(service, namespace, code, version)
                 requests.append(f"istio_requests_total{{{labels}}} {counts.requests!r}")
                 if code == ERROR_CODE and counts.requests > 0:
-                    self.first_errors_scraped.setdefault((service, namespace), now)
+                    errors_shown.append(((service, namespace), now))
                 if not self.histograms:
                     continue
                 cumulative = 0.0
@@ -198,7 +225,7 @@ class IstioTrafficExporter:
                 durations.append(f"istio_request_duration_milliseconds_count{{{labels}}} {counts.requests!r}")
         return "\n".join([*requests, *durations]) + "\n"
 
-    def _render_requests(self, now: float) -> str:
+    def _render_requests(self, now: float, errors_shown: list[tuple[tuple[str, str], float]]) -> str:
         # At thousands of services a scrape must stay well inside Prometheus' scrape timeout.
         with self._lock:
             self.scrapes += 1
@@ -212,7 +239,7 @@ class IstioTrafficExporter:
                 labels = _labels(service, namespace, code, version)
                 lines.append(f"istio_requests_total{{{labels}}} {requests!r}")
                 if code == ERROR_CODE:
-                    self.first_errors_scraped.setdefault((service, namespace), now)
+                    errors_shown.append(((service, namespace), now))
         return "\n".join(lines) + "\n"
 
     def close(self) -> None:
