@@ -16,6 +16,7 @@ from typing import Any
 
 from modelrollout import api, engine
 from modelrollout.analysis.gates import bound_text
+from modelrollout.durations import parse_duration
 from modelrollout.engine.actions import NEW_PAIR
 
 # The annotation values, keyed by what the command line calls them.
@@ -361,6 +362,29 @@ def _requirement(gate: Mapping[str, Any], result: Mapping[str, Any]) -> str:
         return bounds(gate.get("min"), gate.get("max"))
 
 
+def _unwritten_checks_note(
+    status: Mapping[str, Any], last: Mapping[str, Any], interval: Any, now: datetime
+) -> list[str]:
+    """Why a running rollout's last check in status can be older than its interval: passing checks that
+    change nothing essential are written only now and then (engine.quiet), so an old check here alone does
+    not mean the checks stopped."""
+    at = parse_time(last.get("at"))
+    if at is None or status.get("phase") not in (api.Phase.PROGRESSING, api.Phase.PAUSED):
+        return []
+    try:
+        every = parse_duration(str(interval))
+    except ValueError:
+        return []
+    if at.tzinfo is None or now.tzinfo is None:
+        at, now = at.replace(tzinfo=None), now.replace(tzinfo=None)
+    if now - at <= 2 * every:
+        return []
+    return [
+        " " * len("Analysis:     ") + "(as written: checks that change nothing essential reach status only "
+        "every few minutes, less often in a large fleet; the operator's /metrics carry every check)"
+    ]
+
+
 def _analysis(obj: Mapping[str, Any], now: datetime) -> list[str]:
     spec_analysis = _map(_map(obj.get("spec")).get("analysis"))
     status = _map(obj.get("status"))
@@ -404,7 +428,7 @@ def _analysis(obj: Mapping[str, Any], now: datetime) -> list[str]:
                 _shorten(note, 60),
             ]
         )
-    lines = [f"Analysis:     {head}"]
+    lines = [f"Analysis:     {head}", *_unwritten_checks_note(status, last, interval, now)]
     if rows:
         headers = ["GATE", "CANARY", "STABLE", "CHANGE", "REQUIRES", "VERDICT", "REQUESTS", "WINDOW", "NOTE"]
         lines += table(headers, rows, indent="  ")

@@ -325,6 +325,22 @@ def test_status_says_why_the_live_weight_is_unknown_or_odd() -> None:
 # ---- status: gates ----
 
 
+def test_a_last_check_older_than_its_interval_says_why_while_the_rollout_runs() -> None:
+    note = "checks that change nothing essential reach status only every few minutes"
+    obj = rollout("Progressing", "Analysing")  # interval 1m
+    assert note not in render_status(obj, NOW)  # 30 s old
+    obj["status"]["lastAnalysis"]["at"] = iso(timedelta(minutes=2))
+    assert note not in render_status(obj, NOW)  # within two intervals
+    obj["status"]["lastAnalysis"]["at"] = iso(timedelta(minutes=40))
+    lines = render_status(obj, NOW).splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("Analysis:"))
+    assert "40m ago" in lines[head]
+    assert note in lines[head + 1]
+    finished = rollout("Promoted", "Promoted")
+    finished["status"]["lastAnalysis"]["at"] = iso(timedelta(minutes=40))
+    assert note not in render_status(finished, NOW)  # no checks run any more: nothing to explain
+
+
 def test_status_shows_each_gate_value_against_its_threshold_with_its_verdict() -> None:
     screen = render_status(rollout("Progressing", "Analysing"), NOW)
     lines = screen.splitlines()
