@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from modelrollout import api, engine
@@ -103,14 +103,22 @@ def parse_time(value: Any) -> datetime | None:
         return None
 
 
-def age(then: Any, now: datetime) -> str:
-    """Like kubectl's AGE column: 45s, 12m, 5h, 3d."""
+def elapsed(then: Any, now: datetime) -> timedelta | None:
+    """Time since a status timestamp (None: not one); a timestamp without a zone is taken as `now`'s."""
     moment = parse_time(then)
     if moment is None:
-        return MISSING
+        return None
     if moment.tzinfo is None or now.tzinfo is None:
         moment, now = moment.replace(tzinfo=None), now.replace(tzinfo=None)
-    seconds = max(0, int((now - moment).total_seconds()))
+    return now - moment
+
+
+def age(then: Any, now: datetime) -> str:
+    """Like kubectl's AGE column: 45s, 12m, 5h, 3d."""
+    since = elapsed(then, now)
+    if since is None:
+        return MISSING
+    seconds = max(0, int(since.total_seconds()))
     if seconds < 120:
         return f"{seconds}s"
     if seconds < 2 * 3600:
@@ -368,16 +376,14 @@ def _unwritten_checks_note(
     """Why a running rollout's last check in status can be older than its interval: passing checks that
     change nothing essential are written only now and then (engine.quiet), so an old check here alone does
     not mean the checks stopped."""
-    at = parse_time(last.get("at"))
-    if at is None or status.get("phase") not in (api.Phase.PROGRESSING, api.Phase.PAUSED):
+    since = elapsed(last.get("at"), now)
+    if since is None or status.get("phase") not in (api.Phase.PROGRESSING, api.Phase.PAUSED):
         return []
     try:
         every = parse_duration(str(interval))
     except ValueError:
         return []
-    if at.tzinfo is None or now.tzinfo is None:
-        at, now = at.replace(tzinfo=None), now.replace(tzinfo=None)
-    if now - at <= 2 * every:
+    if since <= 2 * every:
         return []
     return [
         " " * len("Analysis:     ") + "(as written: checks that change nothing essential reach status only "

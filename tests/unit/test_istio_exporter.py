@@ -32,11 +32,11 @@ def test_a_first_error_counts_as_scraped_only_once_the_scrape_was_delivered() ->
         exporter = IstioTrafficExporter(histograms=histograms)
         try:
             exporter.set_traffic("api-v2", "shop", rps=10, error_ratio=0.5)
-            _text, errors_shown = exporter.scrape()
+            _text, at, errors_shown = exporter.scrape()
             assert exporter.first_errors_scraped == {}  # Prometheus could still hang up on it
-            exporter.shown(errors_shown)
+            exporter.shown(at, errors_shown)
             first = exporter.first_errors_scraped[("api-v2", "shop")]
-            exporter.shown(exporter.scrape()[1])
+            exporter.shown(*exporter.scrape()[1:])
             assert exporter.first_errors_scraped == {("api-v2", "shop"): first}  # the first one stays
         finally:
             exporter.close()

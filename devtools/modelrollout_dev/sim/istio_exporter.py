@@ -117,7 +117,7 @@ class IstioTrafficExporter:
                 if self.path.split("?", 1)[0] != "/metrics":
                     self.send_error(404)
                     return
-                text, errors_shown = exporter.scrape()
+                text, at, errors_shown = exporter.scrape()
                 body = text.encode()
                 try:
                     self.send_response(200)
@@ -129,7 +129,7 @@ class IstioTrafficExporter:
                     # Prometheus gave up on this scrape (its scrape timeout): it stored none of it.
                     exporter.abandoned_scrapes += 1
                     return
-                exporter.shown(errors_shown)
+                exporter.shown(at, errors_shown)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -172,27 +172,23 @@ class IstioTrafficExporter:
 
     def render(self) -> str:
         """The exposition, counted as scraped in full."""
-        text, errors_shown = self.scrape()
-        self.shown(errors_shown)
+        text, at, errors_shown = self.scrape()
+        self.shown(at, errors_shown)
         return text
 
-    def scrape(self) -> tuple[str, tuple[tuple[tuple[str, str], float], ...]]:
-        """The exposition, and the services whose 5xx it shows with the time: `shown` records them once
-        the scrape was delivered (a sample Prometheus hung up on is a sample it never held)."""
-        errors_shown: list[tuple[tuple[str, str], float]] = []
+    def scrape(self) -> tuple[str, float, list[tuple[str, str]]]:
+        """The exposition, when it was taken, and the services (name, namespace) whose 5xx it shows: `shown`
+        records them once the scrape was delivered (a sample Prometheus hung up on is one it never held)."""
+        errors_shown: list[tuple[str, str]] = []
         now = time.monotonic()
-        text = (
-            self._render_requests(now, errors_shown)
-            if not self.histograms
-            else self._render_all(now, errors_shown)
-        )
-        return text, tuple(errors_shown)
+        render = self._render_all if self.histograms else self._render_requests
+        return render(now, errors_shown), now, errors_shown
 
-    def shown(self, errors_shown: tuple[tuple[tuple[str, str], float], ...]) -> None:
-        for key, at in errors_shown:
+    def shown(self, at: float, errors_shown: list[tuple[str, str]]) -> None:
+        for key in errors_shown:
             self.first_errors_scraped.setdefault(key, at)
 
-    def _render_all(self, now: float, errors_shown: list[tuple[tuple[str, str], float]]) -> str:
+    def _render_all(self, now: float, errors_shown: list[tuple[str, str]]) -> str:
         with self._lock:
             self.scrapes += 1
             snapshot = {key: state.counts_at(now) for key, state in sorted(self._services.items())}
@@ -209,9 +205,7 @@ class IstioTrafficExporter:
                 labels = _labels(service, namespace, code, version)
                 requests.append(f"istio_requests_total{{{labels}}} {counts.requests!r}")
                 if code == ERROR_CODE and counts.requests > 0:
-                    errors_shown.append(((service, namespace), now))
-                if not self.histograms:
-                    continue
+                    errors_shown.append((service, namespace))
                 cumulative = 0.0
                 for bound, in_bucket in zip((*LATENCY_BUCKETS_MS, None), counts.buckets, strict=True):
                     cumulative += in_bucket
@@ -225,7 +219,7 @@ class IstioTrafficExporter:
                 durations.append(f"istio_request_duration_milliseconds_count{{{labels}}} {counts.requests!r}")
         return "\n".join([*requests, *durations]) + "\n"
 
-    def _render_requests(self, now: float, errors_shown: list[tuple[tuple[str, str], float]]) -> str:
+    def _render_requests(self, now: float, errors_shown: list[tuple[str, str]]) -> str:
         # At thousands of services a scrape must stay well inside Prometheus' scrape timeout.
         with self._lock:
             self.scrapes += 1
@@ -239,7 +233,7 @@ class IstioTrafficExporter:
                 labels = _labels(service, namespace, code, version)
                 lines.append(f"istio_requests_total{{{labels}}} {requests!r}")
                 if code == ERROR_CODE:
-                    errors_shown.append(((service, namespace), now))
+                    errors_shown.append((service, namespace))
         return "\n".join(lines) + "\n"
 
     def close(self) -> None:
