@@ -24,6 +24,16 @@ def set_condition(
 ) -> list[api.Condition]:
     """Replace or add one condition; lastTransitionTime moves only when the status really changes."""
     current = next((c for c in conditions if c.type == type_), None)
+    others = [c for c in conditions if c.type != type_]
+    if (
+        current is not None
+        and len(others) == len(conditions) - 1
+        and (current.status, current.reason, current.message, current.observed_generation)
+        == (status, reason, message, generation)
+    ):
+        # As it was: most ticks set every condition again to what it is (a new model each time was half of
+        # a quiet tick's validations).
+        return sorted(conditions, key=lambda c: c.type)
     changed_at = current.last_transition_time if current and current.status == status else now
     updated = api.Condition(
         type=type_,
@@ -33,7 +43,6 @@ def set_condition(
         last_transition_time=changed_at,
         observed_generation=generation,
     )
-    others = [c for c in conditions if c.type != type_]
     return sorted([*others, updated], key=lambda c: c.type)
 
 

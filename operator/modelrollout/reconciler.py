@@ -83,6 +83,33 @@ def _digest(status: Mapping[str, Any]) -> bytes:
     return hashlib.blake2b(json.dumps(status, sort_keys=True).encode(), digest_size=16).digest()
 
 
+@dataclass(frozen=True)
+class _Unwritten:
+    """A status decided but not written, and the stored status it follows: the stored object's
+    resourceVersion (the same version is the same status, so the digest is not computed again on every tick:
+    3% of the operator's CPU at 2,500 rollouts) and a digest of its status (a change of the object that left
+    the status as it was, a label say, keeps it). The status is kept as its JSON, compressed (about 0.9 KB,
+    against 3 KB as JSON and 17 KB as a model; compressing takes ~90 us, reading it back ~70 us): at steady
+    state every rollout has one."""
+
+    version: str | None
+    digest: bytes
+    packed: bytes
+
+    def follows(self, obj: Mapping[str, Any]) -> bool:
+        version = obj.get("metadata", {}).get("resourceVersion")
+        if version and version == self.version:
+            return True
+        return self.digest == _digest(obj.get("status") or {})
+
+    def digest_of(self, obj: Mapping[str, Any]) -> bytes:
+        """The digest of `obj`'s status, reused when `obj` is the version this one follows."""
+        version = obj.get("metadata", {}).get("resourceVersion")
+        if version and version == self.version:
+            return self.digest
+        return _digest(obj.get("status") or {})
+
+
 def spec_problems(raw: Mapping[str, Any]) -> api.ModelRolloutSpec | list[str]:
     """The spec, or every reason the operator cannot act on it: what the models refuse (a gate query that
     could never be rendered among it), and a built-in template that does not render with the spec's subset
@@ -147,11 +174,9 @@ class Reconciler:
         # from a watch that has not caught up with our own write is never decided on. Kept until the watch
         # shows the version our write stored.
         self._latest: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
-        # Per rollout, a status decided but not written (a quiet plan: only the numbers of checks changed)
-        # and a digest of the stored status it follows: decided from while the stored one is still that one.
-        # Kept as its JSON, compressed (about 0.9 KB, against 3 KB as JSON and 17 KB as a model; compressing
-        # takes ~90 us, reading it back ~70 us): at steady state every rollout has one.
-        self._unwritten: dict[str, tuple[bytes, bytes]] = {}
+        # Per rollout, a status decided but not written (a quiet plan: only the numbers of checks changed):
+        # decided from while the stored status is still the one it follows.
+        self._unwritten: dict[str, _Unwritten] = {}
         self.refresh_budget = RefreshBudget(config.status_refreshes_per_second)
 
     @classmethod
@@ -262,8 +287,8 @@ class Reconciler:
         stored = api.ModelRolloutStatus.model_validate(raw_status)
         unwritten = self._unwritten.get(ref.uid)
         status = (
-            api.ModelRolloutStatus.model_validate_json(zlib.decompress(unwritten[1]))
-            if unwritten is not None and unwritten[0] == _digest(raw_status)
+            api.ModelRolloutStatus.model_validate_json(zlib.decompress(unwritten.packed))
+            if unwritten is not None and unwritten.follows(obj)
             else stored
         )
         spec = spec_problems(obj.get("spec") or {})
@@ -412,8 +437,10 @@ class Reconciler:
         if plan.quiet:
             # Only the numbers of checks changed: kept here, decided from, written with the next change.
             if plan.status != stored:
-                self._unwritten[ref.uid] = (
-                    _digest(obj.get("status") or {}),
+                previous = self._unwritten.get(ref.uid)
+                self._unwritten[ref.uid] = _Unwritten(
+                    obj["metadata"].get("resourceVersion"),
+                    previous.digest_of(obj) if previous is not None else _digest(obj.get("status") or {}),
                     zlib.compress(plan.status.model_dump_json(by_alias=True).encode(), 1),
                 )
             return obj

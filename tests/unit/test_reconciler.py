@@ -694,3 +694,18 @@ def test_a_status_changed_by_someone_else_is_decided_from_as_stored() -> None:
     checks = w.measurer.calls
     w.tick(timedelta(seconds=1))
     assert w.measurer.calls == checks + 1  # the stored last check is old: a check is due at once
+
+
+def test_a_change_that_leaves_the_status_as_it_was_keeps_the_checks_in_memory() -> None:
+    w = soaking_world()
+    for _ in range(3):
+        w.tick(timedelta(seconds=10))  # kept in memory: the stored last check is 30 s old
+    stored = w.server.rollouts[(NAMESPACE, "chat")]
+    stored["metadata"].setdefault("labels", {})["team"] = "search"  # a new version, the same status
+    stored["metadata"]["resourceVersion"] = w.server.bump()
+    checks, writes = w.measurer.calls, w.server.status_writes
+    w.tick(timedelta(seconds=1))
+    assert w.measurer.calls == checks  # decided from the check kept in memory, 1 s old: none is due
+    assert w.server.status_writes == writes
+    w.tick(timedelta(seconds=9))
+    assert w.measurer.calls == checks + 1

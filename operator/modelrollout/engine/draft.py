@@ -57,17 +57,12 @@ class Draft:
         self.set_traffic(self.status.canary_weight, self.status.shadow)
 
     def condition(self, type_: str, status: Literal["True", "False"], reason: str, message: str = "") -> None:
-        self.update(
-            conditions=set_condition(
-                self.status.conditions,
-                type_,
-                status,
-                reason=reason,
-                message=message,
-                now=self.now,
-                generation=self.generation,
-            )
+        before = self.status.conditions
+        conditions = set_condition(
+            before, type_, status, reason=reason, message=message, now=self.now, generation=self.generation
         )
+        if len(conditions) != len(before) or any(a is not b for a, b in zip(conditions, before, strict=True)):
+            self.update(conditions=conditions)
 
     def condition_flip(self, type_: str, active: bool, reason: str, message: str) -> bool:
         """Set a trouble condition; True when it became active on this tick (worth an Event)."""
@@ -82,7 +77,10 @@ class Draft:
         message = message[:1024]
         # Every condition was evaluated against this generation, also the ones that did not change.
         current = [
-            c.model_copy(update={"observed_generation": self.generation}) for c in self.status.conditions
+            c
+            if c.observed_generation == self.generation
+            else c.model_copy(update={"observed_generation": self.generation})
+            for c in self.status.conditions
         ]
         conditions = summary_conditions(
             current, phase, reason=reason, message=message, now=self.now, generation=self.generation

@@ -187,7 +187,20 @@ def _scan(template: str) -> _Scanned:
 def check_template(template: str) -> None:
     """Raise TemplateError if `template` could not be rendered, whatever the values (for spec checks). Every
     value is checked as the empty string: escaping refuses nothing a spec field can hold."""
-    render_values(template, dict.fromkeys(KNOWN_VARIABLES, ""))
+    problem = _template_problem(template)
+    if problem is not None:
+        raise TemplateError(problem)
+
+
+# Every tick checks its spec's templates again (the spec is not kept between ticks: ~7 KB a rollout as a
+# model); the answer depends on the text alone, so it is kept per text, as a message raised afresh each time.
+@functools.lru_cache(maxsize=1024)
+def _template_problem(template: str) -> str | None:
+    try:
+        render_values(template, dict.fromkeys(KNOWN_VARIABLES, ""))
+    except TemplateError as error:
+        return str(error)
+    return None
 
 
 def _misplaced(name: str, offset: int, context: _Context) -> str:
