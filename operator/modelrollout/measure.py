@@ -284,9 +284,13 @@ class _CheckQueries:
     # Asks a query's grouped form (an answer shared with other rollouts); None: every query on its own.
     ask_grouped: Callable[[GroupedQuery], Awaitable[list[Sample]]] | None = None
 
-    async def samples(self, promql: str, grouped: GroupedQuery | None = None) -> list[Sample]:
+    async def samples(self, promql: str | None, grouped: GroupedQuery | None = None) -> list[Sample]:
+        """The answer to `grouped` where the operator batches and the query has a grouped form, else to the
+        query on its own (`promql`: rendered only where it is asked; most checks have no use for it)."""
         if grouped is not None and self.ask_grouped is not None:
             return await self.ask_grouped(grouped)
+        if promql is None:
+            raise TemplateError("a query with neither a grouped form nor a query of its own")
         return await self.ask(promql)
 
     def grouped(
@@ -296,7 +300,7 @@ class _CheckQueries:
         return form(variables) if self.ask_grouped is not None else None
 
     async def values(
-        self, promql: str, grouped: GroupedQuery | None = None
+        self, promql: str | None, grouped: GroupedQuery | None = None
     ) -> tuple[tuple[float, ...], str | None]:
         try:
             return tuple(s.value for s in await self.samples(promql, grouped)), None
@@ -304,7 +308,7 @@ class _CheckQueries:
             return (), str(error)
 
     async def counters(
-        self, promql: str, grouped: GroupedQuery | None = None
+        self, promql: str | None, grouped: GroupedQuery | None = None
     ) -> tuple[dict[str, float] | None, str | None]:
         try:
             return {series_key(s.labels): s.value for s in await self.samples(promql, grouped)}, None
@@ -314,18 +318,20 @@ class _CheckQueries:
     async def gate(self, g: api.Gate) -> GateMeasurement:
         window = format_duration(g.window or self.analysis.window)
         stable_variables = self.variables.targeting("stable")
+        compared = bool(g.compare or g.test)
         try:
-            canary_query = render_gate_query(g, self.variables)
-            control_query = render_gate_query(g, stable_variables) if g.compare or g.test else None
             canary_grouped = self.grouped(functools.partial(grouped_gate_query, g), self.variables)
             control_grouped = (
-                self.grouped(functools.partial(grouped_gate_query, g), stable_variables)
-                if control_query
-                else None
+                self.grouped(functools.partial(grouped_gate_query, g), stable_variables) if compared else None
+            )
+            # The query on its own is rendered only where it is asked: no grouped form, or no batching.
+            canary_query = render_gate_query(g, self.variables) if canary_grouped is None else None
+            control_query = (
+                render_gate_query(g, stable_variables) if compared and control_grouped is None else None
             )
         except TemplateError as unrenderable:
             return GateMeasurement(g, window, error=str(unrenderable))
-        if g.test is not None and control_query is not None:
+        if g.test is not None and compared:
             (canary, failure), (stable, stable_failure) = await asyncio.gather(
                 self.counters(canary_query, canary_grouped), self.counters(control_query, control_grouped)
             )
@@ -333,7 +339,7 @@ class _CheckQueries:
             if error is not None:
                 return GateMeasurement(g, window, error=error)
             return GateMeasurement(g, window, canary_counters=canary, stable_counters=stable)
-        if control_query is None:
+        if not compared:
             found, failure = await self.values(canary_query, canary_grouped)
             return GateMeasurement(g, window, values=found, error=failure)
         (found, failure), (control, control_failure) = await asyncio.gather(
@@ -346,8 +352,9 @@ class _CheckQueries:
     async def requests(self, role: Role) -> tuple[float | None, str | None]:
         variables = self.variables.targeting(role)
         try:
+            grouped = self.grouped(grouped_request_count_query, variables)
             samples = await self.samples(
-                request_count_query(variables), self.grouped(grouped_request_count_query, variables)
+                None if grouped is not None else request_count_query(variables), grouped
             )
         except (MetricsError, TemplateError) as error:
             return None, str(error)
@@ -356,13 +363,13 @@ class _CheckQueries:
 
     async def request_counters(self) -> tuple[dict[str, float] | None, dict[str, float] | None]:
         """Both variants' request counters; None for a variant whose query failed (no sample-ratio check)."""
+
+        def counted(variables: TemplateVariables) -> Awaitable[tuple[dict[str, float] | None, str | None]]:
+            grouped = self.grouped(grouped_requests_series_query, variables)
+            return self.counters(None if grouped is not None else requests_series_query(variables), grouped)
+
         (canary, _), (stable, _) = await asyncio.gather(
-            *(
-                self.counters(
-                    requests_series_query(variables), self.grouped(grouped_requests_series_query, variables)
-                )
-                for variables in (self.variables.targeting(role) for role in ("canary", "stable"))
-            )
+            *(counted(self.variables.targeting(role)) for role in ("canary", "stable"))
         )
         return canary, stable
 
