@@ -339,7 +339,9 @@ def wait(what: str, predicate: Any, timeout: float, every: float = 1.0) -> None:
         raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def run_size(n: int, rps: float, quiet_seconds: float, log: Any) -> dict[str, Any]:
+def run_size(
+    n: int, rps: float, quiet_seconds: float, log: Any, operator_flags: tuple[str, ...] = ()
+) -> dict[str, Any]:
     run_dir = runs_root() / f"bench-scale-{n}"
     environment = DevEnvironment(run_dir, detached=False)
     environment.stop()
@@ -389,6 +391,7 @@ def run_size(n: int, rps: float, quiet_seconds: float, log: Any) -> dict[str, An
                 "--namespace",
                 NAMESPACE,
                 *elect,
+                *operator_flags,
             ],
             die_with_parent=True,
             env={**env, "POD_NAME": "leader"},
@@ -425,7 +428,10 @@ def run_size(n: int, rps: float, quiet_seconds: float, log: Any) -> dict[str, An
 
         processes.spawn(
             "standby",
-            [*local_command(state.prometheus_url, tick=5, metrics_port=0), "--namespace", NAMESPACE, *elect],
+            [
+                *local_command(state.prometheus_url, tick=5, metrics_port=0),
+                *("--namespace", NAMESPACE, *elect, *operator_flags),
+            ],
             die_with_parent=True,
             env={**env, "POD_NAME": "standby"},
         )
@@ -692,10 +698,23 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000])
     parser.add_argument("--rps", type=float, default=2.0, help="requests/s per service (synthetic)")
     parser.add_argument("--quiet-seconds", type=float, default=60.0, help="the measuring window")
+    parser.add_argument(
+        "--operator-flag",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="a flag for both operators (repeat; a value as its own, e.g. --operator-flag=--tick "
+        "--operator-flag=2); the defaults otherwise",
+    )
     args = parser.parse_args()
+    flags = tuple(args.operator_flag)
+    if flags:
+        print(f"operator flags beyond the defaults: {' '.join(flags)}")
     results = []
     for n in args.sizes:
-        figures = run_size(n, args.rps, args.quiet_seconds, lambda m: print(m, file=sys.stderr, flush=True))
+        figures = run_size(
+            n, args.rps, args.quiet_seconds, lambda m: print(m, file=sys.stderr, flush=True), flags
+        )
         report(figures)
         results.append(figures)
     targets(results)
