@@ -83,7 +83,7 @@ def _digest(status: Mapping[str, Any]) -> bytes:
     return hashlib.blake2b(json.dumps(status, sort_keys=True).encode(), digest_size=16).digest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Unwritten:
     """A status decided but not written, and the stored status it follows: the stored object's
     resourceVersion (the same version is the same status, so the digest is not computed again on every tick:
@@ -97,10 +97,7 @@ class _Unwritten:
     packed: bytes
 
     def follows(self, obj: Mapping[str, Any]) -> bool:
-        version = obj.get("metadata", {}).get("resourceVersion")
-        if version and version == self.version:
-            return True
-        return self.digest == _digest(obj.get("status") or {})
+        return self.digest_of(obj) == self.digest
 
     def digest_of(self, obj: Mapping[str, Any]) -> bytes:
         """The digest of `obj`'s status, reused when `obj` is the version this one follows."""
