@@ -381,6 +381,7 @@ def run_size(
 
         metrics_port, alerts_port = free_port(), free_port()
         elect = ["--leader-elect", "--leader-election-namespace", NAMESPACE, "--leader-election-id", LEASE]
+        both = ["--namespace", NAMESPACE, *elect, *operator_flags]  # the leader's flags and the standby's
         env = {**os.environ, "KUBECONFIG": state.kubeconfig}
         leader, _ = processes.spawn(
             "operator",
@@ -388,10 +389,7 @@ def run_size(
                 *local_command(state.prometheus_url, tick=5, metrics_port=metrics_port),
                 "--alerts-port",
                 str(alerts_port),
-                "--namespace",
-                NAMESPACE,
-                *elect,
-                *operator_flags,
+                *both,
             ],
             die_with_parent=True,
             env={**env, "POD_NAME": "leader"},
@@ -428,10 +426,7 @@ def run_size(
 
         processes.spawn(
             "standby",
-            [
-                *local_command(state.prometheus_url, tick=5, metrics_port=0),
-                *("--namespace", NAMESPACE, *elect, *operator_flags),
-            ],
+            [*local_command(state.prometheus_url, tick=5, metrics_port=0), *both],
             die_with_parent=True,
             env={**env, "POD_NAME": "standby"},
         )

@@ -97,14 +97,15 @@ class _Unwritten:
     packed: bytes
 
     def follows(self, obj: Mapping[str, Any]) -> bool:
-        return self.digest_of(obj) == self.digest
+        return _status_digest(obj, self) == self.digest
 
-    def digest_of(self, obj: Mapping[str, Any]) -> bytes:
-        """The digest of `obj`'s status, reused when `obj` is the version this one follows."""
-        version = obj.get("metadata", {}).get("resourceVersion")
-        if version and version == self.version:
-            return self.digest
-        return _digest(obj.get("status") or {})
+
+def _status_digest(obj: Mapping[str, Any], kept: _Unwritten | None) -> bytes:
+    """The digest of `obj`'s status, reused from `kept` when `obj` is the version it follows."""
+    version = obj.get("metadata", {}).get("resourceVersion")
+    if kept is not None and version and version == kept.version:
+        return kept.digest
+    return _digest(obj.get("status") or {})
 
 
 def spec_problems(raw: Mapping[str, Any]) -> api.ModelRolloutSpec | list[str]:
@@ -434,10 +435,9 @@ class Reconciler:
         if plan.quiet:
             # Only the numbers of checks changed: kept here, decided from, written with the next change.
             if plan.status != stored:
-                previous = self._unwritten.get(ref.uid)
                 self._unwritten[ref.uid] = _Unwritten(
                     obj["metadata"].get("resourceVersion"),
-                    previous.digest_of(obj) if previous is not None else _digest(obj.get("status") or {}),
+                    _status_digest(obj, self._unwritten.get(ref.uid)),
                     zlib.compress(plan.status.model_dump_json(by_alias=True).encode(), 1),
                 )
             return obj
