@@ -23,9 +23,8 @@ import pytest
 import requests
 
 from modelrollout import api
-from modelrollout.metrics.batching import rows_by_key
 from modelrollout.metrics.families import EVENT_TEMPLATES, FAMILIES, SUPPORTED_SOURCES
-from modelrollout.metrics.prometheus import samples_from_result
+from modelrollout.metrics.prometheus import rows_from_result, samples_from_result
 from modelrollout.metrics.provider import Sample
 from modelrollout.metrics.templates import (
     TemplateVariables,
@@ -177,12 +176,16 @@ def metrics(prometheus: PrometheusServer) -> Iterator[IstioTrafficExporter]:
         families.close()
 
 
-def query_at(prometheus: PrometheusServer, promql: str, at: float) -> list[Sample]:
+def result_at(prometheus: PrometheusServer, promql: str, at: float) -> Any:
     params = {"query": promql, "time": f"{at:.3f}"}
     response = requests.get(f"{prometheus.url}/api/v1/query", params=params, timeout=10)
     body = response.json()
     assert body["status"] == "success", (promql, body)
-    return samples_from_result(promql, body["data"]["result"])
+    return body["data"]["result"]
+
+
+def query_at(prometheus: PrometheusServer, promql: str, at: float) -> list[Sample]:
+    return samples_from_result(promql, result_at(prometheus, promql, at))
 
 
 def same(own: list[Sample], row: list[Sample]) -> bool:
@@ -266,7 +269,9 @@ def test_a_grouped_row_is_the_target_s_own_answer(
 
     def grouped_rows(promql: str, labels: tuple[str, ...], key: tuple[str, ...]) -> list[Sample]:
         if (promql, labels) not in grouped_answers:
-            grouped_answers[promql, labels] = rows_by_key(query_at(prometheus, promql, at), labels)
+            grouped_answers[promql, labels] = rows_from_result(
+                promql, result_at(prometheus, promql, at), labels
+            )
         return grouped_answers[promql, labels].get(key, [])
 
     def compare(own_promql: str, grouped: Any, what: str) -> None:

@@ -24,7 +24,12 @@ from llm_gates import EVERY_LLM_GATE, llm_gate, llm_variables
 from modelrollout import api
 from modelrollout.metrics.prometheus import PrometheusProvider, QueryDeferred, QueryPool
 from modelrollout.metrics.provider import MetricsError, Sample
-from modelrollout.metrics.templates import TemplateVariables, render_gate_query, request_count_query
+from modelrollout.metrics.templates import (
+    TemplateVariables,
+    grouped_gate_query,
+    render_gate_query,
+    request_count_query,
+)
 from modelrollout_dev.devenv.prometheus import PrometheusServer
 from modelrollout_dev.sim.istio_exporter import IstioTrafficExporter
 
@@ -166,6 +171,49 @@ def test_builtin_gates_tell_a_subset_canary_from_its_stable(
     assert 50 < stable_p99.value <= 100
     [canary_count], [stable_count] = query(provider, count), query(provider, request_count_query(baseline))
     assert canary_count.value < stable_count.value  # a third of the host's requests, not all of them
+
+
+def test_a_grouped_query_comes_back_split_per_target_read_off_the_event_loop(
+    exporter: IstioTrafficExporter, provider: PrometheusProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One grouped query answers for every target: each service's row holds its own error rate, and the
+    answer (a fleet's, thousands of rows) is read and split in Prometheus' worker thread, not on the loop."""
+    from modelrollout.metrics import prometheus as module  # noqa: PLC0415
+
+    suffix = uuid.uuid4().hex[:6]
+    failing, healthy = f"llm-a-{suffix}", f"llm-b-{suffix}"
+    exporter.set_traffic(failing, "llm", rps=RPS, error_ratio=0.25)
+    exporter.set_traffic(healthy, "llm", rps=RPS, error_ratio=0.0)
+    variables = TemplateVariables.for_rollout(
+        stable=api.Target(host=healthy), canary=api.Target(host=failing),
+        rollout_name="chat", rollout_namespace="llm", window=WINDOW,
+    )  # fmt: skip
+    grouped = grouped_gate_query(gate(api.GateTemplate.ISTIO_ERROR_RATE), variables)
+    assert grouped is not None
+    assert poll(provider, request_count_query(variables), lambda s: bool(s) and s[0].value > RPS * 5)
+
+    read_on: list[str] = []
+    read = module.rows_from_result
+
+    def recorded(promql: str, raw: object, labels: tuple[str, ...]) -> object:
+        read_on.append(threading.current_thread().name)
+        return read(promql, raw, labels)
+
+    monkeypatch.setattr(module, "rows_from_result", recorded)
+
+    async def ask() -> tuple[object, str]:
+        rows = await provider.query_rows(grouped.promql, grouped.labels)
+        return rows, threading.current_thread().name
+
+    rows, loop_thread = asyncio.run(ask())
+    assert isinstance(rows, dict)
+    [failing_row] = rows[(failing, "llm")]
+    assert failing_row.labels == {}
+    assert failing_row.value == pytest.approx(0.25, abs=0.03)
+    [healthy_row] = rows[(healthy, "llm")]
+    assert healthy_row.value == 0.0
+    assert len(read_on) == 1
+    assert read_on[0] != loop_thread
 
 
 def test_no_traffic_is_no_data_or_nan_never_a_number(

@@ -11,16 +11,23 @@ import pytest
 
 from modelrollout import api
 from modelrollout.measure import _fresh_after
-from modelrollout.metrics.batching import QueryBatcher, rows_by_key
-from modelrollout.metrics.prometheus import QueryDeferred
+from modelrollout.metrics.batching import QueryBatcher
+from modelrollout.metrics.prometheus import QueryDeferred, rows_from_result
 from modelrollout.metrics.provider import MetricsError, Sample
 from modelrollout.metrics.templates import GroupedQuery
 
 LABELS = ("destination_service_name", "destination_service_namespace")
+
+
+def series(value: float, **labels: str) -> dict[str, Any]:
+    """One series of an instant vector as Prometheus' JSON has it."""
+    return {"metric": labels, "value": [1700000000.5, repr(value)]}
+
+
 ANSWER = [
-    Sample({"destination_service_name": "a", "destination_service_namespace": "ns"}, 0.1),
-    Sample({"destination_service_name": "b", "destination_service_namespace": "ns"}, 0.2),
-    Sample({"destination_service_name": "a", "destination_service_namespace": "other"}, 0.3),
+    series(0.1, destination_service_name="a", destination_service_namespace="ns"),
+    series(0.2, destination_service_name="b", destination_service_namespace="ns"),
+    series(0.3, destination_service_name="a", destination_service_namespace="other"),
 ]
 
 
@@ -29,23 +36,29 @@ def grouped(service: str, namespace: str = "ns", promql: str = "q") -> GroupedQu
 
 
 class FakePrometheus:
-    """Answers every query with `answer` (or raises `error`) after `gate` is set."""
+    """Answers every query with `answer` (`data.result` as Prometheus sends it, read by the provider's own
+    reader) or raises `error`, after `gate` is set."""
 
-    def __init__(self, answer: list[Sample] | None = None, error: Exception | None = None) -> None:
+    def __init__(self, answer: list[dict[str, Any]] | None = None, error: Exception | None = None) -> None:
         self.answer = ANSWER if answer is None else answer
         self.error = error
         self.asked: list[tuple[str, Hashable, float | None]] = []
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def query(
-        self, promql: str, *, owner: Hashable = None, not_after: float | None = None
-    ) -> list[Sample]:
+    async def query_rows(
+        self,
+        promql: str,
+        labels: tuple[str, ...],
+        *,
+        owner: Hashable = None,
+        not_after: float | None = None,
+    ) -> dict[tuple[str, ...], list[Sample]]:
         self.asked.append((promql, owner, not_after))
         await self.gate.wait()
         if self.error is not None:
             raise self.error
-        return self.answer
+        return rows_from_result(promql, self.answer, labels)
 
 
 class Clock:
@@ -67,11 +80,12 @@ def synchronously(scenario: Callable[[], Coroutine[Any, Any, None]]) -> Callable
 
 
 def test_rows_are_split_by_the_group_labels_which_they_then_lose() -> None:
-    rows = rows_by_key(
+    rows = rows_from_result(
+        "q",
         [
             *ANSWER,
-            Sample({"destination_service_name": "a", "destination_service_namespace": "ns", "pod": "p1"}, 4),
-            Sample({"destination_service_name": "c"}, 5),  # a label Prometheus left out is empty
+            series(4, destination_service_name="a", destination_service_namespace="ns", pod="p1"),
+            series(5, destination_service_name="c"),  # a label Prometheus left out is empty
         ],
         LABELS,
     )
@@ -285,34 +299,3 @@ def test_a_check_that_may_end_its_stage_takes_no_shared_answer_whose_window_reac
     for after in (30, 32, 90):
         now = stage_started + timedelta(seconds=after)
         assert _fresh_after(status, window, now) == (stage_started + window).timestamp()
-
-
-def test_a_fleets_answer_is_split_outside_the_event_loop_and_a_small_one_on_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Splitting thousands of rows takes tens of milliseconds: on the loop it would hold up every check."""
-    import threading  # noqa: PLC0415
-
-    from modelrollout.metrics import batching  # noqa: PLC0415
-
-    threads: list[bool] = []
-    split = batching.rows_by_key
-
-    def recorded(samples: list[Sample], labels: tuple[str, ...]) -> Any:
-        threads.append(threading.current_thread() is threading.main_thread())
-        return split(samples, labels)
-
-    monkeypatch.setattr(batching, "rows_by_key", recorded)
-    fleet = [
-        Sample({"destination_service_name": f"s{i}", "destination_service_namespace": "ns"}, float(i))
-        for i in range(batching.SPLIT_IN_A_THREAD_FROM)
-    ]
-
-    async def scenario() -> None:
-        big = QueryBatcher(max_age=0)
-        assert await big.query(FakePrometheus(fleet), grouped("s7")) == [Sample({}, 7.0)]
-        small = QueryBatcher(max_age=0)
-        assert await small.query(FakePrometheus(), grouped("b")) == [Sample({}, 0.2)]
-
-    asyncio.run(scenario())
-    assert threads == [False, True]

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from modelrollout import api
 from modelrollout.metrics.credentials import PrometheusAuth, auth_from_secret_data
 from modelrollout.metrics.families import EVENT_TEMPLATES
-from modelrollout.metrics.prometheus import samples_from_result
+from modelrollout.metrics.prometheus import rows_from_result, samples_from_result
 from modelrollout.metrics.promql import NAME_CHARS
 from modelrollout.metrics.provider import MetricsError, Sample
 from modelrollout.metrics.templates import (
@@ -579,13 +579,66 @@ def test_nan_and_scalars_and_empty_vectors() -> None:
         ([{"metric": {}, "value": [1.0, "inf"]}], "non-numeric"),
         ({"resultType": "vector"}, "unexpected result"),
         ([{"metric": {}, "histogram": [1.0, {}]}], "neither a vector nor a scalar"),
+        ([{"metric": ["pod"], "value": [1.0, "1"]}], "unexpected labels"),
+        ([{"metric": {}, "value": "1"}], "unexpected sample"),
+        (["not a series"], "unexpected result"),
     ],
 )
-def test_unexpected_results_are_metrics_errors(raw: object, reason: str) -> None:
+@pytest.mark.parametrize("read", ["samples", "rows"])
+def test_unexpected_results_are_metrics_errors(raw: object, reason: str, read: str) -> None:
+    """Read as samples (a rollout's own query) or split into rows (a grouped one), the same answer fails
+    the same way."""
+    reading = {
+        "samples": lambda: samples_from_result("up[1m]", raw),
+        "rows": lambda: rows_from_result("up[1m]", raw, ("service",)),
+    }[read]
     with pytest.raises(MetricsError, match=reason) as failed:
-        samples_from_result("up[1m]", raw)
+        reading()
     assert failed.value.query == "up[1m]"
     assert "up[1m]" in str(failed.value)
+
+
+GROUP = ("destination_service_name", "destination_service_namespace")
+
+
+def test_a_grouped_answer_gives_each_target_the_rows_its_own_query_would() -> None:
+    """Split in one pass: each target's rows are the samples of its own series, less the group labels."""
+    raw = [
+        {
+            "metric": {"destination_service_name": "a", "destination_service_namespace": "ns"},
+            "value": [1, "1"],
+        },
+        {
+            "metric": {"destination_service_name": "a", "destination_service_namespace": "ns", "code": "503"},
+            "value": [1, "NaN"],
+        },
+        {
+            "metric": {"destination_service_namespace": "ns", "destination_service_name": "b"},
+            "value": [1, "2"],
+        },
+        {"metric": {"destination_service_name": "c"}, "value": [1, "+Inf"]},
+        {"metric": {"code": "200"}, "value": [1, "4"]},
+    ]
+    rows = rows_from_result("q", raw, GROUP)
+    assert set(rows) == {("a", "ns"), ("b", "ns"), ("c", ""), ("", "")}
+    for key, got in rows.items():
+        own = [
+            Sample({k: v for k, v in s.labels.items() if k not in GROUP}, s.value)
+            for s in samples_from_result("q", raw)
+            if tuple(s.labels.get(label, "") for label in GROUP) == key
+        ]
+        assert [s.labels for s in got] == [s.labels for s in own], key
+        assert [repr(s.value) for s in got] == [repr(s.value) for s in own], key  # NaN as NaN
+    # A row that carried only the group labels has no labels left, and cannot be changed through them.
+    [only] = rows[("b", "ns")]
+    assert only.labels == {}
+    with pytest.raises(TypeError):
+        only.labels["x"] = "y"  # type: ignore[index]
+
+
+def test_a_scalar_or_an_empty_grouped_answer() -> None:
+    assert rows_from_result("q", [1700000000.5, "42"], GROUP) == {("", ""): [Sample(labels={}, value=42.0)]}
+    assert rows_from_result("q", [], GROUP) == {}
 
 
 def test_metrics_error_names_query_and_reason() -> None:

@@ -22,36 +22,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
-from modelrollout.metrics.provider import Sample
+from modelrollout.metrics.provider import Rows, Sample
 from modelrollout.metrics.scheduler import Deferred
 from modelrollout.metrics.templates import GroupedQuery
 
-Rows = Mapping[tuple[str, ...], list[Sample]]
-
-# Rows of an answer from which it is split outside the event loop (a few microseconds a row).
-SPLIT_IN_A_THREAD_FROM = 1000
-
 
 class Querying(Protocol):
-    async def query(
-        self, promql: str, *, owner: Hashable = None, not_after: float | None = None
-    ) -> list[Sample]: ...
-
-
-def rows_by_key(samples: list[Sample], labels: tuple[str, ...]) -> dict[tuple[str, ...], list[Sample]]:
-    """A grouped answer split per target: each row under the values of `labels` it carries (a label
-    Prometheus left out is empty), without those labels, so a target's rows read exactly as the answer of
-    its own query would."""
-    rows: dict[tuple[str, ...], list[Sample]] = {}
-    for sample in samples:
-        key = tuple(sample.labels.get(label, "") for label in labels)
-        rest = {name: value for name, value in sample.labels.items() if name not in labels}
-        rows.setdefault(key, []).append(Sample(labels=rest, value=sample.value))
-    return rows
+    async def query_rows(
+        self,
+        promql: str,
+        labels: tuple[str, ...],
+        *,
+        owner: Hashable = None,
+        not_after: float | None = None,
+    ) -> Rows: ...
 
 
 @dataclass
@@ -167,11 +155,8 @@ class QueryBatcher:
 
     async def _ask(self, provider: Querying, grouped: GroupedQuery, not_after: float | None) -> Rows:
         # The query is nobody's in particular: it takes its turn at the workers as an owner of its own.
-        samples = await provider.query(grouped.promql, owner=("grouped", grouped.promql), not_after=not_after)
-        if len(samples) < SPLIT_IN_A_THREAD_FROM:
-            return rows_by_key(samples, grouped.labels)
-        # Thousands of rows (a fleet's answer): split in a thread, so that the event loop keeps its turns.
-        return await asyncio.to_thread(rows_by_key, samples, grouped.labels)
+        owner = ("grouped", grouped.promql)
+        return await provider.query_rows(grouped.promql, grouped.labels, owner=owner, not_after=not_after)
 
     def _sweep(self, now: float) -> None:
         """Drop answers too old for anyone to take (kept at most one max_age, checked once per max_age)."""

@@ -19,9 +19,10 @@ import functools
 import json
 import re
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import requests
@@ -31,7 +32,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from modelrollout.metrics.credentials import PrometheusAuth, redacted, shown
-from modelrollout.metrics.provider import MetricsError, Sample, parse_sample_value
+from modelrollout.metrics.provider import MetricsError, Rows, Sample, parse_sample_value
 from modelrollout.metrics.scheduler import Deferred, FairScheduler
 
 # The HTTP timeout fires first and says what happened; the asyncio deadline is the backstop for a thread
@@ -193,14 +194,31 @@ class PrometheusProvider:
     ) -> list[Sample]:
         """The instant query `promql`, run when `owner` (a rollout; None for all callers alike) gets a turn;
         QueryDeferred if that is not before `not_after` (loop time)."""
+        return await self._run(promql, functools.partial(samples_from_result, promql), owner, not_after)
+
+    async def query_rows(
+        self,
+        promql: str,
+        labels: tuple[str, ...],
+        *,
+        owner: Hashable = None,
+        not_after: float | None = None,
+    ) -> Rows:
+        """The grouped query `promql`, its answer split by `labels` (`rows_from_result`); as `query`."""
+        read = functools.partial(rows_from_result, promql, labels=labels)
+        return await self._run(promql, read, owner, not_after)
+
+    async def _run(
+        self, promql: str, read: Callable[[Any], T], owner: Hashable, not_after: float | None
+    ) -> T:
         self.busy += 1
         self.last_used = time.monotonic()
         try:
-            # Parsed in the worker too: a grouped answer for thousands of rollouts takes tens of ms to read,
+            # Read in the worker too: a grouped answer for thousands of rollouts takes tens of ms to read,
             # which on the event loop would hold up every check and write meanwhile.
             return await self.pool.run(
                 owner,
-                functools.partial(self._samples, promql),
+                lambda: read(self._fetch(promql)),
                 deadline=self._seconds + _DEADLINE_SLACK_SECONDS,
                 not_after=not_after,
                 finished=self._finished,
@@ -213,9 +231,6 @@ class PrometheusProvider:
     def _finished(self) -> None:
         self.busy -= 1
         self.last_used = time.monotonic()
-
-    def _samples(self, promql: str) -> list[Sample]:
-        return samples_from_result(promql, self._fetch(promql))
 
     def _fetch(self, promql: str) -> Any:
         try:
@@ -247,11 +262,52 @@ class PrometheusProvider:
 def samples_from_result(promql: str, raw: Any) -> list[Sample]:
     """`data.result` of an instant query as samples. prometheus-api-client drops `resultType`, so the shape
     tells: a list of series objects is a vector, a `[time, "value"]` pair a scalar."""
+    scalar = _scalar(promql, raw)
+    if scalar is not None:
+        return [Sample(labels={}, value=scalar)]
+    return [
+        Sample(labels={str(k): str(v) for k, v in metric.items()}, value=value)
+        for metric, value in _series(promql, raw)
+    ]
+
+
+# The labels of every row of a grouped answer that carries only the group labels: one shared, read-only
+# mapping rather than an empty dict per row (a fleet's answer has thousands of rows).
+_NO_LABELS: Mapping[str, str] = MappingProxyType({})
+
+
+def rows_from_result(promql: str, raw: Any, labels: tuple[str, ...]) -> Rows:
+    """`data.result` of a grouped query split per target: each series under the values of `labels` it
+    carries (a label Prometheus left out is empty), without those labels, so a target's rows read exactly as
+    its own query's `samples_from_result` would. In one pass over the answer, not samples then a split: a
+    fleet's answer has a row per target, and at 2,500 rollouts reading them twice was 16% of the operator's
+    CPU (a profile of the process holding the GIL)."""
+    scalar = _scalar(promql, raw)
+    if scalar is not None:
+        return {tuple("" for _ in labels): [Sample(labels={}, value=scalar)]}
+    grouping = frozenset(labels)
+    rows: Rows = {}
+    for metric, value in _series(promql, raw):
+        key = tuple([str(metric.get(label, "")) for label in labels])
+        if grouping.issuperset(metric):
+            rest = _NO_LABELS
+        else:
+            rest = {str(k): str(v) for k, v in metric.items() if k not in grouping}
+        rows.setdefault(key, []).append(Sample(labels=rest, value=value))
+    return rows
+
+
+def _scalar(promql: str, raw: Any) -> float | None:
+    """The value of a scalar answer; None for a vector; MetricsError for neither."""
     if not isinstance(raw, list):
         raise MetricsError(promql, f"unexpected result from Prometheus: {_clip(raw)}")
     if len(raw) == 2 and isinstance(raw[0], int | float) and isinstance(raw[1], str):
-        return [Sample(labels={}, value=_value(promql, raw[1]))]
-    samples = []
+        return _value(promql, raw[1])
+    return None
+
+
+def _series(promql: str, raw: list[Any]) -> Iterator[tuple[Mapping[Any, Any], float]]:
+    """The labels (as Prometheus sent them) and the value of each series of a vector answer."""
     for series in raw:
         if not isinstance(series, dict):
             raise MetricsError(promql, f"unexpected result from Prometheus: {_clip(raw)}")
@@ -263,11 +319,10 @@ def samples_from_result(promql: str, raw: Any) -> list[Sample]:
         value = series["value"]
         if not (isinstance(value, list) and len(value) == 2):
             raise MetricsError(promql, f"unexpected sample from Prometheus: {_clip(series)}")
-        labels = series.get("metric", {})
-        samples.append(
-            Sample(labels={str(k): str(v) for k, v in labels.items()}, value=_value(promql, value[1]))
-        )
-    return samples
+        metric = series.get("metric", {})
+        if not isinstance(metric, dict):
+            raise MetricsError(promql, f"unexpected labels from Prometheus: {_clip(series)}")
+        yield metric, _value(promql, value[1])
 
 
 def _value(promql: str, text: object) -> float:

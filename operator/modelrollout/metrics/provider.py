@@ -7,12 +7,19 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
-    """One series of an instant query's answer. `value` may be NaN or +/-Inf, exactly as Prometheus says."""
+    """One series of an instant query's answer. `value` may be NaN or +/-Inf, exactly as Prometheus says.
+    Slots: a fleet's grouped answers keep a sample per target for their age (5,000 rollouts: tens of
+    thousands), each half the size it is with an instance dict."""
 
     labels: Mapping[str, str]
     value: float
+
+
+# A grouped query's answer split per target: each target's rows under the values of the group labels it
+# carries, without those labels.
+Rows = dict[tuple[str, ...], list[Sample]]
 
 
 class MetricsError(Exception):
