@@ -16,7 +16,7 @@ from modelrollout import api
 from modelrollout.metrics.credentials import PrometheusAuth, auth_from_secret_data
 from modelrollout.metrics.families import EVENT_TEMPLATES
 from modelrollout.metrics.prometheus import rows_from_result, samples_from_result
-from modelrollout.metrics.promql import NAME_CHARS
+from modelrollout.metrics.promql import NAME_CHARS, render_shared, render_values
 from modelrollout.metrics.provider import MetricsError, Sample
 from modelrollout.metrics.templates import (
     KNOWN_VARIABLES,
@@ -385,6 +385,25 @@ def test_escaped_values_have_no_raw_newline_or_replacement_char() -> None:
 def test_a_lone_surrogate_is_refused() -> None:
     with pytest.raises(TemplateError, match="lone surrogate"):
         render('x{m="{{ target.model }}"}', variables(model="a\ud800b"))
+
+
+@pytest.mark.parametrize("value", HOSTILE[:4])
+def test_a_shared_render_is_the_render_of_the_values_it_uses(value: str) -> None:
+    """Grouped queries are rendered once per template and the values they use: the same text as a render
+    of their own, a change of a used value a new text, one of an unused value the same; an error each time."""
+    template = 'sum(rate(x{a="{{ target.model }}"}[{{ window }}]))'
+    values = dict(variables(model=value).values())
+    assert render_shared(template, values) == render_values(template, values)
+    assert render_shared(template, {**values, "window": "7m"}) == render_values(
+        template, {**values, "window": "7m"}
+    )
+    assert "[7m]" in render_shared(template, {**values, "window": "7m"})
+    assert render_shared(template, {**values, "target.host": "elsewhere"}) == render_values(template, values)
+    for _ in range(2):
+        with pytest.raises(TemplateError, match=r"target\.model"):
+            render_shared(template, {k: v for k, v in values.items() if k != "target.model"})
+    with pytest.raises(TemplateError, match="single-quoted"):
+        render_shared("x{m='{{ window }}'}", values)
 
 
 # ---- placeholders where escaping cannot protect them

@@ -13,7 +13,9 @@ resolves it.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Literal, TypeVar
@@ -33,6 +35,7 @@ from modelrollout.metrics.promql import (
     TemplateError,
     check_template,
     escape_promql_string,
+    render_shared,
     render_values,
 )
 
@@ -408,7 +411,13 @@ class TemplateVariables:
     def with_window(self, window: timedelta) -> TemplateVariables:
         return replace(self, window=window)
 
-    def values(self) -> dict[str, str]:
+    def values(self) -> Mapping[str, str]:
+        return self._values
+
+    # Kept with the (frozen) variables: a check renders several queries from the same variables, each of
+    # which asked for all 24 values afresh.
+    @functools.cached_property
+    def _values(self) -> Mapping[str, str]:
         return {
             **self.target.values("target"),
             **self.stable.values("stable"),
@@ -466,7 +475,7 @@ class GroupedQuery:
 def _grouped(template: str, selection: Selection, variables: TemplateVariables) -> GroupedQuery:
     values = variables.values()
     key = tuple(values[variable] for _, variable in selection.keys)
-    return GroupedQuery(render(template, variables), selection.key_labels, key)
+    return GroupedQuery(render_shared(template, values), selection.key_labels, key)
 
 
 def grouped_gate_query(gate: api.Gate, variables: TemplateVariables) -> GroupedQuery | None:
