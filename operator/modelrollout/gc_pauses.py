@@ -73,14 +73,27 @@ class GcPauseTimer:
             gc.callbacks.remove(self)
 
 
+# The first period, doubled each time up to the full period. At the operator's start every rollout gets its
+# driver, task, lock and kopf's per-object state, which live as long as the process; frozen only at the end of
+# a whole period, they are walked by every full collection until then. Measured at 5,000 rollouts (the scale
+# benchmark, a 600 s period, the start 340 s long): full collections every ~10 s, 341 ms each on average, the
+# event loop stopped for each.
+FIRST_PERIOD_SECONDS = 30.0
+
+
 async def keep_long_lived_objects_frozen(
-    period_seconds: float, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    period_seconds: float,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    first_period_seconds: float = FIRST_PERIOD_SECONDS,
 ) -> None:
-    """Freeze now, then every `period_seconds` collect everything once and freeze what survives. Runs until
-    cancelled; on the event loop, as any collection does (the collector holds the interpreter lock)."""
+    """Freeze now, then at the end of each period collect everything once and freeze what survives: periods of
+    `first_period_seconds`, doubled each time up to `period_seconds`. Runs until cancelled; on the event loop,
+    as any collection does (the collector holds the interpreter lock)."""
     gc.freeze()
+    wait = min(first_period_seconds, period_seconds)
     while True:
-        await sleep(period_seconds)
+        await sleep(wait)
+        wait = min(2 * wait, period_seconds)
         gc.unfreeze()
         started = time.perf_counter()
         gc.collect()

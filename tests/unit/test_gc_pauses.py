@@ -81,7 +81,7 @@ def test_objects_alive_at_a_freeze_are_left_out_until_the_next_period_collects_e
             else:
                 raise asyncio.CancelledError
 
-        task = asyncio.create_task(keep_long_lived_objects_frozen(600, sleep=sleep))
+        task = asyncio.create_task(keep_long_lived_objects_frozen(600, sleep=sleep, first_period_seconds=600))
         await asyncio.sleep(0)
         assert gc.get_freeze_count() > 0
         nonlocal cycle
@@ -97,5 +97,26 @@ def test_objects_alive_at_a_freeze_are_left_out_until_the_next_period_collects_e
         assert gone() is None  # the period's full collection took it
         assert gc.get_freeze_count() > 0  # what survived is frozen again
         assert periods == [600, 600]
+    finally:
+        gc.unfreeze()
+
+
+def test_the_first_periods_are_short_and_double_up_to_the_period() -> None:
+    """What a start leaves alive for good is frozen within minutes, not at the end of a whole period."""
+    periods: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        periods.append(seconds)
+        if len(periods) == 7:
+            raise asyncio.CancelledError
+
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            asyncio.run(keep_long_lived_objects_frozen(600, sleep=sleep))
+        assert periods == [30, 60, 120, 240, 480, 600, 600]
+        periods.clear()
+        with contextlib.suppress(asyncio.CancelledError):
+            asyncio.run(keep_long_lived_objects_frozen(20, sleep=sleep))
+        assert periods == [20] * 7  # a period shorter than the first one is the period
     finally:
         gc.unfreeze()
