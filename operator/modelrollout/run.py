@@ -212,8 +212,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=600.0,
         metavar="SECONDS",
         help="collect every cyclic garbage this often, then leave the objects still alive out of the "
-        "collector's walks until the next time (shorter pauses of the event loop); 0 turns it off "
-        "(default 600)",
+        "collector's walks until the next time (shorter pauses of the event loop); the first time after "
+        "30 s, each next one after twice as long, up to SECONDS; 0 turns it off (default 600)",
     )
     run.set_defaults(handler=run_operator)
 
