@@ -510,6 +510,7 @@ def run_size(
             0.2,
         )
         alerted: dict[str, float] = {}
+        alerted_wall: dict[str, datetime] = {}
         unanswered: dict[str, str] = {}
         already = 0
         for host in by_alert:
@@ -517,6 +518,7 @@ def run_size(
                 already += 1  # its own check came first
                 continue
             alerted[host] = time.monotonic()
+            alerted_wall[host] = datetime.now(UTC)
             try:
                 post_alert(alerts_port, host)
             except OSError as error:  # no answer in time: the rollout's own check may still roll it back
@@ -530,6 +532,20 @@ def run_size(
             if h in watcher.to_stable and h not in unanswered
         ]
         figures["alert_preempted"] = already
+        # Where an alert's time goes: before its check starts (the receiver, the driver's wake, a reconcile
+        # slot) or in the check and the write (its queries, the decision, the write).
+        statuses = {item["metadata"]["name"]: item.get("status") or {} for item in list_rollouts(objects)}
+        checked_at = {
+            h: datetime.fromisoformat(statuses[h]["lastAnalysis"]["at"])
+            for h in alerted
+            if h in watcher.to_stable
+            and h not in unanswered
+            and (statuses[h].get("lastAnalysis") or {}).get("at")
+        }
+        figures["alert_to_check"] = [(checked_at[h] - alerted_wall[h]).total_seconds() for h in checked_at]
+        figures["alert_check_to_write"] = [
+            (watcher.to_stable[h][1] - checked_at[h]).total_seconds() for h in checked_at
+        ]
 
         breached = set(by_check) | set(by_alert)
         figures["unhealthy"] = unhealthy(list_rollouts(objects), breached)
@@ -618,6 +634,8 @@ def report(figures: dict[str, Any]) -> None:
             if figures["alert_breach_shown"]
             else "; (the breaches did not all show in 90 s: alerted anyway)"
         ),
+        f"    of which alert -> its check's start: {spread(figures['alert_to_check'])}; check start -> "
+        f"write: {spread(figures['alert_check_to_write'])}",
         *(f"  alert not answered by the operator: {line}" for line in figures["alerts_unanswered"]),
         *(
             [f"  alerted rollouts not rolled back within 60 s: {len(figures['missed_alert'])}"]
