@@ -15,9 +15,11 @@ Run: `make bench-scale` (SIZES="100 1000 5000" by default)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -581,6 +583,11 @@ def run_size(
         processes.stop_all(grace_seconds=10)
         exporter.close()
         environment.stop()
+        # The leader's log outlives the run's directory: where a slow reconciliation's time went is there.
+        kept = runs_root() / f"bench-scale-{n}-operator.log"
+        with contextlib.suppress(OSError):
+            shutil.copyfile(processes.logs_dir / "operator.log", kept)
+            figures["operator_log"] = str(kept)
         environment.remove()
 
 
@@ -646,6 +653,7 @@ def report(figures: dict[str, Any]) -> None:
         f"  leader killed -> standby holds the Lease: {figures['takeover_s']:.1f} s; its last renewal -> "
         f"the standby's acquisition: {figures['renewal_to_takeover_s']:.2f} s "
         f"(lease duration {LEASE_SECONDS} s)",
+        f"  the leader's log: {figures.get('operator_log', 'not kept')}",
     ]
     print("\n" + "\n".join(lines), flush=True)
 

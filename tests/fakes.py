@@ -10,6 +10,7 @@ the operator computes goes through the real transforms and the real claim rules.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from collections.abc import Awaitable, Callable
@@ -285,6 +286,7 @@ class FakeMeasurer:
     mirrors: list[int] = field(default_factory=list)  # the live mirror percent of each check
     requested: list[bool] = field(default_factory=list)  # whether an alert asked for each check
     namespaces: list[str] = field(default_factory=list)  # the VirtualService namespace each check was given
+    delay: float = 0.0  # seconds each check waits, as for Prometheus
 
     async def measure(
         self,
@@ -303,6 +305,8 @@ class FakeMeasurer:
         self.seen.append((canary_weight, status.stage if status else None))
         self.mirrors.append(mirror)
         self.namespaces.append(virtual_service_namespace)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.verdict is None:
             return None
         gate = api.GateResult(

@@ -19,6 +19,7 @@ import asyncio
 import contextvars
 import json
 import logging
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ from modelrollout.slots import ReconcileSlots
 from modelrollout.wakeups import Wakeups
 
 log = logging.getLogger(__name__)
+
+# A rollout woken out of turn (an alert, an action, a spec edit, its VirtualService) that waits this long
+# for a reconciliation slot (all taken) or for its own tick says so: what it was woken for is answered late.
+URGENT_TURN_LOGGED_SECONDS = 1.0
 
 
 class Tick(Protocol):
@@ -178,7 +183,11 @@ class Drivers:
     async def _once(self, driven: Driven, *, urgent: bool) -> float:
         """One reconciliation in turn; the seconds until the next look."""
         requested = self._wakeups.take_check_request(driven.key)
+        asked = time.perf_counter()
         async with self._slots.slot(urgent=urgent or requested), driven.lock:
+            turn = time.perf_counter() - asked
+            if (urgent or requested) and turn >= URGENT_TURN_LOGGED_SECONDS:
+                log.info("%s: woken out of turn, waited %.1f s for a reconciliation slot", driven.key, turn)
             if driven.stopped or not self._leading():
                 driven.stopped = True
                 return 0.0

@@ -9,11 +9,13 @@ fails for any other reason is handed back to the engine (`write_failed`), which 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +50,9 @@ log = logging.getLogger(__name__)
 # Conflicts in a row before a tick gives up (the next tick starts afresh); steps of one transition per tick.
 MAX_CONFLICTS = 4
 MAX_STEPS = 3
+# A reconciliation this long is logged with where its time went (the `modelrollout_reconcile_seconds`
+# histogram says how many there are, not why).
+SLOW_RECONCILE_SECONDS = 5.0
 
 
 class Stale(Exception):
@@ -70,11 +75,27 @@ class FilterWriteFailed(Exception):
 class _Attempts:
     """What one tick keeps across its attempts after conflicts: the check (measured at most once per tick:
     the result, and whether the operator's own queue put it off), the Events it posted (a decision made
-    again after a 409 posts none twice), and whether this is the last attempt."""
+    again after a 409 posts none twice), whether this is the last attempt, and the seconds it waited on each
+    kind of request."""
 
     check: tuple[CheckResult | None, bool] | None = None
     posted: set[engine.Event] = field(default_factory=set)
     last: bool = False
+    waited: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def waiting_on(self, what: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.waited[what] = self.waited.get(what, 0.0) + time.perf_counter() - started
+
+    def where_time_went(self, total: float) -> str:
+        parts = [f"{what} {seconds:.2f} s" for what, seconds in self.waited.items() if seconds >= 0.01]
+        # The rest is the event loop's: this tick's own work, other coroutines before it, collector pauses.
+        parts.append(f"the rest {max(0.0, total - sum(self.waited.values())):.2f} s")
+        return ", ".join(parts)
 
 
 def _digest(status: Mapping[str, Any]) -> bytes:
@@ -207,29 +228,53 @@ class Reconciler:
         """One tick. `may_write` is asked before every write: False once the driver is told to stop (the
         rollout is being deleted and its finalizer takes over). `check_requested`: a check was asked for out
         of turn (an alert); the engine says whether it runs now."""
-        with self.telemetry.reconcile_seconds.time():
-            obj = self._freshest(body)
-            ref = RolloutRef.of(obj)
-            attempts = _Attempts()
-            for attempt in range(1, MAX_CONFLICTS + 1):
-                if obj.get("metadata", {}).get("deletionTimestamp"):
-                    return None  # the finalizer's turn
-                try:
-                    attempts.last = attempt == MAX_CONFLICTS
-                    return await self._tick(ref, obj, attempts, may_write, check_requested)
-                except (Stale, StaleObject, StaleWrite) as stale:
-                    log.debug("%s/%s: %s; observing again", ref.namespace, ref.name, stale)
-                    # A rollout read to find it stale is not read again.
-                    fresh = (
-                        stale.stored if isinstance(stale, StaleRollout) else await self.kube.get_rollout(ref)
-                    )
-                    if fresh is None:
-                        return None
-                    obj = fresh
-            log.warning(
-                "%s/%s kept changing under %d attempts; next tick", ref.namespace, ref.name, MAX_CONFLICTS
-            )
-            return None
+        started = time.perf_counter()
+        obj = self._freshest(body)
+        ref = RolloutRef.of(obj)
+        attempts = _Attempts()
+        try:
+            return await self._attempt(ref, obj, attempts, may_write, check_requested)
+        finally:
+            took = time.perf_counter() - started
+            self.telemetry.reconcile_seconds.observe(took)
+            if took >= SLOW_RECONCILE_SECONDS:
+                log.warning(
+                    "%s/%s: reconciliation took %.1f s: %s",
+                    ref.namespace,
+                    ref.name,
+                    took,
+                    attempts.where_time_went(took),
+                )
+
+    async def _attempt(
+        self,
+        ref: RolloutRef,
+        obj: dict[str, Any],
+        attempts: _Attempts,
+        may_write: Callable[[], bool],
+        check_requested: bool,
+    ) -> engine.Plan | None:
+        for attempt in range(1, MAX_CONFLICTS + 1):
+            if obj.get("metadata", {}).get("deletionTimestamp"):
+                return None  # the finalizer's turn
+            try:
+                attempts.last = attempt == MAX_CONFLICTS
+                return await self._tick(ref, obj, attempts, may_write, check_requested)
+            except (Stale, StaleObject, StaleWrite) as stale:
+                log.debug("%s/%s: %s; observing again", ref.namespace, ref.name, stale)
+                # A rollout read to find it stale is not read again.
+                if isinstance(stale, StaleRollout):
+                    fresh = stale.stored
+                else:
+                    with attempts.waiting_on("rollout reads"):
+                        fresh = await self.kube.get_rollout(ref)
+                if fresh is None:
+                    return None
+                obj = fresh
+        log.warning(
+            "%s/%s kept changing under %d attempts; next tick", ref.namespace, ref.name, MAX_CONFLICTS
+        )
+        return None
 
     def _freshest(self, body: Mapping[str, Any]) -> dict[str, Any]:
         obj = {k: body[k] for k in body}
@@ -292,14 +337,18 @@ class Reconciler:
         spec = spec_problems(obj.get("spec") or {})
         if isinstance(spec, list):
             plan = engine.invalid_spec(status, spec, now, generation)
-            obj = await self._record(ref, obj, stored, plan.status, valid=False)
+            with attempts.waiting_on("status writes"):
+                obj = await self._record(ref, obj, stored, plan.status, valid=False)
             await self._post(ref, plan.events, attempts)
             return plan, obj
 
         target = target_of(spec, ref.namespace)
-        observed, routing, previous = await self.observer.observe(spec, status, target, ref)
-        filter_name = engine.observed_filter_name(spec, status, f"{ref.namespace}/{ref.name}")
-        bucket_filter = await self.kube.get_envoy_filter(ref.namespace, filter_name) if filter_name else None
+        with attempts.waiting_on("routing reads"):
+            observed, routing, previous = await self.observer.observe(spec, status, target, ref)
+            filter_name = engine.observed_filter_name(spec, status, f"{ref.namespace}/{ref.name}")
+            bucket_filter = (
+                await self.kube.get_envoy_filter(ref.namespace, filter_name) if filter_name else None
+            )
         action = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
         if attempts.check is None:
             due = engine.analysis_due(spec, status, now, self.config.started_at, requested=check_requested)
@@ -308,16 +357,17 @@ class Reconciler:
             measurable = due and same and routing.usable
             if measurable:
                 namespace = target.virtual_service.partition("/")[0]
-                measured = await self.measurer.measure(
-                    spec,
-                    ref,
-                    now,
-                    virtual_service_namespace=namespace,
-                    canary_weight=routing.canary_weight,
-                    mirror=routing.mirror,
-                    status=status,
-                    requested=check_requested,
-                )
+                with attempts.waiting_on("check"):
+                    measured = await self.measurer.measure(
+                        spec,
+                        ref,
+                        now,
+                        virtual_service_namespace=namespace,
+                        canary_weight=routing.canary_weight,
+                        mirror=routing.mirror,
+                        status=status,
+                        requested=check_requested,
+                    )
             # Due and measurable, yet no result: the operator's own queue put it off.
             attempts.check = (measured, measurable and measured is None)
         check, check_deferred = attempts.check
@@ -376,12 +426,14 @@ class Reconciler:
         # rollout as it is now.
         current = False
         if plan.intent is not None:
-            written = await self._record(ref, obj, stored, plan.intent)
+            with attempts.waiting_on("status writes"):
+                written = await self._record(ref, obj, stored, plan.intent)
             current = written is not obj
             obj = written
             recorded = stored = plan.intent
         if plan.consume_action is not None:
-            consumed = await self.kube.consume_action(ref, plan.consume_action)
+            with attempts.waiting_on("status writes"):
+                consumed = await self.kube.consume_action(ref, plan.consume_action)
             if consumed is not None:
                 self._remember(ref, obj["metadata"].get("resourceVersion"), consumed)
                 obj = consumed
@@ -391,12 +443,14 @@ class Reconciler:
                 # The driver is stopping: the finalizer owns the VirtualService now. Nothing more is recorded.
                 return engine.Plan(status=stored), obj
             if not current:
-                await self._confirm_current(ref, obj)
+                with attempts.waiting_on("rollout reads"):
+                    await self._confirm_current(ref, obj)
             failure: str | None = None
             try:
-                if step is not None and step.apply is not None:
-                    await self._apply_filter(step.apply)
-                await self._write_routing(plan, observed)
+                with attempts.waiting_on("routing writes"):
+                    if step is not None and step.apply is not None:
+                        await self._apply_filter(step.apply)
+                    await self._write_routing(plan, observed)
             except Stale:
                 raise
             except StaleWrite as conflict:
@@ -411,13 +465,15 @@ class Reconciler:
             if failure is not None:
                 log.warning("%s/%s: VirtualService write failed: %s", ref.namespace, ref.name, failure)
                 failed = engine.write_failed(plan, recorded, failure, self.clock())
-                obj = await self._record(ref, obj, stored, failed.status)
+                with attempts.waiting_on("status writes"):
+                    obj = await self._record(ref, obj, stored, failed.status)
                 await self._post(ref, failed.events, attempts)
                 self.telemetry.rollouts.count_write_failure(ref.namespace, ref.name)
                 return failed, obj
             if step is not None and step.remove is not None:
                 try:
-                    await self.kube.delete_envoy_filter(ref.namespace, step.remove)
+                    with attempts.waiting_on("routing writes"):
+                        await self.kube.delete_envoy_filter(ref.namespace, step.remove)
                 except Exception as error:  # the traffic change stands; the engine says what to record
                     plan = engine.filter_removal_failed(plan, step.remove, describe_api_error(error))
         return plan, await self._record_plan(ref, obj, stored, plan, attempts)
@@ -441,7 +497,8 @@ class Reconciler:
                     zlib.compress(plan.status.model_dump_json(by_alias=True).encode(), 1),
                 )
             return obj
-        written = await self._record(ref, obj, stored, plan.status)
+        with attempts.waiting_on("status writes"):
+            written = await self._record(ref, obj, stored, plan.status)
         if plan.refresh and written is not obj:  # a refresh of what is already stored writes nothing
             self.refresh_budget.spend()
             self.telemetry.status_refreshes.inc()
@@ -514,7 +571,8 @@ class Reconciler:
             if event in attempts.posted:
                 continue
             attempts.posted.add(event)
-            await self.kube.emit_event(ref, event.type, event.reason, event.message)
+            with attempts.waiting_on("Events"):
+                await self.kube.emit_event(ref, event.type, event.reason, event.message)
 
     def _notify(self, ref: RolloutRef, spec: api.ModelRolloutSpec, plan: engine.Plan) -> None:
         if self.notifier is None:

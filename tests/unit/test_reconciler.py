@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from fakes import NAMESPACE, STABLE, World, sample_spec, sample_vs
-from modelrollout import api
+from modelrollout import api, reconciler
 from modelrollout.kube import ACTION_ANNOTATION, without_managed_fields
 from modelrollout.refresh_budget import RefreshBudget
 
@@ -75,6 +76,28 @@ def test_a_check_an_alert_asked_for_is_measured_as_asked_for() -> None:
     asyncio.run(w.reconciler.reconcile(w.server.rollout("chat"), check_requested=True))
     assert w.measurer.calls == checks + 1
     assert w.measurer.requested[-2:] == [False, True]
+
+
+def test_a_slow_reconciliation_is_logged_with_where_its_time_went(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = world()
+    at_stage_two(w)
+    monkeypatch.setattr(reconciler, "SLOW_RECONCILE_SECONDS", 0.05)
+    w.measurer.delay = 0.08
+    with caplog.at_level(logging.WARNING, logger="modelrollout.reconciler"):
+        w.tick(timedelta(seconds=30))
+    [line] = [r.getMessage() for r in caplog.records if "reconciliation took" in r.getMessage()]
+    assert line.startswith(f"{NAMESPACE}/chat: reconciliation took 0.")
+    check = float(line.split("check ")[1].split(" s")[0])
+    assert 0.08 <= check < 0.5
+    assert "the rest" in line
+
+    caplog.clear()
+    w.measurer.delay = 0.0
+    with caplog.at_level(logging.WARNING, logger="modelrollout.reconciler"):
+        w.tick(timedelta(seconds=30))
+    assert not [r for r in caplog.records if "reconciliation took" in r.getMessage()]
 
 
 # ---- writes that fail ----
