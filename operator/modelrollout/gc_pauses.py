@@ -87,19 +87,41 @@ async def keep_long_lived_objects_frozen(
     first_period_seconds: float = FIRST_PERIOD_SECONDS,
 ) -> None:
     """Freeze now, then at the end of each period collect everything once and freeze what survives: periods of
-    `first_period_seconds`, doubled each time up to `period_seconds`. Runs until cancelled; on the event loop,
-    as any collection does (the collector holds the interpreter lock)."""
+    `first_period_seconds`, doubled each time up to `period_seconds`. Between those, what survives any full
+    collection is frozen as it ends (`freeze_survivors`). Runs until cancelled; on the event loop, as any
+    collection does (the collector holds the interpreter lock)."""
     gc.freeze()
-    wait = min(first_period_seconds, period_seconds)
-    while True:
-        await sleep(wait)
-        wait = min(2 * wait, period_seconds)
-        gc.unfreeze()
-        started = time.perf_counter()
-        gc.collect()
+    gc.callbacks.append(freeze_survivors)
+    try:
+        wait = min(first_period_seconds, period_seconds)
+        while True:
+            await sleep(wait)
+            wait = min(2 * wait, period_seconds)
+            gc.unfreeze()
+            started = time.perf_counter()
+            gc.collect()
+            gc.freeze()
+            log.debug(
+                "collected everything in %.0f ms; %d objects left out of collections until the next time",
+                (time.perf_counter() - started) * 1000,
+                gc.get_freeze_count(),
+            )
+    finally:
+        gc.callbacks.remove(freeze_survivors)
+
+
+def freeze_survivors(phase: str, info: dict[str, Any]) -> None:
+    """A `gc.callbacks` entry: at the end of a full collection, freeze what it left alive.
+
+    Each full collection walks every object not frozen. The period's freeze leaves out what lived through it,
+    but objects that live long and are made after it (a rollout's new status, kopf's state of a new
+    rollout, the VirtualService cache's entries) pile up in the oldest generation until the next period, and
+    every full collection walks them again. Measured at 5,000 rollouts (the scale benchmark): 43 full
+    collections in ten minutes, 215 ms each on average, every one over 100 ms. At the end of a full
+    collection the younger generations are empty and what is left was just found alive: frozen then, the next
+    full collection walks only what was promoted since. What becomes cyclic garbage among them is taken by the
+    period's collection of everything (objects freed by their reference counts go at once, frozen or not).
+    Called on the thread that triggered the collection, under the interpreter lock; `gc.freeze` only moves
+    the collector's lists."""
+    if phase == "stop" and info.get("generation") == 2:
         gc.freeze()
-        log.debug(
-            "collected everything in %.0f ms; %d objects left out of collections until the next time",
-            (time.perf_counter() - started) * 1000,
-            gc.get_freeze_count(),
-        )

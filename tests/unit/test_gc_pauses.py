@@ -5,7 +5,12 @@ import weakref
 
 from prometheus_client import CollectorRegistry
 
-from modelrollout.gc_pauses import GcPauseTimer, keep_long_lived_objects_frozen, space_full_collections
+from modelrollout.gc_pauses import (
+    GcPauseTimer,
+    freeze_survivors,
+    keep_long_lived_objects_frozen,
+    space_full_collections,
+)
 from modelrollout.telemetry import Telemetry
 
 
@@ -118,5 +123,48 @@ def test_the_first_periods_are_short_and_double_up_to_the_period() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             asyncio.run(keep_long_lived_objects_frozen(20, sleep=sleep))
         assert periods == [20] * 7  # a period shorter than the first one is the period
+    finally:
+        gc.unfreeze()
+
+
+def test_what_survives_a_full_collection_is_frozen_while_the_periods_run() -> None:
+    """Between two periods a full collection walks only what was promoted since the last one; garbage among
+    the frozen survivors waits for the period's collection of everything."""
+    cycle = _Cycle()
+    gone = weakref.ref(cycle)
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def sleep(seconds: float) -> None:
+            await release.wait()
+            raise asyncio.CancelledError
+
+        task = asyncio.create_task(keep_long_lived_objects_frozen(600, sleep=sleep))
+        await asyncio.sleep(0)
+        gc.unfreeze()  # as if made after the start's freeze
+        nonlocal cycle
+        survivor = _Cycle()
+        gc.collect(2)  # a full collection: `survivor` and `cycle` are alive, and frozen as it ends
+        assert gc.get_freeze_count() > 0
+        del cycle
+        gc.collect(2)
+        assert gone() is not None  # frozen: no full collection walks it until the period's
+        del survivor
+        young = weakref.ref(_Cycle())
+        gc.collect(2)
+        assert young() is None  # made after the freeze: collected as ever
+        release.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(scenario())
+        assert freeze_survivors not in gc.callbacks  # the task's end takes its callback out
+        gc.collect(2)
+        assert gone() is not None  # still frozen: nothing unfroze it
+        gc.unfreeze()
+        gc.collect(2)
+        assert gone() is None
     finally:
         gc.unfreeze()
