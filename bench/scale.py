@@ -469,6 +469,10 @@ def run_size(
             for key in ("grouped_asked", "grouped_shared", "grouped_renewed")
         }
         figures["quiet_s"] = elapsed
+        figures["quiet_gc2"] = tuple(
+            after.operator.get(f"gc2_{key}", 0.0) - before.operator.get(f"gc2_{key}", 0.0)
+            for key in ("count", "sum", "le_0.1")
+        )
 
         watcher = WriteWatcher(api_client)
         step = max(1, n // (2 * BREACHES))
@@ -621,6 +625,12 @@ def report(figures: dict[str, Any]) -> None:
             f"gen {generation}: {count:.0f}, mean {total / max(count, 1) * 1000:.1f} ms, "
             f"{over:.0f} over 100 ms"
             for generation, (count, total, over) in figures["gc"].items()
+        ),
+        "  of them in the quiet {:.0f} s: gen 2: {:.0f}, mean {:.1f} ms, {:.0f} over 100 ms".format(
+            figures["quiet_s"],
+            figures["quiet_gc2"][0],
+            figures["quiet_gc2"][1] / max(figures["quiet_gc2"][0], 1) * 1000,
+            figures["quiet_gc2"][0] - figures["quiet_gc2"][2],
         ),
         f"  exporter scrapes Prometheus gave up on (its 1 s scrape timeout; the bench's load, not the "
         f"operator's): {figures['exporter_scrapes'][1]} of {figures['exporter_scrapes'][0]}",
