@@ -50,9 +50,6 @@ log = logging.getLogger(__name__)
 # Conflicts in a row before a tick gives up (the next tick starts afresh); steps of one transition per tick.
 MAX_CONFLICTS = 4
 MAX_STEPS = 3
-# A reconciliation this long is logged with where its time went (the `modelrollout_reconcile_seconds`
-# histogram says how many there are, not why).
-SLOW_RECONCILE_SECONDS = 5.0
 
 
 class Stale(Exception):
@@ -237,7 +234,8 @@ class Reconciler:
         finally:
             took = time.perf_counter() - started
             self.telemetry.reconcile_seconds.observe(took)
-            if took >= SLOW_RECONCILE_SECONDS:
+            slow = self.config.slow_reconcile_seconds
+            if slow is not None and took >= slow:
                 log.warning(
                     "%s/%s: reconciliation took %.1f s: %s",
                     ref.namespace,

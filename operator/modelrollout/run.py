@@ -215,6 +215,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "collector's walks until the next time (shorter pauses of the event loop); the first time after "
         "30 s, each next one after twice as long, up to SECONDS; 0 turns it off (default 600)",
     )
+    run.add_argument(
+        "--log-reconciles-over",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="log each reconciliation that takes this long, with where its time went (the check's queries, "
+        "status and VirtualService writes, reads, Events, the event loop); 0 turns it off (default 5)",
+    )
     run.set_defaults(handler=run_operator)
 
 
@@ -234,6 +242,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         return_memory_seconds=args.return_memory_every or None,
         gc_freeze_seconds=args.gc_freeze_every or None,
         max_concurrent_reconciles=args.max_concurrent_reconciles,
+        slow_reconcile_seconds=args.log_reconciles_over or None,
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from fakes import NAMESPACE, STABLE, World, sample_spec, sample_vs
-from modelrollout import api, reconciler
+from modelrollout import api
 from modelrollout.kube import ACTION_ANNOTATION, without_managed_fields
 from modelrollout.refresh_budget import RefreshBudget
 
@@ -78,12 +78,10 @@ def test_a_check_an_alert_asked_for_is_measured_as_asked_for() -> None:
     assert w.measurer.requested[-2:] == [False, True]
 
 
-def test_a_slow_reconciliation_is_logged_with_where_its_time_went(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_slow_reconciliation_is_logged_with_where_its_time_went(caplog: pytest.LogCaptureFixture) -> None:
     w = world()
     at_stage_two(w)
-    monkeypatch.setattr(reconciler, "SLOW_RECONCILE_SECONDS", 0.05)
+    w.reconciler.config.slow_reconcile_seconds = 0.05
     w.measurer.delay = 0.08
     with caplog.at_level(logging.WARNING, logger="modelrollout.reconciler"):
         w.tick(timedelta(seconds=30))

@@ -61,3 +61,11 @@ def test_status_refresh_budget() -> None:
     for refused in ("0", "-1", "inf", "nan"):
         with pytest.raises(SystemExit):
             parse(f"--status-refreshes-per-second={refused}")
+
+
+def test_slow_reconciliations_logged() -> None:
+    assert run.config_from_args(parse()).slow_reconcile_seconds == 5.0
+    assert run.config_from_args(parse("--log-reconciles-over=0.25")).slow_reconcile_seconds == 0.25
+    assert run.config_from_args(parse("--log-reconciles-over=0")).slow_reconcile_seconds is None
+    with pytest.raises(SystemExit):
+        parse("--log-reconciles-over=-1")
