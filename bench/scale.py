@@ -244,6 +244,24 @@ def create_all(
         list(pool.map(create, bodies))
 
 
+def statuses_after_rollback(
+    objects: client.CustomObjectsApi, rolled_back: list[str], timeout: float = 15.0
+) -> dict[str, dict[str, Any]]:
+    """Every rollout's status, once those in `rolled_back` record their return (or `timeout` passed). The
+    VirtualService write comes between two status writes, the first of which records the return to come with
+    the status decided from (its lastAnalysis the check before), the second the check that decided it: read
+    before the second, a check would seem to have started a whole interval before its write."""
+    statuses: dict[str, dict[str, Any]] = {}
+
+    def recorded() -> bool:
+        nonlocal statuses
+        statuses = {item["metadata"]["name"]: item.get("status") or {} for item in list_rollouts(objects)}
+        return all(statuses.get(h, {}).get("phase") == "RolledBack" for h in rolled_back)
+
+    settle(recorded, timeout, 0.5)
+    return statuses
+
+
 def list_rollouts(objects: client.CustomObjectsApi) -> list[dict[str, Any]]:
     # resourceVersion "0": served from the API server's watch cache, not read from etcd, so the benchmark's
     # own polling of a large fleet does not load etcd under the operator it measures.
@@ -492,7 +510,7 @@ def run_size(
             watcher.to_stable[h][0] - exporter.first_errors_scraped[(f"{h}-v2", NAMESPACE)]
             for h in rolled_back
         ]
-        statuses = {item["metadata"]["name"]: item.get("status") or {} for item in list_rollouts(objects)}
+        statuses = statuses_after_rollback(objects, rolled_back)
         figures["check_to_write"] = [
             (
                 watcher.to_stable[h][1] - datetime.fromisoformat(statuses[h]["lastAnalysis"]["at"])
@@ -540,7 +558,9 @@ def run_size(
         figures["alert_preempted"] = already
         # Where an alert's time goes: before its check starts (the receiver, the driver's wake, a reconcile
         # slot) or in the check and the write (its queries, the decision, the write).
-        statuses = {item["metadata"]["name"]: item.get("status") or {} for item in list_rollouts(objects)}
+        statuses = statuses_after_rollback(
+            objects, [h for h in alerted if h in watcher.to_stable and h not in unanswered]
+        )
         checked_at = {
             h: datetime.fromisoformat(statuses[h]["lastAnalysis"]["at"])
             for h in alerted

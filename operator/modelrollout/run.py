@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import kopf
 
-from modelrollout import handlers
+from modelrollout import handlers, memory
 from modelrollout.config import OperatorConfig
 from modelrollout.kube import default_api_client
 from modelrollout.leadership import LeaderElector, LeaseTiming
@@ -247,6 +247,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
 
 
 def run_operator(args: argparse.Namespace) -> int:
+    memory.limit_arenas()  # before any thread: each would otherwise get a heap of its own
     kopf.configure(
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from modelrollout import memory
 
 
@@ -107,3 +109,45 @@ def test_the_operator_loads_numpy_and_scipy_only_for_a_sequential_test() -> None
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     ).stdout.splitlines()
     assert shown == ["[]", "[]", "['numpy', 'scipy']"]
+
+
+_ARENAS_SCRIPT = """
+import ctypes, sys, threading
+from modelrollout import memory
+if sys.argv[1] == "limit":
+    assert memory.limit_arenas(1)
+barrier = threading.Barrier(4)
+held = []
+def work():
+    held.append([bytes(1536) for _ in range(100)])  # above Python's small-object allocator: glibc's malloc
+    barrier.wait()  # all alive at once: none hands its heap on to the next
+threads = [threading.Thread(target=work) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+ctypes.CDLL("libc.so.6").malloc_stats()  # one "Arena N:" block per heap, on stderr
+"""
+
+
+def _arenas(mode: str, **env: str) -> int:
+    run = subprocess.run(
+        [sys.executable, "-c", _ARENAS_SCRIPT, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", **env},
+    )
+    return sum(1 for line in run.stderr.splitlines() if line.startswith("Arena "))
+
+
+def test_threads_share_the_heaps_the_operator_limits_them_to() -> None:
+    assert _arenas("default") >= 3  # glibc's default: a heap for each thread that allocates
+    assert _arenas("limit") == 1
+
+
+def test_the_environment_and_other_c_libraries_keep_their_own_arenas(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert not memory.limit_arenas()  # glibc read it at the process's start
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert not memory.limit_arenas(library="libnot-a-c-library.so.0")
