@@ -41,6 +41,6 @@ class OperatorConfig:
     # Objects alive this long are frozen out of the garbage collector's walks (modelrollout.gc_pauses); None:
     # never.
     gc_freeze_seconds: float | None = 600.0
-    # A reconciliation this long is logged with where its time went (the `modelrollout_reconcile_seconds`
-    # histogram says how many there are, not why); None: none is.
+    # A reconciliation this long is logged with where its time went (the
+    # `modelrollout_reconcile_duration_seconds` histogram says how many there are, not why); None: none is.
     slow_reconcile_seconds: float | None = 5.0

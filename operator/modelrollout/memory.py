@@ -60,6 +60,10 @@ class Trim:
         return max(0, self.rss_before - self.rss_after)
 
 
+def _libc(library: str | None) -> ctypes.CDLL:
+    return ctypes.CDLL(library or ctypes.util.find_library("c") or "libc.so.6")
+
+
 class Glibc:
     """glibc's allocator, or nothing where the process does not run on glibc."""
 
@@ -69,7 +73,7 @@ class Glibc:
         self._trim: Callable[[int], int] | None = None
         self._info: Callable[[], _MallInfo2] | None = None
         try:
-            libc = ctypes.CDLL(library or ctypes.util.find_library("c") or "libc.so.6")
+            libc = _libc(library)
             trim, info = libc.malloc_trim, libc.mallinfo2
         except (OSError, AttributeError):  # not glibc, or one older than 2.33
             return
@@ -117,7 +121,7 @@ def limit_arenas(arenas: int = ARENAS, library: str | None = None) -> bool:
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False
     try:
-        mallopt = ctypes.CDLL(library or ctypes.util.find_library("c") or "libc.so.6").mallopt
+        mallopt = _libc(library).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
