@@ -1047,6 +1047,18 @@ class Rollback(StatusModel):
     message: str = ""
 
 
+class RouteReturn(StatusModel):
+    """A return to stable, recorded on the VirtualService by the write that makes it (annotation
+    `modelrollout.io/returning`, one entry per rollout): a restart between that write and the status write
+    finishes the return instead of taking the stable-only routes for drift. It binds to the status it was
+    decided from: the run (`rolloutStartedAt`) and the stage (`stage`, `stageStartedAt`)."""
+
+    rollback: Rollback
+    rollout_started_at: datetime | None = None
+    stage: int = 0
+    stage_started_at: datetime | None = None
+
+
 class ActionRecord(StatusModel):
     action: str
     at: datetime

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from modelrollout import api, engine
 from modelrollout.kube import RolloutRef
 from modelrollout.ports import RouterFactory
@@ -149,5 +151,18 @@ class RoutingObserver:
                 last_writer=snapshot.last_writer,
                 stale_owner=stale_owner,
                 hosts=snapshot.hosts,
+                returning=_returning(snapshot, owner),
             )
         return engine.RoutingView(conflict_owner=stale_owner, claimed=owner in claims)
+
+
+def _returning(snapshot: Snapshot, owner: str) -> api.RouteReturn | None:
+    """The return to stable `owner`'s latest write recorded on the object; one that does not parse (edited
+    by hand, or written by a newer operator in a shape this one does not know) counts as none."""
+    record = snapshot.returns.get(owner)
+    if record is None:
+        return None
+    try:
+        return api.RouteReturn.model_validate(record)
+    except ValidationError:
+        return None

@@ -585,22 +585,76 @@ def test_a_check_asked_for_out_of_turn_runs_now_but_not_twice_in_a_second() -> N
     assert not engine.analysis_due(r.spec, r.status, soon, r.started, requested=True)  # an alert storm
 
 
-@pytest.mark.parametrize(
-    ("cause", "phase"), [("rollback", api.Phase.ROLLED_BACK), ("abort", api.Phase.ABORTED)]
-)
-def test_an_unconfirmed_return_to_stable_is_finished_after_a_restart(cause: str, phase: api.Phase) -> None:
-    r = Rollout(spec=make_spec(failureLimit=0))
+def test_an_accepted_abort_is_finished_after_a_restart() -> None:
+    r = Rollout()
     r.at_stage(2)
-    decided = r.tick(timedelta(seconds=10), verdict=F) if cause == "rollback" else r.tick(action="abort")
-    assert decided.rollback_reason is not None or decided.status.phase == api.Phase.ABORTED
-    # The operator recorded the pending return, then died before the VirtualService write.
+    decided = r.tick(action="abort")
+    assert decided.status.phase == api.Phase.ABORTED
+    # The operator recorded the accepted abort and the pending return, then died before the VirtualService
+    # write.
     assert decided.intent is not None
     r.status, r.live = decided.intent, 50
     assert r.status.phase == api.Phase.PROGRESSING  # the status does not claim what the VS does not show
     assert r.status.rollback is not None
     r.started = r.now + timedelta(seconds=1)
     d = r.tick(timedelta(seconds=5), verdict=P)  # even a passing check does not undo it
-    assert (d.status.phase, d.canary_weight) == (phase, 0)
+    assert (d.status.phase, d.canary_weight) == (api.Phase.ABORTED, 0)
+
+
+def test_a_rollback_goes_to_the_virtual_service_first_and_records_itself_there() -> None:
+    """No status write holds a rollback back: the return is recorded on the VirtualService by the write that
+    makes it, bound to the status it was decided from."""
+    r = Rollout(spec=make_spec(failureLimit=0))
+    r.at_stage(2)
+    before = r.status
+    decided = r.tick(timedelta(seconds=10), verdict=F)
+    assert decided.intent is None
+    assert decided.write is not None
+    record = decided.write.returning
+    assert record is not None
+    assert record.rollback == decided.status.rollback
+    assert (record.rollout_started_at, record.stage, record.stage_started_at) == (
+        before.rollout_started_at,
+        before.stage,
+        before.stage_started_at,
+    )
+
+
+@pytest.mark.parametrize(
+    ("live", "writer"), [(0, engine.FIELD_MANAGER), (50, "kubectl-edit")], ids=["as-written", "edited-since"]
+)
+def test_a_rollback_written_but_not_recorded_is_finished_after_a_restart(live: int, writer: str) -> None:
+    r = Rollout(spec=make_spec(failureLimit=0))
+    r.at_stage(2)
+    before = r.status
+    decided = r.tick(timedelta(seconds=10), verdict=F)
+    assert decided.write is not None
+    # The VirtualService write went through (and carried the return); the operator died before the status
+    # write. Whatever the VirtualService shows since, our latest write there was this return.
+    r.status, r.started = before, r.now + timedelta(seconds=1)
+    found = RoutingView(canary_weight=live, last_writer=writer, returning=decided.write.returning)
+    d = r.tick(timedelta(seconds=5), verdict=P, routing=found)  # even a passing check does not undo it
+    assert (d.status.phase, d.canary_weight) == (api.Phase.ROLLED_BACK, 0)
+    assert d.status.rollback == decided.status.rollback
+    assert d.rollback_reason == "AnalysisFailed"
+    assert "DriftCorrected" not in r.reasons()
+
+
+def test_a_return_recorded_on_the_virtual_service_for_an_earlier_stage_is_history() -> None:
+    r = Rollout(spec=make_spec(failureLimit=0))
+    r.at_stage(1)
+    earlier = r.status
+    rollback = api.Rollback(at=r.now, reason="AnalysisFailed", message="error-rate 0.3 > 0.02")
+    record = engine.route_return(rollback, earlier)
+    r.tick(action="promote")  # stage 3 of 4 (its own write has no return: the record is history)
+    assert r.status.stage == 2
+    d = r.tick(
+        timedelta(seconds=5),
+        verdict=P,
+        routing=RoutingView(canary_weight=r.live, last_writer=engine.FIELD_MANAGER, returning=record),
+    )
+    assert (d.status.phase, d.status.rollback) == (api.Phase.PROGRESSING, None)
+    assert d.canary_weight is None  # nothing to write
 
 
 def test_the_soak_message_names_its_end_and_does_not_count_down() -> None:
@@ -789,11 +843,12 @@ def test_write_failed_keeps_the_check_and_claims_nothing_else() -> None:
             check=check(F, r.now + timedelta(seconds=10), 0.4),
         ),
     )
-    assert decided.intent is not None
-    failed = engine.write_failed(decided, decided.intent, "HTTP 403: denied", r.now)
+    assert decided.intent is None  # the return travels on the write
+    failed = engine.write_failed(decided, base, "HTTP 403: denied", r.now)
     assert (failed.status.phase, failed.status.canary_weight) == (api.Phase.PROGRESSING, 50)
     assert failed.status.failed_checks == 1
-    assert failed.status.rollback is not None
+    assert failed.status.rollback == decided.status.rollback  # the return is recorded to be finished
+    assert "returning traffic to stable" in failed.status.message
     assert failed.write is None
     assert failed.notifications == ()
     assert [e.reason for e in failed.events] == ["AnalysisFailed", "WriteFailed"]

@@ -98,6 +98,134 @@ def test_a_slow_reconciliation_is_logged_with_where_its_time_went(caplog: pytest
     assert not [r for r in caplog.records if "reconciliation took" in r.getMessage()]
 
 
+# ---- a return to stable: the VirtualService first, recorded there by the write itself ----
+
+
+def returns_on_the_virtual_service(w: World) -> dict[str, Any]:
+    raw = (w.server.vs()["metadata"].get("annotations") or {}).get("modelrollout.io/returning")
+    return json.loads(raw) if raw else {}
+
+
+def test_a_rollback_writes_the_virtual_service_before_any_status_write() -> None:
+    """Nothing stands between the failing check and the VirtualService write: the return's record travels
+    on that write, and the status that claims it comes after."""
+    w = world()
+    at_stage_two(w)
+    status_writes_before = w.server.status_writes
+    at_the_write: list[int] = []
+    w.server.before_vs_write = lambda: at_the_write.append(w.server.status_writes)
+    w.measurer.verdict, w.measurer.value = F, 0.3
+    w.tick(timedelta(seconds=10))
+
+    assert at_the_write == [status_writes_before]
+    status = w.server.status()
+    assert (status.phase, w.server.weights()) == (api.Phase.ROLLED_BACK, (100, 0))
+    record = returns_on_the_virtual_service(w)[f"{NAMESPACE}/chat"]
+    assert record["rollback"]["reason"] == "AnalysisFailed"
+    assert status.stage_started_at is not None
+    started = status.stage_started_at.isoformat().replace("+00:00", "Z")
+    assert (record["stage"], record["stageStartedAt"]) == (1, started)
+
+
+def test_an_operator_stopped_between_the_rollback_write_and_its_record_finishes_the_return() -> None:
+    w = world()
+    at_stage_two(w)
+    kube = w.reconciler.kube
+    record_status = kube.record_status
+
+    async def connection_lost(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionResetError("the operator's pod was killed")
+
+    kube.record_status = connection_lost  # type: ignore[method-assign]
+    w.measurer.verdict, w.measurer.value = F, 0.3
+    with pytest.raises(ConnectionResetError):
+        w.tick(timedelta(seconds=10))
+    assert w.server.weights() == (100, 0)
+    assert w.server.status().phase == api.Phase.PROGRESSING  # the status never got the return
+    assert w.notifier.submitted == []
+
+    w.reconciler = w.new_operator()  # a restarted operator, whose first check passes
+    w.reconciler.kube.record_status = record_status  # type: ignore[method-assign]
+    w.measurer.verdict, w.measurer.value = P, 0.001
+    w.tick(timedelta(seconds=5))
+
+    status = w.server.status()
+    assert (status.phase, w.server.weights()) == (api.Phase.ROLLED_BACK, (100, 0))
+    assert status.rollback is not None
+    assert status.rollback.reason == "AnalysisFailed"
+    assert "DriftCorrected" not in w.reasons()
+    assert [n.event for n in w.notifier.submitted] == ["RolledBack"]
+    assert rollbacks_counted(w) == 1
+    w.tick(timedelta(seconds=10))
+    assert w.server.weights() == (100, 0)
+    assert [n.event for n in w.notifier.submitted] == ["RolledBack"]
+
+
+def test_a_rollback_whose_status_write_meets_a_conflict_is_recorded_on_the_next_attempt() -> None:
+    w = world()
+    at_stage_two(w)
+    w.server.conflict_status_writes = 1
+    w.measurer.verdict, w.measurer.value = F, 0.3
+    vs_writes = w.server.vs_writes
+    w.tick(timedelta(seconds=10))
+
+    status = w.server.status()
+    assert (status.phase, w.server.weights()) == (api.Phase.ROLLED_BACK, (100, 0))
+    assert w.server.vs_writes == vs_writes + 1  # finishing it wrote nothing again
+    assert [n.event for n in w.notifier.submitted] == ["RolledBack"]
+
+
+def test_a_new_rollout_after_a_rollback_is_not_taken_back_by_the_old_return() -> None:
+    """The record of a finished return stays on the VirtualService until our next write there; a new
+    canary's rollout, whose first write is refused once, is not rolled back by it."""
+    w = world()
+    at_stage_two(w)
+    w.measurer.verdict, w.measurer.value = F, 0.3
+    w.tick(timedelta(seconds=10))
+    assert w.server.status().phase == api.Phase.ROLLED_BACK
+    assert returns_on_the_virtual_service(w)
+    w.measurer.verdict, w.measurer.value = P, 0.001
+    w.server.edit_rollout(lambda r: r["spec"]["canary"].update(model="claude-next"))
+    w.server.refuse_vs_writes = 1
+    w.tick(timedelta(seconds=10))
+    assert w.server.weights() == (100, 0)
+    assert returns_on_the_virtual_service(w)
+    w.tick(timedelta(seconds=10))
+    status = w.server.status()
+    assert (status.phase, status.stage, status.rollback) == (api.Phase.PROGRESSING, 0, None)
+    assert w.server.weights() == (90, 10)
+    assert returns_on_the_virtual_service(w) == {}  # its first write took the record away
+    w.tick(timedelta(seconds=10))
+    assert w.server.status().phase == api.Phase.PROGRESSING
+
+
+def test_a_deleted_rollout_takes_its_record_of_returns_with_its_claim() -> None:
+    w = world()
+    at_stage_two(w)
+    w.measurer.verdict, w.measurer.value = F, 0.3
+    w.tick(timedelta(seconds=10))
+    assert returns_on_the_virtual_service(w)
+    w.server.delete_rollout()
+    w.delete()
+    assert (w.server.claims(), returns_on_the_virtual_service(w)) == ({}, {})
+
+
+def test_a_record_of_returns_in_a_shape_this_operator_does_not_know_is_no_return() -> None:
+    w = world()
+    at_stage_two(w)
+    w.server.edit_vs(
+        lambda vs: (
+            vs["metadata"]
+            .setdefault("annotations", {})
+            .update({"modelrollout.io/returning": json.dumps({f"{NAMESPACE}/chat": {"rollback": "soon"}})})
+        ),
+        manager="modelrollout-operator",
+    )
+    w.tick(timedelta(seconds=10))
+    status = w.server.status()
+    assert (status.phase, status.rollback, w.server.weights()) == (api.Phase.PROGRESSING, None, (50, 50))
+
+
 # ---- writes that fail ----
 
 

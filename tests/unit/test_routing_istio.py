@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from modelrollout.routing.istio import (
     MANAGED_BY,
+    RETURNING,
     claims_of,
     conflicting_owner,
     destination_matches,
@@ -19,8 +20,10 @@ from modelrollout.routing.istio import (
     last_spec_writer,
     managed_route_indexes,
     owner_of,
+    returns_of,
     split_view,
     with_claims,
+    with_return,
     with_split,
     without_claims,
 )
@@ -407,6 +410,29 @@ def test_another_owner_is_neither_overwritten_nor_released_unless_it_is_gone() -
     taken, changed = with_claims(theirs, ["http[0]"], "llm/chat", take_over_from="llm/other")
     assert changed
     assert claims_of(taken) == {"http[0]": "llm/chat"}
+
+
+# ---- returns to stable recorded by the write that makes them ----
+
+
+def test_each_owner_keeps_the_record_of_its_latest_write_only() -> None:
+    before = vs({"route": [dest("llm-gpt4o")]}, annotations={"team": "ml-platform"})
+    record = {"rollback": {"at": "2026-11-23T10:00:00Z", "reason": "AnalysisFailed"}, "stage": 1}
+    returned = with_return(before, "llm/chat", record)
+    assert returns_of(returned) == {"llm/chat": record}
+    assert before["metadata"]["annotations"] == {"team": "ml-platform"}  # a copy
+    both = with_return(returned, "llm/eval", {**record, "stage": 0})
+    assert set(returns_of(both)) == {"llm/chat", "llm/eval"}
+    next_write = with_return(both, "llm/chat", None)  # chat's next write is not a return
+    assert set(returns_of(next_write)) == {"llm/eval"}
+    taken_over = with_return(next_write, "llm/chat", None, drop=("llm/eval",))
+    assert taken_over == before  # no record left: the annotation goes, the others stay
+    assert with_return(before, "llm/chat", None) is before  # nothing to change: no copy, no write
+
+
+@pytest.mark.parametrize("raw", ["{not json", '["llm/chat"]', '{"llm/chat": "text"}', ""])
+def test_an_unreadable_record_of_returns_records_none(raw: str) -> None:
+    assert returns_of(vs({"route": [dest("llm-gpt4o")]}, annotations={RETURNING: raw})) == {}
 
 
 @pytest.mark.parametrize("legacy", ["llm/other", "{not json", '["llm/other"]'])

@@ -36,6 +36,7 @@ from modelrollout.engine.model import (
     RoutingView,
     pair_hash,
 )
+from modelrollout.engine.returns import route_return
 from modelrollout.engine.wake import ONLY_EVENTS, look_after
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "observed_filter_name",
     "pair_hash",
     "recorded_action_refusal",
+    "route_return",
     "wants_filter",
     "write_failed",
 ]

@@ -2,11 +2,12 @@
 
 Everything the operator needs to continue lives in the status it returns (and on the VirtualService), so a
 restarted operator resumes exactly where it stopped. The plan orders the effects so that the status never
-claims traffic the VirtualService does not show: an intent (an accepted action, a pending return to stable)
-is recorded before the write, the outcome after it. A restart between the two is recognised here as the
-operator's own unfinished write: a return to stable recorded as pending is completed, an accepted action is
-applied (once: it is applied to the status it was accepted in), an advance to exactly the next stage's weight
-is adopted, anything else is put back.
+claims traffic the VirtualService does not show: an intent (an accepted action, where the rollout routes) is
+recorded before the write, the outcome after it; a return to stable is recorded on the VirtualService by the
+write that makes it (so a rollback waits for no status write). A restart between the two is recognised here
+as the operator's own unfinished write: a return to stable found on the VirtualService (or recorded as
+pending after a failed write) is completed, an accepted action is applied (once: it is applied to the status
+it was accepted in), an advance to exactly the next stage's weight is adopted, anything else is put back.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from modelrollout.engine.model import (
     pair_hash,
 )
 from modelrollout.engine.quiet import StatusWrite, status_write
-from modelrollout.engine.returns import complete_return, pending_return
+from modelrollout.engine.returns import complete_return, pending_return, returned_on_route, route_return
 from modelrollout.engine.settle import settle
 from modelrollout.engine.stages import maybe_advance, progress, realign, start
 from modelrollout.engine.wake import look_after
@@ -277,6 +278,11 @@ def _continue(draft: Draft, spec: api.ModelRolloutSpec, obs: Observation, action
     """The same pair: keep the position valid, finish a pending return, or apply the action."""
     if draft.status.routing is None and obs.target is not None:
         draft.update(routing=obs.target)  # a rollout started by an operator that did not record it
+    on_route = obs.routing.returning
+    if on_route is not None and returned_on_route(on_route, draft.status):
+        # Our latest write to the VirtualService returned this very status to stable, and the operator
+        # stopped (or its status write met a conflict) before recording it: the return stands.
+        draft.update(rollback=on_route.rollback)
     realign(draft, spec)
     if pending_return(draft.status):
         # A return to stable was decided but its VirtualService write was never confirmed (the operator
@@ -322,16 +328,27 @@ def _plan(
         intent_changes["pending_action"] = api.PendingAction(action=action, accepted_at=obs.now)
     write = draft.write
     decided = draft.status
+    returning: api.Rollback | None = None
     if write is not None:
-        returning = decided.phase in ON_STABLE and before.phase not in ON_STABLE
-        if returning and decided.rollback is not None and not pending_return(before):
-            # Recorded without claiming it (the phase is unchanged): a restart or a failed write finishes it.
-            intent_changes["rollback"] = decided.rollback
-            intent_changes["message"] = f"returning traffic to stable: {decided.rollback.message}"
+        if (
+            decided.phase in ON_STABLE
+            and before.phase not in ON_STABLE
+            and decided.rollback is not None
+            and not pending_return(before)
+        ):
+            # A new return to stable. It travels on the VirtualService write itself (no status write before
+            # it, which would hold back every rollback by one round trip): a restart after that write finds
+            # it there and finishes it (`_continue`), a failed write records it (`write_failed`).
+            returning = decided.rollback
+            write = replace(write, returning=route_return(returning, before))
         if decided.routing is not None and before.routing != decided.routing:
             intent_changes["routing"] = decided.routing
         if not obs.status_recorded:
             intent_changes.setdefault("message", "starting")
+    if intent_changes and returning is not None:
+        # A status write goes before the VirtualService write anyway: it records the return too.
+        intent_changes["rollback"] = returning
+        intent_changes["message"] = f"returning traffic to stable: {returning.message}"
     intent = before.model_copy(update=intent_changes) if intent_changes else None
     status = decided.model_copy(update={"write_failures": 0})
     return Plan(
@@ -349,6 +366,15 @@ def write_failed(plan: Plan, base: api.ModelRolloutStatus, error: str, now: date
     """The plan's write failed (refused, forbidden, or did not read back): record that, and nothing the write
     would have made true. `base` is the status as recorded (the intent, if one was). The check that was made
     still counts; the write is tried again on the next tick, and a person hears of it once, not every tick."""
+    returning = plan.write.returning if plan.write is not None else None
+    if returning is not None and not pending_return(base):
+        # Recorded without claiming it (the phase is unchanged): the next tick tries the return again.
+        base = base.model_copy(
+            update={
+                "rollback": returning.rollback,
+                "message": f"returning traffic to stable: {returning.rollback.message}",
+            }
+        )
     count = base.write_failures + 1
     decided = plan.status
     weight = plan.canary_weight

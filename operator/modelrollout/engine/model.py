@@ -53,6 +53,8 @@ class RoutingView:
     mirror: int = 0  # percent of the managed routes' traffic mirrored to the canary
     experiment_in_place: bool = True  # the experiment's routes and headers are as the status says
     hosts: tuple[str, ...] = ()  # the VirtualService's hosts (what the bucket filter acts on)
+    # The return to stable our latest write there made, if it was one (recorded with that write).
+    returning: api.RouteReturn | None = None
 
     @property
     def usable(self) -> bool:
@@ -108,8 +110,9 @@ class Plan:
     """What the shell does, in this order, and nothing else:
 
     1. post `early_events` (warnings about what is about to happen);
-    2. record `intent` (what is about to happen, without claiming it: an accepted action, a pending return
-       to stable, where the rollout routes), so that a restart or a failed write finishes it;
+    2. record `intent` (what is about to happen, without claiming it: an accepted action, where the rollout
+       routes), so that a restart or a failed write finishes it (a return to stable needs none: its record
+       travels on the VirtualService write, `write.returning`);
     3. remove the action annotation if it still holds `consume_action` (it is in status by now);
     4. apply `bucket_filter.apply` (the EnvoyFilter); write `write` to the VirtualService (`write_on`: the
        spec's, or the one recorded in status) and check the stored object shows it; drop our claim from the

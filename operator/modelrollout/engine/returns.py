@@ -5,6 +5,7 @@ from __future__ import annotations
 from modelrollout import api
 from modelrollout.analysis import CheckResult, bounds_text
 from modelrollout.engine.draft import Draft
+from modelrollout.engine.model import TERMINAL
 from modelrollout.engine.stages import progress
 
 
@@ -60,6 +61,28 @@ def abort(draft: Draft) -> None:
 def pending_return(status: api.ModelRolloutStatus) -> bool:
     """A return to stable was decided (and recorded) but its VirtualService write was never confirmed."""
     return status.rollback is not None and status.phase not in (api.Phase.ROLLED_BACK, api.Phase.ABORTED)
+
+
+def route_return(rollback: api.Rollback, decided_from: api.ModelRolloutStatus) -> api.RouteReturn:
+    """The record of a return to stable that its VirtualService write carries, bound to the status it was
+    decided from."""
+    return api.RouteReturn(
+        rollback=rollback,
+        rollout_started_at=decided_from.rollout_started_at,
+        stage=decided_from.stage,
+        stage_started_at=decided_from.stage_started_at,
+    )
+
+
+def returned_on_route(record: api.RouteReturn, status: api.ModelRolloutStatus) -> bool:
+    """Whether `record` (found on the VirtualService) is a return decided from `status` and not recorded
+    in it yet. A record of an earlier run or stage, or one the status already shows, is history."""
+    return (
+        status.rollback is None
+        and status.phase not in TERMINAL
+        and (record.rollout_started_at, record.stage, record.stage_started_at)
+        == (status.rollout_started_at, status.stage, status.stage_started_at)
+    )
 
 
 def complete_return(draft: Draft) -> None:

@@ -26,6 +26,8 @@ from modelrollout.routing.router import (
 )
 
 MANAGED_BY = "modelrollout.io/managed-by"
+# Owner -> the return to stable its latest write made (see api.RouteReturn); gone with its next write.
+RETURNING = "modelrollout.io/returning"
 
 _CLUSTER_SUFFIX = "svc.cluster.local"
 _NEVER = datetime.min.replace(tzinfo=UTC)
@@ -509,6 +511,49 @@ def without_claims(vs: VirtualService, owner: str) -> tuple[VirtualService, bool
         return copy.deepcopy(vs), False
     result = _with_claim_annotation(vs, kept)
     return result, True
+
+
+# ---- returns to stable recorded with the write that makes them ----
+
+
+def returns_of(vs: VirtualService) -> dict[str, dict[str, Any]]:
+    """Owner -> the return to stable recorded by that owner's latest write (a JSON object each). An
+    annotation that is not such an object records nothing: the engine then sees no return, as before it."""
+    annotations = (vs.get("metadata") or {}).get("annotations") or {}
+    raw = annotations.get(RETURNING)
+    if not raw:
+        return {}
+    try:
+        parsed = json.loads(str(raw))
+    except ValueError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    return {str(owner): record for owner, record in parsed.items() if isinstance(record, dict)}
+
+
+def with_return(
+    vs: VirtualService, owner: str, record: dict[str, Any] | None, drop: tuple[str, ...] = ()
+) -> VirtualService:
+    """A copy where `owner`'s entry is `record` (None: no entry) and the owners `drop` have none. Every write
+    of an owner sets its entry, so an entry always describes that owner's latest write."""
+    returns = returns_of(vs)
+    for gone in (owner, *drop):
+        returns.pop(gone, None)
+    if record is not None:
+        returns[owner] = record
+    annotations = dict((vs.get("metadata") or {}).get("annotations") or {})
+    if returns:
+        annotations[RETURNING] = json.dumps(dict(sorted(returns.items())), separators=(",", ":"))
+    elif annotations.pop(RETURNING, None) is None:
+        return vs
+    result = copy.deepcopy(vs)
+    metadata = result.setdefault("metadata", {})
+    if annotations:
+        metadata["annotations"] = annotations
+    else:
+        metadata.pop("annotations", None)
+    return result
 
 
 # ---- who last wrote the spec ----

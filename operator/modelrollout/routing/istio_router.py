@@ -28,10 +28,12 @@ from modelrollout.routing.istio import (
     keeping_what_is_read,
     last_spec_writer,
     managed_route_indexes,
+    returns_of,
     route_key,
     split_view,
     virtual_service_ref,
     with_claims,
+    with_return,
     with_split,
     without_claims,
 )
@@ -93,6 +95,7 @@ class IstioRouter(Router):
             claims=claims_of(vs),
             body=vs,
             hosts=tuple(str(h) for h in (vs.get("spec") or {}).get("hosts") or ()),
+            returns=returns_of(vs),
         )
 
     async def read(self) -> Snapshot:
@@ -151,6 +154,14 @@ class IstioRouter(Router):
         body, _ = with_claims(
             weighted, [route_key(vs, i) for i in indexes], self.owner, desired.take_over_from
         )
+        # So does a return to stable: a restart after this write finishes it, it never reads it as drift.
+        returning = desired.returning
+        body = with_return(
+            body,
+            self.owner,
+            returning.model_dump(mode="json", by_alias=True, exclude_none=True) if returning else None,
+            drop=(desired.take_over_from,) if desired.take_over_from else (),
+        )
         if body == vs:
             return snapshot
         stored = self._snapshot(await self._replace(body))
@@ -176,8 +187,9 @@ class IstioRouter(Router):
         return stored
 
     async def release(self, snapshot: Snapshot) -> Snapshot:
-        body, changed = without_claims(snapshot.body, self.owner)
-        if not changed:
+        body, _ = without_claims(snapshot.body, self.owner)
+        body = with_return(body, self.owner, None)
+        if body == snapshot.body:
             return snapshot
         return self._snapshot(await self._replace(body))
 

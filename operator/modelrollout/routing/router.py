@@ -72,6 +72,8 @@ class Snapshot:
     claims: Mapping[str, str] = field(default_factory=dict)
     body: Any = None
     hosts: tuple[str, ...] = ()  # the routing object's hosts (spec.hosts of a VirtualService)
+    # Owner -> the return to stable its latest write made (api.RouteReturn as JSON), if it was one.
+    returns: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ class RouteWrite:
     `retire` names destinations to keep at weight 0 (the stable of a superseded pair). `take_over_from` is a
     claim to replace: one left by a ModelRollout that no longer exists. `mirror` is the percent of each
     managed route's traffic mirrored to the canary (a shadow stage); `experiment` the routes and headers of
-    an experiment, None for none (anything of an earlier one is removed)."""
+    an experiment, None for none (anything of an earlier one is removed). `returning` is the return to
+    stable this write makes, recorded on the object in the same write (None: this write is not one)."""
 
     stable: Backend
     canary: Backend
@@ -111,6 +114,7 @@ class RouteWrite:
     drop: tuple[Backend, ...] = ()
     retire: tuple[Backend, ...] = ()
     take_over_from: str | None = None
+    returning: api.RouteReturn | None = None
 
 
 class RoutingProblem(Exception):
@@ -163,5 +167,6 @@ class Router(Protocol):
         ...
 
     async def release(self, snapshot: Snapshot) -> Snapshot:
-        """Drop our claims (only ours), conditionally on the snapshot's resourceVersion."""
+        """Drop our claims (only ours) and the return our latest write recorded, conditionally on the
+        snapshot's resourceVersion."""
         ...
