@@ -1,6 +1,8 @@
 """Faults at the edges, on the real control plane and Prometheus: the API server refusing the rollback's
-VirtualService write (a ValidatingAdmissionPolicy standing in for a refusing Istio webhook), kube-apiserver
-restarted mid-rollout, and a rollout deleted while its driver ticks, again and again."""
+VirtualService write (a ValidatingAdmissionPolicy standing in for a refusing Istio webhook), the operator
+killed between the rollback's VirtualService write and its status write (status writes refused by such a
+policy), kube-apiserver restarted mid-rollout, and a rollout deleted while its driver ticks, again and
+again."""
 
 from __future__ import annotations
 
@@ -69,10 +71,11 @@ def rollout(
         yield subject
 
 
-def freeze_virtual_services(kubectl: Kubectl, namespace: str) -> str:
-    """A ValidatingAdmissionPolicy that refuses every update of a VirtualService in `namespace`; returns the
-    binding's name (deleting it lifts the freeze)."""
-    name = f"freeze-{namespace}"[:63]
+def freeze_updates(kubectl: Kubectl, namespace: str, api_group: str, resource: str) -> str:
+    """A ValidatingAdmissionPolicy that refuses every update of `resource` (e.g. `virtualservices`, or a
+    subresource as `modelrollouts/status`) in `namespace`; returns the binding's name (deleting it lifts the
+    freeze)."""
+    name = f"freeze-{resource.replace('/', '-')}-{namespace}"[:63]
     manifests = [
         {
             "apiVersion": "admissionregistration.k8s.io/v1",
@@ -83,14 +86,14 @@ def freeze_virtual_services(kubectl: Kubectl, namespace: str) -> str:
                 "matchConstraints": {
                     "resourceRules": [
                         {
-                            "apiGroups": ["networking.istio.io"],
+                            "apiGroups": [api_group],
                             "apiVersions": ["*"],
                             "operations": ["UPDATE"],
-                            "resources": ["virtualservices"],
+                            "resources": [resource],
                         }
                     ]
                 },
-                "validations": [{"expression": "false", "message": "VirtualServices are frozen by policy"}],
+                "validations": [{"expression": "false", "message": f"{resource} are frozen by policy"}],
             },
         },
         {
@@ -109,6 +112,13 @@ def freeze_virtual_services(kubectl: Kubectl, namespace: str) -> str:
     applied = kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
     assert applied.returncode == 0, applied.stderr
     return name
+
+
+def lift(kubectl: Kubectl, binding: str) -> None:
+    lifted = kubectl(
+        "delete", f"validatingadmissionpolicybinding/{binding}", f"validatingadmissionpolicy/{binding}"
+    )
+    assert lifted.returncode == 0, lifted.stderr
 
 
 def update_refused(kubectl: Kubectl, namespace: str) -> bool:
@@ -141,7 +151,7 @@ def test_a_refused_rollback_is_never_claimed_and_notified_once_when_it_lands(
     rollout.create(stages=[{"weight": 50, "duration": "120s"}, {"weight": 100}])
     wait_for("stage 1 live", lambda: rollout.weights() == (50, 50), timeout=30)
 
-    binding = freeze_virtual_services(kubectl, namespace)
+    binding = freeze_updates(kubectl, namespace, "networking.istio.io", "virtualservices")
     try:
         wait_for("the policy in force", lambda: update_refused(kubectl, namespace), timeout=30)
         exporter.set_traffic(CANARY, namespace, rps=RPS, error_ratio=0.5, latency_ms=200)
@@ -166,10 +176,7 @@ def test_a_refused_rollback_is_never_claimed_and_notified_once_when_it_lands(
         said = reasons.count("WriteFailed")
         assert 1 <= said <= sum(1 for count in (1, 10, 100) if count <= status["writeFailures"])
     finally:
-        lifted = kubectl(
-            "delete", f"validatingadmissionpolicybinding/{binding}", f"validatingadmissionpolicy/{binding}"
-        )
-        assert lifted.returncode == 0, lifted.stderr
+        lift(kubectl, binding)
 
     rolled_back = rollout.wait_phase("RolledBack", timeout=45)
     assert rollout.weights() == (100, 0)
@@ -180,6 +187,70 @@ def test_a_refused_rollback_is_never_claimed_and_notified_once_when_it_lands(
     assert rollout.reasons().count("RolledBack") == 1
     degraded = next(c for c in rollout.status()["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "False"
+
+
+def status_update_refused(kubectl: Kubectl, rollout: Rollout) -> bool:
+    """Whether the API server refuses a status write of the rollout now (a server-side dry run)."""
+    tried = kubectl(
+        "-n", rollout.namespace, "patch", "--dry-run=server", "--subresource=status", "--type=merge",
+        f"modelrollouts.{api.GROUP}", rollout.name, "-p", '{"status":{"message":"probe"}}',
+    )  # fmt: skip
+    return tried.returncode != 0 and "frozen by policy" in tried.stderr
+
+
+def test_an_operator_killed_between_the_rollback_write_and_its_record_finishes_that_return(
+    rollout: Rollout,
+    kubectl: Kubectl,
+    exporter: IstioTrafficExporter,
+    operator_process: Any,
+    prometheus: PrometheusServer,
+    receiver: WebhookReceiver,
+    namespace: str,
+) -> None:
+    """The rollback's VirtualService write lands and every status write after it is refused; the operator
+    is killed there. Its return is on the VirtualService only: the next operator finishes that return (the
+    same rollback, not a new decision, and not a drift to put back), says so once and notifies once."""
+    rollout.core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="notify"),
+            data={"webhook-url": base64.b64encode(receiver.url.encode()).decode()},
+        ),
+    )
+    flags = ("--namespace", namespace, "--notify-secret", f"{namespace}/notify")
+    operator = operator_process(prometheus.url, *flags)
+    rollout.create(stages=[{"weight": 50, "duration": "120s"}, {"weight": 100}])
+    wait_for("stage 1 live", lambda: rollout.weights() == (50, 50), timeout=30)
+
+    binding = freeze_updates(kubectl, namespace, api.GROUP, f"{api.PLURAL}/status")
+    try:
+        wait_for("the policy in force", lambda: status_update_refused(kubectl, rollout), timeout=30)
+        exporter.set_traffic(CANARY, namespace, rps=RPS, error_ratio=0.5, latency_ms=200)
+        wait_for("the return written", lambda: rollout.weights() == (100, 0), timeout=45)
+        time.sleep(3)  # six ticks with every status write refused: none puts the canary back
+        assert rollout.weights() == (100, 0)
+        owner = f"{namespace}/{rollout.name}"
+        returning = json.loads(rollout.vs()["metadata"]["annotations"]["modelrollout.io/returning"])[owner]
+        assert returning["rollback"]["gate"] == "error-rate"
+        status = rollout.status()
+        assert (status["phase"], status.get("rollback")) == ("Progressing", None)  # it never got there
+        assert receiver.events() == []
+        operator.kill()
+    finally:
+        lift(kubectl, binding)
+
+    operator.start(*flags)
+    rolled_back = rollout.wait_phase("RolledBack", timeout=45)
+    assert rollout.weights() == (100, 0)
+    assert rolled_back["rollback"]["at"] == returning["rollback"]["at"]  # the return decided before the kill
+    assert rolled_back["rollback"]["gate"] == "error-rate"
+    wait_for("the notification", lambda: receiver.events() == ["RolledBack"], timeout=30)
+    time.sleep(3)
+    assert receiver.events() == ["RolledBack"]
+    said = [(reason, message) for _, reason, message in rollout.events() if reason == "RolledBack"]
+    assert len(said) == 1
+    assert said[0][1].startswith("completing the return to stable")
+    assert "DriftCorrected" not in rollout.reasons()
 
 
 def test_kube_apiserver_restarted_mid_rollout(
