@@ -484,7 +484,7 @@ def run_size(
         )
         figures["grouped"] = {
             key: after.operator.get(key, 0.0) - before.operator.get(key, 0.0)
-            for key in ("grouped_asked", "grouped_shared", "grouped_renewed")
+            for key in ("grouped_asked", "grouped_shared", "grouped_waited", "grouped_renewed")
         }
         figures["quiet_s"] = elapsed
         figures["quiet_gc2"] = tuple(
@@ -636,7 +636,9 @@ def report(figures: dict[str, Any]) -> None:
         f"  PromQL: {figures['queries_per_s']:.1f} queries/s, {per_interval:.0f} per {INTERVAL_SECONDS} s "
         f"(grouped queries asked {figures['grouped']['grouped_asked']:.0f} and renewed "
         f"{figures['grouped']['grouped_renewed']:.0f}, answers shared "
-        f"{figures['grouped']['grouped_shared']:.0f}; mean wait for a query thread "
+        f"{figures['grouped']['grouped_shared'] + figures['grouped']['grouped_waited']:.0f}, "
+        f"{figures['grouped']['grouped_waited']:.0f} of them waited for, still under way; "
+        "mean wait for a query thread "
         f"{figures['queue_wait_mean_s'] * 1000:.1f} ms; mean query {figures['query_mean_s'] * 1000:.0f} ms)",
         f"  mean reconciliation {figures['reconcile_mean_s'] * 1000:.1f} ms; "
         f"reconciliations over 5 s since start: {figures['slow_reconciles']:.0f}",

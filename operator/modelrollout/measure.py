@@ -80,9 +80,10 @@ class Measurer:
         if max_age is not None:
             counted: Callable[[str], None] | None = None
             if telemetry:
-                # Every check counts how its grouped answers came: the three counters are looked up once.
+                # Every check counts how its grouped answers came: the counters are looked up once.
                 grouped = telemetry.grouped_queries
-                counters = {how: grouped.labels(how).inc for how in ("asked", "shared", "renewed")}
+                hows = ("asked", "shared", "waited", "renewed")
+                counters = {how: grouped.labels(how).inc for how in hows}
 
                 def counted(how: str) -> None:
                     counters[how]()

@@ -31,8 +31,9 @@ class Telemetry:
         self.grouped_queries = Counter(
             "modelrollout_grouped_queries_total",
             "Answers of built-in gates' grouped queries by how they came: asked (a query Prometheus "
-            "answered) or shared (taken from a query another check had asked); renewed: a query asked in "
-            "the background before a shared answer's age ran out",
+            "answered), shared (taken from a query another check had asked, answered already) or waited "
+            "(shared while still under way: the check waited for it); renewed: a query asked in the "
+            "background before a shared answer's age ran out",
             ("answer",),
             registry=self.registry,
         )

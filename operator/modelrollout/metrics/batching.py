@@ -71,8 +71,8 @@ class QueryBatcher:
         clock: Callable[[], float] = time.time,
         on_answer: Callable[[str], None] | None = None,
     ) -> None:
-        """`on_answer` is told how each answer came ("asked" or "shared") and of each renewal asked in the
-        background ("renewed")."""
+        """`on_answer` is told how each answer came ("asked"; "shared", ready; "waited", shared while still
+        under way) and of each renewal asked in the background ("renewed")."""
         if max_age < 0:
             raise ValueError(f"max_age must not be negative, got {max_age}")
         self.max_age = max_age
@@ -106,6 +106,8 @@ class QueryBatcher:
             answer, how = self._asked(key, provider, grouped, not_after, now, renewing=False), "asked"
             self._answers[key] = answer
         answer.used = True
+        if how == "shared" and not answer.rows.done():
+            how = "waited"  # shared, but still under way: this check waits for Prometheus
         if self._on_answer is not None:
             self._on_answer(how)
         # Shielded: a check that gives up (deferred, or its rollout deleted) leaves the query to the others.
