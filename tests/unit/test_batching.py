@@ -259,6 +259,23 @@ async def test_an_answer_in_use_is_renewed_before_its_age_runs_out_and_one_nobod
 
 
 @synchronously
+async def test_a_renewal_is_asked_ahead_by_the_slowest_of_the_latest_answers_not_the_last() -> None:
+    prometheus = FakePrometheus()
+    batcher = QueryBatcher(max_age=2.0)
+    await answered_in(0.4, batcher, prometheus)  # renewed 2 x 0.4 s before its 2 s run out: at 1.2 s
+    await until(lambda: len(prometheus.asked) == 2, within=2.0)  # the renewal, answered at once
+    await asyncio.sleep(0.05)
+    await batcher.query(prometheus, grouped("b"))  # a check takes it: worth renewing in its turn
+    await until(lambda: len(prometheus.asked) == 3, within=3.0)
+    # A renewal's deadline is one max_age after it was asked (loop time): when each was asked.
+    deadlines = [not_after for _, _, not_after in prometheus.asked[1:]]
+    assert None not in deadlines
+    first, second = (deadline - 2.0 for deadline in deadlines if deadline is not None)
+    # The second answer came at once, the first took 0.4 s: renewed 0.8 s ahead of its age, not 0 s.
+    assert second - first == pytest.approx(1.2, abs=0.15)
+
+
+@synchronously
 async def test_a_failed_renewal_is_dropped_and_the_old_answer_serves_out_its_age() -> None:
     prometheus = FakePrometheus()
     batcher = QueryBatcher(max_age=2.0)

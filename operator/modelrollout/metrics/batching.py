@@ -12,7 +12,10 @@ come here: it asks its own queries at once. Prometheus then answers each grouped
 rollouts.
 
 An answer in use is renewed ahead of its end: once it has come, a timer asks the same query again twice the
-time it took (at most half of `max_age`) before its age runs out, if a check took it meanwhile, and the new
+longest time one of the query's last `RECENT_ANSWERS` answers took (at most half of `max_age`; the longest,
+not the last: a Prometheus under load answers the same query in 0.2 s and then in 0.8 s, and a renewal
+that comes after the age ran out makes every check meanwhile wait) before its age runs out, if a check took
+it meanwhile, and the new
 answer replaces it once it has come. So checks that keep coming never queue behind a grouped query, and one
 that nobody took is let go (a burst of checks costs one renewal). A renewal that failed is dropped: the old
 answer serves out its age, and the next check after that asks and meets the failure itself.
@@ -62,6 +65,8 @@ class _Answer:
 
 _Key = tuple["Querying", str, tuple[str, ...]]  # a Prometheus, a grouped query, its group labels
 
+RECENT_ANSWERS = 4  # how many of a query's latest answer times set how early it is renewed
+
 
 class QueryBatcher:
     def __init__(
@@ -80,6 +85,7 @@ class QueryBatcher:
         self._on_answer = on_answer
         self._answers: dict[_Key, _Answer] = {}
         self._renewals: dict[_Key, _Answer] = {}  # the next answers, asked while the current ones serve
+        self._took: dict[_Key, tuple[float, ...]] = {}  # seconds each of the latest answers took, per query
         self._next_sweep = 0.0
 
     async def query(
@@ -149,7 +155,9 @@ class QueryBatcher:
                 self._answers[key] = answer
             if not answer.succeeded() or self.max_age <= 0:
                 return
-            lead = min(2 * answer.took, self.max_age / 2)
+            recent = (*self._took.get(key, ())[1 - RECENT_ANSWERS :], answer.took)
+            self._took[key] = recent
+            lead = min(2 * max(recent), self.max_age / 2)
             loop.call_later(max(0.0, answer.asked_at + self.max_age - lead - self._clock()), renew)
 
         answer.rows.add_done_callback(came)
@@ -170,6 +178,7 @@ class QueryBatcher:
             for key, answer in self._answers.items()
             if not answer.rows.done() or answer.asked_at >= now - self.max_age
         }
+        self._took = {key: took for key, took in self._took.items() if key in self._answers}
 
     def __len__(self) -> int:
         return len(self._answers)
