@@ -191,6 +191,15 @@ def operator_metrics(port: int) -> dict[str, float]:
                 else:
                     key = f"gc{generation}{sample.name.removeprefix('modelrollout_gc_pause_seconds')}"
                 found[key] = sample.value
+            elif sample.name == "modelrollout_event_loop_late_seconds_total":
+                found[f"late_{sample.labels['cause']}"] = sample.value
+            elif sample.name == "modelrollout_event_loop_lateness_seconds_count":
+                found["wakeups"] = sample.value
+            elif (
+                sample.name == "modelrollout_event_loop_lateness_seconds_bucket"
+                and sample.labels["le"] == "0.1"
+            ):
+                found["wakeups_within_100ms"] = sample.value
             elif sample.name == "modelrollout_grouped_queries_total":
                 key = f"grouped_{sample.labels['answer']}"
                 found[key] = found.get(key, 0.0) + sample.value
@@ -201,6 +210,25 @@ def operator_metrics(port: int) -> dict[str, float]:
                 found["reconciles_within_5s"] = sample.value
     found["checks"] = checks
     return found
+
+
+LATENESS_KEYS = ("late_loop-thread", "late_other-threads", "late_no-cpu", "wakeups", "wakeups_within_100ms")
+
+
+def lateness(start: dict[str, float], end: dict[str, float]) -> dict[str, float]:
+    """The event loop's lateness between two readings of the operator's metrics."""
+    return {key: end.get(key, 0.0) - start.get(key, 0.0) for key in LATENESS_KEYS}
+
+
+def lateness_line(what: str, late: dict[str, float], seconds: float) -> str:
+    total = late["late_loop-thread"] + late["late_other-threads"] + late["late_no-cpu"]
+    return (
+        f"  event loop late {what}: {total:.2f} s in {seconds:.0f} s (its own thread running "
+        f"{late['late_loop-thread']:.2f} s, other threads of the operator "
+        f"{late['late_other-threads']:.2f} s, no CPU for the operator {late['late_no-cpu']:.2f} s); "
+        f"wake-ups over 100 ms late: {late['wakeups'] - late['wakeups_within_100ms']:.0f} "
+        f"of {late['wakeups']:.0f}"
+    )
 
 
 def snapshot(kubectl: list[str], prometheus_url: str, pid: int, metrics_port: int) -> Snapshot:
@@ -492,6 +520,9 @@ def run_size(
             for key in ("count", "sum", "le_0.1")
         )
 
+        figures["quiet_late"] = lateness(before.operator, after.operator)
+        breaches_from = time.monotonic()
+
         watcher = WriteWatcher(api_client)
         step = max(1, n // (2 * BREACHES))
         by_check = [names(i)[0] for i in range(0, step * BREACHES, step)][:BREACHES]
@@ -576,6 +607,8 @@ def run_size(
         breached = set(by_check) | set(by_alert)
         figures["unhealthy"] = unhealthy(list_rollouts(objects), breached)
         final = operator_metrics(metrics_port)
+        figures["breach_late"] = lateness(after.operator, final)
+        figures["breach_s"] = time.monotonic() - breaches_from
         figures["slow_reconciles"] = final["reconciles"] - final.get("reconciles_within_5s", 0.0)
         figures["gc"] = {
             generation: (
@@ -654,6 +687,8 @@ def report(figures: dict[str, Any]) -> None:
             figures["quiet_gc2"][1] / max(figures["quiet_gc2"][0], 1) * 1000,
             figures["quiet_gc2"][0] - figures["quiet_gc2"][2],
         ),
+        lateness_line("in the quiet minute", figures["quiet_late"], figures["quiet_s"]),
+        lateness_line("while breaches were caught", figures["breach_late"], figures["breach_s"]),
         f"  exporter scrapes Prometheus gave up on (its 1 s scrape timeout; the bench's load, not the "
         f"operator's): {figures['exporter_scrapes'][1]} of {figures['exporter_scrapes'][0]}",
         f"  operator start -> every rollout reconciled once: {figures['reconciled_s']:.1f} s; "

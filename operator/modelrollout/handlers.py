@@ -21,6 +21,7 @@ from modelrollout.config import OperatorConfig
 from modelrollout.drivers import Drivers, rollout_key
 from modelrollout.gc_pauses import GcPauseTimer, keep_long_lived_objects_frozen, space_full_collections
 from modelrollout.kube import ACTION_ANNOTATION, RolloutRef, default_api_client, describe_api_error
+from modelrollout.loop_stalls import watch_event_loop
 from modelrollout.notify import Notifier, NotifyTargets
 from modelrollout.reconciler import Reconciler
 from modelrollout.slots import ReconcileSlots
@@ -58,12 +59,13 @@ def user_agent(identity: str) -> str:
 
 
 def _start_telemetry(memo: kopf.Memo, telemetry: Telemetry) -> None:
-    """/metrics served (with a port) and garbage collections timed into them; long-lived objects frozen out
-    of the collections' walks."""
+    """/metrics served (with a port), garbage collections and the event loop's lateness timed into them;
+    long-lived objects frozen out of the collections' walks."""
     if Runtime.config.metrics_port:
         telemetry.serve(Runtime.config.metrics_port)
         memo.gc_pause_timer = GcPauseTimer(telemetry.observe_gc_pause)
         memo.gc_pause_timer.install()
+        memo.loop_watch_task = asyncio.create_task(watch_event_loop(telemetry.observe_lateness))
     if Runtime.config.gc_freeze_seconds:
         memo.gc_freeze_task = asyncio.create_task(
             keep_long_lived_objects_frozen(Runtime.config.gc_freeze_seconds)
@@ -204,7 +206,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     timer: GcPauseTimer | None = getattr(memo, "gc_pause_timer", None)
     if timer is not None:
         timer.uninstall()
-    for name in ("notifier_task", "leadership_task", "memory_task", "gc_freeze_task"):
+    for name in ("notifier_task", "leadership_task", "memory_task", "gc_freeze_task", "loop_watch_task"):
         task: asyncio.Task[None] | None = getattr(memo, name, None)
         if task is not None:
             task.cancel()

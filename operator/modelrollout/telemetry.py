@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from modelrollout.loop_stalls import Lateness
 from modelrollout.rollout_metrics import RolloutMetrics
 from modelrollout.slots import ReconcileSlots
 
@@ -82,6 +83,23 @@ class Telemetry:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self._gc_pauses = [self.gc_pause_seconds.labels(str(generation)) for generation in range(3)]
+        self.event_loop_lateness = Histogram(
+            "modelrollout_event_loop_lateness_seconds",
+            "How late a timer due every 0.1 s woke the event loop (every check, write and alert waits on it)",
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        late_by_cause = Counter(
+            "modelrollout_event_loop_late_seconds",
+            "The event loop's lateness by cause, estimated from CPU time: the loop's own thread running (its "
+            "callbacks, garbage collections), other threads of the operator holding the interpreter, or no "
+            "CPU for the operator",
+            ("cause",),
+            registry=self.registry,
+        )
+        self._late_by_cause = tuple(
+            late_by_cause.labels(cause).inc for cause in ("loop-thread", "other-threads", "no-cpu")
+        )
 
     def watch_slots(self, slots: ReconcileSlots) -> None:
         """Export how many rollouts reconcile and how many wait for a slot (read at each scrape)."""
@@ -101,6 +119,13 @@ class Telemetry:
 
     def observe_gc_pause(self, generation: int, seconds: float) -> None:
         self._gc_pauses[generation].observe(seconds)
+
+    def observe_lateness(self, late: Lateness) -> None:
+        self.event_loop_lateness.observe(late.seconds)
+        loop_thread, other_threads, no_cpu = self._late_by_cause
+        loop_thread(late.loop_thread)
+        other_threads(late.other_threads)
+        no_cpu(late.no_cpu)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from inside the pod network
         start_http_server(port, addr=address, registry=self.registry)
