@@ -131,6 +131,17 @@ def update_refused(kubectl: Kubectl, namespace: str) -> bool:
     return tried.returncode != 0 and "frozen by policy" in tried.stderr
 
 
+def notify_to(rollout: Rollout, receiver: WebhookReceiver) -> None:
+    """The Secret `notify` in the rollout's namespace, naming `receiver` as the webhook."""
+    rollout.core.create_namespaced_secret(
+        rollout.namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="notify"),
+            data={"webhook-url": base64.b64encode(receiver.url.encode()).decode()},
+        ),
+    )
+
+
 def test_a_refused_rollback_is_never_claimed_and_notified_once_when_it_lands(
     rollout: Rollout,
     kubectl: Kubectl,
@@ -140,13 +151,7 @@ def test_a_refused_rollback_is_never_claimed_and_notified_once_when_it_lands(
     receiver: WebhookReceiver,
     namespace: str,
 ) -> None:
-    rollout.core.create_namespaced_secret(
-        namespace,
-        client.V1Secret(
-            metadata=client.V1ObjectMeta(name="notify"),
-            data={"webhook-url": base64.b64encode(receiver.url.encode()).decode()},
-        ),
-    )
+    notify_to(rollout, receiver)
     operator_process(prometheus.url, "--namespace", namespace, "--notify-secret", f"{namespace}/notify")
     rollout.create(stages=[{"weight": 50, "duration": "120s"}, {"weight": 100}])
     wait_for("stage 1 live", lambda: rollout.weights() == (50, 50), timeout=30)
@@ -210,13 +215,7 @@ def test_an_operator_killed_between_the_rollback_write_and_its_record_finishes_t
     """The rollback's VirtualService write lands and every status write after it is refused; the operator
     is killed there. Its return is on the VirtualService only: the next operator finishes that return (the
     same rollback, not a new decision, and not a drift to put back), says so once and notifies once."""
-    rollout.core.create_namespaced_secret(
-        namespace,
-        client.V1Secret(
-            metadata=client.V1ObjectMeta(name="notify"),
-            data={"webhook-url": base64.b64encode(receiver.url.encode()).decode()},
-        ),
-    )
+    notify_to(rollout, receiver)
     flags = ("--namespace", namespace, "--notify-secret", f"{namespace}/notify")
     operator = operator_process(prometheus.url, *flags)
     rollout.create(stages=[{"weight": 50, "duration": "120s"}, {"weight": 100}])
