@@ -276,9 +276,8 @@ def statuses_after_rollback(
     objects: client.CustomObjectsApi, rolled_back: list[str], timeout: float = 15.0
 ) -> dict[str, dict[str, Any]]:
     """Every rollout's status, once those in `rolled_back` record their return (or `timeout` passed). The
-    VirtualService write comes between two status writes, the first of which records the return to come with
-    the status decided from (its lastAnalysis the check before), the second the check that decided it: read
-    before the second, a check would seem to have started a whole interval before its write."""
+    status is written after the VirtualService write; read before it, it still holds the previous check
+    (an interval older), and a check would seem to have started a whole interval before its write."""
     statuses: dict[str, dict[str, Any]] = {}
 
     def recorded() -> bool:

@@ -38,7 +38,13 @@ from modelrollout.engine.model import (
     pair_hash,
 )
 from modelrollout.engine.quiet import StatusWrite, status_write
-from modelrollout.engine.returns import complete_return, pending_return, returned_on_route, route_return
+from modelrollout.engine.returns import (
+    complete_return,
+    pending_return,
+    returned_on_route,
+    route_return,
+    with_pending_return,
+)
 from modelrollout.engine.settle import settle
 from modelrollout.engine.stages import maybe_advance, progress, realign, start
 from modelrollout.engine.wake import look_after
@@ -345,11 +351,10 @@ def _plan(
             intent_changes["routing"] = decided.routing
         if not obs.status_recorded:
             intent_changes.setdefault("message", "starting")
-    if intent_changes and returning is not None:
-        # A status write goes before the VirtualService write anyway: it records the return too.
-        intent_changes["rollback"] = returning
-        intent_changes["message"] = f"returning traffic to stable: {returning.message}"
     intent = before.model_copy(update=intent_changes) if intent_changes else None
+    if intent is not None and returning is not None:
+        # A status write goes before the VirtualService write anyway: it records the return too.
+        intent = with_pending_return(intent, returning)
     status = decided.model_copy(update={"write_failures": 0})
     return Plan(
         status=status,
@@ -368,13 +373,7 @@ def write_failed(plan: Plan, base: api.ModelRolloutStatus, error: str, now: date
     still counts; the write is tried again on the next tick, and a person hears of it once, not every tick."""
     returning = plan.write.returning if plan.write is not None else None
     if returning is not None and not pending_return(base):
-        # Recorded without claiming it (the phase is unchanged): the next tick tries the return again.
-        base = base.model_copy(
-            update={
-                "rollback": returning.rollback,
-                "message": f"returning traffic to stable: {returning.rollback.message}",
-            }
-        )
+        base = with_pending_return(base, returning.rollback)  # the next tick tries the return again
     count = base.write_failures + 1
     decided = plan.status
     weight = plan.canary_weight

@@ -63,6 +63,14 @@ def pending_return(status: api.ModelRolloutStatus) -> bool:
     return status.rollback is not None and status.phase not in (api.Phase.ROLLED_BACK, api.Phase.ABORTED)
 
 
+def with_pending_return(status: api.ModelRolloutStatus, rollback: api.Rollback) -> api.ModelRolloutStatus:
+    """`status` recording a return to stable about to be written, without claiming it (the phase is
+    unchanged): a restart or a failed write finishes it."""
+    return status.model_copy(
+        update={"rollback": rollback, "message": f"returning traffic to stable: {rollback.message}"}
+    )
+
+
 def route_return(rollback: api.Rollback, decided_from: api.ModelRolloutStatus) -> api.RouteReturn:
     """The record of a return to stable that its VirtualService write carries, bound to the status it was
     decided from."""

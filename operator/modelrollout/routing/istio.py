@@ -463,19 +463,30 @@ def owner_of(vs: VirtualService) -> str | None:
     return next(iter(claims_of(vs).values()), None)
 
 
-def _with_claim_annotation(vs: VirtualService, claims: dict[str, str]) -> VirtualService:
+def _with_annotation(vs: VirtualService, key: str, value: str | None) -> VirtualService:
+    """A copy with annotation `key` set to `value` (None: removed, and the annotations map with it when
+    nothing else is left in it)."""
     result = copy.deepcopy(vs)
     metadata = result.setdefault("metadata", {})
     annotations = dict(metadata.get("annotations") or {})
-    if claims:
-        annotations[MANAGED_BY] = json.dumps(dict(sorted(claims.items())), separators=(",", ":"))
+    if value is not None:
+        annotations[key] = value
     else:
-        annotations.pop(MANAGED_BY, None)
+        annotations.pop(key, None)
     if annotations:
         metadata["annotations"] = annotations
     else:
         metadata.pop("annotations", None)
     return result
+
+
+def _as_json_map(entries: dict[str, Any]) -> str | None:
+    """An annotation's text for a map (sorted, compact), or None for an empty one."""
+    return json.dumps(dict(sorted(entries.items())), separators=(",", ":")) if entries else None
+
+
+def _with_claim_annotation(vs: VirtualService, claims: dict[str, str]) -> VirtualService:
+    return _with_annotation(vs, MANAGED_BY, _as_json_map(claims))
 
 
 def conflicting_owner(vs: VirtualService, keys: list[str], owner: str) -> str | None:
@@ -542,18 +553,10 @@ def with_return(
         returns.pop(gone, None)
     if record is not None:
         returns[owner] = record
-    annotations = dict((vs.get("metadata") or {}).get("annotations") or {})
-    if returns:
-        annotations[RETURNING] = json.dumps(dict(sorted(returns.items())), separators=(",", ":"))
-    elif annotations.pop(RETURNING, None) is None:
+    text = _as_json_map(returns)
+    if ((vs.get("metadata") or {}).get("annotations") or {}).get(RETURNING) == text:
         return vs
-    result = copy.deepcopy(vs)
-    metadata = result.setdefault("metadata", {})
-    if annotations:
-        metadata["annotations"] = annotations
-    else:
-        metadata.pop("annotations", None)
-    return result
+    return _with_annotation(vs, RETURNING, text)
 
 
 # ---- who last wrote the spec ----
