@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -206,7 +206,7 @@ def test_a_grouped_query_comes_back_split_per_target_read_off_the_event_loop(
         return rows, threading.current_thread().name
 
     rows, loop_thread = asyncio.run(ask())
-    assert isinstance(rows, dict)
+    assert isinstance(rows, Mapping)
     [failing_row] = rows[(failing, "llm")]
     assert failing_row.labels == {}
     assert failing_row.value == pytest.approx(0.25, abs=0.03)

@@ -4,6 +4,7 @@ break out of. Also the pure pieces of the Prometheus provider: result parsing an
 from __future__ import annotations
 
 import base64
+import gc
 import math
 import re
 from datetime import timedelta
@@ -653,6 +654,51 @@ def test_a_grouped_answer_gives_each_target_the_rows_its_own_query_would() -> No
     assert only.labels == {}
     with pytest.raises(TypeError):
         only.labels["x"] = "y"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("series", "expected"),
+    [
+        ([({}, "1"), ({}, "2")], [({}, 1.0), ({}, 2.0)]),  # two bare samples of one target
+        ([({"code": "503"}, "1"), ({}, "2")], [({"code": "503"}, 1.0), ({}, 2.0)]),  # labelled, then bare
+        ([({}, "1"), ({"code": "503"}, "2")], [({}, 1.0), ({"code": "503"}, 2.0)]),  # bare, then labelled
+        ([({}, "NaN")], [({}, math.nan)]),
+    ],
+)
+def test_a_targets_rows_keep_the_answers_order_however_they_are_held(
+    series: list[tuple[dict[str, str], str]], expected: list[tuple[dict[str, str], float]]
+) -> None:
+    key = {"destination_service_name": "a", "destination_service_namespace": "ns"}
+    raw = [{"metric": {**key, **labels}, "value": [1, value]} for labels, value in series]
+    rows = rows_from_result("q", raw, GROUP)
+    assert list(rows) == [("a", "ns")]
+    assert len(rows) == 1
+    got = rows[("a", "ns")]
+    assert [dict(s.labels) for s in got] == [labels for labels, _ in expected]
+    assert [repr(s.value) for s in got] == [repr(value) for _, value in expected]
+    assert rows.get(("b", "ns")) is None
+    assert ("b", "ns") not in rows
+
+
+def test_a_fleets_grouped_answer_adds_almost_nothing_for_the_garbage_collector_to_walk() -> None:
+    """Each full collection walks every tracked object while the event loop waits; a fleet's answer, kept for
+    its age, must not add a tracked object (a Sample, a list) per target."""
+    targets = 10_000
+    raw = [
+        {
+            "metric": {"destination_service_name": f"svc-{i}", "destination_service_namespace": "fleet"},
+            "value": [1, str(i / targets)],
+        }
+        for i in range(targets)
+    ]
+    gc.collect()
+    before = len(gc.get_objects())
+    rows = rows_from_result("q", raw, GROUP)
+    gc.collect()
+    added = len(gc.get_objects()) - before
+    assert len(rows) == targets
+    assert added < 10, added
+    assert rows[("svc-42", "fleet")] == [Sample({}, 42 / targets)]
 
 
 def test_a_scalar_or_an_empty_grouped_answer() -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Protocol
 
 
@@ -17,9 +18,56 @@ class Sample:
     value: float
 
 
-# A grouped query's answer split per target: each target's rows under the values of the group labels it
-# carries, without those labels.
-Rows = dict[tuple[str, ...], list[Sample]]
+# The labels of every row of a grouped answer that carries only the group labels: one shared, read-only
+# mapping rather than an empty dict per row (a fleet's answer has thousands of rows).
+NO_LABELS: Mapping[str, str] = MappingProxyType({})
+
+RowKey = tuple[str, ...]
+
+
+class Rows(Mapping[RowKey, list[Sample]]):
+    """A grouped query's answer split per target: each target's rows under the values of the group labels it
+    carries, without those labels.
+
+    Kept light for the cyclic garbage collector. An answer serves every check for its age, so it lives long
+    enough to reach the oldest generation, which every full collection walks while the event loop waits.
+    Measured at 5,000 rollouts (the scale benchmark, a probe counting what full collections walked): ~100,000
+    objects, each collection 150-280 ms; 30,000 of them Samples and 37,000 lists, of which the answers' rows
+    (a list and a Sample each) were about 20,000 apiece (the Samples left, 10,000, once rows were held as
+    below). So the usual row, one sample carrying only the group labels, is held as its bare value: a float
+    under a tuple of strings, neither of which the collector tracks. Its Sample is made when asked for (and
+    dies young); any other row is kept as its list of samples."""
+
+    __slots__ = ("_bare", "_rows")
+
+    def __init__(self) -> None:
+        self._bare: dict[RowKey, float] = {}
+        self._rows: dict[RowKey, list[Sample]] = {}
+
+    def add(self, key: RowKey, labels: Mapping[str, str], value: float) -> None:
+        """One more sample of the target `key`, after those added before."""
+        rows = self._rows.get(key)
+        if rows is None:
+            if not labels and key not in self._bare:
+                self._bare[key] = value
+                return
+            rows = self._rows[key] = [Sample(NO_LABELS, self._bare.pop(key))] if key in self._bare else []
+        rows.append(Sample(labels or NO_LABELS, value))
+
+    def __getitem__(self, key: RowKey) -> list[Sample]:
+        if key in self._bare:
+            return [Sample(NO_LABELS, self._bare[key])]
+        return self._rows[key]
+
+    def __iter__(self) -> Iterator[RowKey]:
+        yield from self._bare
+        yield from self._rows
+
+    def __len__(self) -> int:
+        return len(self._bare) + len(self._rows)
+
+    def __repr__(self) -> str:
+        return f"Rows({dict(self.items())!r})"
 
 
 class MetricsError(Exception):
