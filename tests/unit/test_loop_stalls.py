@@ -47,5 +47,7 @@ def test_a_blocked_loop_is_seen_late_and_on_its_own_thread() -> None:
     worst = max(seen, key=lambda late: late.seconds)
     assert worst.seconds >= 0.25
     assert worst.loop_thread >= 0.25
-    assert worst.no_cpu < 0.05
-    assert sum(1 for late in seen if late.seconds > 0.1) == 1
+    # Nothing else of this process ran meanwhile. How long the machine gave it no CPU is the machine's (a busy
+    # one, as when other test tiers run, adds to the lateness there), so only the loop's own share is counted.
+    assert worst.other_threads < 0.05
+    assert sum(1 for late in seen if late.loop_thread > 0.1) == 1
