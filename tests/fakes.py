@@ -53,6 +53,7 @@ class FakeApiServer:
     refusal: ApiException = field(default_factory=lambda: api_error(403, "denied by policy"))
     conflict_vs_writes: int = 0
     conflict_status_writes: int = 0
+    status_write_seconds: float = 0.0  # each status write's round trip (other ticks run meanwhile)
     vs_writes: int = 0
     status_writes: int = 0
     # Called before a VirtualService write lands (after the faults): a race, e.g. a deletion mid-tick.
@@ -186,6 +187,8 @@ class FakeKube:
     async def record_status(
         self, ref: RolloutRef, status: api.ModelRolloutStatus, resource_version: str | None
     ) -> dict[str, Any]:
+        if self.server.status_write_seconds:
+            await asyncio.sleep(self.server.status_write_seconds)  # the round trip, other ticks meanwhile
         obj = self.server.rollouts[(ref.namespace, ref.name)]
         self.server.status_versions.append(resource_version)
         if self.server.conflict_status_writes:

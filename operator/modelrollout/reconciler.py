@@ -143,11 +143,17 @@ def istio_routers(
     cache: VirtualServiceCache | None = None,
     telemetry: Telemetry | None = None,
 ) -> RouterFactory:
-    on_read = telemetry.virtual_service_reads.labels if telemetry else None
+    # Each source's counter, looked up once: every read of every rollout counts one (`labels` takes a lock
+    # and builds its key each time).
+    counters: dict[str, Any] = {}
 
     def counted(source: str) -> None:
-        if on_read is not None:
-            on_read(source).inc()
+        if telemetry is None:
+            return
+        counter = counters.get(source)
+        if counter is None:
+            counter = counters[source] = telemetry.virtual_service_reads.labels(source)
+        counter.inc()
 
     def make(record: api.RoutingRecord, owner: str) -> Router:
         namespace, _, name = record.virtual_service.partition("/")
@@ -389,6 +395,10 @@ class Reconciler:
             bucket_filter=bucket_filter,
         )
         plan = engine.decide(spec, status, observation)
+        if plan.refresh:
+            # Spent now, with no await since the budget was asked: a tick deciding during this write's round
+            # trip sees it spent. Refunded if nothing gets written.
+            self.refresh_budget.spend()
         # A check is used by one decision that got recorded; after a conflict the next decision reuses it.
         executed, obj = await self._execute(
             ref, obj, status, stored, plan, observed=observed, may_write=may_write, attempts=attempts
@@ -496,10 +506,17 @@ class Reconciler:
                 )
             return obj
         with attempts.waiting_on("status writes"):
-            written = await self._record(ref, obj, stored, plan.status)
-        if plan.refresh and written is not obj:  # a refresh of what is already stored writes nothing
-            self.refresh_budget.spend()
-            self.telemetry.status_refreshes.inc()
+            try:
+                written = await self._record(ref, obj, stored, plan.status)
+            except BaseException:
+                if plan.refresh:
+                    self.refresh_budget.refund()  # not written: the next decision asks the budget again
+                raise
+        if plan.refresh:
+            if written is obj:  # a refresh of what is already stored writes nothing
+                self.refresh_budget.refund()
+            else:
+                self.telemetry.status_refreshes.inc()
         await self._post(ref, plan.events, attempts)
         return written
 

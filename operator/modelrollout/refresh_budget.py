@@ -8,7 +8,8 @@ burst of `burst`. A refresh it cannot afford is not lost, it waits for a later c
 written at once and never spends from it.
 
 A bucket of our own (ten lines) rather than a rate-limiting library: the decision needs to ask "is there a
-token now?" without waiting for one, and to spend only when the write goes ahead; the async limiters wait.
+token now?" without waiting for one, and to give back a token spent on a write that did not happen; the
+async limiters wait.
 """
 
 from __future__ import annotations
@@ -43,9 +44,18 @@ class RefreshBudget:
         return self._tokens >= 1.0
 
     def spend(self) -> None:
-        """A refresh is being written. Concurrent ticks told it was affordable may each spend: the bucket
-        goes below zero and the writes after them wait the longer, so the rate holds on average."""
+        """A refresh is being written: spent as it is decided, before the write's round trip, so that ticks
+        deciding meanwhile see what is left (spent after the write, every tick deciding during it was told
+        "affordable"). Ticks told it was affordable that spend anyway take the bucket below zero and the
+        writes after them wait the longer, so the rate holds on average."""
         if self.rate is None:
             return
         self._refill()
         self._tokens -= 1.0
+
+    def refund(self) -> None:
+        """A refresh spent for was not written after all (nothing to write, or a conflict)."""
+        if self.rate is None:
+            return
+        self._refill()
+        self._tokens = min(self.burst, self._tokens + 1.0)

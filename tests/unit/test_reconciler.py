@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -808,6 +809,60 @@ def test_refreshes_wait_for_the_fleets_budget_and_essentials_do_not() -> None:
     w.tick(timedelta(seconds=10))
     assert w.server.status().phase == api.Phase.ROLLED_BACK
     assert w.reconciler.telemetry.status_refreshes._value.get() == 2
+
+
+def clock_of(w: World) -> Callable[[], float]:
+    def clock() -> float:  # the test's clock, as it moves
+        return w.now.timestamp()
+
+    return clock
+
+
+def test_a_refresh_decided_during_another_ones_write_sees_the_budget_spent() -> None:
+    """Spent when decided, not after the write: a tick deciding during the round trip of another rollout's
+    refresh is told the budget is spent (one write for one token), and a refresh that wrote is counted."""
+    w = World()
+    for name, vs in (("chat", "llm"), ("chat-2", "llm-2")):
+        w.server.put_vs(sample_vs(name=vs))
+        spec = sample_spec()
+        spec["stages"] = [{"weight": 10, "duration": "1h"}, {"weight": 100}]
+        spec["trafficRouting"]["istio"]["virtualService"]["name"] = vs
+        w.server.create_rollout(spec, name=name)
+        w.tick(name=name)
+    for name in ("chat", "chat-2"):
+        w.tick(name=name)
+    w.now += timedelta(seconds=10)
+    for name in ("chat", "chat-2"):  # the first checks: written
+        w.tick(name=name)
+    for _ in range(28):  # both due for a refresh at the next check after these
+        w.now += timedelta(seconds=10)
+        for name in ("chat", "chat-2"):
+            w.tick(name=name)
+    w.reconciler.refresh_budget = RefreshBudget(1 / 600, burst=1.0, clock=clock_of(w))
+    w.server.status_write_seconds = 0.05
+    writes = w.server.status_writes
+    w.now += timedelta(seconds=10)
+
+    async def both() -> None:
+        await asyncio.gather(*(w.reconciler.reconcile(w.server.rollout(name)) for name in ("chat", "chat-2")))
+
+    asyncio.run(both())
+    assert w.server.status_writes == writes + 1
+    assert w.reconciler.telemetry.status_refreshes._value.get() == 1
+    assert not w.reconciler.refresh_budget.affordable()
+
+
+def test_a_refresh_whose_write_conflicts_is_paid_for_once() -> None:
+    w = soaking_world()
+    for _ in range(29):  # due for a refresh at the next check
+        w.tick(timedelta(seconds=10))
+    w.reconciler.refresh_budget = RefreshBudget(1 / 3600, burst=2.0, clock=clock_of(w))
+    w.server.conflict_status_writes = 1
+    writes = w.server.status_writes
+    w.tick(timedelta(seconds=10))
+    assert w.server.status_writes == writes + 1  # decided again after the 409, then written
+    assert w.reconciler.telemetry.status_refreshes._value.get() == 1
+    assert w.reconciler.refresh_budget.affordable()  # one of two tokens spent: the 409's was given back
 
 
 def test_a_rollout_with_nothing_unwritten_spends_no_refresh() -> None:

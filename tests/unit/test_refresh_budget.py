@@ -71,3 +71,14 @@ def test_no_rate_no_limit() -> None:
     for _ in range(1000):
         assert budget.affordable()
         budget.spend()
+
+
+def test_a_refund_gives_back_what_was_not_written_and_never_more_than_the_burst() -> None:
+    clock = Clock()
+    budget = RefreshBudget(1.0, burst=1.0, clock=clock)
+    budget.spend()
+    assert not budget.affordable()
+    budget.refund()  # the write did not happen
+    assert budget.affordable()
+    budget.refund()
+    assert spend_all(budget) == 1
