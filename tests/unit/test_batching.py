@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine, Hashable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -273,6 +274,32 @@ async def test_a_renewal_is_asked_ahead_by_the_slowest_of_the_latest_answers_not
     first, second = (deadline - 2.0 for deadline in deadlines if deadline is not None)
     # The second answer came at once, the first took 0.4 s: renewed 0.8 s ahead of its age, not 0 s.
     assert second - first == pytest.approx(1.2, abs=0.15)
+
+
+@synchronously
+async def test_a_renewal_still_coming_when_the_age_runs_out_holds_no_check_up_for_one_more_age() -> None:
+    prometheus = FakePrometheus()
+    answers_came: list[str] = []
+    batcher = QueryBatcher(max_age=1.0, on_answer=answers_came.append)
+    await answered_in(0.1, batcher, prometheus)  # renewed 2 x 0.1 s before its 1 s run out: at 0.8 s
+    prometheus.gate.clear()  # the renewal will not come until the gate opens
+    await until(lambda: len(prometheus.asked) == 2, within=2.0)
+    await asyncio.sleep(0.4)  # past the first answer's age, within one more
+    assert await asyncio.wait_for(batcher.query(prometheus, grouped("b")), 0.1) == [Sample({}, 0.2)]
+    # Not from before a check's own previous check, though: that one waits for the renewal.
+    waiting = asyncio.ensure_future(batcher.query(prometheus, grouped("b"), fresh_after=time.time() - 0.5))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    # Two ages after the first answer it serves no more, and the renewal, asked over an age ago, neither.
+    await asyncio.sleep(0.8)
+    late = asyncio.ensure_future(batcher.query(prometheus, grouped("a")))
+    await asyncio.sleep(0.1)
+    assert not late.done()
+    prometheus.gate.set()
+    assert await waiting == [Sample({}, 0.2)]
+    assert await late == [Sample({}, 0.1)]
+    assert len(prometheus.asked) == 3
+    assert answers_came == ["asked", "renewed", "shared", "waited", "asked"]
 
 
 @synchronously
