@@ -80,6 +80,12 @@ def synchronously(scenario: Callable[[], Coroutine[Any, Any, None]]) -> Callable
     return test
 
 
+def told_batcher(max_age: float) -> tuple[QueryBatcher, list[str]]:
+    """A batcher, and the list it tells how each answer came ("asked", "shared", "waited", "renewed")."""
+    came: list[str] = []
+    return QueryBatcher(max_age=max_age, on_answer=came.append), came
+
+
 def test_rows_are_split_by_the_group_labels_which_they_then_lose() -> None:
     rows = rows_from_result(
         "q",
@@ -100,8 +106,7 @@ def test_rows_are_split_by_the_group_labels_which_they_then_lose() -> None:
 async def test_checks_at_once_share_one_query_and_each_gets_its_own_row() -> None:
     prometheus = FakePrometheus()
     prometheus.gate.clear()
-    answers_came: list[str] = []
-    batcher = QueryBatcher(max_age=5, on_answer=answers_came.append)
+    batcher, answers_came = told_batcher(max_age=5)
     asking = [
         asyncio.ensure_future(batcher.query(prometheus, grouped(service, namespace), not_after=50.0))
         for service, namespace in (("a", "ns"), ("b", "ns"), ("a", "other"), ("gone", "ns"))
@@ -243,8 +248,7 @@ async def until(predicate: Callable[[], bool], within: float) -> None:
 @synchronously
 async def test_an_answer_in_use_is_renewed_before_its_age_runs_out_and_one_nobody_took_is_let_go() -> None:
     prometheus = FakePrometheus()
-    answers_came: list[str] = []
-    batcher = QueryBatcher(max_age=2.0, on_answer=answers_came.append)
+    batcher, answers_came = told_batcher(max_age=2.0)
     await answered_in(0.3, batcher, prometheus)  # renewed 2 x 0.3 s before its 2 s run out: at 1.4 s
     await asyncio.sleep(0.5)
     assert len(prometheus.asked) == 1
@@ -279,8 +283,7 @@ async def test_a_renewal_is_asked_ahead_by_the_slowest_of_the_latest_answers_not
 @synchronously
 async def test_a_renewal_still_coming_when_the_age_runs_out_holds_no_check_up_for_one_more_age() -> None:
     prometheus = FakePrometheus()
-    answers_came: list[str] = []
-    batcher = QueryBatcher(max_age=1.0, on_answer=answers_came.append)
+    batcher, answers_came = told_batcher(max_age=1.0)
     await answered_in(0.1, batcher, prometheus)  # renewed 2 x 0.1 s before its 1 s run out: at 0.8 s
     prometheus.gate.clear()  # the renewal will not come until the gate opens
     await until(lambda: len(prometheus.asked) == 2, within=2.0)
