@@ -752,17 +752,31 @@ def test_a_rollout_deleted_between_its_first_write_and_its_record_returns_traffi
 # ---- quiet checks: numbers kept in memory, essentials written at once ----
 
 
-def soaking_world() -> World:
-    """Stage 1 soaks for an hour, checked every 10 s."""
+def soaking_world(*others: str) -> World:
+    """Stage 1 soaks for an hour, checked every 10 s: the rollout "chat" on the VirtualService "llm", and each
+    of `others` on a VirtualService of its own name, checked at the same moments."""
     w = World()
-    w.server.put_vs(sample_vs())
-    spec = sample_spec()
-    spec["stages"] = [{"weight": 10, "duration": "1h"}, {"weight": 100}]
-    w.server.create_rollout(spec)
-    w.tick()
-    w.tick(timedelta(seconds=10))  # the first check: written (there was none)
-    assert w.server.status().last_analysis is not None
+    names = ("chat", *others)
+    for name in names:
+        vs = "llm" if name == "chat" else name
+        w.server.put_vs(sample_vs(name=vs))
+        spec = sample_spec()
+        spec["stages"] = [{"weight": 10, "duration": "1h"}, {"weight": 100}]
+        spec["trafficRouting"]["istio"]["virtualService"]["name"] = vs
+        w.server.create_rollout(spec, name=name)
+        w.tick(name=name)
+    w.now += timedelta(seconds=10)
+    for name in names:
+        w.tick(name=name)  # the first check: written (there was none)
+        assert w.server.status(name).last_analysis is not None
     return w
+
+
+def clock_of(w: World) -> Callable[[], float]:
+    def clock() -> float:  # the test's clock, as it moves
+        return w.now.timestamp()
+
+    return clock
 
 
 def test_passing_checks_are_kept_in_memory_until_the_refresh_period() -> None:
@@ -785,12 +799,8 @@ def test_passing_checks_are_kept_in_memory_until_the_refresh_period() -> None:
 
 def test_refreshes_wait_for_the_fleets_budget_and_essentials_do_not() -> None:
     w = soaking_world()
-
-    def clock() -> float:  # the test's clock, as it moves
-        return w.now.timestamp()
-
     # One refresh per ten minutes for the whole operator.
-    w.reconciler.refresh_budget = RefreshBudget(1 / 600, burst=1.0, clock=clock)
+    w.reconciler.refresh_budget = RefreshBudget(1 / 600, burst=1.0, clock=clock_of(w))
     writes = w.server.status_writes
     for _ in range(30):  # five minutes: the refresh is due and the budget affords it
         w.tick(timedelta(seconds=10))
@@ -811,30 +821,11 @@ def test_refreshes_wait_for_the_fleets_budget_and_essentials_do_not() -> None:
     assert w.reconciler.telemetry.status_refreshes._value.get() == 2
 
 
-def clock_of(w: World) -> Callable[[], float]:
-    def clock() -> float:  # the test's clock, as it moves
-        return w.now.timestamp()
-
-    return clock
-
-
 def test_a_refresh_decided_during_another_ones_write_sees_the_budget_spent() -> None:
     """Spent when decided, not after the write: a tick deciding during the round trip of another rollout's
     refresh is told the budget is spent (one write for one token), and a refresh that wrote is counted."""
-    w = World()
-    for name, vs in (("chat", "llm"), ("chat-2", "llm-2")):
-        w.server.put_vs(sample_vs(name=vs))
-        spec = sample_spec()
-        spec["stages"] = [{"weight": 10, "duration": "1h"}, {"weight": 100}]
-        spec["trafficRouting"]["istio"]["virtualService"]["name"] = vs
-        w.server.create_rollout(spec, name=name)
-        w.tick(name=name)
-    for name in ("chat", "chat-2"):
-        w.tick(name=name)
-    w.now += timedelta(seconds=10)
-    for name in ("chat", "chat-2"):  # the first checks: written
-        w.tick(name=name)
-    for _ in range(28):  # both due for a refresh at the next check after these
+    w = soaking_world("chat-2")
+    for _ in range(29):  # both due for a refresh at the next check after these
         w.now += timedelta(seconds=10)
         for name in ("chat", "chat-2"):
             w.tick(name=name)

@@ -20,9 +20,9 @@ answer replaces it once it has come. So checks that keep coming never queue behi
 that nobody took is let go (a burst of checks costs one renewal). A renewal still coming when the age runs
 out (Prometheus slower than ever before) does not hold checks up either: the answer it renews serves until it
 has come, for at most one more age (and never from before a check's `fresh_after`). Measured at 5,000
-rollouts (the scale benchmark): 114-512 checks a minute waited for a renewal under way, for up to the
-query's time (0.6 s on average there). A renewal that failed is dropped: the old answer serves out its age,
-and the next check after that asks and meets the failure itself.
+rollouts (the scale benchmark): 109-512 checks a minute waited for a renewal under way, for up to the
+query's time (0.4-0.7 s on average there). A renewal that failed is dropped: the old answer serves out its
+age, and the next check after that asks and meets the failure itself.
 """
 
 from __future__ import annotations
