@@ -40,6 +40,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelrollout import api
+from modelrollout_dev.devenv.controlplane import audit_log_path
 from modelrollout_dev.devenv.environment import DevEnvironment, runs_root
 from modelrollout_dev.devenv.netutil import free_port
 from modelrollout_dev.devenv.processes import ProcessSet
@@ -94,12 +95,12 @@ def canary_weight(vs: dict[str, Any]) -> int | None:
 
 
 class WriteWatcher:
-    """When each VirtualService of the fleet was first written back to stable-only (watch events, as they
-    arrive: within milliseconds of the write on loopback)."""
+    """When each VirtualService of the fleet was first seen written back to stable-only (watch events, as the
+    benchmark's process gets to them: the API server's audit log says when the write was made)."""
 
     def __init__(self, api_client: client.ApiClient) -> None:
         self._api = client.CustomObjectsApi(api_client)
-        self.to_stable: dict[str, tuple[float, datetime]] = {}
+        self.to_stable: dict[str, datetime] = {}
         self.ended = ""
         self._stream = watch.Watch()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -116,7 +117,7 @@ class WriteWatcher:
                 name = obj["metadata"]["name"]
                 weight = canary_weight(obj)
                 if weight == 0 and (seen.get(name) or 0) > 0 and name not in self.to_stable:
-                    self.to_stable[name] = (time.monotonic(), datetime.now(UTC))
+                    self.to_stable[name] = datetime.now(UTC)
                 seen[name] = weight
         except Exception as ended:  # the environment stopping under the watch ends the measurement
             self.ended = f"{type(ended).__name__}: {ended}"
@@ -296,6 +297,30 @@ def list_rollouts(objects: client.CustomObjectsApi) -> list[dict[str, Any]]:
         api.GROUP, api.VERSION, NAMESPACE, api.PLURAL, resource_version="0"
     )["items"]
     return listed
+
+
+def audited_writes(run_dir: Path, hosts: set[str], since: datetime) -> dict[str, datetime]:
+    """When the API server answered the first VirtualService write the operator made to each of `hosts` at or
+    after `since`, by the API server's own audit log (microseconds; the environment audits VirtualService
+    writes). A fleet's VirtualServices are written only by a rollback once they are parked: this is the write
+    a breach led to, timed where it took effect rather than when the benchmark's watch got to it."""
+    written: dict[str, datetime] = {}
+    for line in audit_log_path(run_dir).read_text().splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef") or {}
+        name = ref.get("name", "")
+        if ref.get("resource") != "virtualservices" or ref.get("namespace") != NAMESPACE or name not in hosts:
+            continue
+        if event.get("verb") not in ("update", "patch") or not event.get("userAgent", "").startswith(
+            "modelrollout-operator/"
+        ):
+            continue
+        if (event.get("responseStatus") or {}).get("code") != 200:
+            continue  # refused (a conflict): nothing written
+        at = datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00"))
+        if at >= since and (name not in written or at < written[name]):
+            written[name] = at
+    return written
 
 
 def unhealthy(items: list[dict[str, Any]], breached: set[str]) -> list[str]:
@@ -529,25 +554,32 @@ def run_size(
             :BREACHES
         ]
         time.sleep(1)
+        breaches_wall = datetime.now(UTC)
         breached_at: dict[str, float] = {}
         for host in by_check:
             exporter.set_traffic(f"{host}-v2", NAMESPACE, rps=rps, error_ratio=0.5)
             breached_at[host] = time.monotonic()
         settle(lambda: all(h in watcher.to_stable for h in by_check), timeout=BREACH_WAIT_SECONDS)
         figures["missed_check"] = missed(by_check, watcher.to_stable, objects)
-        rolled_back = [h for h in by_check if h in watcher.to_stable]
+        statuses = statuses_after_rollback(objects, [h for h in by_check if h in watcher.to_stable])
+        # The write's time is the API server's (its audit log); the watch only tells the benchmark it came.
+        written = audited_writes(run_dir, set(by_check), breaches_wall)
+        rolled_back = [h for h in by_check if h in watcher.to_stable and h in written]
+        figures["unaudited"] = [h for h in by_check if h in watcher.to_stable and h not in written]
+        # The exporter's scrape times are monotonic: the same moments on the wall clock.
+        wall_minus_monotonic = time.time() - time.monotonic()
         figures["scrape_to_write"] = [
-            watcher.to_stable[h][0] - exporter.first_errors_scraped[(f"{h}-v2", NAMESPACE)]
+            written[h].timestamp()
+            - (exporter.first_errors_scraped[(f"{h}-v2", NAMESPACE)] + wall_minus_monotonic)
             for h in rolled_back
         ]
-        statuses = statuses_after_rollback(objects, rolled_back)
-        figures["check_to_write"] = [
-            (
-                watcher.to_stable[h][1] - datetime.fromisoformat(statuses[h]["lastAnalysis"]["at"])
-            ).total_seconds()
+        checked = {
+            h: datetime.fromisoformat(statuses[h]["lastAnalysis"]["at"])
             for h in rolled_back
             if (statuses[h].get("lastAnalysis") or {}).get("at")
-        ]
+        }
+        figures["check_to_write"] = [(written[h] - at).total_seconds() for h, at in checked.items()]
+        figures["check_to_seen"] = [(watcher.to_stable[h] - at).total_seconds() for h, at in checked.items()]
 
         for host in by_alert:
             exporter.set_traffic(f"{host}-v2", NAMESPACE, rps=rps, error_ratio=0.5)
@@ -563,16 +595,14 @@ def run_size(
             90,
             0.2,
         )
-        alerted: dict[str, float] = {}
-        alerted_wall: dict[str, datetime] = {}
+        alerted: dict[str, datetime] = {}  # when each alert was posted
         unanswered: dict[str, str] = {}
         already = 0
         for host in by_alert:
             if host in watcher.to_stable:
                 already += 1  # its own check came first
                 continue
-            alerted[host] = time.monotonic()
-            alerted_wall[host] = datetime.now(UTC)
+            alerted[host] = datetime.now(UTC)
             try:
                 post_alert(alerts_port, host)
             except OSError as error:  # no answer in time: the rollout's own check may still roll it back
@@ -580,28 +610,22 @@ def run_size(
         settle(lambda: all(h in watcher.to_stable for h in alerted), 60, 0.1)
         figures["missed_alert"] = missed(list(alerted), watcher.to_stable, objects)
         figures["alerts_unanswered"] = list(unanswered.values())
-        figures["alert_to_write"] = [
-            watcher.to_stable[h][0] - alerted[h]
-            for h in alerted
-            if h in watcher.to_stable and h not in unanswered
-        ]
+        seen = [h for h in alerted if h in watcher.to_stable and h not in unanswered]
+        written = audited_writes(run_dir, set(seen), min(alerted.values(), default=breaches_wall))
+        figures["unaudited"] += [h for h in seen if h not in written]
+        answered = [h for h in seen if h in written]
+        figures["alert_to_write"] = [(written[h] - alerted[h]).total_seconds() for h in answered]
         figures["alert_preempted"] = already
         # Where an alert's time goes: before its check starts (the receiver, the driver's wake, a reconcile
         # slot) or in the check and the write (its queries, the decision, the write).
-        statuses = statuses_after_rollback(
-            objects, [h for h in alerted if h in watcher.to_stable and h not in unanswered]
-        )
+        statuses = statuses_after_rollback(objects, answered)
         checked_at = {
             h: datetime.fromisoformat(statuses[h]["lastAnalysis"]["at"])
-            for h in alerted
-            if h in watcher.to_stable
-            and h not in unanswered
-            and (statuses[h].get("lastAnalysis") or {}).get("at")
+            for h in answered
+            if (statuses[h].get("lastAnalysis") or {}).get("at")
         }
-        figures["alert_to_check"] = [(checked_at[h] - alerted_wall[h]).total_seconds() for h in checked_at]
-        figures["alert_check_to_write"] = [
-            (watcher.to_stable[h][1] - checked_at[h]).total_seconds() for h in checked_at
-        ]
+        figures["alert_to_check"] = [(checked_at[h] - alerted[h]).total_seconds() for h in checked_at]
+        figures["alert_check_to_write"] = [(written[h] - checked_at[h]).total_seconds() for h in checked_at]
 
         breached = set(by_check) | set(by_alert)
         figures["unhealthy"] = unhealthy(list_rollouts(objects), breached)
@@ -693,7 +717,13 @@ def report(figures: dict[str, Any]) -> None:
         f"  operator start -> every rollout reconciled once: {figures['reconciled_s']:.1f} s; "
         f"checked once: {figures['checked_s']:.1f} s",
         f"  breach (first scraped sample) -> VirtualService write: {spread(figures['scrape_to_write'])}",
-        f"  check start -> VirtualService write: {spread(figures['check_to_write'])}",
+        f"  check start -> VirtualService write: {spread(figures['check_to_write'])}; seen on the "
+        f"benchmark's watch: {spread(figures['check_to_seen'])}",
+        *(
+            [f"  writes seen on the watch but not in the API server's audit: {figures['unaudited']}"]
+            if figures["unaudited"]
+            else []
+        ),
         *(
             [f"  breaches not rolled back within {BREACH_WAIT_SECONDS} s: {len(figures['missed_check'])}"]
             + [f"    {line}" for line in figures["missed_check"]]
