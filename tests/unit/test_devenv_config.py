@@ -171,6 +171,12 @@ def test_prometheus_scrapes_every_second_from_target_files(tmp_path: Path) -> No
     config = prometheus_config(tmp_path)
     assert config["global"]["scrape_interval"] == "1s"
     assert config["scrape_configs"][0]["file_sd_configs"][0]["files"] == [str(tmp_path / "*.json")]
+    assert "query_log_file" not in config["global"]
+
+
+def test_prometheus_logs_its_queries_where_told(tmp_path: Path) -> None:
+    config = prometheus_config(tmp_path, query_log=tmp_path / "queries.log")
+    assert config["global"]["query_log_file"] == str(tmp_path / "queries.log")
 
 
 def test_target_groups_carry_job_and_path() -> None:

@@ -39,13 +39,20 @@ def prometheus_binary() -> Path:
     return Path(found)
 
 
-def prometheus_config(targets_dir: Path, scrape_interval: str = SCRAPE_INTERVAL) -> dict[str, Any]:
+def prometheus_config(
+    targets_dir: Path, scrape_interval: str = SCRAPE_INTERVAL, query_log: Path | None = None
+) -> dict[str, Any]:
+    """`query_log`: where Prometheus writes every query it answers (one JSON line each: the query, when); the
+    scale benchmark counts from it which queries the operator asked and how often."""
+    settings: dict[str, Any] = {
+        "scrape_interval": scrape_interval,
+        "scrape_timeout": scrape_interval,
+        "evaluation_interval": scrape_interval,
+    }
+    if query_log is not None:
+        settings["query_log_file"] = str(query_log)
     return {
-        "global": {
-            "scrape_interval": scrape_interval,
-            "scrape_timeout": scrape_interval,
-            "evaluation_interval": scrape_interval,
-        },
+        "global": settings,
         "scrape_configs": [
             {
                 # Each target file sets its own `job` label; Prometheus keeps a job label given by discovery.
@@ -78,13 +85,16 @@ class PrometheusServer:
         self.processes = processes
         self.die_with_parent = die_with_parent
         self.url = ""
+        self.query_log = self.dir / "queries.log"
         self._record: ProcessRecord | None = None
 
     def start(self, timeout: float = 60.0) -> str:
         binary = prometheus_binary()
         self.targets_dir.mkdir(parents=True, exist_ok=True)
         config = self.dir / "prometheus.yml"
-        config.write_text(yaml.safe_dump(prometheus_config(self.targets_dir), sort_keys=False))
+        config.write_text(
+            yaml.safe_dump(prometheus_config(self.targets_dir, query_log=self.query_log), sort_keys=False)
+        )
         last_error = ""
         for _ in range(3):  # the probed port may be taken before Prometheus binds it
             port = free_port()
