@@ -6,10 +6,12 @@ counters for the traffic it is told, 2 requests/s per service by default, no lat
 Per N it prints: the healthy rollouts rolled back or held (must be 0) and the checks the operator put off;
 the operator's RSS (and per rollout) and CPU as % of one core over a quiet window; API server requests/s by
 verb and resource over that window (the API server's own counters; nothing else talks to it then); PromQL
-queries/s and per analysis interval (Prometheus' own counters); the time from the operator's start to every
-rollout reconciled once and checked once; 10 breaches detected by the rollouts' own checks (from the first
-scraped breaching sample to the VirtualService write, and from the check's start to the write) and 10 by an
-alert (from the alert to the write), min/median/p99; and a standby replica taking over from a killed leader.
+queries/s and per analysis interval (Prometheus' own counters), and which queries it answered how often (its
+query log); the time from the operator's start to every rollout reconciled once and checked once; 10
+breaches detected by the rollouts' own checks (from the first scraped breaching sample to the VirtualService
+write, and from the check's start to the write) and 10 by an alert (from the alert to the write),
+min/median/p99, each write timed by the API server's audit log; and a standby replica taking over from a
+killed leader.
 Run: `make bench-scale` (SIZES="100 1000 5000" by default)."""
 
 from __future__ import annotations
