@@ -589,10 +589,8 @@ def run_size(
         ]
         time.sleep(1)
         breaches_wall = datetime.now(UTC)
-        breached_at: dict[str, float] = {}
         for host in by_check:
             exporter.set_traffic(f"{host}-v2", NAMESPACE, rps=rps, error_ratio=0.5)
-            breached_at[host] = time.monotonic()
         settle(lambda: all(h in watcher.to_stable for h in by_check), timeout=BREACH_WAIT_SECONDS)
         figures["missed_check"] = missed(by_check, watcher.to_stable, objects)
         statuses = statuses_after_rollback(objects, [h for h in by_check if h in watcher.to_stable])
