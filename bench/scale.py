@@ -811,21 +811,19 @@ def flat(values: list[float]) -> bool:
     return max(values) <= 2 * min(values) + 1
 
 
-def promql_bounded(all_figures: list[dict[str, Any]]) -> str:
-    """The same queries at every N, none asked more often than the batcher allows whatever N (a small fleet's
-    checks, started together, leave answers nobody takes: fewer queries, never more)."""
+def queries_within_bounds(all_figures: list[dict[str, Any]]) -> tuple[str, bool] | None:
+    """What each size asked of Prometheus, and whether it was the same queries at every N with none asked more
+    often than the batcher allows whatever N (a small fleet's checks, started together, leave answers nobody
+    takes: fewer queries, never more). None without batching."""
     if not all(f["batch_max_age"] for f in all_figures):
-        return "by the queries asked: not measured (no batching)"
+        return None
     told = ", ".join(
         f"{f['n']}: {f['query_texts']} queries, the most asked {f['most_asked']} times (at most "
         f"{most_often(f):.0f})"
         for f in all_figures
     )
-    if len({f["n"] for f in all_figures}) < 2:
-        return f"by the queries asked ({told}) -> not measured (one size)"
     same = len({f["query_texts"] for f in all_figures}) == 1
-    bounded = all(f["most_asked"] <= most_often(f) for f in all_figures)
-    return f"by the queries asked ({told}) -> {'met' if same and bounded else 'NOT met'}"
+    return told, same and all(f["most_asked"] <= most_often(f) for f in all_figures)
 
 
 def targets(all_figures: list[dict[str, Any]]) -> None:
@@ -840,8 +838,15 @@ def targets(all_figures: list[dict[str, Any]]) -> None:
     def at_5000(ok: bool) -> str:
         return verdict(ok) if at >= 5000 else "not measured (no run at 5,000)"
 
-    def over_sizes(values: list[float]) -> str:
-        return verdict(flat(values)) if several else "not measured (one size)"
+    def across_sizes(ok: bool) -> str:
+        return verdict(ok) if several else "not measured (one size)"
+
+    asked = queries_within_bounds(all_figures)
+    by_queries_asked = (
+        "by the queries asked: not measured (no batching)"
+        if asked is None
+        else f"by the queries asked ({asked[0]}) -> {across_sizes(asked[1])}"
+    )
 
     idle = [sum(f["api_per_s"].values()) for f in all_figures]
     queries = [f["queries_per_s"] * INTERVAL_SECONDS for f in all_figures]
@@ -863,11 +868,11 @@ def targets(all_figures: list[dict[str, Any]]) -> None:
         + at_5000(largest["cpu_cores"] < TARGET_CPU_CORES),
         "  idle API requests/s independent of N: "
         + ", ".join(f"{n}: {v:.1f}/s" for n, v in zip(sizes, idle, strict=True))
-        + f" -> {over_sizes(idle)}",
+        + f" -> {across_sizes(flat(idle))}",
         "  PromQL queries per interval independent of N: "
         + ", ".join(f"{n}: {v:.0f}" for n, v in zip(sizes, queries, strict=True))
-        + f" -> {over_sizes(queries)} by the totals (the largest within twice the smallest + 1); "
-        + promql_bounded(all_figures),
+        + f" -> {across_sizes(flat(queries))} by the totals (the largest within twice the smallest + 1); "
+        + by_queries_asked,
         f"  check start -> write p99 < {TARGET_CHECK_TO_WRITE_P99_S * 1000:.0f} ms: worst "
         f"{worst_check * 1000:.0f} ms -> {verdict(worst_check < TARGET_CHECK_TO_WRITE_P99_S)}",
         f"  alert -> write p99 < {TARGET_ALERT_TO_WRITE_P99_S:g} s: worst {worst_alert:.2f} s "

@@ -55,8 +55,9 @@ class Rows(Mapping[RowKey, list[Sample]]):
         rows.append(Sample(labels or NO_LABELS, value))
 
     def __getitem__(self, key: RowKey) -> list[Sample]:
-        if key in self._bare:
-            return [Sample(NO_LABELS, self._bare[key])]
+        value = self._bare.get(key)
+        if value is not None:
+            return [Sample(NO_LABELS, value)]
         return self._rows[key]
 
     def __iter__(self) -> Iterator[RowKey]:
