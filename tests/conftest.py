@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from modelrollout.kubeclient import KubeClient, Kubeconfig
 from modelrollout_dev.devenv.environment import DevEnvironment, EnvironmentState, runs_root
 from modelrollout_dev.devenv.established import wait_established
 from modelrollout_dev.devenv.gitops import GitopsTool, gitops_tool
@@ -59,6 +60,13 @@ def api_client(env_state: EnvironmentState) -> Iterator[client.ApiClient]:
     api = config.new_client_from_config(config_file=env_state.kubeconfig)
     yield api
     api.close()
+
+
+@pytest.fixture(scope="session")
+def kube_client(env_state: EnvironmentState) -> KubeClient:
+    """The operator's own client against the control plane (one session per event loop that uses it)."""
+    credentials = Kubeconfig.load([Path(env_state.kubeconfig)]).credentials()
+    return KubeClient(credentials, user_agent="modelrollout-tests")
 
 
 @pytest.fixture(scope="session")

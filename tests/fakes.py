@@ -18,13 +18,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from modelrollout import api
 from modelrollout.analysis import CheckResult
 from modelrollout.config import OperatorConfig
 from modelrollout.kube import ACTION_ANNOTATION, RolloutRef, StaleObject
+from modelrollout.kubeclient import ApiError, Credentials, KubeClient
 from modelrollout.notify import Notification, Notifier, NotifyTargets
 from modelrollout.reconciler import Reconciler
 from modelrollout.routing.envoy_filter import BucketFilter, bucket_filter
@@ -36,10 +34,13 @@ STABLE, CANARY = "llm-gpt4o", "llm-claude"
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
 
-def api_error(status: int, message: str) -> ApiException:
-    error = ApiException(status=status, reason="Refused")
-    error.body = json.dumps({"kind": "Status", "message": message, "code": status})
-    return error
+def api_error(status: int, message: str) -> ApiError:
+    return ApiError(status, "Refused", json.dumps({"kind": "Status", "message": message, "code": status}))
+
+
+def unused_client() -> KubeClient:
+    """A client for adapters whose requests the fakes answer: it never connects."""
+    return KubeClient(Credentials(server="https://unused.invalid"))
 
 
 @dataclass
@@ -50,7 +51,7 @@ class FakeApiServer:
     version: int = 100
     # Faults: the next VirtualService writes are refused with this error (count), or conflict (count).
     refuse_vs_writes: int = 0
-    refusal: ApiException = field(default_factory=lambda: api_error(403, "denied by policy"))
+    refusal: ApiError = field(default_factory=lambda: api_error(403, "denied by policy"))
     conflict_vs_writes: int = 0
     conflict_status_writes: int = 0
     status_write_seconds: float = 0.0  # each status write's round trip (other ticks run meanwhile)
@@ -251,7 +252,7 @@ class FakeRouter(IstioRouter):
     async def _get(self) -> dict[str, Any]:
         try:
             return self.server.get_vs(self.namespace, self.name)
-        except ApiException as missing:
+        except ApiError as missing:
             from modelrollout.routing.router import RoutingProblem  # noqa: PLC0415
 
             raise RoutingProblem(
@@ -270,7 +271,7 @@ class FakeRouter(IstioRouter):
             stored = self.server.replace_vs(self.namespace, self.name, body, self.field_manager)
             self.server.write_log.append("vs")
             return stored
-        except ApiException as failed:
+        except ApiError as failed:
             if failed.status == 409:
                 raise StaleWrite("changed since it was read") from failed
             if failed.status == 404:
@@ -406,7 +407,7 @@ class World:
         def routers(record: api.RoutingRecord, owner: str) -> Router:
             namespace, _, name = record.virtual_service.partition("/")
             router = FakeRouter(
-                client.ApiClient(),
+                unused_client(),
                 namespace=namespace,
                 name=name,
                 api_version=record.api_version,

@@ -9,31 +9,31 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
-from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelrollout.judge.metrics import JudgeMetrics
 from modelrollout.judge.service import JudgeService, kube_reads, serve
+from modelrollout.kubeclient import KubeClient
 from modelrollout_dev.devenv.netutil import free_port
 
 
 class RunningJudge:
     """The service on its own event loop in a thread, on a free port; `metric()` reads its /metrics."""
 
-    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+    def __init__(self, kube_client: KubeClient, namespace: str) -> None:
         self.port = free_port()
         self.ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, args=(api_client, namespace), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(kube_client, namespace), daemon=True)
         self._thread.start()
         assert self.ready.wait(10)
 
-    def _run(self, api_client: client.ApiClient, namespace: str) -> None:
+    def _run(self, kube_client: KubeClient, namespace: str) -> None:
         async def main() -> None:
             self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
             async with httpx.AsyncClient() as http:
-                service = JudgeService(kube_reads(api_client, (namespace,)), http, JudgeMetrics())
+                service = JudgeService(kube_reads(kube_client, (namespace,)), http, JudgeMetrics())
                 self.ready.set()
                 await serve(service, self.port, 0.5, self._stop)
 
@@ -64,8 +64,8 @@ class RunningJudge:
 
 
 @contextmanager
-def running_judge(api_client: client.ApiClient, namespace: str) -> Iterator[RunningJudge]:
-    running = RunningJudge(api_client, namespace)
+def running_judge(kube_client: KubeClient, namespace: str) -> Iterator[RunningJudge]:
+    running = RunningJudge(kube_client, namespace)
     try:
         yield running
     finally:

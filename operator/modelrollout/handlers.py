@@ -12,7 +12,6 @@ from datetime import timedelta
 from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from modelrollout import api, engine, memory
 from modelrollout.alert_receiver import AlertReceiver
@@ -20,7 +19,8 @@ from modelrollout.alerts import canary_service
 from modelrollout.config import OperatorConfig
 from modelrollout.drivers import Drivers, rollout_key
 from modelrollout.gc_pauses import GcPauseTimer, keep_long_lived_objects_frozen, space_full_collections
-from modelrollout.kube import ACTION_ANNOTATION, RolloutRef, default_api_client, describe_api_error
+from modelrollout.kube import ACTION_ANNOTATION, RolloutRef, default_client, describe_api_error
+from modelrollout.kubeclient import ApiError, KubeClient
 from modelrollout.loop_stalls import watch_event_loop
 from modelrollout.notify import Notifier, NotifyTargets
 from modelrollout.reconciler import Reconciler
@@ -102,9 +102,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         # instead of retrying cluster-scoped lists it may not make.
         settings.scanning.disabled = True
     space_full_collections()
-    api_client = await asyncio.to_thread(default_api_client)
-    api_client.user_agent = user_agent(Runtime.identity)
-    reconciler, kube = Reconciler.for_cluster(api_client, Runtime.config)
+    kube_client = await asyncio.to_thread(
+        default_client, user_agent(Runtime.identity), Runtime.config.request_timeout
+    )
+    memo.kube_client = kube_client
+    reconciler, kube = Reconciler.for_cluster(kube_client, Runtime.config)
     memo.reconciler = reconciler
     reconciler.telemetry.watch_slots(_slots(memo))
     wakeups = _wakeups(memo)
@@ -162,7 +164,7 @@ def drivers_for(reconciler: Reconciler, slots: ReconcileSlots, wakeups: Wakeups)
         key = rollout_key(body)
         try:
             plan = await reconciler.reconcile(body, may_write=may_write, check_requested=check_requested)
-        except ApiException as error:  # the API server's own words, e.g. a missing RBAC permission
+        except ApiError as error:  # the API server's own words, e.g. a missing RBAC permission
             message = f"reconcile failed: {describe_api_error(error)}"
             log.error("%s: %s", key, message)
         except Exception as error:  # a failed tick is retried at the next one; state lives in status
@@ -203,6 +205,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         if reconciler.notifier is not None:
             await reconciler.notifier.drain(5)
         reconciler.close()
+    kube_client: KubeClient | None = getattr(memo, "kube_client", None)
+    if kube_client is not None:
+        await kube_client.close()
     timer: GcPauseTimer | None = getattr(memo, "gc_pause_timer", None)
     if timer is not None:
         timer.uninstall()

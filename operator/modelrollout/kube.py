@@ -1,21 +1,24 @@
-"""A thin async adapter over the (synchronous) kubernetes client: the ModelRollout's status subresource, its
-Events, its action annotation, and Secrets. Every call runs in a worker thread with a request timeout, so the
-event loop never blocks on the API server."""
+"""The API server for the reconciler: the ModelRollout's status subresource, its Events, its action
+annotation, Secrets and the bucket EnvoyFilter, over the operator's async client (no worker threads)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-
 from modelrollout import api
+from modelrollout.kubeclient import (
+    APPLY_PATCH,
+    JSON_PATCH,
+    MERGE_PATCH,
+    ApiError,
+    KubeClient,
+    load_credentials,
+    object_path,
+)
 from modelrollout.routing import envoy_filter
 
 ACTION_ANNOTATION = f"{api.GROUP}/action"
@@ -24,13 +27,12 @@ REPORTING_COMPONENT = "modelrollout-operator"
 log = logging.getLogger(__name__)
 
 
-def default_api_client() -> client.ApiClient:
-    """In a Pod, its ServiceAccount; elsewhere, the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+def default_client(user_agent: str, request_timeout: float = 10.0) -> KubeClient:
+    """In a Pod, its ServiceAccount; elsewhere, the kubeconfig ($KUBECONFIG or ~/.kube/config). Blocking
+    (reads files): called once at the start."""
+    return KubeClient(
+        load_credentials(), user_agent=user_agent, request_timeout=request_timeout, refresh=load_credentials
+    )
 
 
 @dataclass(frozen=True)
@@ -67,34 +69,24 @@ def without_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
 
 def describe_api_error(error: BaseException) -> str:
     """`HTTP 403: <the API server's message>` rather than the client's dump of headers and body."""
-    if isinstance(error, ApiException):
-        try:
-            message = json.loads(error.body or "{}").get("message") or error.reason
-        except (ValueError, AttributeError):
-            message = error.reason
-        return f"HTTP {error.status}: {message}"
+    if isinstance(error, ApiError):
+        return f"HTTP {error.status}: {error.message}"
     return f"{type(error).__name__}: {error}"
 
 
-class Kube:
-    def __init__(self, api_client: client.ApiClient, request_timeout: float = 10.0) -> None:
-        self._objects = client.CustomObjectsApi(api_client)
-        self._core = client.CoreV1Api(api_client)
-        self._timeout = request_timeout
+def _rollout_path(ref: RolloutRef, subresource: str = "") -> str:
+    path = object_path(api.GROUP, api.VERSION, api.PLURAL, ref.namespace, ref.name)
+    return f"{path}/{subresource}" if subresource else path
 
-    async def _on_rollout(self, call: Any, ref: RolloutRef, *args: Any, **options: Any) -> Any:
-        """One custom-objects call on the ModelRollout `ref`, in a worker thread, with the request timeout."""
-        return await asyncio.to_thread(
-            call,
-            api.GROUP,
-            api.VERSION,
-            ref.namespace,
-            api.PLURAL,
-            ref.name,
-            *args,
-            _request_timeout=self._timeout,
-            **options,
-        )
+
+def _envoy_filter_path(namespace: str, name: str) -> str:
+    return object_path(envoy_filter.GROUP, envoy_filter.VERSION, envoy_filter.PLURAL, namespace, name)
+
+
+class Kube:
+    def __init__(self, client: KubeClient, request_timeout: float = 10.0) -> None:
+        self._client = client
+        self._timeout = request_timeout
 
     async def record_status(
         self, ref: RolloutRef, status: api.ModelRolloutStatus, resource_version: str | None
@@ -107,8 +99,14 @@ class Kube:
         if resource_version is not None:
             patch["metadata"] = {"resourceVersion": resource_version}
         try:
-            stored = await self._on_rollout(self._objects.patch_namespaced_custom_object_status, ref, patch)
-        except ApiException as error:
+            stored = await self._client.request(
+                "PATCH",
+                _rollout_path(ref, "status"),
+                body=patch,
+                content_type=MERGE_PATCH,
+                timeout=self._timeout,
+            )
+        except ApiError as error:
             if error.status == 409:
                 raise StaleObject(
                     f"ModelRollout {ref.namespace}/{ref.name} changed since it was read"
@@ -119,8 +117,8 @@ class Kube:
     async def get_rollout(self, ref: RolloutRef) -> dict[str, Any] | None:
         """The ModelRollout as stored now; None when it is gone."""
         try:
-            found = await self._on_rollout(self._objects.get_namespaced_custom_object, ref)
-        except ApiException as error:
+            found = await self._client.request("GET", _rollout_path(ref), timeout=self._timeout)
+        except ApiError as error:
             if error.status == 404:
                 return None
             raise
@@ -141,13 +139,10 @@ class Kube:
             {"op": "remove", "path": f"/metadata/annotations/{key}"},
         ]
         try:
-            stored = await self._on_rollout(
-                self._objects.patch_namespaced_custom_object,
-                ref,
-                patch,
-                _content_type="application/json-patch+json",
+            stored = await self._client.request(
+                "PATCH", _rollout_path(ref), body=patch, content_type=JSON_PATCH, timeout=self._timeout
             )
-        except ApiException as error:
+        except ApiError as error:
             if error.status in (404, 409, 422):  # gone, or changed meanwhile: someone else's value now
                 return None
             raise
@@ -156,61 +151,51 @@ class Kube:
     async def emit_event(self, ref: RolloutRef, type_: str, reason: str, message: str) -> None:
         """Post a core/v1 Event on the rollout (what `kubectl describe` shows). Never raises: an Event that
         cannot be posted must not stop a rollback."""
-        now = datetime.now(UTC)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{ref.name}.", namespace=ref.namespace),
-            involved_object=client.V1ObjectReference(
-                api_version=api.API_VERSION,
-                kind=api.KIND,
-                name=ref.name,
-                namespace=ref.namespace,
-                uid=ref.uid,
-            ),
-            type=type_,
-            reason=reason,
-            message=message[:1024],
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            source=client.V1EventSource(component=REPORTING_COMPONENT),
-            reporting_component=REPORTING_COMPONENT,
-            reporting_instance=REPORTING_COMPONENT,
-            action=reason,
-        )
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{ref.name}.", "namespace": ref.namespace},
+            "involvedObject": {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "name": ref.name,
+                "namespace": ref.namespace,
+                "uid": ref.uid,
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": REPORTING_COMPONENT},
+            "reportingComponent": REPORTING_COMPONENT,
+            "reportingInstance": REPORTING_COMPONENT,
+            "action": reason,
+        }
         try:
-            await asyncio.to_thread(
-                self._core.create_namespaced_event, ref.namespace, event, _request_timeout=self._timeout
+            await self._client.request(
+                "POST", object_path("", "v1", "events", ref.namespace), body=event, timeout=self._timeout
             )
         except Exception as error:  # reported, never fatal
             log.warning("could not post event %s on %s/%s: %s", reason, ref.namespace, ref.name, error)
 
     async def read_secret_data(self, namespace: str, name: str) -> dict[str, str]:
         """A Secret's `data`, still base64-encoded as the API serves it."""
-        secret: Any = await asyncio.to_thread(
-            self._core.read_namespaced_secret, name, namespace, _request_timeout=self._timeout
+        secret = await self._client.request(
+            "GET", object_path("", "v1", "secrets", namespace, name), timeout=self._timeout
         )
-        return dict(secret.data or {})
+        return dict(_as_dict(secret).get("data") or {})
 
     # ---- the bucket EnvoyFilter (experiment.stickiness.userHeader) ----
 
-    async def _on_envoy_filter(self, call: Any, namespace: str, name: str, *args: Any, **options: Any) -> Any:
-        """One custom-objects call on the EnvoyFilter `namespace/name`, off the event loop."""
-        return await asyncio.to_thread(
-            call,
-            envoy_filter.GROUP,
-            envoy_filter.VERSION,
-            namespace,
-            envoy_filter.PLURAL,
-            name,
-            *args,
-            _request_timeout=self._timeout,
-            **options,
-        )
-
     async def get_envoy_filter(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            found = await self._on_envoy_filter(self._objects.get_namespaced_custom_object, namespace, name)
-        except ApiException as error:
+            found = await self._client.request(
+                "GET", _envoy_filter_path(namespace, name), timeout=self._timeout
+            )
+        except ApiError as error:
             if error.status == 404:
                 return None
             raise
@@ -220,21 +205,20 @@ class Kube:
         """Create or update the filter by server-side apply: the operator owns every field it sets, and an
         unchanged manifest changes nothing."""
         meta = manifest["metadata"]
-        stored = await self._on_envoy_filter(
-            self._objects.patch_namespaced_custom_object,
-            meta["namespace"],
-            meta["name"],
-            manifest,
-            field_manager=REPORTING_COMPONENT,
-            force=True,
-            _content_type="application/apply-patch+yaml",
+        stored = await self._client.request(
+            "PATCH",
+            _envoy_filter_path(meta["namespace"], meta["name"]),
+            params={"fieldManager": REPORTING_COMPONENT, "force": "true"},
+            body=manifest,
+            content_type=APPLY_PATCH,
+            timeout=self._timeout,
         )
         return _as_dict(stored)
 
     async def delete_envoy_filter(self, namespace: str, name: str) -> None:
         """Remove the filter; one already gone is removed."""
         try:
-            await self._on_envoy_filter(self._objects.delete_namespaced_custom_object, namespace, name)
-        except ApiException as error:
+            await self._client.request("DELETE", _envoy_filter_path(namespace, name), timeout=self._timeout)
+        except ApiError as error:
             if error.status != 404:
                 raise

@@ -13,25 +13,23 @@ last renewal, one to notice its expiry): a dead leader is replaced within the le
 renewal. Losing the Lease ends the process (the kubelet restarts it as a standby), as controller-runtime does:
 nothing half-led survives.
 
-The Kubernetes client is synchronous, so the elector runs in a thread of its own: a busy event loop never
-delays a renewal.
+The elector runs in threads of its own, its requests on an event loop of its own with its own connections
+(LeaseEndpoints): a busy operator loop never delays a renewal.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-
-from kubernetes import client, watch
-from kubernetes.client.exceptions import ApiException
+from typing import Any, Protocol
 
 from modelrollout.kube import describe_api_error
+from modelrollout.kubeclient import ApiError, Credentials, KubeClient, LoopThread, object_path
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +89,76 @@ def released_spec(current: dict[str, Any], now: datetime) -> dict[str, Any]:
     return {**current, "holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": stamp}
 
 
+OnLeaseEvent = Callable[[str, dict[str, Any]], bool]  # (event type, Lease) -> go on watching
+
+
+class LeaseApi(Protocol):
+    """The Lease requests the elector makes, blocking; ApiError for the API server's refusals."""
+
+    def read(self, namespace: str, name: str, timeout: float) -> dict[str, Any]: ...
+
+    def replace(self, namespace: str, name: str, body: dict[str, Any], timeout: float) -> dict[str, Any]: ...
+
+    def create(self, namespace: str, body: dict[str, Any], timeout: float) -> dict[str, Any]: ...
+
+    def watch(
+        self, namespace: str, name: str, window: int, timeout: float, on_event: OnLeaseEvent
+    ) -> None: ...
+
+
+def _lease_path(namespace: str, name: str = "") -> str:
+    return object_path("coordination.k8s.io", "v1", "leases", namespace, name)
+
+
+class LeaseEndpoints:
+    """LeaseApi over the API server, each request on an event loop of the elector's own (a thread, its own
+    client and connections)."""
+
+    def __init__(
+        self, credentials: Credentials, *, user_agent: str, refresh: Callable[[], Credentials] | None
+    ) -> None:
+        self._runner = LoopThread("lease-requests")
+        self._client = KubeClient(credentials, user_agent=user_agent, refresh=refresh, connections=4)
+
+    def read(self, namespace: str, name: str, timeout: float) -> dict[str, Any]:
+        found = self._runner.run(self._client.request("GET", _lease_path(namespace, name), timeout=timeout))
+        return dict(found)
+
+    def replace(self, namespace: str, name: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Conditional on the resourceVersion `body` carries (409 if the Lease changed since)."""
+        call = self._client.request("PUT", _lease_path(namespace, name), body=body, timeout=timeout)
+        return dict(self._runner.run(call))
+
+    def create(self, namespace: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        call = self._client.request("POST", _lease_path(namespace), body=body, timeout=timeout)
+        return dict(self._runner.run(call))
+
+    def watch(self, namespace: str, name: str, window: int, timeout: float, on_event: OnLeaseEvent) -> None:
+        """Follow the Lease for at most `window` seconds, calling `on_event` (on the elector's loop) until it
+        returns False."""
+
+        async def follow() -> None:
+            events = self._client.watch(
+                _lease_path(namespace),
+                params={"fieldSelector": f"metadata.name={name}"},
+                timeout_seconds=window,
+                connect_timeout=timeout,
+            )
+            async with contextlib.aclosing(events):  # its connection closed when we stop early
+                async for event in events:
+                    if not on_event(str(event.get("type")), event.get("object") or {}):
+                        break
+
+        self._runner.run(follow(), timeout=window + timeout)
+
+    def close(self) -> None:
+        self._runner.stop(self._client.close())
+
+
 class LeaderElector:
     def __init__(
         self,
-        api_client: client.ApiClient,
+        leases: LeaseApi,
         *,
         namespace: str,
         name: str,
@@ -103,7 +167,7 @@ class LeaderElector:
         request_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._api = client.CoordinationV1Api(api_client)
+        self._api = leases
         self.namespace = namespace
         self.name = name
         self.identity = identity
@@ -176,29 +240,23 @@ class LeaderElector:
     def _watch_lease(self, standing_by: threading.Event) -> None:
         """Record each version of the Lease when it arrives, while standing by. A failed watch is restarted
         after a retry period; until then the periodic reads observe the Lease, as without a watch."""
-        selector = f"metadata.name={self.name}"
         window = max(1, round(self.timing.duration))
         warned = False
+
+        def seen(kind: str, raw: dict[str, Any]) -> bool:
+            if not standing_by.is_set():
+                return False
+            if kind in ("ADDED", "MODIFIED"):
+                spec = raw.get("spec") or {}
+                self._note(spec)
+                if not spec.get("holderIdentity"):  # released: anyone may take it now
+                    self._wake.set()
+            return True
+
         while standing_by.is_set() and not self._stop.is_set():
-            lease_watch = watch.Watch()  # type: ignore[no-untyped-call]
             try:
-                for event in lease_watch.stream(  # type: ignore[no-untyped-call]
-                    self._api.list_namespaced_lease,
-                    self.namespace,
-                    field_selector=selector,
-                    timeout_seconds=window,
-                    _request_timeout=window + self._timeout,
-                ):
-                    if not standing_by.is_set():
-                        lease_watch.stop()  # type: ignore[no-untyped-call]
-                        break
-                    raw = event.get("raw_object") or {}
-                    if event.get("type") in ("ADDED", "MODIFIED") and isinstance(raw, dict):
-                        spec = raw.get("spec") or {}
-                        self._note(spec)
-                        if not spec.get("holderIdentity"):  # released: anyone may take it now
-                            self._wake.set()
-            except ApiException as error:  # refused (RBAC): the periodic reads go on, said once
+                self._api.watch(self.namespace, self.name, window, self._timeout, seen)
+            except ApiError as error:  # refused (RBAC): the periodic reads go on, said once
                 say = log.debug if warned else log.warning
                 say("Lease %s not watched: %s", self.lease, describe_api_error(error))
                 warned = True
@@ -248,7 +306,7 @@ class LeaderElector:
             renewal = {**written, "spec": renewed}
             try:
                 self._written = self._replace(renewal)
-            except ApiException as error:
+            except ApiError as error:
                 if error.status != 409:
                     log.warning("Lease %s not written: %s", self.lease, describe_api_error(error))
                     return False
@@ -260,7 +318,7 @@ class LeaderElector:
                 return True
         try:
             raw = self._read()
-        except ApiException as error:
+        except ApiError as error:
             if error.status != 404:
                 log.warning("Lease %s unreadable: %s", self.lease, describe_api_error(error))
                 return False
@@ -275,7 +333,7 @@ class LeaderElector:
         raw["spec"] = desired
         try:
             self._written = self._replace(raw)
-        except ApiException as error:
+        except ApiError as error:
             if error.status != 409:  # 409: another replica wrote first; it holds the Lease this round
                 log.warning("Lease %s not written: %s", self.lease, describe_api_error(error))
             return False
@@ -286,37 +344,20 @@ class LeaderElector:
         return True
 
     def _read(self) -> dict[str, Any]:
-        """The Lease as the API server wrote it (its own time strings, not the client's models)."""
-        answer = self._api.read_namespaced_lease(
-            self.name, self.namespace, _request_timeout=self._timeout, _preload_content=False
-        )
-        found: dict[str, Any] = json.loads(answer.data)  # type: ignore[attr-defined]  # the raw response
-        return found
+        """The Lease as the API server wrote it."""
+        return self._api.read(self.namespace, self.name, self._timeout)
 
     def _replace(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Write the Lease back, conditionally on the resourceVersion it carries (409 if it changed); the
         Lease as written."""
-        answer = self._api.replace_namespaced_lease(
-            self.name,
-            self.namespace,
-            raw,  # type: ignore[arg-type]
-            _request_timeout=self._timeout,
-            _preload_content=False,
-        )
-        written: dict[str, Any] = json.loads(answer.data)  # type: ignore[attr-defined]  # the raw response
-        return written
+        return self._api.replace(self.namespace, self.name, raw, self._timeout)
 
     def _create(self, now: datetime, attempted_at: float) -> bool:
         spec = claimed_spec(None, self.identity, now, True, self.timing)
         body = {"metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec}
         try:
-            # The client serializes a plain dict as it is: the API server's own field names and time strings.
-            self._api.create_namespaced_lease(
-                self.namespace,
-                body,  # type: ignore[arg-type]
-                _request_timeout=self._timeout,
-            )
-        except ApiException as error:
+            self._api.create(self.namespace, body, self._timeout)
+        except ApiError as error:
             if error.status != 409:  # 409: another replica created it first
                 log.warning("Lease %s not created: %s", self.lease, describe_api_error(error))
             return False

@@ -18,16 +18,26 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
 
+import aiohttp
 import httpx
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
 
 from modelrollout import api, plugin_view, report
 from modelrollout.kube import ACTION_ANNOTATION
+from modelrollout.kubeclient import (
+    EXEC_TIMEOUT_SECONDS,
+    MERGE_PATCH,
+    ApiError,
+    ConfigError,
+    KubeClient,
+    Kubeconfig,
+    LoopThread,
+    kubeconfig_paths,
+    object_path,
+)
 from modelrollout.routing.istio import managed_route_indexes, split_view
 from modelrollout.routing.router import RoutingProblem, backend_of
 
@@ -41,22 +51,89 @@ class PluginError(Exception):
     """A failure to report as `error: ...` with exit code 1."""
 
 
+class Kube:
+    """The API server, synchronously: each request of the async KubeClient runs on this plugin's own event
+    loop thread and the caller waits for its answer: the JSON, ApiError for an error status, PluginError
+    when there is no answer (unreachable, TLS trouble, timeout) or the credentials cannot be renewed."""
+
+    def __init__(self, kube_client: KubeClient, timeout: float) -> None:
+        self.client = kube_client
+        self.timeout = timeout
+        self._loop = LoopThread("kubectl-modelrollout")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+    ) -> Any:
+        work = self.client.request(
+            method, path, params=params, body=body, content_type=content_type, timeout=self.timeout
+        )
+        try:
+            # aiohttp bounds the request itself; this bound is for what comes before it (the TLS context,
+            # an exec credential renewed on the way).
+            return self._loop.run(work, self.timeout + EXEC_TIMEOUT_SECONDS)
+        except ConfigError as error:  # an exec credential renewed on the way failed
+            raise PluginError(f"cannot load the kubeconfig: {error}") from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            raise PluginError(f"cannot reach the API server: {self._unreachable(error)}") from None
+
+    def _unreachable(self, error: Exception) -> str:
+        """What went wrong on the way to the API server; a timeout says little by itself."""
+        text = str(error)
+        if isinstance(error, TimeoutError) and not text:
+            return f"no answer within {self.timeout:g}s"
+        return text or type(error).__name__
+
+    def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        return self.request("GET", path, params=params)
+
+    def close(self) -> None:
+        """Close the client's connections on its loop, then stop the loop and its thread."""
+        self._loop.stop(self.client.close())
+
+
+def _path(group: str, version: str, plural: str, namespace: str | None = None, name: str = "") -> str:
+    """object_path with the names as typed quoted: a name is one path segment, whatever it holds."""
+    where = quote(namespace, safe="") if namespace else None
+    return object_path(group, version, plural, where, quote(name, safe=""))
+
+
+def _timestamp(value: Any) -> datetime | None:
+    """An RFC 3339 timestamp of the API (`...Z`, or a MicroTime with microseconds), in UTC when it names no
+    zone; None when there is none."""
+    moment = plugin_view.parse_time(value)
+    if moment is not None and moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
+
+
+def _resource_version(meta: Mapping[str, Any]) -> int:
+    version = str(meta.get("resourceVersion") or "")
+    return int(version) if version.isdigit() else 0
+
+
 @dataclass
 class Session:
-    objects: Any  # client.CustomObjectsApi
-    core: Any  # client.CoreV1Api
+    kube: Kube
     namespace: str
-    timeout: float
     out: Callable[[str], None]
+
+    def close(self) -> None:
+        self.kube.close()
 
     # ---- reads ----
 
     def get(self, name: str) -> dict[str, Any]:
         try:
-            found: dict[str, Any] = self.objects.get_namespaced_custom_object(
-                api.GROUP, api.VERSION, self.namespace, api.PLURAL, name, _request_timeout=self.timeout
+            found: dict[str, Any] = self.kube.get(
+                _path(api.GROUP, api.VERSION, api.PLURAL, self.namespace, name)
             )
-        except ApiException as error:
+        except ApiError as error:
             if error.status == 404:
                 raise PluginError(
                     f'{api.SINGULAR} "{name}" not found in namespace "{self.namespace}"'
@@ -65,14 +142,8 @@ class Session:
         return found
 
     def list_rollouts(self, all_namespaces: bool) -> list[dict[str, Any]]:
-        if all_namespaces:
-            listed = self.objects.list_cluster_custom_object(
-                api.GROUP, api.VERSION, api.PLURAL, _request_timeout=self.timeout
-            )
-        else:
-            listed = self.objects.list_namespaced_custom_object(
-                api.GROUP, api.VERSION, self.namespace, api.PLURAL, _request_timeout=self.timeout
-            )
+        namespace = None if all_namespaces else self.namespace
+        listed = self.kube.get(_path(api.GROUP, api.VERSION, api.PLURAL, namespace))
         items: list[dict[str, Any]] = listed.get("items") or []
         return items
 
@@ -81,23 +152,26 @@ class Session:
         selector = f"involvedObject.kind={api.KIND},involvedObject.name={meta['name']}"
         if meta.get("uid"):  # not the Events of an earlier object of the same name
             selector += f",involvedObject.uid={meta['uid']}"
-        listed = self.core.list_namespaced_event(
-            meta["namespace"], field_selector=selector, _request_timeout=self.timeout
-        )
+        listed = self.kube.get(_path("", "v1", "events", meta["namespace"]), {"fieldSelector": selector})
         rows = []
-        for event in listed.items:
-            at = event.last_timestamp or event.event_time or event.first_timestamp
-            at = at or event.metadata.creation_timestamp
+        for event in (listed or {}).get("items") or []:
+            event_meta = event.get("metadata") or {}
+            at = (
+                _timestamp(event.get("lastTimestamp"))
+                or _timestamp(event.get("eventTime"))
+                or _timestamp(event.get("firstTimestamp"))
+                or _timestamp(event_meta.get("creationTimestamp"))
+            )
             rows.append(
                 (
                     at or datetime.min.replace(tzinfo=UTC),
-                    int(event.metadata.resource_version or 0),
+                    _resource_version(event_meta),
                     plugin_view.EventRow(
-                        type=str(event.type or ""),
-                        reason=str(event.reason or ""),
-                        message=str(event.message or ""),
+                        type=str(event.get("type") or ""),
+                        reason=str(event.get("reason") or ""),
+                        message=str(event.get("message") or ""),
                         at=at,
-                        count=int(event.count or 1),
+                        count=int(event.get("count") or 1),
                     ),
                 )
             )
@@ -117,17 +191,12 @@ class Session:
         ref = istio.virtual_service.name if same else f"{namespace}/{istio.virtual_service.name}"
         version = istio.api_version.value.split("/")[1]
         try:
-            vs: dict[str, Any] = self.objects.get_namespaced_custom_object(
-                ISTIO_GROUP,
-                version,
-                namespace,
-                "virtualservices",
-                istio.virtual_service.name,
-                _request_timeout=self.timeout,
+            vs: dict[str, Any] = self.kube.get(
+                _path(ISTIO_GROUP, version, "virtualservices", namespace, istio.virtual_service.name)
             )
             indexes = managed_route_indexes(vs, istio.routes)
             view = split_view(vs, indexes, backend_of(spec.stable), backend_of(spec.canary))
-        except ApiException as error:
+        except ApiError as error:
             problem = "not found" if error.status == 404 else f"unreadable ({error.status} {error.reason})"
             return plugin_view.LiveTraffic(ref, problem=problem)
         except RoutingProblem as problem:
@@ -141,15 +210,11 @@ class Session:
     def annotate(self, name: str, resource_version: str, value: str) -> None:
         """Set the action annotation, on the condition that the object is still the one checked."""
         body = {"metadata": {"resourceVersion": resource_version, "annotations": {ACTION_ANNOTATION: value}}}
-        self.objects.patch_namespaced_custom_object(
-            api.GROUP,
-            api.VERSION,
-            self.namespace,
-            api.PLURAL,
-            name,
-            body,
-            _request_timeout=self.timeout,
-            _content_type="application/merge-patch+json",
+        self.kube.request(
+            "PATCH",
+            _path(api.GROUP, api.VERSION, api.PLURAL, self.namespace, name),
+            body=body,
+            content_type=MERGE_PATCH,
         )
 
 
@@ -180,7 +245,7 @@ def _screen(session: Session, obj: Mapping[str, Any]) -> str:
     problem: str | None = None
     try:
         events = session.events(obj)
-    except ApiException as error:  # RBAC may allow the rollout but not Events: show the rest
+    except ApiError as error:  # RBAC may allow the rollout but not Events: show the rest
         problem = f"{error.status} {error.reason}"
     return plugin_view.render_status(
         obj, _now(), events=events, live=session.live_traffic(obj), events_problem=problem
@@ -261,7 +326,7 @@ def cmd_action(session: Session, args: argparse.Namespace) -> int:
         try:
             session.annotate(name, obj["metadata"]["resourceVersion"], action)
             break
-        except ApiException as error:
+        except ApiError as error:
             if error.status != 409:  # 409: changed since read (a status write): read and check again
                 raise
     else:
@@ -364,57 +429,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _context_namespace(kubeconfig: str | None, context: str | None) -> str:
-    contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-    chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
-    if context and chosen is None:
-        raise PluginError(f'context "{context}" not found in the kubeconfig')
-    namespace = ((chosen or {}).get("context") or {}).get("namespace")
-    return str(namespace or "default")
-
-
 def connect(args: argparse.Namespace) -> Session:
     kubeconfig = getattr(args, "kubeconfig", None)
     context = getattr(args, "context", None)
+    timeout = float(getattr(args, "request_timeout", 10.0))
     try:
+        loaded = Kubeconfig.load([Path(kubeconfig)] if kubeconfig else kubeconfig_paths())
         # The context first: it is checked (with a clear message) even when -n makes its namespace moot.
-        namespace = _context_namespace(kubeconfig, context)
-        namespace = getattr(args, "namespace", None) or namespace
-        api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, context=context
-        )
-    except (config.ConfigException, OSError) as error:
+        if context and context not in loaded.contexts:
+            raise PluginError(f'context "{context}" not found in the kubeconfig')
+        credentials = loaded.credentials(context)
+        if credentials.exec_config is not None:  # a failing credential plugin is a kubeconfig error, now
+            credentials.run_exec()
+    except (ConfigError, OSError) as error:
         raise PluginError(f"cannot load the kubeconfig: {error}") from None
+    namespace = getattr(args, "namespace", None) or credentials.namespace or "default"
+    kube_client = KubeClient(credentials, user_agent="kubectl-modelrollout", request_timeout=timeout)
     return Session(
-        objects=client.CustomObjectsApi(api_client),
-        core=client.CoreV1Api(api_client),
-        namespace=namespace,
-        timeout=float(getattr(args, "request_timeout", 10.0)),
+        kube=Kube(kube_client, timeout),
+        namespace=str(namespace),
         out=lambda text: print(text, end="", flush=True),
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    session: Session | None = None
     try:
         session = connect(args)
         code: int = args.handler(session, args)
     except PluginError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except ApiException as error:
+    except ApiError as error:
         print(f"error: {_api_error(error)}", file=sys.stderr)
-        return 1
-    except HTTPError as error:  # unreachable API server, TLS trouble, timeouts
-        print(f"error: cannot reach the API server: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+    finally:
+        if session is not None:
+            session.close()
     return code
 
 
-def _api_error(error: ApiException) -> str:
+def _api_error(error: ApiError) -> str:
     """The API server's own message when it sent one (a Status object), else the HTTP status."""
     try:
         message = str(json.loads(error.body or "{}").get("message") or "")

@@ -20,8 +20,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client
-
 from modelrollout import api, engine, report
 from modelrollout.analysis import CheckResult
 from modelrollout.config import OperatorConfig
@@ -33,6 +31,7 @@ from modelrollout.kube import (
     describe_api_error,
     without_managed_fields,
 )
+from modelrollout.kubeclient import KubeClient
 from modelrollout.measure import Measurer
 from modelrollout.metrics.templates import spec_template_errors
 from modelrollout.notify import Notification, Notifier, now_text
@@ -137,7 +136,7 @@ def spec_problems(raw: Mapping[str, Any]) -> api.ModelRolloutSpec | list[str]:
 
 
 def istio_routers(
-    api_client: client.ApiClient,
+    kube_client: KubeClient,
     request_timeout: float,
     *,
     cache: VirtualServiceCache | None = None,
@@ -158,7 +157,7 @@ def istio_routers(
     def make(record: api.RoutingRecord, owner: str) -> Router:
         namespace, _, name = record.virtual_service.partition("/")
         return IstioRouter(
-            api_client,
+            kube_client,
             namespace=namespace,
             name=name,
             api_version=record.api_version,
@@ -202,18 +201,18 @@ class Reconciler:
         self.refresh_budget = RefreshBudget(config.status_refreshes_per_second)
 
     @classmethod
-    def for_cluster(cls, api_client: client.ApiClient, config: OperatorConfig) -> tuple[Reconciler, Kube]:
+    def for_cluster(cls, kube_client: KubeClient, config: OperatorConfig) -> tuple[Reconciler, Kube]:
         """The operator's reconciler over the API server and Prometheus, and its Kube adapter."""
-        kube = Kube(api_client, config.request_timeout)
+        kube = Kube(kube_client, config.request_timeout)
         telemetry = Telemetry()
         cache = (
             VirtualServiceCache(
-                api_client, cluster_wide=config.cluster_wide, request_timeout=config.request_timeout
+                kube_client, cluster_wide=config.cluster_wide, request_timeout=config.request_timeout
             )
             if config.watch_virtual_services
             else None
         )
-        routers = istio_routers(api_client, config.request_timeout, cache=cache, telemetry=telemetry)
+        routers = istio_routers(kube_client, config.request_timeout, cache=cache, telemetry=telemetry)
         measurer = Measurer(kube, config, telemetry=telemetry)
         reconciler = cls(kube, routers, measurer, config, telemetry=telemetry)
         reconciler.virtual_services = cache

@@ -13,8 +13,8 @@ import kopf
 
 from modelrollout import handlers, memory
 from modelrollout.config import OperatorConfig
-from modelrollout.kube import default_api_client
-from modelrollout.leadership import LeaderElector, LeaseTiming
+from modelrollout.kubeclient import ConfigError, load_credentials
+from modelrollout.leadership import LeaderElector, LeaseEndpoints, LeaseTiming
 
 
 def _env_list(name: str) -> list[str]:
@@ -270,10 +270,15 @@ def run_operator(args: argparse.Namespace) -> int:
             timing = LeaseTiming(args.lease_duration, args.renew_deadline, args.retry_period)
         except ValueError as error:
             raise SystemExit(f"modelrollout run: {error}") from None
-        election_client = default_api_client()  # its own connections: renewals never queue behind ticks
-        election_client.user_agent = handlers.user_agent(identity)
+        try:
+            credentials = load_credentials()
+        except ConfigError as error:
+            raise SystemExit(f"modelrollout run: {error}") from None
+        # Its own loop and connections: renewals never queue behind ticks.
+        agent = handlers.user_agent(identity)
+        leases = LeaseEndpoints(credentials, user_agent=agent, refresh=load_credentials)
         elector = LeaderElector(
-            election_client,
+            leases,
             namespace=args.leader_election_namespace,
             name=args.leader_election_id,
             identity=identity,
@@ -295,4 +300,5 @@ def run_operator(args: argparse.Namespace) -> int:
         return 0
     lost = not elector.leading()
     elector.stop(release=not lost)
+    leases.close()
     return 1 if lost else 0

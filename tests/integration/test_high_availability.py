@@ -17,7 +17,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from modelrollout.leadership import LeaderElector, LeaseTiming
+from modelrollout.kubeclient import KubeClient
+from modelrollout.leadership import LeaderElector, LeaseEndpoints, LeaseTiming
 from modelrollout_dev.devenv.controlplane import audit_log_path
 from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.prometheus import PrometheusServer
@@ -168,7 +169,7 @@ def test_one_replica_leads_a_killed_leader_is_replaced_and_both_never_write(
 
 
 def test_a_standby_sees_each_renewal_as_it_is_written_and_takes_over_at_its_expiry(
-    api_client: client.ApiClient, namespace: str
+    api_client: client.ApiClient, kube_client: KubeClient, namespace: str
 ) -> None:
     """The elector on its own against the API server: another holder (this test) renews every second; the
     standby polls only every 3 s, so only its watch can see each renewal within a fraction of a second. Once
@@ -190,7 +191,8 @@ def test_a_standby_sees_each_renewal_as_it_is_written_and_takes_over_at_its_expi
     spec = {"holderIdentity": "another-replica", "leaseDurationSeconds": 4}
     leases.create_namespaced_lease(namespace, {"metadata": {"name": LEASE}, "spec": spec})  # type: ignore[arg-type]
     timing = LeaseTiming(duration=4, renew_deadline=3.5, retry_period=3)
-    standby = LeaderElector(api_client, namespace=namespace, name=LEASE, identity="standby", timing=timing)
+    endpoints = LeaseEndpoints(kube_client.credentials, user_agent="standby", refresh=None)
+    standby = LeaderElector(endpoints, namespace=namespace, name=LEASE, identity="standby", timing=timing)
     acquired: list[float] = []
     thread = threading.Thread(target=lambda: standby.acquire() and acquired.append(time.monotonic()))
     thread.start()
@@ -215,3 +217,4 @@ def test_a_standby_sees_each_renewal_as_it_is_written_and_takes_over_at_its_expi
     finally:
         standby.stop(release=False)
         thread.join(timeout=10)
+        endpoints.close()

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from modelrollout.kubeclient import KubeClient
 from modelrollout.routing.istio import MANAGED_BY
 from modelrollout.routing.istio_router import IstioRouter
 from modelrollout.routing.router import (
@@ -85,7 +86,7 @@ def live(api_client: client.ApiClient, namespace: str, name: str = "llm") -> dic
 
 
 def router(
-    api_client: client.ApiClient,
+    kube_client: KubeClient,
     namespace: str,
     *,
     owner: str = OWNER,
@@ -94,7 +95,7 @@ def router(
     cls: type[IstioRouter] = IstioRouter,
 ) -> IstioRouter:
     return cls(
-        api_client,
+        kube_client,
         namespace=namespace,
         name="llm",
         api_version=api_version,
@@ -131,10 +132,10 @@ def patch(kubectl: Kubectl, namespace: str, operations: list[dict[str, Any]]) ->
 
 
 def test_write_moves_only_the_weights_and_claims_the_route(
-    namespace: str, api_client: client.ApiClient
+    namespace: str, api_client: client.ApiClient, kube_client: KubeClient
 ) -> None:
     before = create(api_client, sample_vs(namespace))
-    rollout = router(api_client, namespace)
+    rollout = router(kube_client, namespace)
     read = asyncio.run(rollout.read())
 
     written = asyncio.run(rollout.write(read, split(10)))
@@ -160,9 +161,11 @@ def test_write_moves_only_the_weights_and_claims_the_route(
     assert "modelrollout-operator" in managers
 
 
-def test_the_same_weight_again_writes_nothing(namespace: str, api_client: client.ApiClient) -> None:
+def test_the_same_weight_again_writes_nothing(
+    namespace: str, api_client: client.ApiClient, kube_client: KubeClient
+) -> None:
     create(api_client, sample_vs(namespace))
-    rollout = router(api_client, namespace)
+    rollout = router(kube_client, namespace)
     written = write(rollout, 25)
 
     again = asyncio.run(rollout.write(written, split(25)))
@@ -172,12 +175,12 @@ def test_the_same_weight_again_writes_nothing(namespace: str, api_client: client
 
 
 def test_a_missing_canary_destination_is_added_and_istio_accepts_it(
-    namespace: str, api_client: client.ApiClient
+    namespace: str, api_client: client.ApiClient, kube_client: KubeClient
 ) -> None:
     vs = sample_vs(namespace)
     vs["spec"]["http"][1]["route"] = [{"destination": {"host": f"llm-gpt4o.{namespace}.svc.cluster.local"}}]
     create(api_client, vs)
-    rollout = router(api_client, namespace)
+    rollout = router(kube_client, namespace)
     lone = view(rollout)
     assert (lone.canary_weight, lone.canary_present) == (0, False)  # a lone destination takes all traffic
 
@@ -190,10 +193,10 @@ def test_a_missing_canary_destination_is_added_and_istio_accepts_it(
 
 
 def test_a_hand_edited_weight_is_seen_with_who_changed_it(
-    namespace: str, api_client: client.ApiClient, kubectl: Kubectl
+    namespace: str, api_client: client.ApiClient, kube_client: KubeClient, kubectl: Kubectl
 ) -> None:
     create(api_client, sample_vs(namespace))
-    rollout = router(api_client, namespace)
+    rollout = router(kube_client, namespace)
     write(rollout, 10)
 
     patch(
@@ -216,11 +219,13 @@ def test_a_hand_edited_weight_is_seen_with_who_changed_it(
     assert weights(live(api_client, namespace)) == [("llm-gpt4o", 90), ("llm-claude", 10)]
 
 
-def test_a_second_rollout_on_the_same_route_is_refused(namespace: str, api_client: client.ApiClient) -> None:
+def test_a_second_rollout_on_the_same_route_is_refused(
+    namespace: str, api_client: client.ApiClient, kube_client: KubeClient
+) -> None:
     create(api_client, sample_vs(namespace))
-    write(router(api_client, namespace), 10)
+    write(router(kube_client, namespace), 10)
     before = live(api_client, namespace)
-    intruder = router(api_client, namespace, owner="team-b/chat-v2")
+    intruder = router(kube_client, namespace, owner="team-b/chat-v2")
     snapshot = asyncio.run(intruder.read())
 
     with pytest.raises(RoutingConflict) as on_view:
@@ -237,7 +242,7 @@ def test_a_second_rollout_on_the_same_route_is_refused(namespace: str, api_clien
 
 
 def test_two_rollouts_on_two_routes_of_one_virtual_service(
-    namespace: str, api_client: client.ApiClient
+    namespace: str, api_client: client.ApiClient, kube_client: KubeClient
 ) -> None:
     vs = sample_vs(namespace)
     vs["spec"]["http"][0]["route"] = [
@@ -245,8 +250,8 @@ def test_two_rollouts_on_two_routes_of_one_virtual_service(
         {"destination": {"host": "llm-mini"}, "weight": 0},
     ]
     create(api_client, vs)
-    chat = router(api_client, namespace)
-    evaluation = router(api_client, namespace, owner="team-a/eval", routes=["eval-pinned"])
+    chat = router(kube_client, namespace)
+    evaluation = router(kube_client, namespace, owner="team-a/eval", routes=["eval-pinned"])
 
     write(chat, 10)
     snapshot = asyncio.run(evaluation.read())
@@ -266,11 +271,11 @@ def test_two_rollouts_on_two_routes_of_one_virtual_service(
 
 
 def test_a_claim_left_by_a_rollout_that_is_gone_can_be_taken_over(
-    namespace: str, api_client: client.ApiClient
+    namespace: str, api_client: client.ApiClient, kube_client: KubeClient
 ) -> None:
     create(api_client, sample_vs(namespace))
-    write(router(api_client, namespace, owner="team-a/deleted"), 10)
-    heir = router(api_client, namespace)
+    write(router(kube_client, namespace, owner="team-a/deleted"), 10)
+    heir = router(kube_client, namespace)
     snapshot = asyncio.run(heir.read())
     assert view_or_conflict(heir, snapshot) == "team-a/deleted"
 
@@ -295,9 +300,11 @@ def view_or_conflict(rollout: IstioRouter, snapshot: Snapshot) -> str | None:
     return None
 
 
-def test_a_missing_virtual_service_is_a_routing_problem(namespace: str, api_client: client.ApiClient) -> None:
+def test_a_missing_virtual_service_is_a_routing_problem(
+    namespace: str, api_client: client.ApiClient, kube_client: KubeClient
+) -> None:
     create(api_client, sample_vs(namespace))
-    rollout = router(api_client, namespace)
+    rollout = router(kube_client, namespace)
     snapshot = write(rollout, 10)
     client.CustomObjectsApi(api_client).delete_namespaced_custom_object(
         "networking.istio.io", "v1", namespace, "virtualservices", "llm"
@@ -313,10 +320,10 @@ def test_a_missing_virtual_service_is_a_routing_problem(namespace: str, api_clie
 
 
 def test_a_missing_route_is_a_routing_problem_and_nothing_is_written(
-    namespace: str, api_client: client.ApiClient
+    namespace: str, api_client: client.ApiClient, kube_client: KubeClient
 ) -> None:
     version = create(api_client, sample_vs(namespace))["metadata"]["resourceVersion"]
-    rollout = router(api_client, namespace, routes=["shadow"])
+    rollout = router(kube_client, namespace, routes=["shadow"])
     snapshot = asyncio.run(rollout.read())
 
     for attempt in (lambda: view(rollout, snapshot), lambda: asyncio.run(rollout.write(snapshot, split(20)))):
@@ -327,9 +334,11 @@ def test_a_missing_route_is_a_routing_problem_and_nothing_is_written(
     assert live(api_client, namespace)["metadata"]["resourceVersion"] == version
 
 
-def test_v1beta1_clients_move_the_same_weights(namespace: str, api_client: client.ApiClient) -> None:
+def test_v1beta1_clients_move_the_same_weights(
+    namespace: str, api_client: client.ApiClient, kube_client: KubeClient
+) -> None:
     create(api_client, sample_vs(namespace))
-    rollout = router(api_client, namespace, api_version="networking.istio.io/v1beta1")
+    rollout = router(kube_client, namespace, api_version="networking.istio.io/v1beta1")
 
     write(rollout, 50)
     assert view(rollout).canary_weight == 50
@@ -337,12 +346,12 @@ def test_v1beta1_clients_move_the_same_weights(namespace: str, api_client: clien
 
 
 def test_a_concurrent_edit_makes_the_write_stale_and_is_kept(
-    namespace: str, api_client: client.ApiClient, kubectl: Kubectl
+    namespace: str, api_client: client.ApiClient, kube_client: KubeClient, kubectl: Kubectl
 ) -> None:
     """A write is conditional on the snapshot it was computed from: someone else's edit in between is a 409,
     raised for the caller to observe again, and never overwritten."""
     create(api_client, sample_vs(namespace))
-    rollout = router(api_client, namespace)
+    rollout = router(kube_client, namespace)
     snapshot = asyncio.run(rollout.read())
     patch(kubectl, namespace, [{"op": "replace", "path": "/spec/http/1/timeout", "value": "90s"}])
 
@@ -361,10 +370,10 @@ def test_a_concurrent_edit_makes_the_write_stale_and_is_kept(
 
 
 def test_another_rollout_that_wins_the_race_keeps_the_route(
-    namespace: str, api_client: client.ApiClient, kubectl: Kubectl
+    namespace: str, api_client: client.ApiClient, kube_client: KubeClient, kubectl: Kubectl
 ) -> None:
     create(api_client, sample_vs(namespace))
-    rollout = router(api_client, namespace)
+    rollout = router(kube_client, namespace)
     snapshot = asyncio.run(rollout.read())
     patch(
         kubectl,
@@ -383,9 +392,11 @@ def test_another_rollout_that_wins_the_race_keeps_the_route(
     assert after["metadata"]["annotations"][MANAGED_BY] == "team-b/other"
 
 
-def test_release_drops_only_our_mark(namespace: str, api_client: client.ApiClient) -> None:
+def test_release_drops_only_our_mark(
+    namespace: str, api_client: client.ApiClient, kube_client: KubeClient
+) -> None:
     create(api_client, sample_vs(namespace))
-    rollout = router(api_client, namespace)
+    rollout = router(kube_client, namespace)
     written = write(rollout, 10)
 
     released = asyncio.run(rollout.release(written))
@@ -396,5 +407,5 @@ def test_release_drops_only_our_mark(namespace: str, api_client: client.ApiClien
     assert asyncio.run(rollout.release(released)) is released
     assert live(api_client, namespace)["metadata"]["resourceVersion"] == after["metadata"]["resourceVersion"]
     # Released, the route can be taken by the next rollout.
-    write(router(api_client, namespace, owner="team-b/next"), 0)
+    write(router(kube_client, namespace, owner="team-b/next"), 0)
     assert live(api_client, namespace)["metadata"]["annotations"][MANAGED_BY] == '{"primary":"team-b/next"}'

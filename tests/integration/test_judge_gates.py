@@ -16,6 +16,7 @@ from kubernetes import client
 
 from judge_support import RunningJudge, running_judge
 from modelrollout import plugin
+from modelrollout.kubeclient import KubeClient
 from modelrollout_dev.browser import rendered_dom, screenshot
 from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.prometheus import PrometheusServer
@@ -72,6 +73,7 @@ class JudgedRollout:
 def judged(
     request: pytest.FixtureRequest,
     api_client: client.ApiClient,
+    kube_client: KubeClient,
     kubectl: Kubectl,
     namespace: str,
     exporter: Any,
@@ -86,7 +88,7 @@ def judged(
     }
     with (
         FakeOpenAIServer(served, seed=7) as models,
-        running_judge(api_client, namespace) as judge,
+        running_judge(kube_client, namespace) as judge,
         prepared_rollout(api_client, kubectl, namespace, exporter) as rollout,
     ):
         prometheus.set_targets("judge-service", [judge.address])

@@ -16,6 +16,7 @@ from kubernetes import client
 
 from judge_support import RunningJudge, running_judge
 from modelrollout import api
+from modelrollout.kubeclient import KubeClient
 from modelrollout_dev.devenv.netutil import free_port
 from modelrollout_dev.sim.openai_server import FakeModel, FakeOpenAIServer, answer_text
 from scenario_support import wait_for
@@ -38,8 +39,8 @@ def models() -> Iterator[FakeOpenAIServer]:
 
 
 @pytest.fixture
-def judge_service(api_client: client.ApiClient, namespace: str) -> Iterator[RunningJudge]:
-    with running_judge(api_client, namespace) as running:
+def judge_service(kube_client: KubeClient, namespace: str) -> Iterator[RunningJudge]:
+    with running_judge(kube_client, namespace) as running:
         yield running
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -88,6 +90,10 @@ def test_a_manual_gate_driven_with_the_plugin(
     header, row = listed.splitlines()
     assert header.split() == ["NAME", "PHASE", "STAGE", "WEIGHT", "VERDICT", "AGE", "MESSAGE"]
     assert row.split()[:5] == ["chat", "Paused", "1/2", "10%", "Pass"]
+    code, listed, err = run(capsys, "list", "-A", "--kubeconfig", env_state.kubeconfig)
+    assert (code, err) == (0, "")
+    assert listed.splitlines()[0].split()[:2] == ["NAMESPACE", "NAME"]
+    assert [rollout.namespace, "chat", "Paused"] in [line.split()[:3] for line in listed.splitlines()]
 
     code, screen, err = run(capsys, "status", "chat", *where)
     assert (code, err) == (0, "")
@@ -110,9 +116,13 @@ def test_a_manual_gate_driven_with_the_plugin(
     assert gates["p99-latency-ms"][2:7] == ["-", "-", "<=", "1000", "Pass"]
     assert float(gates["error-rate"][1]) <= 0.02
     assert "Actions:      promote, promote --full, abort (kubectl modelrollout ACTION chat)" in lines
-    events = "\n".join(lines[next(i for i, line in enumerate(lines) if line.startswith("Events")) :])
-    assert "RolloutStarted" in events
-    assert "AwaitingApproval" in events
+    events = lines[next(i for i, line in enumerate(lines) if line.startswith("Events")) :]
+    assert events[1].split() == ["AGE", "TYPE", "REASON", "MESSAGE"]
+    reasons = [line.split()[2] for line in events[2:] if line.strip()]
+    assert reasons.index("RolloutStarted") < reasons.index("AwaitingApproval")  # oldest first
+    for line in events[2:]:
+        if line.strip():  # the Event's time read from its RFC 3339 timestamp
+            assert re.fullmatch(r"\d+[smhd]", line.split()[0]), line
 
     # promote: accepted, sent, and the operator's result reported
     code, out, err = run(capsys, "promote", "chat", *where)
@@ -218,3 +228,61 @@ def test_the_default_namespace_is_the_contexts(
         assert err == f'error: modelrollout "nope" not found in namespace "{namespace}"\n'
     code, out, err = run(capsys, "--kubeconfig", str(own), "--context", "elsewhere", "list")
     assert (code, err) == (1, 'error: context "elsewhere" not found in the kubeconfig\n')
+
+
+def test_a_missing_kubeconfig_or_broken_context_is_an_error(
+    env_state: EnvironmentState, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "absent"
+    code, out, err = run(capsys, "list", "--kubeconfig", str(missing))
+    assert (code, out) == (1, "")
+    assert err == f"error: cannot load the kubeconfig: no kubeconfig at {missing}\n"
+    kubeconfig = yaml.safe_load(Path(env_state.kubeconfig).read_text())
+    kubeconfig["contexts"].append({"name": "orphan", "context": {"cluster": "gone", "user": "nobody"}})
+    own = tmp_path / "kubeconfig"
+    own.write_text(yaml.safe_dump(kubeconfig))
+    code, out, err = run(capsys, "list", "--kubeconfig", str(own), "--context", "orphan")
+    assert (code, out) == (1, "")
+    assert err == (
+        "error: cannot load the kubeconfig: kubeconfig context 'orphan': cluster 'gone' not found\n"
+    )
+
+
+def _pointed_at(env_state: EnvironmentState, tmp_path: Path, server: str) -> Path:
+    """The session's kubeconfig (its credentials) with every cluster's server replaced."""
+    kubeconfig = yaml.safe_load(Path(env_state.kubeconfig).read_text())
+    for cluster in kubeconfig["clusters"]:
+        cluster["cluster"]["server"] = server
+    own = tmp_path / "kubeconfig"
+    own.write_text(yaml.safe_dump(kubeconfig))
+    return own
+
+
+def test_an_unreachable_api_server_is_an_error(
+    env_state: EnvironmentState, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    own = _pointed_at(env_state, tmp_path, f"https://127.0.0.1:{port}")
+    code, out, err = run(capsys, "status", "chat", "--kubeconfig", str(own), "-n", "default")
+    assert (code, out) == (1, "")
+    assert err.startswith("error: cannot reach the API server: "), err
+    assert f"127.0.0.1:{port}" in err, err
+
+
+def test_a_silent_api_server_times_out(
+    env_state: EnvironmentState, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        own = _pointed_at(env_state, tmp_path, f"https://127.0.0.1:{silent.getsockname()[1]}")
+        started = time.monotonic()
+        code, out, err = run(capsys, "list", "--kubeconfig", str(own), "--request-timeout", "0.5")
+        took = time.monotonic() - started
+    assert (code, out) == (1, "")
+    # aiohttp names the stage that timed out (here the TLS handshake: "Connection timeout to host ...").
+    assert err.startswith("error: cannot reach the API server: "), err
+    assert "timeout" in err.lower() or "no answer within 0.5s" in err, err
+    assert took < 5, took

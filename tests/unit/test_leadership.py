@@ -3,17 +3,13 @@
 
 from __future__ import annotations
 
-import json
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from modelrollout import leadership
+from modelrollout.kubeclient import ApiError
 from modelrollout.leadership import LeaderElector, LeaseTiming, claimed_spec, released_spec
 
 NOW = datetime(2026, 12, 2, 14, 0, 0, 123456, tzinfo=UTC)
@@ -91,7 +87,7 @@ class Clock:
 
 def elector(clock: Clock) -> LeaderElector:
     return LeaderElector(
-        client.ApiClient(), namespace="ops", name="lease", identity="a", timing=TIMING, clock=clock
+        FakeLeases(held("b")), namespace="ops", name="lease", identity="a", timing=TIMING, clock=clock
     )
 
 
@@ -152,14 +148,14 @@ def test_the_lease_watch_records_each_renewal_when_it_arrives_and_wakes_a_standb
     standing_by.set()
     renewed = held("b") | {"renewTime": "2026-12-02T14:00:02.000000Z"}
     arrivals = [(0.0, "ADDED", held("b")), (2.0, "MODIFIED", renewed), (2.0, "MODIFIED", held(None))]
-    requests: list[dict[str, Any]] = []
+    requests: list[tuple[Any, ...]] = []
 
-    class OneWatch:
-        def stream(self, list_leases: Any, namespace: str, **options: Any) -> Iterator[dict[str, Any]]:
-            requests.append({"namespace": namespace, **options})
+    class OneWatch(FakeLeases):
+        def watch(self, namespace: str, name: str, window: int, timeout: float, on_event: Any) -> None:
+            requests.append((namespace, name, window, timeout))
             for gap, kind, spec in arrivals:
                 clock.now += gap
-                yield {"type": kind, "raw_object": {"spec": spec}}
+                assert on_event(kind, {"spec": spec})
                 if kind == "MODIFIED" and spec is renewed:
                     assert standby._observed == (
                         "b|2026-12-02T14:00:02.000000Z|3",
@@ -171,22 +167,12 @@ def test_the_lease_watch_records_each_renewal_when_it_arrives_and_wakes_a_standb
                     assert standby.next_attempt_in() == pytest.approx(1.005)  # 15 s after it arrived
                     assert not standby._wake.is_set()
             standing_by.clear()
+            assert not on_event("MODIFIED", {"spec": renewed})  # no longer standing by: the watch ends
 
-        def stop(self) -> None:
-            pass
-
-    monkeypatch.setattr(leadership.watch, "Watch", OneWatch)
+    standby._api = OneWatch(held("b"))
     standby._watch_lease(standing_by)
-    assert requests == [
-        {"namespace": "ops", "field_selector": "metadata.name=lease", "timeout_seconds": 15,
-         "_request_timeout": 19}
-    ]  # fmt: skip
+    assert requests == [("ops", "lease", 15, 4.0)]
     assert standby._wake.is_set()  # released: the standby tries at once
-
-
-class _Answer:
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.data = json.dumps(body).encode()
 
 
 class FakeLeases:
@@ -196,17 +182,23 @@ class FakeLeases:
         self.stored: dict[str, Any] = {"metadata": {"name": "lease", "resourceVersion": "1"}, "spec": spec}
         self.calls: list[str] = []
 
-    def read_namespaced_lease(self, name: str, namespace: str, **_: Any) -> _Answer:
+    def read(self, namespace: str, name: str, timeout: float) -> dict[str, Any]:
         self.calls.append("read")
-        return _Answer(self.stored)
+        return dict(self.stored)
 
-    def replace_namespaced_lease(self, name: str, namespace: str, body: Any, **_: Any) -> _Answer:
+    def replace(self, namespace: str, name: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         self.calls.append("replace")
         if body["metadata"]["resourceVersion"] != self.stored["metadata"]["resourceVersion"]:
-            raise ApiException(status=409, reason="Conflict")
+            raise ApiError(409, "Conflict")
         version = str(int(self.stored["metadata"]["resourceVersion"]) + 1)
         self.stored = {**body, "metadata": {**body["metadata"], "resourceVersion": version}}
-        return _Answer(self.stored)
+        return dict(self.stored)
+
+    def create(self, namespace: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        raise ApiError(409, "AlreadyExists")
+
+    def watch(self, namespace: str, name: str, window: int, timeout: float, on_event: Any) -> None:
+        raise ApiError(403, "Forbidden")
 
     def taken_by(self, holder: str) -> None:
         version = str(int(self.stored["metadata"]["resourceVersion"]) + 1)
@@ -218,7 +210,7 @@ def test_a_leader_renews_the_record_it_wrote_without_reading_it_and_reads_again_
     clock = Clock()
     leader = elector(clock)
     leases = FakeLeases(held("a"))
-    leader._api = leases  # type: ignore[assignment]
+    leader._api = leases
     assert leader.try_acquire_or_renew()  # first: read, then write
     clock.now += 2
     assert leader.try_acquire_or_renew()  # then: the record it wrote, conditionally, in one request

@@ -684,7 +684,7 @@ def test_deletion_retries_a_refused_write() -> None:
     w = world()
     at_stage_two(w)
     w.server.refuse_vs_writes = 1
-    with pytest.raises(Exception, match="Refused"):
+    with pytest.raises(Exception, match="HTTP 403: denied by policy"):
         w.delete()
     w.delete()
     assert (w.server.weights(), w.server.claims()) == ((100, 0), {})

@@ -14,12 +14,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from fakes import CANARY, NAMESPACE, STABLE, World, sample_spec, sample_vs
 from modelrollout import api
 from modelrollout.kube import Kube, RolloutRef, StaleObject
+from modelrollout.kubeclient import ApiError
 from modelrollout.metrics import templates
 from modelrollout.metrics.families import FAMILIES
 from modelrollout.metrics.templates import (
@@ -80,15 +79,19 @@ def test_the_status_patch_carries_the_resource_version_and_a_conflict_is_a_stale
         def __init__(self) -> None:
             self.answer: Any = {"metadata": {"resourceVersion": "8"}}
 
-        def patch_namespaced_custom_object_status(self, *args: Any, **options: Any) -> Any:
-            patches.append(args[-1])
+        async def request(self, method: str, path: str, **options: Any) -> Any:
+            assert (method, path) == (
+                "PATCH",
+                f"/apis/{api.GROUP}/{api.VERSION}/namespaces/llm/{api.PLURAL}/chat/status",
+            )
+            assert options["content_type"] == "application/merge-patch+json"
+            patches.append(options["body"])
             if isinstance(self.answer, Exception):
                 raise self.answer
             return self.answer
 
-    kube = Kube(client.ApiClient())
     endpoint = StatusEndpoint()
-    kube._objects = endpoint  # type: ignore[assignment]
+    kube = Kube(endpoint)  # type: ignore[arg-type]
     ref = RolloutRef(NAMESPACE, "chat", "uid-chat")
     status = api.ModelRolloutStatus(phase=api.Phase.ROLLED_BACK)
 
@@ -96,7 +99,7 @@ def test_the_status_patch_carries_the_resource_version_and_a_conflict_is_a_stale
     assert patches[0]["metadata"] == {"resourceVersion": "7"}
     assert patches[0]["status"]["phase"] == "RolledBack"
 
-    endpoint.answer = ApiException(status=409, reason="Conflict")
+    endpoint.answer = ApiError(409, "Conflict")
     with pytest.raises(StaleObject):
         asyncio.run(kube.record_status(ref, status, "7"))
 

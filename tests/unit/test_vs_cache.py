@@ -1,4 +1,4 @@
-"""The VirtualService cache's bookkeeping, fed by hand instead of a watch thread: what it can say and when,
+"""The VirtualService cache's bookkeeping, fed by hand instead of a watch: what it can say and when,
 whose changes wake whom, our own writes and their echoes, stale events, conflicts and re-lists."""
 
 from __future__ import annotations
@@ -6,19 +6,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from kubernetes import client
-
-from fakes import sample_vs
+from fakes import sample_vs, unused_client
 from modelrollout.routing.watch import ScopeKey, VirtualServiceCache, _Kept, _Scope
 
 V1 = "v1"
 
 
 class HandFedCache(VirtualServiceCache):
-    """No thread: the test plays the watch."""
+    """No watch task: the test plays the watch."""
 
     def __init__(self, *, cluster_wide: bool = True) -> None:
-        super().__init__(client.ApiClient(), cluster_wide=cluster_wide, on_change=self.record)
+        super().__init__(unused_client(), cluster_wide=cluster_wide, on_change=self.record)
         self.started: list[ScopeKey] = []
         self.changes: list[tuple[str | None, str | None]] = []
 
@@ -26,11 +24,11 @@ class HandFedCache(VirtualServiceCache):
         self.started.append(scope_key)
 
     def listed(self, scope_key: ScopeKey, items: list[dict[str, Any]]) -> None:
-        """A listing, as the watch thread hands it over."""
+        """A listing, as the watch task hands it over."""
         self._relisted(scope_key, [_Kept.of(item) for item in items])
 
     def saw(self, version: str, kind: str, obj: dict[str, Any]) -> None:
-        """A watch event, as the watch thread hands it over."""
+        """A watch event, as the watch task hands it over."""
         self._changed(version, kind, _Kept.of(obj))
 
     def record(self, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:

@@ -12,7 +12,7 @@ import signal
 import httpx
 
 from modelrollout.judge.service import JudgeService, kube_reads, serve
-from modelrollout.kube import default_api_client
+from modelrollout.kube import default_client
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,10 +58,14 @@ async def _run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with httpx.AsyncClient() as http:
-        reads = kube_reads(default_api_client(), tuple(args.namespace))
-        service = JudgeService(reads, http, redact_patterns=args.redact)
-        await serve(service, args.port, args.sync_interval, stop)
+    kube_client = await asyncio.to_thread(default_client, "modelrollout-judge")
+    try:
+        async with httpx.AsyncClient() as http:
+            reads = kube_reads(kube_client, tuple(args.namespace))
+            service = JudgeService(reads, http, redact_patterns=args.redact)
+            await serve(service, args.port, args.sync_interval, stop)
+    finally:
+        await kube_client.close()
 
 
 def main(args: argparse.Namespace) -> int:

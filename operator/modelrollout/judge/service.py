@@ -27,7 +27,6 @@ from typing import Any, TypeGuard
 
 import httpx
 from aiohttp import web
-from kubernetes import client
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelrollout import api
@@ -37,6 +36,7 @@ from modelrollout.judge.metrics import JudgeMetrics
 from modelrollout.judge.rubric import MalformedVerdict, Rubric, judge_messages, parse_verdict
 from modelrollout.judge.samples import Judged, SampleStore
 from modelrollout.judge.targets import JudgeTarget, judge_target
+from modelrollout.kubeclient import KubeClient, object_path
 
 log = logging.getLogger(__name__)
 
@@ -346,31 +346,23 @@ async def _healthz(_request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def kube_reads(api_client: Any, namespaces: tuple[str, ...] = ()) -> KubeReads:
-    """KubeReads over the kubernetes client, each call in a thread."""
-    objects, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
+def kube_reads(kube_client: KubeClient, namespaces: tuple[str, ...] = ()) -> KubeReads:
+    """KubeReads over the API server."""
 
     async def list_rollouts() -> list[dict[str, Any]]:
-        if not namespaces:
-            listed: Any = await asyncio.to_thread(
-                objects.list_cluster_custom_object, api.GROUP, api.VERSION, api.PLURAL
-            )
-            return list(listed["items"])
         items: list[dict[str, Any]] = []
-        for namespace in namespaces:
-            found: Any = await asyncio.to_thread(
-                objects.list_namespaced_custom_object, api.GROUP, api.VERSION, namespace, api.PLURAL
-            )
+        for namespace in namespaces or (None,):
+            found = await kube_client.get(object_path(api.GROUP, api.VERSION, api.PLURAL, namespace))
             items += found["items"]
         return items
 
     async def read_config_map(namespace: str, name: str) -> Mapping[str, str]:
-        found = await asyncio.to_thread(core.read_namespaced_config_map, name, namespace)
-        return dict(found.data or {})
+        found = await kube_client.get(object_path("", "v1", "configmaps", namespace, name))
+        return dict(found.get("data") or {})
 
     async def read_secret(namespace: str, name: str) -> Mapping[str, str]:
-        found = await asyncio.to_thread(core.read_namespaced_secret, name, namespace)
-        return {key: base64.b64decode(value).decode() for key, value in (found.data or {}).items()}
+        found = await kube_client.get(object_path("", "v1", "secrets", namespace, name))
+        return {key: base64.b64decode(value).decode() for key, value in (found.get("data") or {}).items()}
 
     return KubeReads(list_rollouts, read_config_map, read_secret)
 

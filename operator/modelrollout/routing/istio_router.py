@@ -1,10 +1,8 @@
-"""The Router over a live Istio VirtualService, with the official kubernetes client.
-
-The client is synchronous, so every call runs in a worker thread with a request timeout: the operator's
-event loop never waits on the API server. A write replaces the whole object carrying the resourceVersion of
-the snapshot it was computed from, so a concurrent edit is never overwritten: the server answers 409, which
-is raised as StaleWrite for the caller to observe and decide again. The write's answer is the stored object,
-which is checked to show the split before it is returned as the next snapshot (the read-back).
+"""The Router over a live Istio VirtualService, with the operator's async client (each call with a request
+timeout). A write replaces the whole object carrying the resourceVersion of the snapshot it was computed
+from, so a concurrent edit is never overwritten: the server answers 409, which is raised as StaleWrite for
+the caller to observe and decide again. The write's answer is the stored object, which is checked to show
+the split before it is returned as the next snapshot (the read-back).
 
 With a VirtualServiceCache a read comes from the watch when the watch can say (no API request); a write's
 answer goes into the cache, and a conflict makes the next read a live one.
@@ -12,15 +10,12 @@ answer goes into the cache, and a conflict makes the next read a live one.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from modelrollout.kube import without_managed_fields
+from modelrollout.kubeclient import ApiError, KubeClient, object_path
 from modelrollout.routing.istio import (
     VirtualService,
     claims_of,
@@ -57,7 +52,7 @@ PLURAL = "virtualservices"
 class IstioRouter(Router):
     def __init__(
         self,
-        api_client: client.ApiClient,
+        kube_client: KubeClient,
         *,
         namespace: str,
         name: str,
@@ -72,8 +67,9 @@ class IstioRouter(Router):
         group, _, version = api_version.partition("/")
         if group != ISTIO_GROUP or not version:
             raise ValueError(f"not an Istio networking API version: {api_version!r}")
-        self._api = client.CustomObjectsApi(api_client)
+        self._client = kube_client
         self._version = version
+        self._path = object_path(ISTIO_GROUP, version, PLURAL, namespace, name)
         self.namespace = namespace
         self.name = name
         self.routes = list(routes) if routes else None
@@ -195,16 +191,8 @@ class IstioRouter(Router):
 
     async def _get(self) -> VirtualService:
         try:
-            found = await asyncio.to_thread(
-                self._api.get_namespaced_custom_object,
-                ISTIO_GROUP,
-                self._version,
-                self.namespace,
-                PLURAL,
-                self.name,
-                _request_timeout=self.request_timeout,
-            )
-        except ApiException as failed:
+            found = await self._client.request("GET", self._path, timeout=self.request_timeout)
+        except ApiError as failed:
             if failed.status == 404:
                 raise self._not_found() from failed
             raise
@@ -214,18 +202,14 @@ class IstioRouter(Router):
         """Write `body`, which carries the resourceVersion it was read at; the stored object."""
         body = without_managed_fields(body)
         try:
-            stored = await asyncio.to_thread(
-                self._api.replace_namespaced_custom_object,
-                ISTIO_GROUP,
-                self._version,
-                self.namespace,
-                PLURAL,
-                self.name,
-                body,
-                field_manager=self.field_manager,
-                _request_timeout=self.request_timeout,
+            stored = await self._client.request(
+                "PUT",
+                self._path,
+                params={"fieldManager": self.field_manager},
+                body=body,
+                timeout=self.request_timeout,
             )
-        except ApiException as failed:
+        except ApiError as failed:
             if self._cache is not None and failed.status in (404, 409):
                 self._cache.invalidate(self._version, self.namespace, self.name)
             if failed.status == 409:

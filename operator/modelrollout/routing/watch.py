@@ -5,9 +5,8 @@ VirtualService at once (drift is seen when it happens, not at the next tick).
 An informer of our own rather than kopf's handlers: the cache must replace its view of a scope on every
 re-list (an object deleted while the watch was down must not linger), start per namespace on first use (a
 rollout may route through a VirtualService in a namespace the operator does not watch for rollouts), and
-fall back to a plain GET where the operator may not list (RBAC without list/watch on VirtualServices). The
-kubernetes client is synchronous, so each watch runs in a thread of its own and hands every change to the
-event loop; the cache itself is touched on the loop only.
+fall back to a plain GET where the operator may not list (RBAC without list/watch on VirtualServices). Each
+scope's watch is a task on the event loop, which is the only place the cache is touched.
 
 What the cache answers is never trusted for a write: writes carry the resourceVersion that was read, so a
 stale answer costs one 409, after which that VirtualService is read live until the watch shows it again.
@@ -18,16 +17,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from kubernetes import client, watch
-from kubernetes.client.exceptions import ApiException
 
 from modelrollout.kube import describe_api_error
+from modelrollout.kubeclient import ApiError, KubeClient, object_path
 from modelrollout.routing.istio import VirtualService, keeping_what_is_read
 
 log = logging.getLogger(__name__)
@@ -50,7 +45,7 @@ class _Scope:
     synced: bool = False  # listed, and watching since: absence from the cache means absence
     listed: bool = False  # listed at least once
     refused: str | None = None  # the API server's reason this scope cannot be watched (read live instead)
-    stream: watch.Watch | None = None
+    task: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -97,14 +92,14 @@ def _open(kept: _Kept | None) -> VirtualService | None:
 class VirtualServiceCache:
     def __init__(
         self,
-        api_client: client.ApiClient,
+        kube_client: KubeClient,
         *,
         cluster_wide: bool,
         request_timeout: float = 10.0,
         watch_seconds: int = 300,
         on_change: OnChange | None = None,
     ) -> None:
-        self._api = client.CustomObjectsApi(api_client)
+        self._client = kube_client
         self._cluster_wide = cluster_wide
         self._request_timeout = request_timeout
         self._watch_seconds = watch_seconds
@@ -113,8 +108,7 @@ class VirtualServiceCache:
         self._unsure: set[Key] = set()
         self._writes: dict[Key, _Writes] = {}
         self._scopes: dict[ScopeKey, _Scope] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping = threading.Event()
+        self._closed = False
 
     # ---- what the routers ask (on the event loop) ----
 
@@ -154,10 +148,10 @@ class VirtualServiceCache:
         self._unsure.add((version, namespace, name))
 
     def close(self) -> None:
-        self._stopping.set()
+        self._closed = True
         for scope in self._scopes.values():
-            if scope.stream is not None:
-                scope.stream.stop()  # type: ignore[no-untyped-call]
+            if scope.task is not None:
+                scope.task.cancel()
 
     # ---- the watches ----
 
@@ -166,79 +160,57 @@ class VirtualServiceCache:
         scope = self._scopes.get(scope_key)
         if scope is None:
             scope = self._scopes[scope_key] = _Scope()
-            if self._loop is None:
-                self._loop = asyncio.get_running_loop()
-            self._start_watch(scope_key, scope)
+            if not self._closed:
+                self._start_watch(scope_key, scope)
         return scope
 
     def _start_watch(self, scope_key: ScopeKey, scope: _Scope) -> None:
         name = f"watch-vs-{scope_key[1] or 'all'}"
-        threading.Thread(target=self._watch, args=(scope_key, scope), name=name, daemon=True).start()
+        scope.task = asyncio.get_running_loop().create_task(self._watch(scope_key), name=name)
 
-    def _list_call(self, scope_key: ScopeKey) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        version, namespace = scope_key
-        if namespace:
-            return self._api.list_namespaced_custom_object, (ISTIO_GROUP, version, namespace, PLURAL)
-        return self._api.list_cluster_custom_object, (ISTIO_GROUP, version, PLURAL)
-
-    def _watch(self, scope_key: ScopeKey, scope: _Scope) -> None:
+    async def _watch(self, scope_key: ScopeKey) -> None:
         """List, then watch from the listed version; re-list when the version is too old (410) or the
-        stream fails. Runs in its own thread until the cache is closed or the scope refused."""
-        call, args = self._list_call(scope_key)
+        stream fails. Runs until the cache is closed (the task cancelled)."""
+        version, namespace = scope_key
+        path = object_path(ISTIO_GROUP, version, PLURAL, namespace or None)
         backoff = 1.0
-        while not self._stopping.is_set():
+        while True:
             try:
-                listing = call(*args, _request_timeout=self._request_timeout)
+                listing = await self._client.request("GET", path, timeout=self._request_timeout)
                 since = str(listing["metadata"]["resourceVersion"])
                 items = [_Kept.of(item) for item in listing.get("items") or ()]
                 # Neither the answer nor the listed objects may outlive the watch below, as locals of this
-                # thread: the cache replaces the listed objects with the ones the watch shows next.
+                # task: the cache replaces the listed objects with the ones the watch shows next.
                 del listing
-                self._post(self._relisted, scope_key, items)
+                self._relisted(scope_key, items)
                 del items
                 backoff = 1.0
-                stream = scope.stream = watch.Watch()  # type: ignore[no-untyped-call]
-                while not self._stopping.is_set():
-                    for event in stream.stream(  # type: ignore[no-untyped-call]
-                        call,
-                        *args,
+                while True:
+                    async for event in self._client.watch(
+                        path,
                         resource_version=since,
                         timeout_seconds=self._watch_seconds,
-                        allow_watch_bookmarks=True,
-                        _request_timeout=self._watch_seconds + 30,
+                        connect_timeout=self._request_timeout,
                     ):
-                        if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                            changed = _Kept.of(event["raw_object"])
-                            self._post(self._changed, scope_key[0], event["type"], changed)
-                    since = stream.resource_version or since
-            except ApiException as error:
-                if self._stopping.is_set():
-                    return
-                if error.status in (401, 403, 404):
+                        kind, obj = event.get("type"), event.get("object") or {}
+                        since = _version_of(obj) or since
+                        if kind in ("ADDED", "MODIFIED", "DELETED"):
+                            self._changed(version, kind, _Kept.of(obj))
+            except ApiError as error:
+                if error.status in (403, 404):
                     # Not allowed (or not served): read live, and ask again now and then, in case the
-                    # permission is granted later.
-                    self._post(self._refused, scope_key, describe_api_error(error))
-                    self._stopping.wait(REFUSED_RETRY_SECONDS)
+                    # permission is granted later. (A 401 is a credential the client has just reloaded:
+                    # tried again after the usual pause.)
+                    self._refused(scope_key, describe_api_error(error))
+                    await asyncio.sleep(REFUSED_RETRY_SECONDS)
                 elif error.status != 410:  # 410: the version is too old, list again at once
-                    self._post(self._lost, scope_key, describe_api_error(error))
-                    self._stopping.wait(backoff)
+                    self._lost(scope_key, describe_api_error(error))
+                    await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 30.0)
             except Exception as error:  # a dropped connection, a timeout: list again after a pause
-                if self._stopping.is_set():
-                    return  # closed: the stream was cut on purpose
-                self._post(self._lost, scope_key, f"{type(error).__name__}: {error}")
-                self._stopping.wait(backoff)
+                self._lost(scope_key, f"{type(error).__name__}: {error}")
+                await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
-
-    def _post(self, handler: Callable[..., None], *args: Any) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            self._stopping.set()
-            return
-        try:
-            loop.call_soon_threadsafe(handler, *args)
-        except RuntimeError:  # the loop closed meanwhile: the operator is stopping
-            self._stopping.set()
 
     # ---- applying what the watches saw (on the event loop) ----
 
