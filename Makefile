@@ -97,8 +97,18 @@ bench-decisions: venv
 	$(BIN)/python bench/decisions.py
 
 SIZES ?= 100 1000 5000
-bench-scale: binaries
-	$(BIN)/python bench/scale.py --sizes $(SIZES)
+# The operators under measure run from a virtualenv with the operator's runtime dependencies only, installed
+# as the image installs them (not editable): the dev tooling's (the kubernetes package, which kopf imports
+# whenever it is installed, pytest, rich...) would add to the memory measured.
+OPERATOR_VENV ?= .venv-operator
+$(OPERATOR_VENV)/.installed: pyproject.toml $(shell find operator -name '*.py')
+	$(PYTHON) -m venv $(OPERATOR_VENV)
+	$(OPERATOR_VENV)/bin/pip install --quiet --upgrade pip
+	$(OPERATOR_VENV)/bin/pip install --quiet --force-reinstall --no-deps . && $(OPERATOR_VENV)/bin/pip install --quiet .
+	touch $@
+
+bench-scale: binaries $(OPERATOR_VENV)/.installed
+	$(BIN)/python bench/scale.py --sizes $(SIZES) --operator-python $(OPERATOR_VENV)/bin/python
 
 bench-promote: binaries
 	$(BIN)/python bench/promote.py --rollouts $(N)
@@ -107,5 +117,5 @@ bench-promote: binaries
 -include mk/*.mk
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .import_linter_cache
+	rm -rf $(VENV) $(OPERATOR_VENV) .mypy_cache .pytest_cache .ruff_cache .import_linter_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -438,7 +438,13 @@ def wait(what: str, predicate: Any, timeout: float, every: float = 1.0) -> None:
 
 
 def run_size(
-    n: int, rps: float, quiet_seconds: float, log: Any, operator_flags: tuple[str, ...] = ()
+    n: int,
+    rps: float,
+    quiet_seconds: float,
+    log: Any,
+    operator_flags: tuple[str, ...] = (),
+    *,
+    operator_python: str = sys.executable,
 ) -> dict[str, Any]:
     run_dir = runs_root() / f"bench-scale-{n}"
     environment = DevEnvironment(run_dir, detached=False)
@@ -484,7 +490,9 @@ def run_size(
         leader, _ = processes.spawn(
             "operator",
             [
-                *local_command(state.prometheus_url, tick=5, metrics_port=metrics_port),
+                *local_command(
+                    state.prometheus_url, tick=5, metrics_port=metrics_port, python=operator_python
+                ),
                 "--alerts-port",
                 str(alerts_port),
                 *both,
@@ -524,7 +532,7 @@ def run_size(
 
         processes.spawn(
             "standby",
-            [*local_command(state.prometheus_url, tick=5, metrics_port=0), *both],
+            [*local_command(state.prometheus_url, tick=5, metrics_port=0, python=operator_python), *both],
             die_with_parent=True,
             env={**env, "POD_NAME": "standby"},
         )
@@ -901,14 +909,26 @@ def main() -> int:
         help="a flag for both operators (repeat; a value as its own, e.g. --operator-flag=--tick "
         "--operator-flag=2); the defaults otherwise",
     )
+    parser.add_argument(
+        "--operator-python",
+        default=sys.executable,
+        help="the interpreter the operators run with (make bench-scale: a virtualenv with the operator's "
+        "runtime dependencies only, as the image has; default: this one, with the dev tooling's too)",
+    )
     args = parser.parse_args()
     flags = tuple(args.operator_flag)
     if flags:
         print(f"operator flags beyond the defaults: {' '.join(flags)}")
+    print(f"operators run with {args.operator_python}")
     results = []
     for n in args.sizes:
         figures = run_size(
-            n, args.rps, args.quiet_seconds, lambda m: print(m, file=sys.stderr, flush=True), flags
+            n,
+            args.rps,
+            args.quiet_seconds,
+            lambda m: print(m, file=sys.stderr, flush=True),
+            flags,
+            operator_python=args.operator_python,
         )
         report(figures)
         results.append(figures)
