@@ -41,6 +41,11 @@ TOKEN_FILE_RECHECK_SECONDS = 60.0
 # An exec credential is asked again this long before the expiry it states.
 EXEC_EXPIRY_MARGIN_SECONDS = 30.0
 EXEC_TIMEOUT_SECONDS = 60.0
+# Requests in flight at once per client (watches apart). Each TLS connection and the work waiting on its
+# answer hold memory: measured with the benchmark at 1,000 rollouts, 64 connections left the operator at
+# 192 MB (peak 242 MB), 8 at 142 MB (peak 175 MB), at the same start time (36-41 s) and CPU (7% of a core).
+# Requests are a few milliseconds each, so 8 keep up; the wait for a connection counts in no timeout.
+REQUEST_CONNECTIONS = 8
 
 T = TypeVar("T")
 
@@ -323,7 +328,7 @@ class KubeClient:
         *,
         user_agent: str = "modelrollout",
         request_timeout: float = 10.0,
-        connections: int = 64,
+        connections: int = REQUEST_CONNECTIONS,
         refresh: Callable[[], Credentials] | None = None,
     ) -> None:
         self.credentials = credentials
