@@ -320,7 +320,8 @@ APPLY_PATCH = "application/apply-patch+yaml"
 
 
 class KubeClient:
-    """Requests to one API server. Created and used on one event loop (aiohttp's session is bound to it)."""
+    """Requests to one API server, with aiohttp sessions for the event loop that uses it (the operator has
+    one loop; a session made on another loop is not used on this one)."""
 
     def __init__(
         self,
