@@ -24,9 +24,10 @@ import ssl
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,14 +66,19 @@ class ApiError(Exception):
         super().__init__(f"HTTP {status}: {self.message}")
 
     @property
-    def message(self) -> str:
-        """The API server's own message (a Status object's `message`), else the HTTP reason."""
+    def status_message(self) -> str | None:
+        """The API server's own message (a Status object's `message`), when it sent one."""
         try:
             parsed = json.loads(self.body or "{}")
         except ValueError:
-            return self.reason
+            return None
         message = parsed.get("message") if isinstance(parsed, dict) else None
-        return str(message) if message else self.reason
+        return str(message) if message else None
+
+    @property
+    def message(self) -> str:
+        """The API server's own message, else the HTTP reason."""
+        return self.status_message or self.reason
 
 
 @dataclass
@@ -375,7 +381,7 @@ class KubeClient:
         self._session = self._watch_session = None
 
     async def _headers(self, content_type: str | None) -> dict[str, str]:
-        now = _wall()
+        now = time.time()
         credentials = self.credentials
         if credentials.renewal_due(now):  # a file read or a process: off the loop, one at a time
             async with self._auth_lock:
@@ -404,7 +410,7 @@ class KubeClient:
                     self._ssl = None
                     await self.close()
             elif self.credentials.token_file is not None:
-                await asyncio.to_thread(self.credentials.refresh_token_file, _wall())
+                await asyncio.to_thread(self.credentials.refresh_token_file, time.time())
             elif self.credentials.exec_config is not None:
                 await asyncio.to_thread(self.credentials.run_exec)
 
@@ -496,10 +502,6 @@ class KubeClient:
                             int(status.get("code") or 500), str(status.get("reason") or ""), line.decode()
                         )
                     yield event
-
-
-def _wall() -> float:
-    return datetime.now(UTC).timestamp()
 
 
 class LoopThread:

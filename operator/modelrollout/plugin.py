@@ -12,7 +12,6 @@ rollout's state, then waits (bounded) for the operator's result.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -61,18 +60,9 @@ class Kube:
         self.timeout = timeout
         self._loop = LoopThread("kubectl-modelrollout")
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        body: Any = None,
-        content_type: str | None = None,
-    ) -> Any:
-        work = self.client.request(
-            method, path, params=params, body=body, content_type=content_type, timeout=self.timeout
-        )
+    def request(self, method: str, path: str, **options: Any) -> Any:
+        """KubeClient.request's options (params, body, content_type), with this session's timeout."""
+        work = self.client.request(method, path, timeout=self.timeout, **options)
         try:
             # aiohttp bounds the request itself; this bound is for what comes before it (the TLS context,
             # an exec credential renewed on the way).
@@ -475,11 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _api_error(error: ApiError) -> str:
     """The API server's own message when it sent one (a Status object), else the HTTP status."""
-    try:
-        message = str(json.loads(error.body or "{}").get("message") or "")
-    except (ValueError, AttributeError):
-        message = ""
-    return message or f"{error.status} {error.reason}"
+    return error.status_message or f"{error.status} {error.reason}"
 
 
 if __name__ == "__main__":
