@@ -976,8 +976,13 @@ def targets(all_figures: list[dict[str, Any]]) -> None:
     promql = (
         f"{totals} -> {across_sizes(flat(queries))} (no batching: the largest within twice the smallest + 1)"
         if asked is None
-        else f"{asked[0]} -> {across_sizes(asked[1])} (the totals the largest "
-        f"{'within' if flat(queries) else 'not within'} twice the smallest + 1: a small fleet asks fewer)"
+        else f"{asked[0]} -> {across_sizes(asked[1])}"
+        + (
+            f" (the totals the largest {'within' if flat(queries) else 'not within'} twice the smallest + 1; "
+            "a small fleet asks fewer)"
+            if several
+            else ""
+        )
     )
 
     # A breach not rolled back in time counts as the slowest of all.
