@@ -4,6 +4,7 @@ Fixtures are imported by the test modules that use them."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +21,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelrollout import api
+from modelrollout_dev.devenv.controlplane import audit_log_path
 from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.prometheus import PrometheusServer
 from modelrollout_dev.local_operator import local_command
@@ -74,6 +77,24 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def virtual_service_writes(env_state: EnvironmentState, namespace: str) -> list[tuple[datetime, str]]:
+    """(when, by which replica) for every VirtualService write an operator replica made in `namespace`."""
+    writes = []
+    for line in audit_log_path(Path(env_state.run_dir)).read_text().splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef") or {}
+        agent = event.get("userAgent", "")
+        if ref.get("resource") != "virtualservices" or ref.get("namespace") != namespace:
+            continue
+        if event.get("verb") not in ("update", "patch") or not agent.startswith("modelrollout-operator/"):
+            continue
+        if (event.get("responseStatus") or {}).get("code") != 200:
+            continue  # refused (e.g. a conflict): nothing written
+        at = datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00"))
+        writes.append((at, agent.removeprefix("modelrollout-operator/").rsplit("-", 1)[0]))
+    return sorted(writes)
 
 
 def operator_metric(port: int, metric_name: str, **labels: str) -> float:

@@ -24,6 +24,7 @@ from modelrollout.kubeclient import ApiError, KubeClient
 from modelrollout.loop_stalls import watch_event_loop
 from modelrollout.notify import Notifier, NotifyTargets
 from modelrollout.reconciler import Reconciler
+from modelrollout.shards import SHARD_LABEL, finalizer_name, in_shard, shard_of
 from modelrollout.slots import ReconcileSlots
 from modelrollout.telemetry import Telemetry
 from modelrollout.wakeups import Wakeups
@@ -44,6 +45,9 @@ class Runtime:
     # A rollout with nothing due (a long soak, a finished rollout) is looked at no less often than this, in
     # case something no event reports changed (an EnvoyFilter removed by hand, a VirtualService created).
     resync_seconds = 60.0
+    # The rollouts this operator drives: those labelled with this shard (modelrollout.shards); None: those
+    # labelled with none.
+    shard: str | None = None
     alerts_port = 0  # 0: no alert receiver
     alerts_token: str | None = None
     identity = ""
@@ -75,7 +79,7 @@ def _start_telemetry(memo: kopf.Memo, telemetry: Telemetry) -> None:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Our own names on the objects, so nothing collides with another kopf operator in the cluster.
-    settings.persistence.finalizer = FINALIZER
+    settings.persistence.finalizer = finalizer_name(FINALIZER, Runtime.shard)
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=api.GROUP, key="last-handled-configuration"
@@ -102,6 +106,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         # instead of retrying cluster-scoped lists it may not make.
         settings.scanning.disabled = True
     space_full_collections()
+    if Runtime.shard:
+        log.info("driving the rollouts labelled %s=%s only", SHARD_LABEL, Runtime.shard)
     kube_client = await asyncio.to_thread(
         default_client, user_agent(Runtime.identity), Runtime.config.request_timeout
     )
@@ -257,8 +263,18 @@ async def wake(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     if not isinstance(obj, dict):
         return
     drivers: Drivers = memo.drivers
-    drivers.seen(event.get("type"), obj)
     meta = obj.get("metadata") or {}
+    if not in_shard(meta.get("labels"), Runtime.shard):
+        # Another shard's rollout: not driven here. One that was (relabelled) is let go: its driver stops at
+        # once, writing nothing more, and the operator of its new shard drives it from its status.
+        if drivers.leave(str(meta.get("uid") or "")):
+            log.info(
+                "%s: now in shard %s, driven by that shard's operator",
+                rollout_key(obj),
+                shard_of(meta.get("labels")) or "(none: the operator without --shard)",
+            )
+        return
+    drivers.seen(event.get("type"), obj)
     pending_action = ACTION_ANNOTATION in (meta.get("annotations") or {})
     new_spec = meta.get("generation") != (obj.get("status") or {}).get("observedGeneration")
     if event.get("type") != "DELETED" and (pending_action or new_spec):
@@ -280,7 +296,14 @@ def _wait_seconds(plan: engine.Plan | None) -> float:
     return resync if look == engine.ONLY_EVENTS else min(look.total_seconds() + WAKE_MARGIN_SECONDS, resync)
 
 
-@kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL)
+def _in_this_shard(labels: kopf.Labels, **_: Any) -> bool:
+    """kopf's filter of the finalizer: only the operator of a rollout's shard holds its finalizer on it
+    (kopf here adds this shard's finalizer to the rollouts of this shard and removes it from those that
+    leave)."""
+    return in_shard(labels, Runtime.shard)
+
+
+@kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL, when=_in_this_shard)
 async def release(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     reconciler: Reconciler = memo.reconciler
     drivers: Drivers = memo.drivers

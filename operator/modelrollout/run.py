@@ -15,6 +15,9 @@ from modelrollout import handlers, memory
 from modelrollout.config import OperatorConfig
 from modelrollout.kubeclient import ConfigError, load_credentials
 from modelrollout.leadership import LeaderElector, LeaseEndpoints, LeaseTiming
+from modelrollout.shards import SHARD_LABEL, lease_name, shard_name_problem
+
+DEFAULT_LEASE = "modelrollout-operator"
 
 
 def _env_list(name: str) -> list[str]:
@@ -53,6 +56,13 @@ def _per_second(text: str) -> float | None:
     return value
 
 
+def _shard(text: str) -> str:
+    problem = shard_name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = subparsers.add_parser("run", help="run the operator")
     run.add_argument(
@@ -62,6 +72,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=[],
         metavar="NS",
         help="watch only this namespace (repeatable; glob patterns allowed); default: all namespaces",
+    )
+    run.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        metavar="NAME",
+        help=f"drive only the rollouts labelled {SHARD_LABEL}=NAME; without it, only those without that "
+        "label. One operator (or set of replicas) per shard: each rollout is driven by the operator of its "
+        "shard alone",
     )
     run.add_argument(
         "--prometheus-url",
@@ -174,7 +193,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="namespace of the Lease (default $POD_NAMESPACE, else default)",
     )
     run.add_argument(
-        "--leader-election-id", default="modelrollout-operator", metavar="NAME", help="the Lease's name"
+        "--leader-election-id",
+        default=None,
+        metavar="NAME",
+        help=f"the Lease's name (default {DEFAULT_LEASE}, with --shard {DEFAULT_LEASE}-NAME)",
     )
     run.add_argument(
         "--lease-duration", type=float, default=15.0, metavar="SECONDS", help="how long a Lease holds (15)"
@@ -259,6 +281,7 @@ def run_operator(args: argparse.Namespace) -> int:
     handlers.Runtime.config = config_from_args(args)
     handlers.Runtime.tick_seconds = args.tick
     handlers.Runtime.namespaces = tuple(args.namespace)
+    handlers.Runtime.shard = args.shard
     handlers.Runtime.alerts_port = args.alerts_port
     handlers.Runtime.alerts_token = os.environ.get("MODELROLLOUT_ALERTS_TOKEN") or None
     # Who this replica is, in the Lease and in the API server's audit log (the user agent of its requests).
@@ -280,7 +303,7 @@ def run_operator(args: argparse.Namespace) -> int:
         elector = LeaderElector(
             leases,
             namespace=args.leader_election_namespace,
-            name=args.leader_election_id,
+            name=args.leader_election_id or lease_name(DEFAULT_LEASE, args.shard),
             identity=identity,
             timing=timing,
         )

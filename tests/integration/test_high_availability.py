@@ -5,7 +5,6 @@ by each replica's user agent, says so)."""
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -19,10 +18,9 @@ from kubernetes.client.exceptions import ApiException
 
 from modelrollout.kubeclient import KubeClient
 from modelrollout.leadership import LeaderElector, LeaseEndpoints, LeaseTiming
-from modelrollout_dev.devenv.controlplane import audit_log_path
 from modelrollout_dev.devenv.environment import EnvironmentState
 from modelrollout_dev.devenv.prometheus import PrometheusServer
-from scenario_support import OperatorProcess, Rollout, wait_for
+from scenario_support import OperatorProcess, Rollout, virtual_service_writes, wait_for
 
 LEASE = "modelrollout-test-lease"
 LEASE_SECONDS, RENEW_DEADLINE, RETRY = 4.0, 3.0, 0.5
@@ -79,24 +77,6 @@ def holder(api_client: client.ApiClient, namespace: str) -> str:
             return ""
         raise
     return str(lease.spec.holder_identity or "")
-
-
-def virtual_service_writes(env_state: EnvironmentState, namespace: str) -> list[tuple[datetime, str]]:
-    """(when, by which replica) for every VirtualService write an operator replica made in `namespace`."""
-    writes = []
-    for line in audit_log_path(Path(env_state.run_dir)).read_text().splitlines():
-        event = json.loads(line)
-        ref = event.get("objectRef") or {}
-        agent = event.get("userAgent", "")
-        if ref.get("resource") != "virtualservices" or ref.get("namespace") != namespace:
-            continue
-        if event.get("verb") not in ("update", "patch") or not agent.startswith("modelrollout-operator/"):
-            continue
-        if (event.get("responseStatus") or {}).get("code") != 200:
-            continue  # refused (e.g. a conflict): nothing written
-        at = datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00"))
-        writes.append((at, agent.removeprefix("modelrollout-operator/").rsplit("-", 1)[0]))
-    return sorted(writes)
 
 
 def test_one_replica_leads_a_killed_leader_is_replaced_and_both_never_write(

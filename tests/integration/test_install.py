@@ -307,6 +307,31 @@ def test_the_chart_refuses_secret_access_it_cannot_scope(helm: Path, value: str,
     assert says in rendered.stderr
 
 
+def operator_args(objects: list[Manifest]) -> list[str]:
+    deployment = one(objects, "Deployment")
+    args: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def test_a_shard_is_one_release_with_its_flag_and_lease(helm: Path, namespace: str) -> None:
+    unsharded = operator_args(render(helm, namespace, "--set", "replicas=2"))
+    assert "--shard" not in unsharded
+    sharded = operator_args(
+        render(helm, namespace, "--set", "shard=team-a", "--set", "replicas=2", release="team-a")
+    )
+    assert sharded[sharded.index("--shard") + 1] == "team-a"
+    # Each release's replicas elect their leader on a Lease named after the release: one per shard.
+    leases = [args[args.index("--leader-election-id") + 1] for args in (unsharded, sharded)]
+    assert leases == ["modelrollout-modelrollout-operator", "team-a-modelrollout-operator"]
+
+
+@pytest.mark.parametrize("shard", ["Team-A", "-a", "a_b", "a" * 41])
+def test_the_chart_refuses_a_shard_name_the_operator_would_refuse(helm: Path, shard: str) -> None:
+    rendered = run_helm(helm, "template", "modelrollout", str(CHART), "--set", f"shard={shard}")
+    assert rendered.returncode != 0
+    assert f"shard \"{shard}\": lowercase letters, digits and '-'" in rendered.stderr
+
+
 def test_service_monitor_renders_for_the_metrics_service(helm: Path, namespace: str) -> None:
     """The API server here has no ServiceMonitor CRD (it comes with the Prometheus Operator), so the
     ServiceMonitor is checked for shape and for selecting the metrics Service, not applied."""

@@ -20,6 +20,7 @@ from modelrollout import engine, handlers
 from modelrollout.config import OperatorConfig
 from modelrollout.drivers import Driven, Drivers, pack
 from modelrollout.kube import ACTION_ANNOTATION
+from modelrollout.shards import SHARD_LABEL
 from modelrollout.slots import ReconcileSlots
 from modelrollout.telemetry import Telemetry
 from modelrollout.wakeups import Wakeups
@@ -135,6 +136,58 @@ def test_events_start_feed_and_stop_the_driver() -> None:
 
     asyncio.run(scenario())
     assert len(ticks) == 2
+
+
+def test_only_rollouts_of_the_operators_shard_are_driven_and_one_relabelled_away_is_let_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An operator of shard `a` starts no driver for a rollout of no shard; it drives the rollout once it is
+    labelled `a`, and lets it go (its driver ends, nothing kept) when it is relabelled `b`. Its finalizer
+    filter follows the same label."""
+    w = World()
+    w.server.put_vs(sample_vs())
+    w.server.create_rollout(sample_spec())
+    ticks = counting_ticks(w)
+    monkeypatch.setattr(handlers.Runtime, "shard", "a")
+    monkeypatch.setattr(handlers.Runtime, "tick_seconds", 60.0)
+
+    def label(shard: str) -> None:
+        w.server.edit_rollout(lambda obj: obj["metadata"].__setitem__("labels", {SHARD_LABEL: shard}))
+
+    async def scenario() -> None:
+        memo = operator(w)
+        drivers: Drivers = memo.drivers
+        await handlers.wake(event=event(w.server.rollout(), None), memo=memo)
+        await asyncio.sleep(0.1)
+        assert drivers.get("uid-chat") is None
+        assert ticks == []
+        label("a")
+        await handlers.wake(event=event(w.server.rollout()), memo=memo)
+        await asyncio.sleep(0.1)
+        driven = drivers.get("uid-chat")
+        assert driven is not None
+        assert driven.task is not None
+        assert len(ticks) == 1
+        assert w.server.weights() == (90, 10)
+        label("b")
+        await handlers.wake(event=event(w.server.rollout()), memo=memo)
+        assert drivers.get("uid-chat") is None
+        await asyncio.wait_for(driven.task, 1)  # asleep until its next moment: it ends at once
+        assert driven.stopped
+        # The other shard's events start nothing here.
+        await handlers.wake(event=event(w.server.rollout()), memo=memo)
+        await asyncio.sleep(0.1)
+        assert drivers.get("uid-chat") is None
+
+    asyncio.run(scenario())
+    assert len(ticks) == 1
+    assert handlers._in_this_shard(labels={SHARD_LABEL: "a"})
+    assert not handlers._in_this_shard(labels={SHARD_LABEL: "b"})
+    assert not handlers._in_this_shard(labels={})
+    monkeypatch.setattr(handlers.Runtime, "shard", None)
+    assert handlers._in_this_shard(labels={})
+    assert handlers._in_this_shard(labels={SHARD_LABEL: ""})
+    assert not handlers._in_this_shard(labels={SHARD_LABEL: "a"})
 
 
 def test_shutdown_stops_every_driver() -> None:

@@ -69,3 +69,12 @@ def test_slow_reconciliations_logged() -> None:
     assert run.config_from_args(parse("--log-reconciles-over=0")).slow_reconcile_seconds is None
     with pytest.raises(SystemExit):
         parse("--log-reconciles-over=-1")
+
+
+def test_shard_flag() -> None:
+    assert parse().shard is None
+    assert parse("--shard=team-a").shard == "team-a"
+    assert parse().leader_election_id is None  # resolved per shard at the start (shards.lease_name)
+    for bad in ("--shard=Team-A", "--shard=", "--shard=a_b"):
+        with pytest.raises(SystemExit):
+            parse(bad)
