@@ -13,7 +13,9 @@ object its deletion handler does not match, so with one name shared, each operat
 finalizer off and the others put it back, forever (seen against the API server: every status write then
 met a 409). Relabelling a rollout moves it: the operator it leaves stops its driver at the event (a tick
 under way writes nothing more), kopf there removes that shard's finalizer, and the operator it joins adds
-its own and drives the rollout from its status, as after a restart. Pure: no kopf, no I/O.
+its own and drives the rollout from its status, as after a restart. The shard is checked at each event,
+not by a label selector on the watch: a watch with a selector shows a rollout that leaves it as deleted, and
+kopf would never take that shard's finalizer off it. Pure: no kopf, no I/O.
 """
 
 from __future__ import annotations
