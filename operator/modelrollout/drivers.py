@@ -132,14 +132,16 @@ class Drivers:
                 self._drive(driven), name=f"drive {key}", context=self._context.copy()
             )
 
-    def leave(self, uid: str) -> bool:
+    def leave(self, uid: str) -> Driven | None:
         """The rollout is no longer driven here (it moved to another shard): its driver stops (a tick under
-        way writes nothing more) and nothing of it is kept. False if no driver of it ran here."""
-        if uid not in self._driven:
-            return False
+        way writes nothing more) and its entry goes. Its entry, whose lock the tick under way holds; None if
+        no driver of it ran here."""
+        driven = self._driven.get(uid)
+        if driven is None:
+            return None
         self.stop(uid)
         del self._driven[uid]
-        return True
+        return driven
 
     def stopping(self, uid: str, key: str) -> Driven:
         """The rollout's entry, its driver told to stop (made, stopped, if no event showed it yet): for the

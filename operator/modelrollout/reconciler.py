@@ -614,7 +614,16 @@ class Reconciler:
                 )
             )
 
-    # ---- deletion ----
+    # ---- deletion, or the rollout driven elsewhere ----
+
+    def forget(self, ref: RolloutRef) -> None:
+        """Nothing of the rollout is kept: its /metrics series, its Prometheus connection's use, the object
+        our last write returned, a status decided but not written (a deleted rollout, or one another shard's
+        operator drives now, which decides from the status as stored)."""
+        self.telemetry.rollouts.forget(ref.namespace, ref.name)
+        self.measurer.forget(ref)
+        self._latest.pop(ref.uid, None)
+        self._unwritten.pop(ref.uid, None)
 
     async def on_delete(self, body: Mapping[str, Any]) -> None:
         """A rollout deleted mid-way returns traffic to stable; after Promoted the canary keeps it. Either way
@@ -622,10 +631,7 @@ class Reconciler:
         rollout recorded when it started (status.routing), and on the spec only when nothing was recorded (the
         pair too: engine.deletion_pair)."""
         ref = RolloutRef.of(body)
-        self.telemetry.rollouts.forget(ref.namespace, ref.name)
-        self.measurer.forget(ref)
-        self._latest.pop(ref.uid, None)
-        self._unwritten.pop(ref.uid, None)
+        self.forget(ref)
         status = api.ModelRolloutStatus.model_validate(body.get("status") or {})
         record = status.routing
         spec = api.checked_spec(dict(body.get("spec") or {}))

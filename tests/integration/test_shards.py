@@ -15,8 +15,16 @@ import pytest
 from modelrollout import handlers
 from modelrollout.shards import SHARD_LABEL
 from modelrollout_dev.devenv.environment import EnvironmentState
+from modelrollout_dev.devenv.netutil import free_port
 from modelrollout_dev.devenv.prometheus import PrometheusServer
-from scenario_support import Kubectl, OperatorProcess, Rollout, virtual_service_writes, wait_for
+from scenario_support import (
+    Kubectl,
+    OperatorProcess,
+    Rollout,
+    operator_metric,
+    virtual_service_writes,
+    wait_for,
+)
 
 
 class NamedOperator(OperatorProcess):
@@ -53,8 +61,16 @@ def test_each_rollout_is_driven_by_its_shards_operator_and_relabelling_hands_it_
     namespace: str,
 ) -> None:
     unsharded, shard_a = operators["unsharded"], operators["shard-a"]
-    unsharded.start("--namespace", namespace)
-    shard_a.start("--namespace", namespace, "--shard", "a")
+    ports = {"unsharded": free_port(), "shard-a": free_port()}
+    unsharded.start("--namespace", namespace, "--metrics-port", str(ports["unsharded"]))
+    shard_a.start("--namespace", namespace, "--shard", "a", "--metrics-port", str(ports["shard-a"]))
+
+    def weight_series(operator: str) -> float:
+        """The rollout's canary weight as the operator's /metrics shows it (0: no such series)."""
+        return operator_metric(
+            ports[operator], "modelrollout_canary_weight_percent", namespace=namespace, name=subject.name
+        )
+
     wait_for("shard-a to start", lambda: f"{SHARD_LABEL}=a only" in shard_a.log_text(), timeout=30)
 
     subject.create(stages=[{"weight": 10, "duration": "600s"}, {"weight": 100}])
@@ -64,6 +80,8 @@ def test_each_rollout_is_driven_by_its_shards_operator_and_relabelling_hands_it_
     assert writers == {"unsharded"}
     # Neither operator fights the other over the rollout: its status is written, and stays.
     wait_for("the phase", lambda: subject.status().get("phase") == "Progressing", timeout=15)
+    wait_for("the unsharded operator's series", lambda: weight_series("unsharded") == 10)
+    assert weight_series("shard-a") == 0
 
     labelled = kubectl("-n", namespace, "label", "modelrollout", subject.name, f"{SHARD_LABEL}=a")
     assert labelled.returncode == 0, labelled.stderr
@@ -78,6 +96,9 @@ def test_each_rollout_is_driven_by_its_shards_operator_and_relabelling_hands_it_
     # The finalizer is shard-a's own now (the unsharded operator took its own off).
     wait_for("shard-a's finalizer", lambda: finalizers(subject) == [f"{handlers.FINALIZER}-a"])
     assert subject.status()["phase"] == "Progressing"
+    # Its /metrics series moved with it: one operator shows it at a time.
+    wait_for("shard-a's series", lambda: weight_series("shard-a") == 10)
+    wait_for("the unsharded operator to drop its series", lambda: weight_series("unsharded") == 0)
     conflicts = [log.count("kept changing") for log in (unsharded.log_text(), shard_a.log_text())]
     assert conflicts == [0, 0], conflicts
 

@@ -19,7 +19,7 @@ from fakes import World, sample_spec, sample_vs
 from modelrollout import engine, handlers
 from modelrollout.config import OperatorConfig
 from modelrollout.drivers import Driven, Drivers, pack
-from modelrollout.kube import ACTION_ANNOTATION
+from modelrollout.kube import ACTION_ANNOTATION, RolloutRef
 from modelrollout.shards import SHARD_LABEL
 from modelrollout.slots import ReconcileSlots
 from modelrollout.telemetry import Telemetry
@@ -148,6 +148,14 @@ def test_only_rollouts_of_the_operators_shard_are_driven_and_one_relabelled_away
     w.server.put_vs(sample_vs())
     w.server.create_rollout(sample_spec())
     ticks = counting_ticks(w)
+    forgotten: list[str] = []
+    forget = w.reconciler.forget
+
+    def forgetting(ref: RolloutRef) -> None:
+        forgotten.append(ref.name)
+        forget(ref)
+
+    w.reconciler.forget = forgetting  # type: ignore[method-assign]
     monkeypatch.setattr(handlers.Runtime, "shard", "a")
     monkeypatch.setattr(handlers.Runtime, "tick_seconds", 60.0)
 
@@ -169,11 +177,14 @@ def test_only_rollouts_of_the_operators_shard_are_driven_and_one_relabelled_away
         assert driven.task is not None
         assert len(ticks) == 1
         assert w.server.weights() == (90, 10)
+        assert forgotten == []
         label("b")
         await handlers.wake(event=event(w.server.rollout()), memo=memo)
         assert drivers.get("uid-chat") is None
         await asyncio.wait_for(driven.task, 1)  # asleep until its next moment: it ends at once
         assert driven.stopped
+        await asyncio.sleep(0.05)
+        assert forgotten == ["chat"]  # its /metrics series and what the reconciler kept of it go too
         # The other shard's events start nothing here.
         await handlers.wake(event=event(w.server.rollout()), memo=memo)
         await asyncio.sleep(0.1)
