@@ -122,6 +122,14 @@ PRINTER_COLUMNS = [
     ),
     _column("Stable", ".spec.stable.model", "string", "Model serving today", priority=1),
     _column("Canary", ".spec.canary.model", "string", "Model being rolled out", priority=1),
+    _column(
+        "Shard",
+        ".metadata.labels.modelrollout\\.io/shard",
+        "string",
+        "The shard whose operator drives the rollout (label modelrollout.io/shard); empty: the operator "
+        "started without --shard",
+        priority=1,
+    ),
     _column("Message", ".status.message", "string", "Latest analysis or decision, in short"),
     _column("Age", ".metadata.creationTimestamp", "date", "Time since creation"),
 ]

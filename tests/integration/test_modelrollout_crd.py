@@ -145,8 +145,12 @@ def test_kubectl_get_shows_phase_stage_weight_message(
     assert row.split()[:4] == ["chat", "Progressing", "3/6", "10"]
     assert "all gates pass (error-rate 0.4% <= 2%)" in row
 
+    labelled = kubectl("-n", namespace, "label", "mro", "chat", "modelrollout.io/shard=team-a")
+    assert labelled.returncode == 0, labelled.stderr
     wide = kubectl("-n", namespace, "get", "mro", "-o", "wide")
-    assert wide.stdout.splitlines()[0].split() == [
+    assert wide.returncode == 0, wide.stderr
+    header, row = wide.stdout.splitlines()
+    assert header.split() == [
         "NAME",
         "PHASE",
         "STAGE",
@@ -154,11 +158,14 @@ def test_kubectl_get_shows_phase_stage_weight_message(
         "SHADOW",
         "STABLE",
         "CANARY",
+        "SHARD",
         "MESSAGE",
         "AGE",
     ]
-    assert "gpt-4o" in wide.stdout
-    assert "claude-opus-4-8" in wide.stdout
+    assert "gpt-4o" in row
+    assert "claude-opus-4-8" in row
+    # Columns are aligned under their headers: the shard's label value is what stands under SHARD.
+    assert row[header.index("SHARD") :].split()[0] == "team-a"
     by_category = kubectl("-n", namespace, "get", "progressive-delivery", "-o", "name")
     assert by_category.stdout.strip() == "modelrollout.modelrollout.io/chat"
 
