@@ -912,10 +912,15 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] if ordered else float("inf")
 
 
+def asks_at_most(seconds: float, batch_max_age: float) -> float:
+    """How many times one grouped query can be asked in `seconds`, whatever N: once per half the batcher's
+    age (its renewal comes at most half an age early), and once more at the window's edge."""
+    return float(seconds // (batch_max_age / 2) + 1)
+
+
 def most_often(figures: dict[str, Any]) -> float:
-    """How many times one grouped query can be asked in the quiet window, whatever N: once per half the
-    batcher's age (its renewal comes at most half an age early), and once more at the window's edge."""
-    return float(figures["quiet_wall_s"] // (figures["batch_max_age"] / 2) + 1)
+    """How many times one grouped query can be asked in the quiet window."""
+    return asks_at_most(figures["quiet_wall_s"], figures["batch_max_age"])
 
 
 def flat(values: list[float]) -> bool:
@@ -925,9 +930,9 @@ def flat(values: list[float]) -> bool:
 
 def per_interval_bound(figures: dict[str, Any]) -> float:
     """The most PromQL queries one interval can see with batching, whatever N: each distinct grouped query
-    asked at most once per half the batcher's age (its renewal comes at most half an age early), and once
-    more at the interval's edge. N does not enter it; the templates in use (the distinct queries) do."""
-    return float(figures["query_texts"] * (INTERVAL_SECONDS // (figures["batch_max_age"] / 2) + 1))
+    asked at most `asks_at_most` times. N does not enter it; the templates in use (the distinct queries)
+    do."""
+    return int(figures["query_texts"]) * asks_at_most(INTERVAL_SECONDS, figures["batch_max_age"])
 
 
 def queries_within_bounds(all_figures: list[dict[str, Any]]) -> tuple[str, bool] | None:

@@ -68,6 +68,7 @@ class Driven:
     packed: bytes | None  # the latest object the watch showed (`pack`); None if only the finalizer saw it
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     stopped: bool = False  # deleted, or the operator stops: the driver writes nothing more
+    left: bool = False  # driven elsewhere now (another shard): forgotten when its driver ends
     task: asyncio.Task[None] | None = None
 
     def body(self) -> dict[str, Any]:
@@ -87,9 +88,12 @@ class Drivers:
         leading: Callable[[], bool],
         wait_seconds: Callable[[engine.Plan | None], float],
         canary_service: Callable[[Mapping[str, Any]], tuple[str, str] | None],
+        forget: Callable[[Mapping[str, Any]], None] = lambda body: None,
         retry_seconds: float = 5.0,
     ) -> None:
+        """`forget` is given the last object of a rollout that left (`leave`) once its driver has ended."""
         self._tick = tick
+        self._forget = forget
         self._slots = slots
         self._wakeups = wakeups
         self._leading = leading
@@ -132,16 +136,20 @@ class Drivers:
                 self._drive(driven), name=f"drive {key}", context=self._context.copy()
             )
 
-    def leave(self, uid: str) -> Driven | None:
+    def leave(self, uid: str) -> bool:
         """The rollout is no longer driven here (it moved to another shard): its driver stops (a tick under
-        way writes nothing more) and its entry goes. Its entry, whose lock the tick under way holds; None if
-        no driver of it ran here."""
+        way writes nothing more), its entry goes, and it is forgotten as the driver ends, after that tick
+        (forgotten earlier, the tick would bring its /metrics series back). False if no driver of it ran
+        here."""
         driven = self._driven.get(uid)
         if driven is None:
-            return None
+            return False
+        driven.left = True
         self.stop(uid)
         del self._driven[uid]
-        return driven
+        if driven.task is None or driven.task.done():
+            self._forget_left(driven)
+        return True
 
     def stopping(self, uid: str, key: str) -> Driven:
         """The rollout's entry, its driver told to stop (made, stopped, if no event showed it yet): for the
@@ -155,6 +163,10 @@ class Drivers:
         if driven is not None and not driven.stopped:
             driven.stopped = True
             self._wakeups.wake(driven.key)  # a waiting driver ends now, not at its next moment
+
+    def _forget_left(self, driven: Driven) -> None:
+        if driven.packed is not None:
+            self._forget(driven.body())
 
     def finalized(self, uid: str) -> None:
         """The finalizer is done with the rollout: nothing of it is kept (a DELETED event may be missed)."""
@@ -190,6 +202,8 @@ class Drivers:
                 woken = await _sleep(alarm, waiting)
         finally:
             self._wakeups.forget(driven.key, alarm)
+            if driven.left:
+                self._forget_left(driven)
 
     async def _once(self, driven: Driven, *, urgent: bool) -> float:
         """One reconciliation in turn; the seconds until the next look."""

@@ -17,14 +17,14 @@ from modelrollout import api, engine, memory
 from modelrollout.alert_receiver import AlertReceiver
 from modelrollout.alerts import canary_service
 from modelrollout.config import OperatorConfig
-from modelrollout.drivers import Driven, Drivers, rollout_key
+from modelrollout.drivers import Drivers, rollout_key
 from modelrollout.gc_pauses import GcPauseTimer, keep_long_lived_objects_frozen, space_full_collections
 from modelrollout.kube import ACTION_ANNOTATION, RolloutRef, default_client, describe_api_error
 from modelrollout.kubeclient import ApiError, KubeClient
 from modelrollout.loop_stalls import watch_event_loop
 from modelrollout.notify import Notifier, NotifyTargets
 from modelrollout.reconciler import Reconciler
-from modelrollout.shards import SHARD_LABEL, finalizer_name, in_shard, shard_of
+from modelrollout.shards import SHARD_LABEL, in_shard, of_shard, shard_of
 from modelrollout.slots import ReconcileSlots
 from modelrollout.telemetry import Telemetry
 from modelrollout.wakeups import Wakeups
@@ -79,7 +79,7 @@ def _start_telemetry(memo: kopf.Memo, telemetry: Telemetry) -> None:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Our own names on the objects, so nothing collides with another kopf operator in the cluster.
-    settings.persistence.finalizer = finalizer_name(FINALIZER, Runtime.shard)
+    settings.persistence.finalizer = of_shard(FINALIZER, Runtime.shard)
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=api.GROUP, key="last-handled-configuration"
@@ -117,7 +117,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     reconciler.telemetry.watch_slots(_slots(memo))
     wakeups = _wakeups(memo)
     memo.drivers = drivers_for(reconciler, _slots(memo), wakeups)
-    _background(memo)
     if reconciler.virtual_services is not None:
         # A change to a VirtualService wakes the rollouts that claim it: drift is corrected when it happens.
         reconciler.virtual_services.on_change = wakeups.on_virtual_service
@@ -195,6 +194,7 @@ def drivers_for(reconciler: Reconciler, slots: ReconcileSlots, wakeups: Wakeups)
         leading=leading,
         wait_seconds=_wait_seconds,
         canary_service=_canary_service,
+        forget=lambda body: reconciler.forget(RolloutRef.of(body)),
         retry_seconds=Runtime.tick_seconds,
     )
 
@@ -268,38 +268,18 @@ async def wake(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     if not in_shard(meta.get("labels"), Runtime.shard):
         # Another shard's rollout: not driven here. One that was (relabelled) is let go: its driver stops at
         # once, writing nothing more, and the operator of its new shard drives it from its status.
-        left = drivers.leave(str(meta.get("uid") or ""))
-        if left is not None:
+        if drivers.leave(str(meta.get("uid") or "")):
             log.info(
                 "%s: now in shard %s, driven by that shard's operator",
                 rollout_key(obj),
                 shard_of(meta.get("labels")) or "(none: the operator without --shard)",
             )
-            forgetting = asyncio.create_task(_forget_once_done(memo.reconciler, left, RolloutRef.of(obj)))
-            _background(memo).add(forgetting)
-            forgetting.add_done_callback(_background(memo).discard)
         return
     drivers.seen(event.get("type"), obj)
     pending_action = ACTION_ANNOTATION in (meta.get("annotations") or {})
     new_spec = meta.get("generation") != (obj.get("status") or {}).get("observedGeneration")
     if event.get("type") != "DELETED" and (pending_action or new_spec):
         _wakeups(memo).wake(rollout_key(obj))
-
-
-async def _forget_once_done(reconciler: Reconciler, left: Driven, ref: RolloutRef) -> None:
-    """Forget a rollout that left this shard once its tick under way, if any, is over (it holds the lock):
-    forgotten earlier, that tick would bring its /metrics series back."""
-    async with left.lock:
-        reconciler.forget(ref)
-
-
-def _background(memo: kopf.Memo) -> set[asyncio.Task[None]]:
-    """Tasks nobody awaits, kept referenced until they end (the loop keeps only weak references); one set for
-    the operator (set at startup, shared by every object's memo)."""
-    if not hasattr(memo, "background"):
-        memo.background = set()
-    tasks: set[asyncio.Task[None]] = memo.background
-    return tasks
 
 
 # Added to the engine's moment: the loop's timers may fire a little before the wall clock the engine reads

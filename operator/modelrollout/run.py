@@ -15,7 +15,7 @@ from modelrollout import handlers, memory
 from modelrollout.config import OperatorConfig
 from modelrollout.kubeclient import ConfigError, load_credentials
 from modelrollout.leadership import LeaderElector, LeaseEndpoints, LeaseTiming
-from modelrollout.shards import SHARD_LABEL, lease_name, shard_name_problem
+from modelrollout.shards import SHARD_LABEL, of_shard, shard_name_problem
 
 DEFAULT_LEASE = "modelrollout-operator"
 
@@ -303,7 +303,7 @@ def run_operator(args: argparse.Namespace) -> int:
         elector = LeaderElector(
             leases,
             namespace=args.leader_election_namespace,
-            name=args.leader_election_id or lease_name(DEFAULT_LEASE, args.shard),
+            name=args.leader_election_id or of_shard(DEFAULT_LEASE, args.shard),
             identity=identity,
             timing=timing,
         )

@@ -8,7 +8,7 @@ put two writers on one VirtualService (each write is conditional, so both would 
 deciding again). A rollout whose shard no operator runs is not driven at all: its VirtualService stays
 as it is.
 
-Each shard has a finalizer of its own (`finalizer_name`): kopf removes the operator's finalizer from any
+Each shard has a finalizer of its own (`of_shard`): kopf removes the operator's finalizer from any
 object its deletion handler does not match, so with one name shared, each operator would take the others'
 finalizer off and the others put it back, forever (seen against the API server: every status write then
 met a 409). Relabelling a rollout moves it: the operator it leaves stops its driver at the event (a tick
@@ -53,13 +53,9 @@ def in_shard(labels: Mapping[str, str] | None, shard: str | None) -> bool:
     return shard_of(labels) == shard
 
 
-def lease_name(base: str, shard: str | None) -> str:
-    """The Lease a shard's replicas elect their leader with, by default: one per shard, so the replicas of
-    two shards never stand by for each other."""
-    return f"{base}-{shard}" if shard else base
-
-
-def finalizer_name(base: str, shard: str | None) -> str:
-    """The finalizer the operator of `shard` puts on its rollouts: `base` without a shard (what operators
-    before sharding put on), `base-NAME` with one (a qualified name: at most 63 characters after the '/')."""
+def of_shard(base: str, shard: str | None) -> str:
+    """A name of the shard's own, from `base`: `base` without a shard (what operators before sharding used),
+    `base-NAME` with one. The finalizer the shard's operator puts on its rollouts (a qualified name: at
+    most 63 characters after the '/'), and by default the Lease its replicas elect their leader with, so
+    the replicas of two shards never stand by for each other."""
     return f"{base}-{shard}" if shard else base

@@ -74,7 +74,7 @@ def test_slow_reconciliations_logged() -> None:
 def test_shard_flag() -> None:
     assert parse().shard is None
     assert parse("--shard=team-a").shard == "team-a"
-    assert parse().leader_election_id is None  # resolved per shard at the start (shards.lease_name)
+    assert parse().leader_election_id is None  # resolved per shard at the start (shards.of_shard)
     for bad in ("--shard=Team-A", "--shard=", "--shard=a_b"):
         with pytest.raises(SystemExit):
             parse(bad)

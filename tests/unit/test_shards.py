@@ -7,9 +7,8 @@ import pytest
 from modelrollout.shards import (
     MAX_SHARD_NAME,
     SHARD_LABEL,
-    finalizer_name,
     in_shard,
-    lease_name,
+    of_shard,
     shard_name_problem,
 )
 
@@ -70,13 +69,13 @@ def test_shard_names(name: str, problem: str | None) -> None:
 
 
 def test_each_shard_elects_on_a_lease_of_its_own() -> None:
-    assert lease_name("modelrollout-operator", None) == "modelrollout-operator"
-    assert lease_name("modelrollout-operator", "team-a") == "modelrollout-operator-team-a"
+    assert of_shard("modelrollout-operator", None) == "modelrollout-operator"
+    assert of_shard("modelrollout-operator", "team-a") == "modelrollout-operator-team-a"
 
 
 def test_each_shard_holds_a_finalizer_of_its_own() -> None:
     base = "modelrollout.io/finalizer"
-    assert finalizer_name(base, None) == base  # what operators put on before shards existed
-    longest = finalizer_name(base, "a" * MAX_SHARD_NAME)
+    assert of_shard(base, None) == base  # what operators put on before shards existed
+    longest = of_shard(base, "a" * MAX_SHARD_NAME)
     assert longest == f"{base}-{'a' * MAX_SHARD_NAME}"
     assert len(longest.partition("/")[2]) <= 63  # a qualified name's name part
